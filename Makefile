@@ -1,0 +1,36 @@
+# Quick start: `make demo` (a federation of 8 clients with baselines) and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-all lint format bench clean
+
+$(BIN)/fedumm: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(BIN)/fedumm  ## run the default federation; results in runs/quickstart/
+	$(BIN)/fedumm run configs/quickstart.yaml -o runs/quickstart
+
+test: $(BIN)/fedumm  ## the fast test suite (every feature end to end at tiny scale)
+	$(BIN)/python -m pytest -q
+
+test-all: $(BIN)/fedumm  ## including the slow end-to-end runs
+	$(BIN)/python -m pytest -q -m ""
+
+lint: $(BIN)/fedumm
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+format: $(BIN)/fedumm
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: $(BIN)/fedumm  ## engine overhead, memory scaling and throughput
+	$(BIN)/python benchmarks/engine.py
+
+clean:
+	rm -rf runs .pytest_cache

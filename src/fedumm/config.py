@@ -1,0 +1,209 @@
+"""Run and pretraining configs: YAML files validated by pydantic schemas.
+
+Every field has a default and a one-line description (`fedumm run --help` and the YAML files in
+`configs/` show them); an unknown key, a wrong type or an impossible value is refused before any
+work starts, with the dotted name of the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    kind: Literal["shapesworld"] = Field("shapesworld", description="Data set; the built-in world.")
+    train_samples: int = Field(4000, gt=0, description="VQA training samples pooled over clients.")
+    test_samples: int = Field(600, gt=0, description="VQA test samples (disjoint scenes).")
+    families: list[Literal["existence", "color", "shape", "count", "spatial", "yesno"]] = Field(
+        ["existence", "color", "shape", "count", "spatial", "yesno"],
+        min_length=1,
+        description="Question families to include, in equal shares.",
+    )
+
+
+class PartitionConfig(Section):
+    scheme: Literal["iid", "dirichlet"] = Field("dirichlet", description="How data is split.")
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; smaller is more skewed.")
+    key: Literal["answer", "family"] = Field("answer", description="Label the skew is over.")
+    min_samples: int = Field(10, ge=1, description="Each client gets at least this many samples.")
+
+
+class ModelConfig(Section):
+    foundation: str = Field(
+        "builtin", description="'builtin' (the shipped checkpoint) or a fedumm pretrain folder."
+    )
+
+
+class LoraSection(Section):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Module names that get adapters.",
+    )
+
+
+class StrategyConfig(Section):
+    name: str = Field(
+        "fedavg", description="Server aggregation algorithm (see `fedumm strategies`)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from fedumm.federation.strategies import STRATEGIES
+
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
+        return name
+
+
+class FederationConfig(Section):
+    num_clients: int = Field(8, ge=1, description="Number of clients the data is split over.")
+    clients_per_round: int = Field(8, ge=1, description="Clients sampled each round.")
+    rounds: int = Field(12, ge=1, description="Federated rounds.")
+    local_steps: int = Field(10, ge=1, description="Optimizer steps per client per round.")
+    batch_size: int = Field(32, ge=1, description="Local batch size.")
+    lr: float = Field(3e-3, gt=0, description="Client AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Client AdamW weight decay.")
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="Aggregation.")
+    engine: Literal["embedded"] = Field("embedded", description="Where the federation runs.")
+
+    @model_validator(mode="after")
+    def _sampled_within_population(self) -> FederationConfig:
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(
+                f"clients_per_round ({self.clients_per_round}) exceeds num_clients "
+                f"({self.num_clients})"
+            )
+        return self
+
+
+class BaselinesConfig(Section):
+    zero_shot: bool = Field(True, description="Evaluate the foundation model as is.")
+    local: bool = Field(True, description="Each client trains alone for the federated budget.")
+    centralized: bool = Field(True, description="LoRA on the pooled data for the same budget.")
+
+
+class EvalConfig(Section):
+    batch_size: int = Field(300, ge=1, description="Questions decoded per batch.")
+    every: int = Field(1, ge=1, description="Evaluate the global model every N rounds.")
+
+
+class RunConfig(Section):
+    seed: int = Field(0, description="Seeds data, partition, LoRA init and training.")
+    threads: int = Field(1, ge=1, description="torch CPU threads (1 is fastest for tiny models).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data set.")
+    partition: PartitionConfig = Field(
+        default_factory=PartitionConfig, description="Non-IID split."
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Foundation model.")
+    lora: LoraSection = Field(default_factory=LoraSection, description="Adapters.")
+    federation: FederationConfig = Field(default_factory=FederationConfig, description="Rounds.")
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig, description="Baselines.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+
+    @model_validator(mode="after")
+    def _enough_data(self) -> RunConfig:
+        need = self.federation.num_clients * self.partition.min_samples
+        if need > self.data.train_samples:
+            raise ValueError(
+                f"data.train_samples ({self.data.train_samples}) cannot give "
+                f"{self.federation.num_clients} clients partition.min_samples "
+                f"({self.partition.min_samples}) each"
+            )
+        return self
+
+
+class PretrainConfig(Section):
+    seed: int = Field(0, description="Seeds tokenizers, codebook, data and initialisation.")
+    threads: int = Field(1, ge=1, description="torch CPU threads.")
+    text_vocab_size: int = Field(400, ge=300, description="Byte-level BPE vocabulary size.")
+    codebook_size: int = Field(256, ge=2, description="VQ image codebook size (upper bound).")
+    hidden_size: int = Field(128, ge=8, description="Transformer width.")
+    intermediate_size: int = Field(384, ge=8, description="MLP width.")
+    num_layers: int = Field(4, ge=1, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    codebook_images: int = Field(3000, ge=10, description="Images the codebook is fit on.")
+    train_samples: int = Field(20000, ge=1, description="Caption scenes for pretraining.")
+    test_samples: int = Field(300, ge=1, description="Held-out caption scenes for evaluation.")
+    steps: int = Field(2500, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(64, ge=1, description="Batch size.")
+    lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> PretrainConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
+        return self
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'federation.rounds=4' -> (['federation', 'rounds'], 4), the value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: {part!r} is not a section")
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, schema: type[Section] = RunConfig
+):
+    """Read a YAML file (or defaults when `path` is None), apply `--set` overrides, validate."""
+    raw: dict = {}
+    source = "(defaults)"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from None

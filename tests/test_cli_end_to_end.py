@@ -1,0 +1,117 @@
+"""`fedumm run` / `fedumm pretrain` as a user calls them, at tiny scale, every feature on."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fedumm.cli import app
+
+runner = CliRunner()
+
+TINY_RUN = [
+    "data.train_samples=96", "data.test_samples=24", "partition.min_samples=4",
+    "federation.num_clients=3", "federation.clients_per_round=2", "federation.rounds=2",
+    "federation.local_steps=2", "federation.batch_size=8", "lora.r=2", "eval.batch_size=24",
+]  # fmt: skip
+
+
+def _run(out, foundation, *extra):
+    args = ["run", "configs/quickstart.yaml", "-o", str(out), "--quiet"]
+    for item in [*TINY_RUN, f"model.foundation={foundation}", *extra]:
+        args += ["--set", item]
+    return runner.invoke(app, args)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_foundation, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = _run(out, tiny_foundation)
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_run_writes_the_promised_results(tiny_run):
+    out, result = tiny_run
+    res = json.loads((out / "results.json").read_text())
+    assert [r["round"] for r in res["rounds"]] == [1, 2]
+    for r in res["rounds"]:
+        assert {"round", "metrics", "bytes_up", "bytes_down", "seconds"} <= r.keys()
+        assert r["bytes_up"] > 0 and r["bytes_down"] > 0 and len(r["clients"]) == 2
+    assert 0 <= res["final"]["metrics"]["vqa_accuracy"] <= 100
+    assert set(res["baselines"]) == {"zero_shot", "local", "centralized"}
+    assert len(res["baselines"]["local"]["clients"]) == 3
+    comm = res["communication"]
+    assert comm["full_finetune_bytes_per_round"] > comm["adapter_bytes_per_round"] > 0
+    assert comm["ratio"] == pytest.approx(
+        comm["full_finetune_bytes_per_round"] / comm["adapter_bytes_per_round"]
+    )
+    assert res["config"]["federation"]["num_clients"] == 3
+    assert sum(c["samples"] for c in res["partition"]["clients"]) == 96
+    for name in ("report.md", "accuracy.png", "communication.png", "global_adapter.safetensors"):
+        assert (out / name).stat().st_size > 0
+    assert "Adapter-only federation sends" in (out / "report.md").read_text()
+    assert "federated LoRA (fedavg)" in result.output
+
+
+def test_same_config_and_seed_give_identical_numbers(tiny_run, tiny_foundation, tmp_path):
+    out, _ = tiny_run
+    assert _run(tmp_path, tiny_foundation).exit_code == 0
+    a = json.loads((out / "results.json").read_text())
+    b = json.loads((tmp_path / "results.json").read_text())
+    for key in ("final", "baselines", "communication", "partition"):
+        assert a[key] == b[key], key
+    assert [r["metrics"] for r in a["rounds"]] == [r["metrics"] for r in b["rounds"]]
+    assert (out / "global_adapter.safetensors").read_bytes() == (
+        tmp_path / "global_adapter.safetensors"
+    ).read_bytes()
+
+
+def test_another_seed_gives_other_numbers(tiny_run, tiny_foundation, tmp_path):
+    out, _ = tiny_run
+    assert _run(tmp_path, tiny_foundation, "seed=1", "baselines.local=false").exit_code == 0
+    a = (out / "global_adapter.safetensors").read_bytes()
+    assert a != (tmp_path / "global_adapter.safetensors").read_bytes()
+
+
+def test_iid_partition_and_no_baselines(tiny_foundation, tmp_path):
+    result = _run(tmp_path, tiny_foundation, "partition.scheme=iid", "baselines.zero_shot=false",
+                  "baselines.local=false", "baselines.centralized=false")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["baselines"] == {}
+    assert sorted(c["samples"] for c in res["partition"]["clients"]) == [32, 32, 32]
+
+
+def test_bad_config_is_refused_before_any_work(tmp_path):
+    result = runner.invoke(app, ["run", "configs/quickstart.yaml", "-o", str(tmp_path / "x"),
+                                 "--set", "partition.alpha=-1"])  # fmt: skip
+    assert result.exit_code == 2
+    assert "partition.alpha: Input should be greater than 0" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_lora_target_that_matches_nothing_names_the_modules(tiny_foundation, tmp_path):
+    result = _run(tmp_path, tiny_foundation, "lora.target_modules=[qkv]")
+    assert result.exit_code == 1
+    assert "match no module" in result.output and "q_proj" in result.output
+
+
+def test_pretrain_command_writes_a_loadable_foundation(tmp_path):
+    from tests.conftest import TINY_PRETRAIN
+
+    args = ["pretrain", "-o", str(tmp_path)]
+    for k, v in TINY_PRETRAIN.items():
+        args += ["--set", f"{k}={v}"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "pretraining.json").read_text())
+    assert {"caption_exact_match", "caption_to_image_loss"} <= card["metrics"].keys()
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer.json").is_file()
+
+
+def test_help_and_strategy_list():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "run" in result.output and "pretrain" in result.output
+    result = runner.invoke(app, ["strategies"])
+    assert "fedavg" in result.output and "McMahan" in result.output

@@ -1,0 +1,57 @@
+import pytest
+
+from fedumm.config import ConfigError, PretrainConfig, RunConfig, load_config
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_shipped_configs_validate():
+    assert isinstance(load_config(None), RunConfig)
+    cfg = load_config("configs/quickstart.yaml")
+    assert cfg.federation.num_clients == 8 and cfg.partition.alpha == 0.5
+
+
+def test_overrides_are_parsed_as_yaml():
+    cfg = load_config("configs/quickstart.yaml", ["federation.rounds=3", "lora.r=4",
+                                                  "partition.scheme=iid"])  # fmt: skip
+    assert (cfg.federation.rounds, cfg.lora.r, cfg.partition.scheme) == (3, 4, "iid")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("federation:\n  roundz: 3\n", "federation.roundz: unknown key"),
+        ("federation:\n  rounds: many\n", "federation.rounds: Input should be a valid integer"),
+        ("partition:\n  alpha: 0\n", "partition.alpha: Input should be greater than 0"),
+        ("lora:\n  r: 0\n", "lora.r: Input should be greater than or equal to 1"),
+        ("federation:\n  num_clients: 2\n  clients_per_round: 3\n",
+         "clients_per_round (3) exceeds num_clients (2)"),
+        ("federation:\n  strategy:\n    name: fedfoo\n",
+         "unknown strategy 'fedfoo'; known: fedavg"),
+        ("data:\n  train_samples: 50\npartition:\n  min_samples: 10\n",
+         "cannot give 8 clients partition.min_samples (10) each"),
+    ],
+)  # fmt: skip
+def test_bad_configs_are_refused_naming_the_key(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(_write(tmp_path, text))
+    assert message in str(err.value)
+    assert str(tmp_path / "c.yaml") in str(err.value)
+
+
+def test_bad_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        load_config(None, ["federation.rounds"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "a: [1, 2"))
+
+
+def test_pretrain_schema_checks_heads():
+    with pytest.raises(ConfigError, match="divisible by num_heads"):
+        load_config(None, ["hidden_size=30", "num_heads=4"], PretrainConfig)

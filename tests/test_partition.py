@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedumm.data.partition import dirichlet_label_skew, iid, label_histogram
+
+
+def _covers_exactly_once(parts, n):
+    flat = np.concatenate(parts)
+    return len(flat) == n and set(flat.tolist()) == set(range(n))
+
+
+@given(n=st.integers(10, 500), k=st.integers(1, 10), seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_iid_is_a_partition(n, k, seed):
+    parts = iid(n, k, np.random.default_rng(seed))
+    assert len(parts) == k and _covers_exactly_once(parts, n)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+@given(alpha=st.sampled_from([0.1, 0.5, 1.0, 5.0]), k=st.integers(2, 8), seed=st.integers(0, 999))
+@settings(max_examples=30, deadline=None)
+def test_dirichlet_is_a_partition_with_minimum_size(alpha, k, seed):
+    labels = np.random.default_rng(seed).integers(0, 6, size=600)
+    parts = dirichlet_label_skew(labels, k, alpha, np.random.default_rng(seed), min_samples=10)
+    assert _covers_exactly_once(parts, 600)
+    assert min(map(len, parts)) >= 10
+
+
+def test_dirichlet_is_seeded():
+    labels = np.arange(1000) % 7
+    a = dirichlet_label_skew(labels, 5, 0.5, np.random.default_rng(1))
+    b = dirichlet_label_skew(labels, 5, 0.5, np.random.default_rng(1))
+    c = dirichlet_label_skew(labels, 5, 0.5, np.random.default_rng(2))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_smaller_alpha_means_more_label_skew():
+    labels = np.arange(4000) % 10
+
+    def mean_top_share(alpha):
+        shares = []
+        for seed in range(5):
+            parts = dirichlet_label_skew(labels, 8, alpha, np.random.default_rng(seed))
+            for h in label_histogram(labels, parts):
+                shares.append(max(h.values()) / sum(h.values()))
+        return np.mean(shares)
+
+    assert mean_top_share(0.1) > mean_top_share(1.0) + 0.2 > mean_top_share(100.0) + 0.2
+
+
+def test_bad_arguments_are_named():
+    labels = np.zeros(10)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        dirichlet_label_skew(labels, 2, 0.0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="cannot give 4 clients at least 5"):
+        dirichlet_label_skew(labels, 4, 1.0, np.random.default_rng(0), min_samples=5)
+    with pytest.raises(ValueError, match="cannot split 3 samples over 4 clients"):
+        iid(3, 4, np.random.default_rng(0))
+
+
+def test_label_histogram_counts():
+    labels = np.array(["a", "b", "a", "c"])
+    assert label_histogram(labels, [np.array([0, 2]), np.array([1, 3])]) == [
+        {"a": 2},
+        {"b": 1, "c": 1},
+    ]

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from fedumm.data import shapesworld as sw
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    a = sw.vqa_dataset(60, "train", seed=3)
+    b = sw.vqa_dataset(60, "train", seed=3)
+    c = sw.vqa_dataset(60, "train", seed=4)
+    assert [(s.question, s.answer) for s in a] == [(s.question, s.answer) for s in b]
+    assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
+    assert [(s.question, s.answer) for s in a] != [(s.question, s.answer) for s in c]
+
+
+def test_train_and_test_scenes_are_disjoint():
+    rng = np.random.default_rng(0)
+    scenes = [sw.sample_scene(rng) for _ in range(3000)]
+    train = {s.key() for s in scenes if s.split() == "train"}
+    test = {s.key() for s in scenes if s.split() == "test"}
+    assert train and test and not train & test
+    assert 0.08 < len(test) / (len(train) + len(test)) < 0.25
+
+
+def test_every_family_present_in_equal_shares_and_answers_are_short():
+    data = sw.vqa_dataset(120, "test", seed=0)
+    families = [s.family for s in data]
+    assert {f: families.count(f) for f in sw.FAMILIES} == {f: 20 for f in sw.FAMILIES}
+    assert all(len(s.answer.split()) == 1 for s in data)
+
+
+def test_answers_are_true_of_the_scene():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        scene = sw.sample_scene(rng)
+        q, a = sw.make_question(scene, "count", rng)
+        if q == "how many objects are there?":
+            assert a == str(len(scene.objects))
+        qa = sw.make_question(scene, "existence", rng)
+        color, shape = qa[0].removeprefix("is there a ").removesuffix("?").split()
+        present = any(o.color == color and o.shape == shape for o in scene.objects)
+        assert qa[1] == ("yes" if present else "no")
+
+
+def test_jitter_changes_pixels_not_content():
+    a = sw.Scene((sw.Obj("circle", "red", 1, 2, dy=0, dx=0),))
+    b = sw.Scene((sw.Obj("circle", "red", 1, 2, dy=1, dx=1),))
+    assert a.key() == b.key()
+    assert not np.array_equal(sw.render(a), sw.render(b))
+
+
+def test_render_draws_each_object_in_its_colour_and_cell():
+    scene = sw.Scene((sw.Obj("square", "blue", 0, 3), sw.Obj("triangle", "yellow", 2, 0)))
+    img = sw.render(scene)
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    cell = img[0:8, 24:32].reshape(-1, 3)
+    assert (cell == sw.COLORS["blue"]).all(1).sum() == sw.SHAPE_SIZE**2
+    assert (img[16:24, 0:8].reshape(-1, 3) == sw.COLORS["yellow"]).all(1).any()
+    assert (img[8:16].reshape(-1, 3) == sw.BACKGROUND).all()
+
+
+def test_caption_and_relation():
+    scene = sw.Scene((sw.Obj("square", "blue", 0, 3), sw.Obj("circle", "red", 0, 0)))
+    assert sw.caption(scene) == "a red circle and a blue square."
+    a, b = scene.objects
+    assert sw.relation(a, b) == "right" and sw.relation(b, a) == "left"
+    assert sw.relation(sw.Obj("circle", "red", 1, 1), sw.Obj("circle", "red", 2, 2)) is None
+
+
+def test_unknown_family_is_refused():
+    with pytest.raises(ValueError, match="unknown question family 'colour'"):
+        sw.make_question(
+            sw.sample_scene(np.random.default_rng(0)), "colour", np.random.default_rng(0)
+        )
