@@ -61,7 +61,10 @@ def test_render_draws_each_object_in_its_colour_and_cell():
 
 def test_caption_and_relation():
     scene = sw.Scene((sw.Obj("square", "blue", 0, 3), sw.Obj("circle", "red", 0, 0)))
-    assert sw.caption(scene) == "a red circle and a blue square."
+    assert sw.caption(scene) == (
+        "a red circle and a blue square. 2 objects. the red circle is left of the blue square."
+    )
+    assert sw.caption(sw.Scene((sw.Obj("circle", "red", 0, 0),))) == "a red circle. 1 object."
     a, b = scene.objects
     assert sw.relation(a, b) == "right" and sw.relation(b, a) == "left"
     assert sw.relation(sw.Obj("circle", "red", 1, 1), sw.Obj("circle", "red", 2, 2)) is None

@@ -47,13 +47,13 @@ class ModelConfig(Section):
 
 
 class LoraSection(Section):
-    r: int = Field(8, ge=1, description="LoRA rank.")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    r: int = Field(4, ge=1, description="LoRA rank.")
+    alpha: float = Field(8.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"],
         min_length=1,
-        description="Module names that get adapters.",
+        description="Module names that get adapters (lm_head: answer words new to the model).",
     )
 
 
@@ -106,7 +106,9 @@ class EvalConfig(Section):
 
 class RunConfig(Section):
     seed: int = Field(0, description="Seeds data, partition, LoRA init and training.")
-    threads: int = Field(1, ge=1, description="torch CPU threads (1 is fastest for tiny models).")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; null = torch's default (all cores)."
+    )
     data: DataConfig = Field(default_factory=DataConfig, description="Data set.")
     partition: PartitionConfig = Field(
         default_factory=PartitionConfig, description="Non-IID split."
@@ -131,7 +133,9 @@ class RunConfig(Section):
 
 class PretrainConfig(Section):
     seed: int = Field(0, description="Seeds tokenizers, codebook, data and initialisation.")
-    threads: int = Field(1, ge=1, description="torch CPU threads.")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads; null = torch's default (all cores)."
+    )
     text_vocab_size: int = Field(400, ge=300, description="Byte-level BPE vocabulary size.")
     codebook_size: int = Field(256, ge=2, description="VQ image codebook size (upper bound).")
     hidden_size: int = Field(128, ge=8, description="Transformer width.")

@@ -56,6 +56,7 @@ def train_steps(
     pad_id: int,
     hooks: TrainingHooks | None = None,
     lr_schedule: Callable[[int], float] | None = None,
+    max_grad_norm: float = 1.0,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainStats:
     """Run `steps` AdamW steps on the trainable parameters of `model` over `data`."""
@@ -77,6 +78,7 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         hooks.after_backward(model)
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         optimizer.step()
         losses.append(task_loss.item())
         samples += len(idx)

@@ -150,11 +150,22 @@ _RELATION_PHRASE = {"left": "left of", "right": "right of", "above": "above", "b
 
 
 def caption(scene: Scene) -> str:
-    """Every object in reading order, e.g. 'a red circle, a blue square and a green triangle.'"""
-    names = [f"a {o.phrase()}" for o in scene.reading_order()]
-    if len(names) == 1:
-        return names[0] + "."
-    return ", ".join(names[:-1]) + " and " + names[-1] + "."
+    """A dense caption: every object in reading order, how many there are, and one relation.
+
+    e.g. 'a red circle, a blue square and a green triangle. 3 objects. the red circle is left of
+    the blue square.' Dense captions are how real foundation models learn to perceive counts and
+    layout; they also give every answer word except yes/no a trained output row.
+    """
+    ordered = scene.reading_order()
+    names = [f"a {o.phrase()}" for o in ordered]
+    listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    count = f"{len(ordered)} object{'s' if len(ordered) > 1 else ''}"
+    text = f"{listing}. {count}."
+    for a, b in zip(ordered, ordered[1:]):
+        rel = relation(a, b)
+        if rel is not None:
+            return f"{text} the {a.phrase()} is {_RELATION_PHRASE[rel]} the {b.phrase()}."
+    return text
 
 
 def _unique(scene: Scene, **attrs: str) -> Obj | None:

@@ -36,6 +36,7 @@ class RoundRecord:
     seconds: float
     train_seconds: float
     eval_seconds: float
+    client_metrics: dict[str, dict] = field(default_factory=dict)
     rejected: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -76,11 +77,12 @@ class EmbeddedEngine:
         start = time.perf_counter()
         sampled = self.sample(rnd)
         down = wire.pack(global_params)
-        accepted, rejected, bytes_up, train_seconds = [], [], 0, 0.0
+        accepted, rejected, client_metrics, bytes_up, train_seconds = [], [], {}, 0, 0.0
         for client in sampled:
             t0 = time.perf_counter()
             update = self.train_client(client, wire.unpack(down), rnd)
             train_seconds += time.perf_counter() - t0
+            client_metrics[client.client_id] = update.metrics
             up = wire.pack(update.params)
             bytes_up += len(up)
             update.params = wire.unpack(up)
@@ -107,6 +109,7 @@ class EmbeddedEngine:
             seconds=time.perf_counter() - start,
             train_seconds=train_seconds,
             eval_seconds=eval_seconds,
+            client_metrics=client_metrics,
             rejected=rejected,
         )
         return global_params, record

@@ -90,7 +90,8 @@ def evaluate_pretraining(
 
 def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
     """Build and pretrain a foundation, save it to `out_dir`, return its held-out metrics."""
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     model, processor = build(cfg)
     train = sum(pretraining_data(processor, cfg.train_samples, "train", cfg.seed), [])

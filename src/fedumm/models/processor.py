@@ -67,14 +67,8 @@ class UMMProcessor:
         return self.vq.encode(images) + self.text_vocab_size
 
     def understanding(self, image_ids: np.ndarray, question: str, answer: str) -> Encoded:
-        prompt = [
-            self.bos,
-            self.boi,
-            *image_ids.tolist(),
-            self.eoi,
-            *self.text_ids(question),
-            self.sep,
-        ]
+        image = [self.boi, *image_ids.tolist(), self.eoi]
+        prompt = [self.bos, *image, *self.text_ids(question), self.sep]
         target = [*self.text_ids(answer), self.eos]
         return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
 

@@ -1,0 +1,70 @@
+import torch
+
+from fedumm.models.processor import Encoded
+from fedumm.training import TrainingHooks, batches, train_steps
+
+
+class _TinyLM(torch.nn.Module):
+    """Predicts the next token from the current one: enough to exercise the loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(8, 8)
+        self.out = torch.nn.Linear(8, 8)
+
+    def forward(self, input_ids, attention_mask, labels):
+        logits = self.out(self.emb(input_ids))
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, 8), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
+        return type("Out", (), {"loss": loss})()
+
+
+DATA = [Encoded([1, 2, 3, 4], [-100, 2, 3, 4]), Encoded([1, 5, 6], [-100, 5, 6])] * 4
+
+
+def test_batches_cover_every_sample_each_epoch():
+    gen = torch.Generator().manual_seed(0)
+    seen = [i for b in batches(10, 5, 4, gen) for i in b]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+
+
+def test_loop_is_seeded_and_learns():
+    torch.manual_seed(0)
+    a, b = _TinyLM(), _TinyLM()
+    b.load_state_dict(a.state_dict())
+    first = train_steps(a, DATA, 1, 4, 0.05, 0.0, seed=3, pad_id=0).loss
+    last = train_steps(a, DATA, 60, 4, 0.05, 0.0, seed=3, pad_id=0).loss
+    train_steps(b, DATA, 1, 4, 0.05, 0.0, seed=3, pad_id=0)
+    train_steps(b, DATA, 60, 4, 0.05, 0.0, seed=3, pad_id=0)
+    assert last < first / 2
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_hooks_change_local_training():
+    """A strategy's hooks (here: a pull of every weight to zero) reach every step."""
+
+    class PullToZero(TrainingHooks):
+        calls = 0
+
+        def loss(self, model, task_loss):
+            return task_loss + 10.0 * sum((p**2).sum() for p in model.parameters())
+
+        def after_backward(self, model):
+            PullToZero.calls += 1
+
+    torch.manual_seed(0)
+    plain, pulled = _TinyLM(), _TinyLM()
+    pulled.load_state_dict(plain.state_dict())
+    train_steps(plain, DATA, 20, 4, 0.05, 0.0, seed=0, pad_id=0)
+    train_steps(pulled, DATA, 20, 4, 0.05, 0.0, seed=0, pad_id=0, hooks=PullToZero())
+    assert PullToZero.calls == 20
+    norm = lambda m: sum(float((p.detach() ** 2).sum()) for p in m.parameters())  # noqa: E731
+    assert norm(pulled) < 0.5 * norm(plain)
+
+
+def test_empty_data_is_an_error():
+    import pytest
+
+    with pytest.raises(ValueError, match="empty data set"):
+        train_steps(_TinyLM(), [], 1, 4, 0.1, 0.0, seed=0, pad_id=0)
