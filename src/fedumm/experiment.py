@@ -90,84 +90,57 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
     model = add_lora(base, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules,
                      cfg.seed)  # fmt: skip
     initial = get_adapter(model)
-    full_bytes = wire.num_bytes(full_state(model))
     task = build_task(cfg, processor)
     clients, parts = split_clients(cfg, task)
     fed = cfg.federation
+    strategy = build_strategy(fed.strategy.name)
 
     def evaluate(params) -> dict:
         set_adapter(model, params)
         predictions = answer_questions(model, processor, task.test_prompts, cfg.eval.batch_size)
         return vqa_accuracy(predictions, task.test_answers, task.test_families)
 
-    def train_client(client: ClientData, params, rnd: int, steps: int | None = None):
-        seed = derive_seed(cfg.seed, rnd, int(client.client_id.split("-")[-1]))
+    def train_client(client: ClientData, params, rnd: int, steps: int | None = None, bar=None):
+        seed = derive_seed(cfg.seed, rnd, int(client.client_id.removeprefix("site-")))
         hooks = strategy.client_hooks(client.client_id, params)
-        return local_update(model, client, params, fed, seed, processor.pad, hooks, steps)
+        on_step = (lambda step, loss: bar.update()) if bar is not None else None
+        return local_update(model, client, params, fed, seed, processor.pad, hooks, steps, on_step)
 
     results: dict = {"config": cfg.model_dump(), "baselines": {}}
-    budget = fed.rounds * fed.local_steps  # optimizer steps one client takes over the run
-
     if cfg.baselines.zero_shot:
         results["baselines"]["zero_shot"] = {"metrics": evaluate(initial)}
 
-    strategy = build_strategy(fed.strategy.name)
     engine = EmbeddedEngine(clients, strategy, train_client, evaluate, fed.clients_per_round,
                             cfg.seed, cfg.eval.every, progress)  # fmt: skip
     final_params, records = engine.run(initial, fed.rounds)
     results["rounds"] = [r.to_dict() for r in records]
     results["final"] = {"metrics": records[-1].metrics}
 
+    budget = fed.rounds * fed.local_steps  # optimizer steps one client takes over the run
     if cfg.baselines.local:
-        per_client = []
-        for client in tqdm(
-            clients, desc="local-only baseline", unit="client", disable=not progress
-        ):
-            update = train_client(client, initial, rnd=0, steps=budget)
-            per_client.append({"client_id": client.client_id, "metrics": evaluate(update.params)})
-        accs = [c["metrics"]["vqa_accuracy"] for c in per_client]
-        metrics = {"vqa_accuracy": float(np.mean(accs)), "vqa_accuracy_std": float(np.std(accs)),
-                   "vqa_accuracy_min": float(np.min(accs)), "vqa_accuracy_max": float(np.max(accs)),
-                   "per_family": _mean_per_family(per_client)}  # fmt: skip
-        results["baselines"]["local"] = {"metrics": metrics, "clients": per_client}
+        with tqdm(total=budget * len(clients), desc="local-only baseline", unit="step",
+                  disable=not progress) as bar:  # fmt: skip
+            per_client = [
+                {"client_id": c.client_id,
+                 "metrics": evaluate(train_client(c, initial, 0, budget, bar).params)}
+                for c in clients
+            ]  # fmt: skip
+        results["baselines"]["local"] = {"metrics": _spread(per_client), "clients": per_client}
 
     if cfg.baselines.centralized:
         # Equal compute: as many steps of the same batch size as all federated clients took.
         pooled = ClientData("centralized", task.train)
         steps = budget * fed.clients_per_round
-        with tqdm(
-            total=1, desc=f"centralized baseline ({steps} steps)", disable=not progress
-        ) as bar:
+        with tqdm(total=steps, desc="centralized baseline", unit="step",
+                  disable=not progress) as bar:  # fmt: skip
             update = local_update(model, pooled, initial, fed, derive_seed(cfg.seed, 0xCE),
-                                  processor.pad, steps=steps)  # fmt: skip
-            results["baselines"]["centralized"] = {"metrics": evaluate(update.params)}
-            bar.update()
+                                  processor.pad, steps=steps,
+                                  on_step=lambda step, loss: bar.update())  # fmt: skip
+        results["baselines"]["centralized"] = {"metrics": evaluate(update.params)}
 
-    adapter_message = wire.num_bytes(initial)
-    per_round = np.mean([r.bytes_up + r.bytes_down for r in records])
-    full_per_round = 2 * full_bytes * fed.clients_per_round
-    results["communication"] = {
-        "adapter_message_bytes": adapter_message,
-        "full_model_message_bytes": full_bytes,
-        "adapter_bytes_per_round": float(per_round),
-        "full_finetune_bytes_per_round": full_per_round,
-        "ratio": full_per_round / per_round,
-        "total_bytes": int(sum(r.bytes_up + r.bytes_down for r in records)),
-        "trainable_parameters": sum(v.numel() for v in initial.values()),
-        "total_parameters": sum(v.numel() for v in full_state(model).values()),
-    }
-    labels = sorted(set(task.train_labels))
-    histograms = partition.label_histogram(task.train_labels, parts)
-    results["partition"] = {
-        "scheme": cfg.partition.scheme,
-        "alpha": cfg.partition.alpha if cfg.partition.scheme == "dirichlet" else None,
-        "key": cfg.partition.key,
-        "labels": labels,
-        "clients": [
-            {"client_id": c.client_id, "samples": len(c.data), "label_histogram": h}
-            for c, h in zip(clients, histograms)
-        ],  # fmt: skip
-    }
+    results["communication"] = _communication(initial, full_state(model), records,
+                                              fed.clients_per_round)  # fmt: skip
+    results["partition"] = _partition_summary(cfg, task, clients, parts)
     results["wall_seconds"] = time.perf_counter() - start
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))
@@ -175,8 +148,47 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
     return results
 
 
-def _mean_per_family(per_client: list[dict]) -> dict[str, float]:
+def _communication(adapter: dict, full: dict, records: list, clients_per_round: int) -> dict:
+    """Measured adapter traffic against what full fine-tuning would serialize (up and down)."""
+    full_bytes = wire.num_bytes(full)
+    per_round = float(np.mean([r.bytes_up + r.bytes_down for r in records]))
+    full_per_round = 2 * full_bytes * clients_per_round
+    return {
+        "adapter_message_bytes": wire.num_bytes(adapter),
+        "full_model_message_bytes": full_bytes,
+        "adapter_bytes_per_round": per_round,
+        "full_finetune_bytes_per_round": full_per_round,
+        "ratio": full_per_round / per_round,
+        "total_bytes": int(sum(r.bytes_up + r.bytes_down for r in records)),
+        "trainable_parameters": sum(v.numel() for v in adapter.values()),
+        "total_parameters": sum(v.numel() for v in full.values()),
+    }
+
+
+def _partition_summary(cfg: RunConfig, task: VQATask, clients: list[ClientData], parts) -> dict:
+    histograms = partition.label_histogram(task.train_labels, parts)
+    return {
+        "scheme": cfg.partition.scheme,
+        "alpha": cfg.partition.alpha if cfg.partition.scheme == "dirichlet" else None,
+        "key": cfg.partition.key,
+        "labels": sorted(set(task.train_labels)),
+        "clients": [
+            {"client_id": c.client_id, "samples": len(c.data), "label_histogram": h}
+            for c, h in zip(clients, histograms)
+        ],  # fmt: skip
+    }
+
+
+def _spread(per_client: list[dict]) -> dict:
+    """Mean, std, min and max accuracy over clients, and the mean per question family."""
+    accs = [c["metrics"]["vqa_accuracy"] for c in per_client]
     families = per_client[0]["metrics"]["per_family"]
     return {
-        f: float(np.mean([c["metrics"]["per_family"][f] for c in per_client])) for f in families
+        "vqa_accuracy": float(np.mean(accs)),
+        "vqa_accuracy_std": float(np.std(accs)),
+        "vqa_accuracy_min": float(np.min(accs)),
+        "vqa_accuracy_max": float(np.max(accs)),
+        "per_family": {
+            f: float(np.mean([c["metrics"]["per_family"][f] for c in per_client])) for f in families
+        },  # fmt: skip
     }

@@ -6,6 +6,7 @@ the adapter is swapped in and out, so memory does not grow with the number of cl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,12 +39,13 @@ def local_update(
     pad_id: int,
     hooks: TrainingHooks | None = None,
     steps: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> ClientUpdate:
     """`steps` (default: cfg.local_steps) AdamW steps from the global adapter on local data."""
     set_adapter(model, global_params)
     stats = train_steps(
         model, client.data, steps or cfg.local_steps, cfg.batch_size, cfg.lr, cfg.weight_decay,
-        seed, pad_id, hooks=hooks,
+        seed, pad_id, hooks=hooks, on_step=on_step,
     )  # fmt: skip
     return ClientUpdate(
         client_id=client.client_id,
