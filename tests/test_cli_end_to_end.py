@@ -115,3 +115,17 @@ def test_help_and_strategy_list():
     assert result.exit_code == 0 and "run" in result.output and "pretrain" in result.output
     result = runner.invoke(app, ["strategies"])
     assert "fedavg" in result.output and "McMahan" in result.output
+
+
+def test_local_epochs_give_unequal_steps_and_fraction_samples(tiny_foundation, tmp_path):
+    result = _run(tmp_path, tiny_foundation, "federation.local_epochs=0.5",
+                  "federation.sample_fraction=0.34", "baselines.local=false",
+                  "baselines.zero_shot=false")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "results.json").read_text())
+    sizes = {c["client_id"]: c["samples"] for c in res["partition"]["clients"]}
+    for r in res["rounds"]:
+        assert len(r["clients"]) == 1  # round(0.34 * 3) = 1
+        for cid, m in r["client_metrics"].items():
+            assert m["steps"] == -(-sizes[cid] // 16)  # ceil(0.5 * n / batch 8)
+    assert "0.5 local epochs" in (tmp_path / "report.md").read_text()

@@ -55,3 +55,14 @@ def test_bad_override_and_missing_file(tmp_path):
 def test_pretrain_schema_checks_heads():
     with pytest.raises(ConfigError, match="divisible by num_heads"):
         load_config(None, ["hidden_size=30", "num_heads=4"], PretrainConfig)
+
+
+def test_local_epochs_and_sample_fraction():
+    fed = load_config(None, ["federation.local_epochs=2", "federation.batch_size=10",
+                             "federation.sample_fraction=0.25"]).federation  # fmt: skip
+    assert fed.steps_for(45) == 9 and fed.steps_for(1) == 1  # ceil(2 * 45 / 10)
+    assert fed.sampled_per_round == 2  # 0.25 of the default 8 clients
+    assert load_config(None, ["federation.sample_fraction=0.01"]).federation.sampled_per_round == 1
+    assert load_config(None).federation.steps_for(45) == 10  # local_steps when epochs unset
+    with pytest.raises(ConfigError, match="federation.sample_fraction"):
+        load_config(None, ["federation.sample_fraction=1.5"])

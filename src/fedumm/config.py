@@ -7,6 +7,7 @@ work starts, with the dotted name of the key.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -75,17 +76,35 @@ class StrategyConfig(Section):
 class FederationConfig(Section):
     num_clients: int = Field(8, ge=1, description="Number of clients the data is split over.")
     clients_per_round: int = Field(8, ge=1, description="Clients sampled each round.")
+    sample_fraction: float | None = Field(
+        None, gt=0, le=1, description="If set: sample this fraction of clients (at least one)."
+    )
     rounds: int = Field(12, ge=1, description="Federated rounds.")
     local_steps: int = Field(10, ge=1, description="Optimizer steps per client per round.")
+    local_epochs: float | None = Field(
+        None, gt=0, description="If set: passes over local data per round instead of local_steps."
+    )
     batch_size: int = Field(32, ge=1, description="Local batch size.")
     lr: float = Field(3e-3, gt=0, description="Client AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="Client AdamW weight decay.")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="Aggregation.")
     engine: Literal["embedded"] = Field("embedded", description="Where the federation runs.")
 
+    @property
+    def sampled_per_round(self) -> int:
+        if self.sample_fraction is not None:
+            return max(1, round(self.sample_fraction * self.num_clients))
+        return self.clients_per_round
+
+    def steps_for(self, num_samples: int) -> int:
+        """Local steps per round for a client holding `num_samples` (differs under epochs)."""
+        if self.local_epochs is None:
+            return self.local_steps
+        return max(1, math.ceil(self.local_epochs * num_samples / self.batch_size))
+
     @model_validator(mode="after")
     def _sampled_within_population(self) -> FederationConfig:
-        if self.clients_per_round > self.num_clients:
+        if self.sample_fraction is None and self.clients_per_round > self.num_clients:
             raise ValueError(
                 f"clients_per_round ({self.clients_per_round}) exceeds num_clients "
                 f"({self.num_clients})"

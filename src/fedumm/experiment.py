@@ -110,27 +110,28 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
     if cfg.baselines.zero_shot:
         results["baselines"]["zero_shot"] = {"metrics": evaluate(initial)}
 
-    engine = EmbeddedEngine(clients, strategy, train_client, evaluate, fed.clients_per_round,
+    engine = EmbeddedEngine(clients, strategy, train_client, evaluate, fed.sampled_per_round,
                             cfg.seed, cfg.eval.every, progress)  # fmt: skip
     final_params, records = engine.run(initial, fed.rounds)
     results["rounds"] = [r.to_dict() for r in records]
     results["final"] = {"metrics": records[-1].metrics}
 
-    budget = fed.rounds * fed.local_steps  # optimizer steps one client takes over the run
     if cfg.baselines.local:
-        with tqdm(total=budget * len(clients), desc="local-only baseline", unit="step",
+        # Each client alone, for the steps it would take if it joined every round.
+        budgets = [fed.rounds * fed.steps_for(len(c.data)) for c in clients]
+        with tqdm(total=sum(budgets), desc="local-only baseline", unit="step",
                   disable=not progress) as bar:  # fmt: skip
             per_client = [
                 {"client_id": c.client_id,
-                 "metrics": evaluate(train_client(c, initial, 0, budget, bar).params)}
-                for c in clients
+                 "metrics": evaluate(train_client(c, initial, 0, steps, bar).params)}
+                for c, steps in zip(clients, budgets)
             ]  # fmt: skip
         results["baselines"]["local"] = {"metrics": _spread(per_client), "clients": per_client}
 
     if cfg.baselines.centralized:
         # Equal compute: as many steps of the same batch size as all federated clients took.
         pooled = ClientData("centralized", task.train)
-        steps = budget * fed.clients_per_round
+        steps = sum(m["steps"] for r in records for m in r.client_metrics.values())
         with tqdm(total=steps, desc="centralized baseline", unit="step",
                   disable=not progress) as bar:  # fmt: skip
             update = local_update(model, pooled, initial, fed, derive_seed(cfg.seed, 0xCE),
@@ -139,7 +140,7 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
         results["baselines"]["centralized"] = {"metrics": evaluate(update.params)}
 
     results["communication"] = _communication(initial, full_state(model), records,
-                                              fed.clients_per_round)  # fmt: skip
+                                              fed.sampled_per_round)  # fmt: skip
     results["partition"] = _partition_summary(cfg, task, clients, parts)
     results["wall_seconds"] = time.perf_counter() - start
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))

@@ -46,9 +46,11 @@ def write_report(results: dict, out_dir: Path) -> None:
     lines = [
         "# fedumm run report",
         "",
-        f"{fed['num_clients']} clients ({fed['clients_per_round']} per round), "
-        f"{fed['rounds']} rounds "
-        f"x {fed['local_steps']} local steps, partition {cfg['partition']['scheme']}"
+        f"{fed['num_clients']} clients ({len(results['rounds'][0]['clients'])} per round), "
+        f"{fed['rounds']} rounds x "
+        + (f"{fed['local_epochs']} local epochs" if fed["local_epochs"] else
+           f"{fed['local_steps']} local steps")
+        + f", partition {cfg['partition']['scheme']}"
         + (f" (alpha={cfg['partition']['alpha']} over {cfg['partition']['key']})"
            if cfg["partition"]["scheme"] == "dirichlet" else "")
         + f", LoRA r={cfg['lora']['r']}, seed {cfg['seed']}. "

@@ -41,10 +41,11 @@ def local_update(
     steps: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> ClientUpdate:
-    """`steps` (default: cfg.local_steps) AdamW steps from the global adapter on local data."""
+    """AdamW steps from the global adapter on local data: `steps`, else cfg's local schedule."""
     set_adapter(model, global_params)
     stats = train_steps(
-        model, client.data, steps or cfg.local_steps, cfg.batch_size, cfg.lr, cfg.weight_decay,
+        model, client.data, steps or cfg.steps_for(len(client.data)), cfg.batch_size, cfg.lr,
+        cfg.weight_decay,
         seed, pad_id, hooks=hooks, on_step=on_step,
     )  # fmt: skip
     return ClientUpdate(
@@ -52,5 +53,5 @@ def local_update(
         params=get_adapter(model),
         num_samples=len(client.data),
         num_steps=stats.steps,
-        metrics={"loss": stats.loss, "train_seconds": stats.seconds},
+        metrics={"loss": stats.loss, "train_seconds": stats.seconds, "steps": stats.steps},
     )
