@@ -3,8 +3,8 @@
 A scene is 1-4 coloured shapes placed in the cells of a 4x4 grid on a 32x32 RGB canvas; each object
 is drawn 6 px wide at a random 0-1 px offset inside its 8 px cell, so one scene has many pixel
 renderings, and questions about counts, relations and attributes need several cells, never one
-pixel. From one scene we derive VQA pairs (six question families), captions (the pretraining
-format) and text-to-image prompts.
+pixel. From one scene we derive VQA pairs (six question families) and dense captions, which are
+both the captioning targets and the text-to-image prompts of pretraining.
 
 Train and test scenes are disjoint by construction: a scene's split is a hash of its content (which
 object in which cell), not of the seed, so no test scene can ever appear in training.

@@ -75,8 +75,8 @@ def evaluate_pretraining(
 ) -> dict:
     """Greedy caption exact match, and held-out caption-to-image loss per image token.
 
-    Captions do not fix where objects sit, so a generated image can be right without matching the
-    held-out one token for token: the loss, not exact match, measures generation here.
+    Captions do not fix every cell or pixel offset, so a generated image can be right without
+    matching the held-out one token for token: the loss, not exact match, measures generation.
     """
     pred = generate(model, [e.prompt for e in captioning], 32, processor.text_id_range,
                     processor.pad, stop_id=processor.eos)  # fmt: skip
