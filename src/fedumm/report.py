@@ -129,7 +129,7 @@ def plot_accuracy(results: dict, path: Path) -> None:
                 ax.axhspan(m["vqa_accuracy_min"], m["vqa_accuracy_max"], color=color, alpha=0.12)
     ax.set_xlabel("round")
     ax.set_ylabel("VQA accuracy (%)")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(-2, 100)  # a zero-shot line at 0% stays visible
     ax.set_title("Global model on the test split (band: local-only min..max)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
@@ -147,7 +147,8 @@ def plot_bytes(results: dict, path: Path) -> None:
         sent.append(total / 1e6)
     full = [c["full_finetune_bytes_per_round"] * i / 1e6 for i in rounds]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(rounds, full, color="tab:red", marker="s", label="full fine-tuning")
+    ax.plot(rounds, full, color="tab:red", marker="s",
+            label="full fine-tuning (same messages, all weights serialized)")  # fmt: skip
     ax.plot(rounds, sent, color="tab:blue", marker="o", label="LoRA adapters (measured)")
     ax.set_yscale("log")
     ax.set_xlabel("round")
