@@ -129,3 +129,13 @@ def test_local_epochs_give_unequal_steps_and_fraction_samples(tiny_foundation, t
         for cid, m in r["client_metrics"].items():
             assert m["steps"] == -(-sizes[cid] // 16)  # ceil(0.5 * n / batch 8)
     assert "0.5 local epochs" in (tmp_path / "report.md").read_text()
+
+
+def test_config_command_prints_a_valid_annotated_config(tmp_path):
+    from fedumm.config import RunConfig, load_config
+
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0 and "# LoRA rank." in result.output
+    (tmp_path / "c.yaml").write_text(result.output)
+    assert load_config(tmp_path / "c.yaml") == RunConfig() == load_config("configs/quickstart.yaml")
+    assert "steps: 2500  # Optimizer steps." in runner.invoke(app, ["config", "--pretrain"]).output

@@ -63,6 +63,6 @@ def test_local_epochs_and_sample_fraction():
     assert fed.steps_for(45) == 9 and fed.steps_for(1) == 1  # ceil(2 * 45 / 10)
     assert fed.sampled_per_round == 2  # 0.25 of the default 8 clients
     assert load_config(None, ["federation.sample_fraction=0.01"]).federation.sampled_per_round == 1
-    assert load_config(None).federation.steps_for(45) == 10  # local_steps when epochs unset
+    assert load_config(None).federation.steps_for(45) == 20  # local_steps when epochs unset
     with pytest.raises(ConfigError, match="federation.sample_fraction"):
         load_config(None, ["federation.sample_fraction=1.5"])

@@ -103,6 +103,18 @@ def pretrain(
 
 
 @app.command()
+def config(
+    pretraining: Annotated[
+        bool, typer.Option("--pretrain", help="The pretraining schema.")
+    ] = False,
+) -> None:
+    """Print every config key with its default and description (a valid YAML config)."""
+    from fedumm.config import annotated_defaults
+
+    typer.echo(annotated_defaults(PretrainConfig if pretraining else RunConfig))
+
+
+@app.command()
 def strategies() -> None:
     """List the server aggregation strategies a config may name."""
     from fedumm.federation.strategies import STRATEGIES

@@ -25,7 +25,7 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     kind: Literal["shapesworld"] = Field("shapesworld", description="Data set; the built-in world.")
-    train_samples: int = Field(4000, gt=0, description="VQA training samples pooled over clients.")
+    train_samples: int = Field(20000, gt=0, description="VQA training samples pooled over clients.")
     test_samples: int = Field(600, gt=0, description="VQA test samples (disjoint scenes).")
     families: list[Literal["existence", "color", "shape", "count", "spatial", "yesno"]] = Field(
         ["existence", "color", "shape", "count", "spatial", "yesno"],
@@ -38,7 +38,7 @@ class PartitionConfig(Section):
     scheme: Literal["iid", "dirichlet"] = Field("dirichlet", description="How data is split.")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; smaller is more skewed.")
     key: Literal["answer", "family"] = Field("answer", description="Label the skew is over.")
-    min_samples: int = Field(10, ge=1, description="Each client gets at least this many samples.")
+    min_samples: int = Field(20, ge=1, description="Each client gets at least this many samples.")
 
 
 class ModelConfig(Section):
@@ -79,8 +79,8 @@ class FederationConfig(Section):
     sample_fraction: float | None = Field(
         None, gt=0, le=1, description="If set: sample this fraction of clients (at least one)."
     )
-    rounds: int = Field(12, ge=1, description="Federated rounds.")
-    local_steps: int = Field(10, ge=1, description="Optimizer steps per client per round.")
+    rounds: int = Field(10, ge=1, description="Federated rounds.")
+    local_steps: int = Field(20, ge=1, description="Optimizer steps per client per round.")
     local_epochs: float | None = Field(
         None, gt=0, description="If set: passes over local data per round instead of local_steps."
     )
@@ -177,6 +177,22 @@ class PretrainConfig(Section):
                 f"num_heads ({self.num_heads})"
             )
         return self
+
+
+def annotated_defaults(schema: type[Section], indent: int = 0) -> str:
+    """The schema's defaults as YAML, each key followed by its one-line description."""
+    lines = []
+    pad = "  " * indent
+    for name, field in schema.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, Section):
+            lines.append(f"{pad}{name}:  # {field.description}")
+            lines.append(annotated_defaults(kind, indent + 1))
+            continue
+        default = field.get_default(call_default_factory=True)
+        value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n...")
+        lines.append(f"{pad}{name}: {value}  # {field.description}")
+    return "\n".join(lines)
 
 
 def _describe(err: ValidationError, source: str) -> str:
