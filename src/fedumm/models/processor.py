@@ -39,6 +39,8 @@ class Encoded:
 
 
 class UMMProcessor:
+    """Text tokenizer + VQ image tokenizer + the special ids that frame the joint sequences."""
+
     def __init__(self, tokenizer: PreTrainedTokenizerFast, vq: PatchVQ):
         self.tokenizer = tokenizer
         self.vq = vq
