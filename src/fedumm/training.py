@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedumm.models.processor import Encoded, collate
+from fedumm.models.processor import IGNORE, Encoded, collate
 
 
 @dataclass
@@ -98,7 +98,7 @@ def evaluation_loss(
     total, count = 0.0, 0
     for i in range(0, len(data), batch_size):
         batch = collate(data[i : i + batch_size], pad_id)
-        n = int((batch["labels"][:, 1:] != -100).sum())
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
         total += model(**batch).loss.item() * n
         count += n
     return total / max(count, 1)

@@ -43,15 +43,15 @@ def local_update(
 ) -> ClientUpdate:
     """AdamW steps from the global adapter on local data: `steps`, else cfg's local schedule."""
     set_adapter(model, global_params)
+    steps = steps or cfg.steps_for(len(client.data))
     stats = train_steps(
-        model, client.data, steps or cfg.steps_for(len(client.data)), cfg.batch_size, cfg.lr,
-        cfg.weight_decay,
-        seed, pad_id, hooks=hooks, on_step=on_step,
+        model, client.data, steps, cfg.batch_size, cfg.lr, cfg.weight_decay, seed, pad_id,
+        hooks=hooks, on_step=on_step,
     )  # fmt: skip
     return ClientUpdate(
         client_id=client.client_id,
         params=get_adapter(model),
         num_samples=len(client.data),
         num_steps=stats.steps,
-        metrics={"loss": stats.loss, "train_seconds": stats.seconds, "steps": stats.steps},
+        metrics={"loss": stats.loss, "train_seconds": stats.seconds},
     )

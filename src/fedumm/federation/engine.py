@@ -82,7 +82,7 @@ class EmbeddedEngine:
             t0 = time.perf_counter()
             update = self.train_client(client, wire.unpack(down), rnd)
             train_seconds += time.perf_counter() - t0
-            client_metrics[client.client_id] = update.metrics
+            client_metrics[client.client_id] = {**update.metrics, "steps": update.num_steps}
             up = wire.pack(update.params)
             bytes_up += len(up)
             update.params = wire.unpack(up)
