@@ -35,17 +35,13 @@ def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         results = run_experiment(cfg, out, progress=False)
     rounds_ = results["rounds"][1:]  # round 1 pays one-off warm-up costs
-    pure = [
-        sum(m["train_seconds"] for m in r["client_metrics"].values()) + r["eval_seconds"]
-        for r in rounds_
-    ]
-    samples = sum(len(r["clients"]) for r in rounds_) * cfg.federation.local_steps
-    samples *= cfg.federation.batch_size
-    train = sum(m["train_seconds"] for r in rounds_ for m in r["client_metrics"].values())
+    clients = [m for r in rounds_ for m in r["client_metrics"].values()]
+    train = sum(m["train_seconds"] for m in clients)
+    samples = sum(m["steps"] for m in clients) * cfg.federation.batch_size
     return {
         "clients": num_clients,
         "round_seconds": sum(r["seconds"] for r in rounds_),
-        "pure_seconds": sum(pure),
+        "pure_seconds": train + sum(r["eval_seconds"] for r in rounds_),
         "samples_per_second": samples / train,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
