@@ -3,24 +3,10 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from fedumm.cli import app
-
-runner = CliRunner()
-
-TINY_RUN = [
-    "data.train_samples=96", "data.test_samples=24", "partition.min_samples=4",
-    "federation.num_clients=3", "federation.clients_per_round=2", "federation.rounds=2",
-    "federation.local_steps=2", "federation.batch_size=8", "lora.r=2", "eval.batch_size=24",
-]  # fmt: skip
-
-
-def _run(out, foundation, *extra):
-    args = ["run", "configs/quickstart.yaml", "-o", str(out), "--quiet"]
-    for item in [*TINY_RUN, f"model.foundation={foundation}", *extra]:
-        args += ["--set", item]
-    return runner.invoke(app, args)
+from tests.tiny import run_tiny as _run
+from tests.tiny import runner
 
 
 @pytest.fixture(scope="module")

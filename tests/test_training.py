@@ -50,7 +50,7 @@ def test_hooks_change_local_training():
         def loss(self, model, task_loss):
             return task_loss + 10.0 * sum((p**2).sum() for p in model.parameters())
 
-        def after_backward(self, model):
+        def before_step(self, model):
             PullToZero.calls += 1
 
     torch.manual_seed(0)

@@ -116,12 +116,13 @@ def config(
 
 @app.command()
 def strategies() -> None:
-    """List the server aggregation strategies a config may name."""
+    """List the FL algorithms a config may name (federation.strategy.name), with their
+    hyperparameters and defaults (set them as federation.strategy.<key>)."""
     from fedumm.federation.strategies import STRATEGIES
 
-    for name, cls in sorted(STRATEGIES.items()):
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name:<12} {doc}")
+    for name, cls in STRATEGIES.items():
+        hp = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items()) or "-"
+        typer.echo(f"{name:<11} {cls.paper:<32} {hp}")
 
 
 if __name__ == "__main__":

@@ -56,12 +56,34 @@ class LoraSection(Section):
         min_length=1,
         description="Module names that get adapters (lm_head: answer words new to the model).",
     )
+    client_ranks: list[int] | None = Field(
+        None, description="Per-client ranks, site-1 first (only flora mixes ranks); null = r."
+    )
+
+    @field_validator("client_ranks")
+    @classmethod
+    def _positive(cls, ranks: list[int] | None) -> list[int] | None:
+        if ranks is not None and min(ranks, default=1) < 1:
+            raise ValueError(f"every rank must be >= 1, got {ranks}")
+        return ranks
 
 
 class StrategyConfig(Section):
-    name: str = Field(
-        "fedavg", description="Server aggregation algorithm (see `fedumm strategies`)."
+    """The algorithm and its hyperparameters; null means the algorithm's own default."""
+
+    name: str = Field("fedavg", description="FL algorithm (see `fedumm strategies`).")
+    mu: float | None = Field(None, ge=0, description="FedProx proximal weight (default 0.01).")
+    server_lr: float | None = Field(
+        None, gt=0, description="Server step size eta (FedAvgM/SCAFFOLD 1.0, FedOpt 0.01)."
     )
+    momentum: float | None = Field(
+        None, ge=0, lt=1, description="FedAvgM server momentum (default 0.9)."
+    )
+    beta1: float | None = Field(None, ge=0, lt=1, description="FedOpt first moment (default 0.9).")
+    beta2: float | None = Field(
+        None, ge=0, lt=1, description="FedAdam/FedYogi second moment (default 0.99)."
+    )
+    tau: float | None = Field(None, gt=0, description="FedOpt adaptivity epsilon (default 1e-3).")
 
     @field_validator("name")
     @classmethod
@@ -71,6 +93,23 @@ class StrategyConfig(Section):
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
         return name
+
+    def hyperparameters(self) -> dict[str, float]:
+        """The hyperparameters set in the config (the algorithm fills in the others)."""
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+
+    @model_validator(mode="after")
+    def _used_by_algorithm(self) -> StrategyConfig:
+        from fedumm.federation.strategies import STRATEGIES
+
+        uses = STRATEGIES[self.name].defaults
+        unused = sorted(self.hyperparameters().keys() - uses.keys())
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)} not used by {self.name} "
+                f"(it uses: {', '.join(sorted(uses)) or 'none'})"
+            )
+        return self
 
 
 class FederationConfig(Section):
@@ -85,8 +124,12 @@ class FederationConfig(Section):
         None, gt=0, description="If set: passes over local data per round instead of local_steps."
     )
     batch_size: int = Field(32, ge=1, description="Local batch size.")
-    lr: float = Field(3e-3, gt=0, description="Client AdamW learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="Client AdamW weight decay.")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Client optimizer.")
+    lr: float = Field(3e-3, gt=0, description="Client learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Client weight decay.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Clip each local gradient to this norm; null = no clipping."
+    )
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="Aggregation.")
     engine: Literal["embedded"] = Field("embedded", description="Where the federation runs.")
 
@@ -139,7 +182,7 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
 
     @model_validator(mode="after")
-    def _enough_data(self) -> RunConfig:
+    def _sections_agree(self) -> RunConfig:
         need = self.federation.num_clients * self.partition.min_samples
         if need > self.data.train_samples:
             raise ValueError(
@@ -147,6 +190,22 @@ class RunConfig(Section):
                 f"{self.federation.num_clients} clients partition.min_samples "
                 f"({self.partition.min_samples}) each"
             )
+        ranks = self.lora.client_ranks
+        if ranks is not None:
+            from fedumm.federation.strategies import STRATEGIES
+
+            if len(ranks) != self.federation.num_clients:
+                raise ValueError(
+                    f"lora.client_ranks has {len(ranks)} entries for "
+                    f"{self.federation.num_clients} clients (federation.num_clients)"
+                )
+            name = self.federation.strategy.name
+            if set(ranks) != {self.lora.r} and not STRATEGIES[name].mixed_ranks:
+                mixing = sorted(n for n, s in STRATEGIES.items() if s.mixed_ranks)
+                raise ValueError(
+                    f"lora.client_ranks differ from lora.r but {name} averages factors of one "
+                    f"shape; use a strategy that mixes ranks: {', '.join(mixing)}"
+                )
         return self
 
 

@@ -22,9 +22,9 @@ from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, derive_seed, local_update
 from fedumm.federation.engine import EmbeddedEngine
-from fedumm.federation.strategies import build_strategy
+from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.models import foundation
-from fedumm.models.lora import add_lora, full_state, get_adapter, set_adapter
+from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
 from fedumm.models.processor import Encoded, UMMProcessor
 from fedumm.report import write_report
 
@@ -87,25 +87,45 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
     torch.manual_seed(cfg.seed)
 
     base, processor = foundation.load(cfg.model.foundation)
-    model = add_lora(base, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules,
-                     cfg.seed)  # fmt: skip
-    initial = get_adapter(model)
+    lora = cfg.lora
+    model = add_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, cfg.seed,
+                     extra_ranks=tuple(lora.client_ranks or ()))  # fmt: skip
+    fresh = initial_adapters(model)  # rank -> fresh adapter, the same on every party
+    initial = fresh[lora.r]
     task = build_task(cfg, processor)
     clients, parts = split_clients(cfg, task)
+    ranks = dict(zip((c.client_id for c in clients), lora.client_ranks or ()))
     fed = cfg.federation
-    strategy = build_strategy(fed.strategy.name)
+    context = FederationContext(len(clients), lora.alpha, ranks)
+    strategy = build_strategy(fed.strategy.name, context, **fed.strategy.hyperparameters())
     client_number = {c.client_id: i + 1 for i, c in enumerate(clients)}  # seeds each client
+    client_states: dict[str, dict] = {c.client_id: {} for c in clients}  # stays on each client
 
-    def evaluate(params) -> dict:
+    def evaluate_adapter(params) -> dict:
         set_adapter(model, params)
         predictions = answer_questions(model, processor, task.test_prompts, cfg.eval.batch_size)
         return vqa_accuracy(predictions, task.test_answers, task.test_families)
 
-    def train_client(client: ClientData, params, rnd: int, steps: int | None = None, bar=None):
-        seed = derive_seed(cfg.seed, rnd, client_number[client.client_id])
-        hooks = strategy.client_hooks(client.client_id, params)
-        on_step = (lambda step, loss: bar.update()) if bar is not None else None
-        return local_update(model, client, params, fed, seed, processor.pad, hooks, steps, on_step)
+    def evaluate(params) -> dict:
+        if not strategy.personalized:
+            return evaluate_adapter(params)
+        # Each client's own model on the test set, averaged: what a personalized method delivers.
+        return _spread([
+            {"metrics": evaluate_adapter(strategy.personal_adapter(params, state))}
+            for state in client_states.values()
+        ])  # fmt: skip
+
+    def train_client(client: ClientData, message, rnd: int):
+        cid = client.client_id
+        seed = derive_seed(cfg.seed, rnd, client_number[cid])
+        return local_update(model, client, message, fed, seed, processor.pad, strategy,
+                            client_states[cid], fresh[ranks.get(cid, lora.r)])  # fmt: skip
+
+    def train_alone(client: ClientData, steps: int, seed: int, bar) -> dict:
+        """Plain local training from the fresh adapter (the baselines do not federate)."""
+        update = local_update(model, client, initial, fed, seed, processor.pad, steps=steps,
+                              on_step=lambda step, loss: bar.update())  # fmt: skip
+        return evaluate_adapter(update.params)
 
     results: dict = {"config": cfg.model_dump(), "baselines": {}}
     if cfg.baselines.zero_shot:
@@ -122,11 +142,9 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
         budgets = [fed.rounds * fed.steps_for(len(c.data)) for c in clients]
         with tqdm(total=sum(budgets), desc="local-only baseline", unit="step",
                   disable=not progress) as bar:  # fmt: skip
-            per_client = [
-                {"client_id": c.client_id,
-                 "metrics": evaluate(train_client(c, initial, 0, steps, bar).params)}
-                for c, steps in zip(clients, budgets)
-            ]  # fmt: skip
+            per_client = [{"client_id": c.client_id, "metrics": train_alone(
+                c, steps, derive_seed(cfg.seed, 0, client_number[c.client_id]), bar)}
+                          for c, steps in zip(clients, budgets)]  # fmt: skip
         results["baselines"]["local"] = {"metrics": _spread(per_client), "clients": per_client}
 
     if cfg.baselines.centralized:
@@ -135,10 +153,9 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
         steps = sum(m["steps"] for r in records for m in r.client_metrics.values())
         with tqdm(total=steps, desc="centralized baseline", unit="step",
                   disable=not progress) as bar:  # fmt: skip
-            update = local_update(model, pooled, initial, fed, derive_seed(cfg.seed, 0xCE),
-                                  processor.pad, steps=steps,
-                                  on_step=lambda step, loss: bar.update())  # fmt: skip
-        results["baselines"]["centralized"] = {"metrics": evaluate(update.params)}
+            results["baselines"]["centralized"] = {
+                "metrics": train_alone(pooled, steps, derive_seed(cfg.seed, 0xCE), bar)
+            }
 
     results["communication"] = _communication(initial, full_state(model), records)
     results["partition"] = _partition_summary(cfg, task, clients, parts)

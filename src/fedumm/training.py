@@ -23,14 +23,18 @@ class TrainStats:
 class TrainingHooks:
     """Where an algorithm changes local training (FedProx's proximal term, SCAFFOLD's correction).
 
-    The default changes nothing: plain AdamW on the task loss, which is what FedAvg asks for.
+    The default changes nothing: plain steps on the task loss, which is what FedAvg asks for.
     """
 
     def loss(self, model: torch.nn.Module, task_loss: torch.Tensor) -> torch.Tensor:
         return task_loss
 
-    def after_backward(self, model: torch.nn.Module) -> None:
+    def before_step(self, model: torch.nn.Module) -> None:
+        """Runs on the (clipped) gradients just before the optimizer step."""
         return None
+
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
 def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
@@ -56,15 +60,17 @@ def train_steps(
     pad_id: int,
     hooks: TrainingHooks | None = None,
     lr_schedule: Callable[[int], float] | None = None,
-    max_grad_norm: float = 1.0,
+    max_grad_norm: float | None = 1.0,
+    optimizer: str = "adamw",
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainStats:
-    """Run `steps` AdamW steps on the trainable parameters of `model` over `data`."""
+    """Run `steps` optimizer steps (AdamW or plain SGD) on the trainable parameters of `model`
+    over `data`, clipping the gradient norm to `max_grad_norm` unless it is None."""
     if not data:
         raise ValueError("cannot train on an empty data set")
     hooks = hooks or TrainingHooks()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     start, losses, samples = time.perf_counter(), [], 0
@@ -77,8 +83,9 @@ def train_steps(
         loss = hooks.loss(model, task_loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        hooks.after_backward(model)
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        hooks.before_step(model)
         optimizer.step()
         losses.append(task_loss.item())
         samples += len(idx)

@@ -1,22 +1,25 @@
-"""A client's local update: load the global adapter, train on private data, return the adapter.
+"""A client's local update: start from what the server sent, train on private data, answer.
 
-Clients own data and nothing else: the frozen base model is shared by every simulated client and
-the adapter is swapped in and out, so memory does not grow with the number of clients.
+Clients own their data and a small `state` (what an algorithm keeps on the client, e.g. SCAFFOLD's
+control variate); the frozen base model is shared by every simulated client and the adapter is
+swapped in and out, so memory does not grow with the number of clients.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from peft import PeftModel
 
 from fedumm.config import FederationConfig
+from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import ClientUpdate, Params
-from fedumm.models.lora import get_adapter, set_adapter
+from fedumm.models.lora import adapter_parameters, get_adapter, set_adapter
 from fedumm.models.processor import Encoded
-from fedumm.training import TrainingHooks, train_steps
+from fedumm.training import train_steps
 
 
 @dataclass
@@ -30,27 +33,51 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
 
 
+@contextmanager
+def frozen_factors(model: PeftModel, factors: tuple[str, ...]) -> Iterator[None]:
+    """Temporarily stop training the named adapter factors (e.g. FFA-LoRA's 'lora_A')."""
+    frozen = [p for k, p in adapter_parameters(model).items()
+              if p.requires_grad and any(f".{f}." in k for f in factors)]  # fmt: skip
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 def local_update(
     model: PeftModel,
     client: ClientData,
-    global_params: Params,
+    message: Params,
     cfg: FederationConfig,
     seed: int,
     pad_id: int,
-    hooks: TrainingHooks | None = None,
+    strategy: Strategy | None = None,
+    state: Params | None = None,
+    initial: Params | None = None,
     steps: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> ClientUpdate:
-    """AdamW steps from the global adapter on local data: `steps`, else cfg's local schedule."""
-    set_adapter(model, global_params)
+    """Local training as `strategy` asks (plain training without one): `steps` steps, else
+    cfg's local schedule. `state` is this client's persistent dict, `initial` its fresh adapter."""
+    state = {} if state is None else state
+    start = strategy.client_start(message, state, initial) if strategy else message
+    set_adapter(model, start)
+    hooks = strategy.client_hooks(model, message, state) if strategy else None
     steps = steps or cfg.steps_for(len(client.data))
-    stats = train_steps(
-        model, client.data, steps, cfg.batch_size, cfg.lr, cfg.weight_decay, seed, pad_id,
-        hooks=hooks, on_step=on_step,
-    )  # fmt: skip
+    with frozen_factors(model, strategy.frozen if strategy else ()):
+        stats = train_steps(
+            model, client.data, steps, cfg.batch_size, cfg.lr, cfg.weight_decay, seed, pad_id,
+            hooks=hooks, max_grad_norm=cfg.max_grad_norm, optimizer=cfg.optimizer,
+            on_step=on_step,
+        )  # fmt: skip
+    trained = get_adapter(model)
+    upload = strategy.client_finish(message, trained, state, hooks) if strategy else trained
     return ClientUpdate(
         client_id=client.client_id,
-        params=get_adapter(model),
+        params=upload,
         num_samples=len(client.data),
         num_steps=stats.steps,
         metrics={"loss": stats.loss, "train_seconds": stats.seconds},

@@ -1,9 +1,10 @@
 """The embedded engine: a whole federation in one process, around one shared frozen base model.
 
-Per round: sample clients, send each the global adapter, let it train, receive its adapter,
-validate it, aggregate with the strategy, evaluate. Every message is really serialized
-(`wire.pack`), so the byte counts are measured, not estimated. The engine knows nothing about
-models or algorithms: it calls `train_client`, the strategy and `evaluate`.
+Per round: sample clients, send each what the strategy broadcasts, let it train, receive its
+upload, validate it against the strategy's template, aggregate with the strategy, evaluate.
+Every message is really serialized (`wire.pack`), so the byte counts are measured, not estimated.
+The engine knows nothing about models or algorithms: it calls `train_client`, the strategy and
+`evaluate`.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class EmbeddedEngine:
     ) -> tuple[Params, RoundRecord]:
         start = time.perf_counter()
         sampled = self.sample(rnd)
-        down = wire.pack(global_params)
+        down = wire.pack(self.strategy.broadcast(global_params))
         accepted, rejected, client_metrics, bytes_up, train_seconds = [], [], {}, 0, 0.0
         for client in sampled:
             t0 = time.perf_counter()
@@ -87,7 +88,9 @@ class EmbeddedEngine:
             bytes_up += len(up)
             update.params = wire.unpack(up)
             try:
-                validate_update(update, global_params)
+                validate_update(
+                    update, self.strategy.upload_template(global_params, client.client_id)
+                )
             except UpdateRejected as e:
                 log.warning("round %d: rejected update: %s", rnd, e)
                 rejected.append({"client_id": client.client_id, "reason": str(e)})

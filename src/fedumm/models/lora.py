@@ -1,4 +1,12 @@
-"""LoRA through peft, and the adapter state-dict helpers the federation moves around."""
+"""LoRA through peft, and the adapter state-dict helpers the federation moves around.
+
+An adapter is a dict of tensors keyed like peft's state dict (`<module>.lora_A.weight`,
+`<module>.lora_B.weight`). Two extensions, both plain tensors in the same dict:
+- several ranks in one model (one peft adapter per rank; the rank of the tensors picks it), for
+  algorithms whose clients train different ranks;
+- folded deltas, `fold/<module>`: a dense matrix added to that module's frozen weight, for
+  algorithms that merge products of factors into the base model (FLoRA, FedEx-LoRA).
+"""
 
 from __future__ import annotations
 
@@ -7,34 +15,148 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from peft import set_peft_model_state_dict as _set
 
 Params = dict[str, torch.Tensor]
+FOLD = "fold/"
+
+
+def is_fold(key: str) -> bool:
+    return key.startswith(FOLD)
+
+
+def factor_of(key: str) -> str | None:
+    """'lora_A' or 'lora_B' for a factor key, else None."""
+    for factor in ("lora_A", "lora_B"):
+        if f".{factor}." in key:
+            return factor
+    return None
+
+
+def module_of(key: str) -> str:
+    """The module path a factor or fold key belongs to."""
+    return key[len(FOLD) :] if is_fold(key) else key.split(".lora_", 1)[0]
+
+
+def factor_pairs(params: Params) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """module -> (A, B) for every adapted module in `params`."""
+    return {
+        module_of(k): (v, params[k.replace(".lora_A.", ".lora_B.")])
+        for k, v in params.items()
+        if factor_of(k) == "lora_A"
+    }
+
+
+def effective_delta(params: Params, lora_alpha: float) -> dict[str, torch.Tensor]:
+    """module -> fold + (alpha / r) * B A: what the adapter adds to each frozen weight."""
+    delta = {m: (lora_alpha / a.shape[0]) * (b @ a) for m, (a, b) in factor_pairs(params).items()}
+    for k, v in params.items():
+        if is_fold(k):
+            m = module_of(k)
+            delta[m] = delta[m] + v if m in delta else v
+    return delta
+
+
+def _adapter_name(r: int, default_r: int) -> str:
+    return "default" if r == default_r else f"rank{r}"
 
 
 def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
-             target_modules: list[str], seed: int) -> PeftModel:  # fmt: skip
-    """Freeze `model` and attach LoRA adapters; the seed fixes A's random init for everyone."""
+             target_modules: list[str], seed: int,
+             extra_ranks: tuple[int, ...] = ()) -> PeftModel:  # fmt: skip
+    """Freeze `model` and attach LoRA adapters; the seed fixes A's random init for everyone.
+
+    `extra_ranks` adds one more adapter per rank (for clients that train another rank); the
+    adapter of rank `r` is the active one."""
+    linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in target_modules if t not in names]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                         if isinstance(m, torch.nn.Linear)})  # fmt: skip
+        known = sorted({n.rsplit(".", 1)[-1] for n in linear})
         raise ValueError(
-            f"LoRA target modules {missing} match no module; linear modules are: {linear}"
+            f"LoRA target modules {missing} match no module; linear modules are: {known}"
         )
+    targeted = {n: m for n, m in linear.items() if n.rsplit(".", 1)[-1] in target_modules}
+    smallest = min(targeted, key=lambda n: min(targeted[n].in_features, targeted[n].out_features))
+    limit = min(targeted[smallest].in_features, targeted[smallest].out_features)
+    for rank in (r, *extra_ranks):
+        if rank > limit:
+            layer = targeted[smallest]
+            raise ValueError(
+                f"LoRA rank {rank} exceeds what {smallest} ({layer.out_features}x"
+                f"{layer.in_features}) allows; the largest useful rank is {limit}"
+            )
     torch.manual_seed(seed)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    for rank in sorted(set(extra_ranks) - {r}):
+        torch.manual_seed(seed)
+        peft_model.add_adapter(
+            _adapter_name(rank, r),
+            LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                       target_modules=target_modules),
+        )  # fmt: skip
+    peft_model.set_adapter("default")
+    return peft_model
 
 
 def get_adapter(model: PeftModel) -> Params:
-    """A detached copy of the adapter tensors: exactly what a client sends."""
-    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    """A detached copy of the active adapter's tensors: exactly what a client sends."""
+    state = get_peft_model_state_dict(
+        model, adapter_name=model.active_adapter, save_embedding_layers=False
+    )
     return {k: v.detach().clone() for k, v in state.items()}
 
 
+def initial_adapters(model: PeftModel) -> dict[int, Params]:
+    """rank -> the current tensors of the model's adapter of that rank (call before training)."""
+    active, out = model.active_adapter, {}
+    for name, config in model.peft_config.items():
+        model.set_adapter(name)
+        out[config.r] = get_adapter(model)
+    model.set_adapter(active)
+    return out
+
+
+def adapter_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
+    """The live parameters of the active adapter, keyed like `get_adapter`."""
+    tag = f".{model.active_adapter}."
+    return {
+        n.replace(tag, "."): p for n, p in model.named_parameters() if tag in n and "lora_" in n
+    }
+
+
 def set_adapter(model: PeftModel, params: Params) -> None:
-    result = _set(model, params)
+    """Load `params` as the complete adapter state: factors (their rank picks the peft adapter)
+    and folded deltas; frozen weights without a fold in `params` are restored to the base."""
+    factors = {k: v for k, v in params.items() if not is_fold(k)}
+    ranks = {v.shape[0] for k, v in factors.items() if factor_of(k) == "lora_A"}
+    if len(ranks) > 1:
+        raise ValueError(f"one adapter cannot mix ranks {sorted(ranks)}")
+    if ranks:
+        rank = ranks.pop()
+        name = next((n for n, c in model.peft_config.items() if c.r == rank), None)
+        if name is None:
+            have = sorted(c.r for c in model.peft_config.values())
+            raise ValueError(f"the model has no adapter of rank {rank} (it has ranks {have})")
+        model.set_adapter(name)
+    result = _set(model, factors, adapter_name=model.active_adapter)
     if result.unexpected_keys:
         raise KeyError(f"adapter has keys the model does not: {result.unexpected_keys[:3]}")
+    _set_folds(model, {module_of(k): v for k, v in params.items() if is_fold(k)})
+
+
+def _set_folds(model: PeftModel, folds: dict[str, torch.Tensor]) -> None:
+    """Frozen weight = base weight + fold; the base weights are kept aside on first use."""
+    base = getattr(model, "_fedumm_base_weights", None)
+    if base is None:
+        if not folds:
+            return
+        base = {}
+        model._fedumm_base_weights = base
+    with torch.no_grad():
+        for module in folds.keys() - base.keys():
+            base[module] = model.get_submodule(module).base_layer.weight.detach().clone()
+        for module, weight in base.items():
+            target = model.get_submodule(module).base_layer.weight
+            target.copy_(weight + folds[module] if module in folds else weight)
 
 
 def full_state(model: PeftModel) -> Params:

@@ -1,14 +1,33 @@
-"""Server strategies by name. Add one: a file with a Strategy subclass, and a line below."""
+"""FL algorithms by name. Add one: a short file with a Strategy subclass, and a line below."""
 
 from __future__ import annotations
 
-from fedumm.federation.strategies.base import Strategy
+from fedumm.federation.strategies.base import FederationContext, Strategy
+from fedumm.federation.strategies.fedadagrad import FedAdagrad
+from fedumm.federation.strategies.fedadam import FedAdam
 from fedumm.federation.strategies.fedavg import FedAvg
+from fedumm.federation.strategies.fedavgm import FedAvgM
+from fedumm.federation.strategies.fedex_lora import FedExLoRA
+from fedumm.federation.strategies.fednova import FedNova
+from fedumm.federation.strategies.fedprox import FedProx
+from fedumm.federation.strategies.fedsa_lora import FedSALoRA
+from fedumm.federation.strategies.fedyogi import FedYogi
+from fedumm.federation.strategies.ffa_lora import FFALoRA
+from fedumm.federation.strategies.flora import FLoRA
+from fedumm.federation.strategies.scaffold import Scaffold
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg,)}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (
+        FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, FedNova,
+        FFALoRA, FedSALoRA, FLoRA, FedExLoRA,
+    )
+}  # fmt: skip
 
 
-def build_strategy(name: str) -> Strategy:
+def build_strategy(
+    name: str, context: FederationContext | None = None, **hyperparameters: float
+) -> Strategy:
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name]()
+    return STRATEGIES[name](context, **hyperparameters)

@@ -1,33 +1,86 @@
 """The strategy interface: everything an FL algorithm decides, and nothing an engine does.
 
-An engine (embedded or NVIDIA FLARE) only moves tensors; it asks the strategy what local training
-should add (`client_hooks`) and how to turn the updates that arrived into the next global adapter
-(`aggregate`). Algorithms are pure functions of tensors, so they are tested without any engine.
+An algorithm has a server side and a client side. The server side keeps the server state
+(momentum, moments, control variates), says what goes down to the clients (`broadcast`) and turns
+the updates that came back into the next global adapter (`aggregate`). The client side runs where
+the data is, with a per-client `state` dict that stays on that client between rounds: it says
+where local training starts (`client_start`), how it is changed (`client_hooks`, `frozen`) and
+what goes back up (`client_finish`). Engines (embedded, NVIDIA FLARE) only move the tensors these
+methods return; every method is a function of tensors, testable without any engine.
+
+The defaults are plain FedAvg behaviour: the whole adapter down, plain training, the trained
+adapter up.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from fedumm.federation.update import ClientUpdate
+from fedumm.federation.update import ClientUpdate, Params
+from fedumm.models.lora import is_fold
 from fedumm.training import TrainingHooks
 
-Params = dict[str, torch.Tensor]
+
+@dataclass(frozen=True)
+class FederationContext:
+    """What an algorithm may know about the federation besides tensors."""
+
+    num_clients: int = 1
+    lora_alpha: float = 1.0  # LoRA scale of a rank-r factor pair is lora_alpha / r
+    client_ranks: dict[str, int] = field(default_factory=dict)  # only where ranks differ
 
 
 class Strategy(ABC):
     name: ClassVar[str]
+    paper: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, float]] = {}  # the hyperparameters it reads, with defaults
+    frozen: ClassVar[tuple[str, ...]] = ()  # adapter factors clients do not train ("lora_A")
+    personalized: ClassVar[bool] = False  # True: each client's model differs from the global one
+    mixed_ranks: ClassVar[bool] = False  # True: aggregates adapters of different ranks
 
-    def client_hooks(self, client_id: str, global_params: Params) -> TrainingHooks | None:
-        """How this algorithm changes a client's local training; None leaves it plain."""
-        return None
+    def __init__(self, context: FederationContext | None = None, **hyperparameters: float):
+        unknown = sorted(hyperparameters.keys() - self.defaults.keys())
+        if unknown:
+            uses = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"{self.name} does not use {', '.join(unknown)} (it uses: {uses})")
+        self.context = context or FederationContext()
+        self.hp = {**self.defaults, **hyperparameters}
+
+    # ---- server side -------------------------------------------------------------------------
+    def broadcast(self, global_params: Params) -> Params:
+        """The message every sampled client receives this round."""
+        return global_params
+
+    def upload_template(self, global_params: Params, client_id: str) -> Params:
+        """Keys, shapes and dtypes a client's upload must have; the server refuses others."""
+        return {k: v for k, v in global_params.items() if not is_fold(k)}
 
     @abstractmethod
     def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
         """The next global adapter from the current one and the validated client updates."""
+
+    # ---- client side -------------------------------------------------------------------------
+    def client_start(self, message: Params, state: Params, initial: Params) -> Params:
+        """The adapter local training starts from; `initial` is this client's fresh adapter."""
+        return message
+
+    def client_hooks(self, model: torch.nn.Module, message: Params, state: Params
+                     ) -> TrainingHooks | None:  # fmt: skip
+        """How this algorithm changes a client's local training; None leaves it plain."""
+        return None
+
+    def client_finish(self, message: Params, trained: Params, state: Params,
+                      hooks: TrainingHooks | None) -> Params:  # fmt: skip
+        """What the client sends back; may update `state`, which stays on the client."""
+        return trained
+
+    def personal_adapter(self, global_params: Params, state: Params) -> Params:
+        """The model a client actually uses (personalized algorithms only)."""
+        return global_params
 
 
 def sample_weights(updates: list[ClientUpdate]) -> list[float]:
@@ -39,3 +92,9 @@ def sample_weights(updates: list[ClientUpdate]) -> list[float]:
 def weighted_average(tensors: list[Params], weights: list[float]) -> Params:
     keys = tensors[0].keys()
     return {k: sum(w * t[k] for w, t in zip(weights, tensors)) for k in keys}
+
+
+def pseudo_gradient(global_params: Params, updates: list[ClientUpdate]) -> Params:
+    """Delta = sum_k p_k (theta_k - theta): the FedAvg step, the input of every server optimizer."""
+    mean = weighted_average([u.params for u in updates], sample_weights(updates))
+    return {k: mean[k] - global_params[k] for k in mean}

@@ -3,7 +3,8 @@ from Decentralized Data").
 
 Update rule, with p_k = n_k / sum_j n_j over the clients that answered this round:
     theta_{t+1} = sum_k p_k * theta_k
-Applied to LoRA adapters this is FedIT: A and B are averaged separately.
+Applied to LoRA adapters this is FedIT: A and B are averaged separately, so the product is not
+the average of the products (see `fedex_lora.py` and `flora.py` for the exact alternatives).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fedumm.federation.update import ClientUpdate
 
 class FedAvg(Strategy):
     name = "fedavg"
+    paper = "McMahan et al., AISTATS 2017"
 
     def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
         return weighted_average([u.params for u in updates], sample_weights(updates))
