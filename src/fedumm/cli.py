@@ -77,6 +77,32 @@ def run(
 
 
 @app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="YAML sweep: base config, overrides, grid.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder of the sweep.")] = Path(
+        "runs/sweep"
+    ),
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Run one federation per grid cell (reusing finished cells); write sweep.md/.csv/.png."""
+    from fedumm.sweep import load_sweep, run_sweep
+
+    try:
+        cells = load_sweep(sweep_file, set_)
+    except ConfigError as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2) from None
+    _setup_logging()
+    try:
+        run_sweep(cells, out, progress=not quiet)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{len(cells)} cells; table: {out / 'sweep.md'}")
+
+
+@app.command()
 def pretrain(
     config: Annotated[Path | None, typer.Argument(help="YAML pretraining config.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the checkpoint.")] = Path(

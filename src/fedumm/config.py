@@ -74,7 +74,7 @@ class StrategyConfig(Section):
     name: str = Field("fedavg", description="FL algorithm (see `fedumm strategies`).")
     mu: float | None = Field(None, ge=0, description="FedProx proximal weight (default 0.01).")
     server_lr: float | None = Field(
-        None, gt=0, description="Server step size eta (FedAvgM/SCAFFOLD 1.0, FedOpt 0.01)."
+        None, gt=0, description="Server step size eta (FedAvgM 0.3, FedOpt 0.03, SCAFFOLD 1.0)."
     )
     momentum: float | None = Field(
         None, ge=0, lt=1, description="FedAvgM server momentum (default 0.9)."
@@ -271,37 +271,48 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(value)
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    for text in overrides:
-        path, value = parse_override(text)
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any]) -> dict:
+    """Set dotted keys in `raw`: from `--set` strings, or from a {dotted key: value} mapping."""
+    pairs = (
+        [(k.split("."), v) for k, v in overrides.items()]
+        if isinstance(overrides, dict)
+        else [parse_override(text) for text in overrides]
+    )
+    for path, value in pairs:
         node = raw
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {text}: {part!r} is not a section")
+                raise ConfigError(f"{'.'.join(path)}: {part!r} is not a section")
         node[path[-1]] = value
     return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping from `path`, or a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def validate(raw: dict, schema: type[Section], source: str):
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source)) from None
 
 
 def load_config(
     path: str | Path | None, overrides: list[str] | None = None, schema: type[Section] = RunConfig
 ):
     """Read a YAML file (or defaults when `path` is None), apply `--set` overrides, validate."""
-    raw: dict = {}
-    source = "(defaults)"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
-    try:
-        return schema.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_describe(e, source)) from None
+    return validate(raw, schema, str(path) if path is not None else "(defaults)")

@@ -129,7 +129,7 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
 
     results: dict = {"config": cfg.model_dump(), "baselines": {}}
     if cfg.baselines.zero_shot:
-        results["baselines"]["zero_shot"] = {"metrics": evaluate(initial)}
+        results["baselines"]["zero_shot"] = {"metrics": evaluate_adapter(initial)}
 
     engine = EmbeddedEngine(clients, strategy, train_client, evaluate, fed.sampled_per_round,
                             cfg.seed, cfg.eval.every, progress)  # fmt: skip
@@ -142,9 +142,12 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
         budgets = [fed.rounds * fed.steps_for(len(c.data)) for c in clients]
         with tqdm(total=sum(budgets), desc="local-only baseline", unit="step",
                   disable=not progress) as bar:  # fmt: skip
-            per_client = [{"client_id": c.client_id, "metrics": train_alone(
-                c, steps, derive_seed(cfg.seed, 0, client_number[c.client_id]), bar)}
-                          for c, steps in zip(clients, budgets)]  # fmt: skip
+            per_client = []
+            for c, steps in zip(clients, budgets):
+                seed = derive_seed(cfg.seed, 0, client_number[c.client_id])
+                per_client.append(
+                    {"client_id": c.client_id, "metrics": train_alone(c, steps, seed, bar)}
+                )
         results["baselines"]["local"] = {"metrics": _spread(per_client), "clients": per_client}
 
     if cfg.baselines.centralized:

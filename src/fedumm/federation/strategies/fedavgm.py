@@ -14,7 +14,7 @@ from fedumm.federation.strategies.base import Strategy, pseudo_gradient
 class FedAvgM(Strategy):
     name = "fedavgm"
     paper = "Hsu et al., 2019"
-    defaults = {"server_lr": 1.0, "momentum": 0.9}
+    defaults = {"server_lr": 0.3, "momentum": 0.9}
 
     def __init__(self, context=None, **hyperparameters):
         super().__init__(context, **hyperparameters)
