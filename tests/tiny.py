@@ -13,8 +13,9 @@ TINY_RUN = [
 ]  # fmt: skip
 
 
-def run_tiny(out, foundation, *overrides):
-    args = ["run", "configs/quickstart.yaml", "-o", str(out), "--quiet"]
+def run_tiny(out, foundation, *overrides, cli=()):
+    """`fedumm run` with TINY_RUN and `overrides` as --set items, plus `cli` options."""
+    args = ["run", "configs/quickstart.yaml", "-o", str(out), "--quiet", *cli]
     for item in [*TINY_RUN, f"model.foundation={foundation}", *overrides]:
         args += ["--set", item]
     return runner.invoke(app, args)

@@ -39,6 +39,21 @@ def _load(config: Path | None, overrides: list[str] | None, schema):
         raise typer.Exit(2) from None
 
 
+def _stored_config(run_dir: Path, overrides: list[str] | None) -> RunConfig:
+    from fedumm.config import apply_overrides, validate
+    from fedumm.federation.checkpoint import CheckpointError, read_manifest
+
+    try:
+        stored = read_manifest(run_dir)["config"]
+        return validate(apply_overrides(stored, overrides or []), RunConfig, str(run_dir))
+    except CheckpointError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    except ConfigError as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)  # fmt: skip
@@ -54,15 +69,26 @@ def run(
     ),
     set_: SetOption = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this folder from its last checkpoint."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Resume even if the config differs from the checkpoint's.")
+    ] = False,
 ) -> None:
     """Run a federation plus its baselines; write results.json, report.md and plots to OUT."""
-    cfg: RunConfig = _load(config, set_, RunConfig)
+    if resume is not None and config is None:
+        cfg = _stored_config(resume, set_)  # the config the run was started with
+    else:
+        cfg = _load(config, set_, RunConfig)
+    out = resume or out
     _setup_logging()
     from fedumm.experiment import run_experiment
     from fedumm.report import method_rows
 
     try:
-        results = run_experiment(cfg, out, progress=not quiet)
+        results = run_experiment(cfg, out, not quiet, resume is not None, force)
     except (FileNotFoundError, ValueError) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1) from None

@@ -180,6 +180,9 @@ class RunConfig(Section):
     federation: FederationConfig = Field(default_factory=FederationConfig, description="Rounds.")
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig, description="Baselines.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    checkpoint_every: int = Field(
+        1, ge=0, description="Write a resumable checkpoint every N rounds; 0 = never."
+    )
 
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from fedumm.config import RunConfig
 from fedumm.data import partition, shapesworld
 from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
-from fedumm.federation import wire
+from fedumm.federation import checkpoint, wire
 from fedumm.federation.client import ClientData, derive_seed, local_update
 from fedumm.federation.engine import EmbeddedEngine
 from fedumm.federation.strategies import FederationContext, build_strategy
@@ -77,8 +77,14 @@ def split_clients(cfg: RunConfig, task: VQATask) -> tuple[list[ClientData], list
     return clients, parts
 
 
-def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict:
-    """Run zero-shot, federated, local-only and centralized, write results; return them."""
+def run_experiment(
+    cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False,
+    force: bool = False,
+) -> dict:  # fmt: skip
+    """Run zero-shot, federated, local-only and centralized, write results; return them.
+
+    With `resume`, continue from the checkpoint in `out_dir` (its config must equal `cfg` unless
+    `force`); the results are those an uninterrupted run would have written."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,14 +134,37 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
         return evaluate_adapter(update.params)
 
     results: dict = {"config": cfg.model_dump(), "baselines": {}}
-    if cfg.baselines.zero_shot:
+    rounds: list[dict] = []
+    global_params, first_round = initial, 1
+    if resume:
+        ck = checkpoint.load(out_dir)
+        if ck.config != results["config"] and not force:
+            raise checkpoint.CheckpointError(
+                f"{out_dir} was run with another config; resume with the same config (or force it)"
+            )
+        global_params, first_round, rounds = ck.global_params, ck.round + 1, ck.records
+        strategy.load_state_dict(ck.strategy_state)
+        client_states.update(ck.client_states)
+        results["baselines"] = ck.extra["baselines"]
+        torch.set_rng_state(ck.rng_state)
+        log.info("resuming %s after round %d", out_dir, ck.round)
+    elif cfg.baselines.zero_shot:
         results["baselines"]["zero_shot"] = {"metrics": evaluate_adapter(initial)}
+
+    def after_round(record, params) -> None:
+        rounds.append(record.to_dict())
+        every = cfg.checkpoint_every
+        if every and (record.round % every == 0 or record.round == fed.rounds):
+            checkpoint.save(out_dir, checkpoint.Checkpoint(
+                record.round, results["config"], params, strategy.state_dict(), client_states,
+                rounds, {"baselines": results["baselines"]},
+            ))  # fmt: skip
 
     engine = EmbeddedEngine(clients, strategy, train_client, evaluate, fed.sampled_per_round,
                             cfg.seed, cfg.eval.every, progress)  # fmt: skip
-    final_params, records = engine.run(initial, fed.rounds)
-    results["rounds"] = [r.to_dict() for r in records]
-    results["final"] = {"metrics": records[-1].metrics}
+    final_params, _ = engine.run(global_params, fed.rounds, first_round, after_round)
+    results["rounds"] = rounds
+    results["final"] = {"metrics": rounds[-1]["metrics"]}
 
     if cfg.baselines.local:
         # Each client alone, for the steps it would take if it joined every round.
@@ -153,14 +182,14 @@ def run_experiment(cfg: RunConfig, out_dir: Path, progress: bool = True) -> dict
     if cfg.baselines.centralized:
         # Equal compute: as many steps of the same batch size as all federated clients took.
         pooled = ClientData("centralized", task.train)
-        steps = sum(m["steps"] for r in records for m in r.client_metrics.values())
+        steps = sum(m["steps"] for r in rounds for m in r["client_metrics"].values())
         with tqdm(total=steps, desc="centralized baseline", unit="step",
                   disable=not progress) as bar:  # fmt: skip
             results["baselines"]["centralized"] = {
                 "metrics": train_alone(pooled, steps, derive_seed(cfg.seed, 0xCE), bar)
             }
 
-    results["communication"] = _communication(initial, full_state(model), records)
+    results["communication"] = _communication(initial, full_state(model), rounds)
     results["partition"] = _partition_summary(cfg, task, clients, parts)
     results["wall_seconds"] = time.perf_counter() - start
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -173,15 +202,15 @@ def _communication(adapter: dict, full: dict, records: list) -> dict:
     """Measured adapter traffic against what full fine-tuning would serialize for the same
     messages: one full model down and one up for every client of every round."""
     full_bytes = wire.num_bytes(full)
-    per_round = float(np.mean([r.bytes_up + r.bytes_down for r in records]))
-    full_per_round = float(np.mean([2 * full_bytes * len(r.clients) for r in records]))
+    per_round = float(np.mean([r["bytes_up"] + r["bytes_down"] for r in records]))
+    full_per_round = float(np.mean([2 * full_bytes * len(r["clients"]) for r in records]))
     return {
         "adapter_message_bytes": wire.num_bytes(adapter),
         "full_model_message_bytes": full_bytes,
         "adapter_bytes_per_round": per_round,
         "full_finetune_bytes_per_round": full_per_round,
         "ratio": full_per_round / per_round,
-        "total_bytes": int(sum(r.bytes_up + r.bytes_down for r in records)),
+        "total_bytes": int(sum(r["bytes_up"] + r["bytes_down"] for r in records)),
         "trainable_parameters": sum(v.numel() for v in adapter.values()),
         "total_parameters": sum(v.numel() for v in full.values()),
     }

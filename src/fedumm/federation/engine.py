@@ -117,14 +117,24 @@ class EmbeddedEngine:
         )
         return global_params, record
 
-    def run(self, global_params: Params, rounds: int) -> tuple[Params, list[RoundRecord]]:
+    def run(
+        self,
+        global_params: Params,
+        rounds: int,
+        first_round: int = 1,
+        after_round: Callable[[RoundRecord, Params], None] | None = None,
+    ) -> tuple[Params, list[RoundRecord]]:
+        """Rounds `first_round`..`rounds` (a resumed run starts later); `after_round` sees each
+        finished round (checkpointing hooks in there)."""
         records = []
-        bar = tqdm(range(1, rounds + 1), desc="federated rounds", unit="round",
-                   disable=not self.progress)  # fmt: skip
+        bar = tqdm(range(first_round, rounds + 1), desc="federated rounds", unit="round",
+                   initial=first_round - 1, total=rounds, disable=not self.progress)  # fmt: skip
         for rnd in bar:
             evaluate = rnd == rounds or rnd % self.eval_every == 0
             global_params, record = self.run_round(rnd, global_params, evaluate)
             records.append(record)
+            if after_round is not None:
+                after_round(record, global_params)
             if "vqa_accuracy" in record.metrics:
                 bar.set_postfix(vqa_acc=f"{record.metrics['vqa_accuracy']:.1f}")
         return global_params, records

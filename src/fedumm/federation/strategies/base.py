@@ -41,6 +41,7 @@ class Strategy(ABC):
     frozen: ClassVar[tuple[str, ...]] = ()  # adapter factors clients do not train ("lora_A")
     personalized: ClassVar[bool] = False  # True: each client's model differs from the global one
     mixed_ranks: ClassVar[bool] = False  # True: aggregates adapters of different ranks
+    state_attrs: ClassVar[tuple[str, ...]] = ()  # server state: attributes holding tensor dicts
 
     def __init__(self, context: FederationContext | None = None, **hyperparameters: float):
         unknown = sorted(hyperparameters.keys() - self.defaults.keys())
@@ -49,6 +50,17 @@ class Strategy(ABC):
             raise ValueError(f"{self.name} does not use {', '.join(unknown)} (it uses: {uses})")
         self.context = context or FederationContext()
         self.hp = {**self.defaults, **hyperparameters}
+
+    def state_dict(self) -> Params:
+        """The server state as flat tensors ('<attr>/<key>'), for checkpoints."""
+        return {f"{a}/{k}": v for a in self.state_attrs for k, v in getattr(self, a).items()}
+
+    def load_state_dict(self, state: Params) -> None:
+        for a in self.state_attrs:
+            prefix = f"{a}/"
+            setattr(
+                self, a, {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
 
     # ---- server side -------------------------------------------------------------------------
     def broadcast(self, global_params: Params) -> Params:

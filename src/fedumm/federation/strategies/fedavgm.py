@@ -15,6 +15,7 @@ class FedAvgM(Strategy):
     name = "fedavgm"
     paper = "Hsu et al., 2019"
     defaults = {"server_lr": 0.3, "momentum": 0.9}
+    state_attrs = ("velocity",)
 
     def __init__(self, context=None, **hyperparameters):
         super().__init__(context, **hyperparameters)

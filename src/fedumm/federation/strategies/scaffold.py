@@ -57,6 +57,7 @@ class Scaffold(Strategy):
     name = "scaffold"
     paper = "Karimireddy et al., ICML 2020"
     defaults = {"server_lr": 1.0}
+    state_attrs = ("c",)
 
     def __init__(self, context=None, **hyperparameters):
         super().__init__(context, **hyperparameters)
