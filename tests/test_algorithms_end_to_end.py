@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from fedumm.federation.strategies import STRATEGIES
@@ -16,9 +17,13 @@ NO_BASELINES = ["baselines.zero_shot=false", "baselines.local=false",
 def runs(tiny_foundation, tmp_path_factory):
     """name -> results.json of a tiny run with that algorithm."""
     out = {}
+    extras = {
+        "flora": ["lora.client_ranks=[2, 3, 1]"],
+        "krum": ["federation.clients_per_round=3", "federation.strategy.num_byzantine=0"],
+    }
     for name in STRATEGIES:
         folder = tmp_path_factory.mktemp(name)
-        extra = ["lora.client_ranks=[2, 3, 1]"] if name == "flora" else []
+        extra = extras.get(name, [])
         result = run_tiny(folder, tiny_foundation, f"federation.strategy.name={name}",
                           *NO_BASELINES, *extra)  # fmt: skip
         assert result.exit_code == 0, (name, result.output)
@@ -79,3 +84,34 @@ def test_client_rank_larger_than_the_layer_is_refused(tiny_foundation, tmp_path)
     result = run_tiny(tmp_path, tiny_foundation, "federation.strategy.name=flora",
                       "lora.client_ranks=[2, 500, 2]")  # fmt: skip
     assert result.exit_code == 1 and "LoRA rank 500 exceeds" in result.output
+
+
+def test_krum_needs_enough_clients_per_round(tiny_foundation, tmp_path):
+    result = run_tiny(tmp_path, tiny_foundation, "federation.strategy.name=krum")
+    assert result.exit_code == 2 and "needs more than 4 clients per round; 2 are sampled" in (
+        result.output
+    )
+
+
+def test_attack_dropout_and_norm_bound_through_the_cli(tiny_foundation, tmp_path):
+    clean = tmp_path / "clean"
+    assert run_tiny(clean, tiny_foundation, *NO_BASELINES).exit_code == 0
+    attacked = tmp_path / "attacked"
+    result = run_tiny(attacked, tiny_foundation, "attack.kind=sign_flip", "attack.fraction=0.34",
+                      "federation.dropout=0.3", *NO_BASELINES)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    res = json.loads((attacked / "results.json").read_text())
+    assert res["attack"]["kind"] == "sign_flip" and len(res["attack"]["clients"]) == 1
+    assert all(len(r["dropped"]) == 1 and len(r["client_metrics"]) == 1 for r in res["rounds"])
+    a = load_file(clean / "global_adapter.safetensors")
+    b = load_file(attacked / "global_adapter.safetensors")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    bounded = tmp_path / "bounded"
+    result = run_tiny(bounded, tiny_foundation, "attack.kind=scale", "attack.magnitude=1000",
+                      "attack.fraction=0.34", "federation.max_update_norm=1.0",
+                      "federation.clients_per_round=3", *NO_BASELINES)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    res = json.loads((bounded / "results.json").read_text())
+    evil = res["attack"]["clients"][0]
+    rejected = [x["client_id"] for r in res["rounds"] for x in r["rejected"]]
+    assert rejected == [evil, evil]  # the scaled update is refused every round, nobody else

@@ -2,11 +2,12 @@
 
 import logging
 
+import pytest
 import torch
 
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData
-from fedumm.federation.engine import EmbeddedEngine
+from fedumm.federation.engine import EmbeddedEngine, RoundFailed
 from fedumm.federation.strategies import build_strategy
 from fedumm.federation.update import ClientUpdate
 
@@ -50,12 +51,45 @@ def test_a_nan_update_is_rejected_logged_and_never_aggregated(caplog):
     assert "rejected update: client site-4: 'w' contains NaN" in caplog.text
 
 
-def test_when_every_update_is_bad_the_global_model_is_kept(caplog):
+def test_too_few_valid_updates_stop_the_run_clearly():
     bad = {c.client_id for c in CLIENTS}
-    start = {"w": torch.ones(3)}
-    final, _ = _engine(_train(bad=bad)).run(start, rounds=1)
-    assert torch.equal(final["w"], start["w"])
-    assert "no valid update arrived" in caplog.text
+    with pytest.raises(RoundFailed, match=r"round 1: 0 valid update\(s\) of 4 sampled"):
+        _engine(_train(bad=bad)).run({"w": torch.ones(3)}, rounds=1)
+
+
+def test_dropout_aggregates_what_arrived_and_is_seeded():
+    engine = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 4, seed=0,
+                            dropout=0.3, min_clients=2)  # fmt: skip
+    final, records = engine.run({"w": torch.zeros(1)}, rounds=5)
+    for r in records:
+        assert len(r.dropped) == 1 and r.dropped[0] not in r.client_metrics  # round(0.3 * 4)
+        assert r.bytes_up == 3 * len(wire.pack({"w": torch.zeros(1)}))
+    assert len({r.dropped[0] for r in records}) > 1
+    again = EmbeddedEngine(
+        CLIENTS,
+        build_strategy("fedavg"),
+        _train(),
+        lambda p: {},
+        4,
+        seed=0,
+        dropout=0.3,
+        min_clients=2,
+    ).run({"w": torch.zeros(1)}, rounds=5)
+    assert torch.equal(again[0]["w"], final["w"])
+    strict = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 4, seed=0,
+                            dropout=0.3, min_clients=4)  # fmt: skip
+    with pytest.raises(RoundFailed, match="1 dropped out"):
+        strict.run({"w": torch.zeros(1)}, rounds=1)
+
+
+def test_update_norm_bound_rejects_large_updates(caplog):
+    engine = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 4, seed=0,
+                            max_update_norm=3.5)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="fedumm"):
+        _, records = engine.run({"w": torch.zeros(3)}, rounds=1)
+    # site-k moves every coordinate by k: norm k * sqrt(3); only sites 1 and 2 are within 3.5
+    assert sorted(r["client_id"] for r in records[0].rejected) == ["site-3", "site-4"]
+    assert "update norm 5.196 exceeds the bound 3.5" in caplog.text
 
 
 def test_client_sampling_is_seeded_and_partial():

@@ -85,11 +85,12 @@ def run(
     out = resume or out
     _setup_logging()
     from fedumm.experiment import run_experiment
+    from fedumm.federation.engine import RoundFailed
     from fedumm.report import method_rows
 
     try:
         results = run_experiment(cfg, out, not quiet, resume is not None, force)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RoundFailed) as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1) from None
     typer.echo("")
@@ -174,7 +175,7 @@ def strategies() -> None:
 
     for name, cls in STRATEGIES.items():
         hp = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items()) or "-"
-        typer.echo(f"{name:<11} {cls.paper:<32} {hp}")
+        typer.echo(f"{name:<14} {cls.paper:<32} {hp}")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,18 @@ class StrategyConfig(Section):
         None, ge=0, lt=1, description="FedAdam/FedYogi second moment (default 0.99)."
     )
     tau: float | None = Field(None, gt=0, description="FedOpt adaptivity epsilon (default 1e-3).")
+    trim_fraction: float | None = Field(
+        None, ge=0, lt=0.5, description="trimmed_mean: share cut from each end (default 0.2)."
+    )
+    num_byzantine: int | None = Field(
+        None, ge=0, description="krum: malicious clients tolerated, f (default 1)."
+    )
+    multi_krum: int | None = Field(
+        None, ge=1, description="krum: best updates averaged, m; 1 = Krum (default 1)."
+    )
+    clip_norm: float | None = Field(
+        None, gt=0, description="norm_clipping: bound M on each update's norm (default 1.0)."
+    )
 
     @field_validator("name")
     @classmethod
@@ -130,6 +142,15 @@ class FederationConfig(Section):
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip each local gradient to this norm; null = no clipping."
     )
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Share of sampled clients that fail each round (simulated)."
+    )
+    min_clients: int = Field(
+        1, ge=1, description="Fewest valid updates a round may aggregate; fewer stops the run."
+    )
+    max_update_norm: float | None = Field(
+        None, gt=0, description="Reject updates further than this (L2) from the global adapter."
+    )
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="Aggregation.")
     engine: Literal["embedded"] = Field("embedded", description="Where the federation runs.")
 
@@ -153,6 +174,16 @@ class FederationConfig(Section):
                 f"({self.num_clients})"
             )
         return self
+
+
+class AttackConfig(Section):
+    kind: Literal["none", "sign_flip", "scale", "random"] = Field(
+        "none", description="What malicious clients send instead of their honest update."
+    )
+    fraction: float = Field(0.2, ge=0, le=1, description="Share of clients that are malicious.")
+    magnitude: float = Field(
+        4.0, gt=0, description="sign_flip: -m*Delta; scale: m*Delta; random: noise of m*|Delta|."
+    )
 
 
 class BaselinesConfig(Section):
@@ -179,6 +210,9 @@ class RunConfig(Section):
     lora: LoraSection = Field(default_factory=LoraSection, description="Adapters.")
     federation: FederationConfig = Field(default_factory=FederationConfig, description="Rounds.")
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig, description="Baselines.")
+    attack: AttackConfig = Field(
+        default_factory=AttackConfig, description="Simulated malicious clients."
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     checkpoint_every: int = Field(
         1, ge=0, description="Write a resumable checkpoint every N rounds; 0 = never."
@@ -193,6 +227,14 @@ class RunConfig(Section):
                 f"{self.federation.num_clients} clients partition.min_samples "
                 f"({self.partition.min_samples}) each"
             )
+        strategy = self.federation.strategy
+        if strategy.name == "krum":
+            f = strategy.num_byzantine if strategy.num_byzantine is not None else 1
+            if self.federation.sampled_per_round <= 2 * f + 2:
+                raise ValueError(
+                    f"krum with federation.strategy.num_byzantine={f} needs more than {2 * f + 2} "
+                    f"clients per round; {self.federation.sampled_per_round} are sampled"
+                )
         ranks = self.lora.client_ranks
         if ranks is not None:
             from fedumm.federation.strategies import STRATEGIES

@@ -20,6 +20,7 @@ from fedumm.config import RunConfig
 from fedumm.data import partition, shapesworld
 from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
 from fedumm.federation import checkpoint, wire
+from fedumm.federation.attacks import malicious_clients, poison
 from fedumm.federation.client import ClientData, derive_seed, local_update
 from fedumm.federation.engine import EmbeddedEngine
 from fedumm.federation.strategies import FederationContext, build_strategy
@@ -106,6 +107,12 @@ def run_experiment(
     strategy = build_strategy(fed.strategy.name, context, **fed.strategy.hyperparameters())
     client_number = {c.client_id: i + 1 for i, c in enumerate(clients)}  # seeds each client
     client_states: dict[str, dict] = {c.client_id: {} for c in clients}  # stays on each client
+    attack = cfg.attack
+    malicious = (
+        malicious_clients([c.client_id for c in clients], attack.fraction,
+                          np.random.default_rng(derive_seed(cfg.seed, 0xBAD)))
+        if attack.kind != "none" else []
+    )  # fmt: skip
 
     def evaluate_adapter(params) -> dict:
         set_adapter(model, params)
@@ -124,8 +131,11 @@ def run_experiment(
     def train_client(client: ClientData, message, rnd: int):
         cid = client.client_id
         seed = derive_seed(cfg.seed, rnd, client_number[cid])
-        return local_update(model, client, message, fed, seed, processor.pad, strategy,
-                            client_states[cid], fresh[ranks.get(cid, lora.r)])  # fmt: skip
+        update = local_update(model, client, message, fed, seed, processor.pad, strategy,
+                              client_states[cid], fresh[ranks.get(cid, lora.r)])  # fmt: skip
+        if cid in malicious:
+            update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)
+        return update
 
     def train_alone(client: ClientData, steps: int, seed: int, bar) -> dict:
         """Plain local training from the fresh adapter (the baselines do not federate)."""
@@ -134,6 +144,9 @@ def run_experiment(
         return evaluate_adapter(update.params)
 
     results: dict = {"config": cfg.model_dump(), "baselines": {}}
+    if malicious:
+        results["attack"] = {"kind": attack.kind, "magnitude": attack.magnitude,
+                             "clients": malicious}  # fmt: skip
     rounds: list[dict] = []
     global_params, first_round = initial, 1
     if resume:
@@ -161,7 +174,8 @@ def run_experiment(
             ))  # fmt: skip
 
     engine = EmbeddedEngine(clients, strategy, train_client, evaluate, fed.sampled_per_round,
-                            cfg.seed, cfg.eval.every, progress)  # fmt: skip
+                            cfg.seed, cfg.eval.every, progress, fed.dropout, fed.min_clients,
+                            fed.max_update_norm)  # fmt: skip
     final_params, _ = engine.run(global_params, fed.rounds, first_round, after_round)
     results["rounds"] = rounds
     results["final"] = {"metrics": rounds[-1]["metrics"]}

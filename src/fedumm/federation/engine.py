@@ -27,6 +27,10 @@ log = logging.getLogger("fedumm")
 TrainClient = Callable[[ClientData, Params, int], ClientUpdate]
 
 
+class RoundFailed(RuntimeError):
+    """Fewer valid updates arrived than a round needs; the global model was not changed."""
+
+
 @dataclass
 class RoundRecord:
     round: int
@@ -39,6 +43,7 @@ class RoundRecord:
     eval_seconds: float
     client_metrics: dict[str, dict] = field(default_factory=dict)
     rejected: list[dict] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +60,13 @@ class EmbeddedEngine:
         seed: int,
         eval_every: int = 1,
         progress: bool = True,
+        dropout: float = 0.0,
+        min_clients: int = 1,
+        max_update_norm: float | None = None,
     ):
+        """`dropout`: share of the sampled clients that fail each round (seeded simulation);
+        `min_clients`: fewest valid updates a round may aggregate; `max_update_norm`: updates
+        further than this from the global adapter are rejected."""
         if clients_per_round > len(clients):
             raise ValueError(f"clients_per_round ({clients_per_round}) > clients ({len(clients)})")
         self.clients = clients
@@ -66,20 +77,32 @@ class EmbeddedEngine:
         self.seed = seed
         self.eval_every = eval_every
         self.progress = progress
+        self.dropout = dropout
+        self.min_clients = min_clients
+        self.max_update_norm = max_update_norm
 
     def sample(self, rnd: int) -> list[ClientData]:
         rng = np.random.default_rng(derive_seed(self.seed, rnd, 0xC11E))
         chosen = rng.choice(len(self.clients), self.clients_per_round, replace=False)
         return [self.clients[i] for i in sorted(chosen)]
 
+    def failing(self, rnd: int, sampled: list[ClientData]) -> set[str]:
+        """The sampled clients that drop out of round `rnd` (after receiving the model)."""
+        count = round(self.dropout * len(sampled))
+        rng = np.random.default_rng(derive_seed(self.seed, rnd, 0xD0))
+        return {sampled[i].client_id for i in rng.choice(len(sampled), count, replace=False)}
+
     def run_round(
         self, rnd: int, global_params: Params, evaluate: bool = True
     ) -> tuple[Params, RoundRecord]:
         start = time.perf_counter()
         sampled = self.sample(rnd)
+        dropped = self.failing(rnd, sampled)
         down = wire.pack(self.strategy.broadcast(global_params))
         accepted, rejected, client_metrics, bytes_up, train_seconds = [], [], {}, 0, 0.0
         for client in sampled:
+            if client.client_id in dropped:
+                continue
             t0 = time.perf_counter()
             update = self.train_client(client, wire.unpack(down), rnd)
             train_seconds += time.perf_counter() - t0
@@ -88,18 +111,20 @@ class EmbeddedEngine:
             bytes_up += len(up)
             update.params = wire.unpack(up)
             try:
-                validate_update(
-                    update, self.strategy.upload_template(global_params, client.client_id)
-                )
+                template = self.strategy.upload_template(global_params, client.client_id)
+                validate_update(update, template, self.max_update_norm)
             except UpdateRejected as e:
                 log.warning("round %d: rejected update: %s", rnd, e)
                 rejected.append({"client_id": client.client_id, "reason": str(e)})
                 continue
             accepted.append(update)
-        if accepted:
-            global_params = self.strategy.aggregate(global_params, accepted)
-        else:
-            log.warning("round %d: no valid update arrived; the global adapter is unchanged", rnd)
+        if len(accepted) < self.min_clients:
+            raise RoundFailed(
+                f"round {rnd}: {len(accepted)} valid update(s) of {len(sampled)} sampled "
+                f"({len(dropped)} dropped out, {len(rejected)} rejected), fewer than "
+                f"min_clients={self.min_clients}; the global model is unchanged"
+            )
+        global_params = self.strategy.aggregate(global_params, accepted)
         t0 = time.perf_counter()
         metrics = self.evaluate(global_params) if evaluate else {}
         eval_seconds = time.perf_counter() - t0
@@ -114,6 +139,7 @@ class EmbeddedEngine:
             eval_seconds=eval_seconds,
             client_metrics=client_metrics,
             rejected=rejected,
+            dropped=sorted(dropped),
         )
         return global_params, record
 

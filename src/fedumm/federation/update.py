@@ -24,9 +24,10 @@ class UpdateRejected(ValueError):
     """An update the server refuses; the message says which client and why."""
 
 
-def validate_update(update: ClientUpdate, reference: Params) -> None:
+def validate_update(update: ClientUpdate, reference: Params, max_norm: float | None = None) -> None:
     """Raise UpdateRejected unless `update` has exactly `reference`'s keys, shapes, dtypes and
-    only finite values, and a positive sample count."""
+    only finite values, a positive sample count, and (if `max_norm`) lies within `max_norm`
+    (L2 over all tensors) of `reference`."""
     who = f"client {update.client_id}"
     missing = sorted(reference.keys() - update.params.keys())
     extra = sorted(update.params.keys() - reference.keys())
@@ -46,3 +47,11 @@ def validate_update(update: ClientUpdate, reference: Params) -> None:
             raise UpdateRejected(f"{who}: {key!r} contains NaN or infinite values")
     if update.num_samples <= 0:
         raise UpdateRejected(f"{who}: num_samples must be positive, got {update.num_samples}")
+    if max_norm is not None:
+        norm = sum(
+            float(((update.params[k] - v).double() ** 2).sum()) for k, v in reference.items()
+        )
+        if norm**0.5 > max_norm:
+            raise UpdateRejected(
+                f"{who}: update norm {norm**0.5:.4g} exceeds the bound {max_norm:g}"
+            )

@@ -14,13 +14,17 @@ from fedumm.federation.strategies.fedsa_lora import FedSALoRA
 from fedumm.federation.strategies.fedyogi import FedYogi
 from fedumm.federation.strategies.ffa_lora import FFALoRA
 from fedumm.federation.strategies.flora import FLoRA
+from fedumm.federation.strategies.krum import Krum
+from fedumm.federation.strategies.median import Median
+from fedumm.federation.strategies.norm_clipping import NormClipping
 from fedumm.federation.strategies.scaffold import Scaffold
+from fedumm.federation.strategies.trimmed_mean import TrimmedMean
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
         FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, FedNova,
-        FFALoRA, FedSALoRA, FLoRA, FedExLoRA,
+        FFALoRA, FedSALoRA, FLoRA, FedExLoRA, Median, TrimmedMean, Krum, NormClipping,
     )
 }  # fmt: skip
 
