@@ -14,8 +14,8 @@ NO_BASELINES = ["baselines.zero_shot=false", "baselines.local=false",
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_foundation, tmp_path_factory):
-    """name -> results.json of a tiny run with that algorithm."""
+def run_dirs(tiny_foundation, tmp_path_factory):
+    """name -> output folder of a tiny run with that algorithm."""
     out = {}
     extras = {
         "flora": ["lora.client_ranks=[2, 3, 1]"],
@@ -27,8 +27,14 @@ def runs(tiny_foundation, tmp_path_factory):
         result = run_tiny(folder, tiny_foundation, f"federation.strategy.name={name}",
                           *NO_BASELINES, *extra)  # fmt: skip
         assert result.exit_code == 0, (name, result.output)
-        out[name] = json.loads((folder / "results.json").read_text())
+        out[name] = folder
     return out
+
+
+@pytest.fixture(scope="module")
+def runs(run_dirs):
+    """name -> results.json of the tiny run with that algorithm."""
+    return {name: json.loads((d / "results.json").read_text()) for name, d in run_dirs.items()}
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
@@ -77,7 +83,8 @@ def test_unused_hyperparameter_and_unknown_algorithm_are_refused(tiny_foundation
     result = run_tiny(tmp_path, tiny_foundation, "federation.strategy.momentum=0.5")
     assert result.exit_code == 2 and "momentum not used by fedavg" in result.output
     result = run_tiny(tmp_path, tiny_foundation, "federation.strategy.name=fedsgd")
-    assert result.exit_code == 2 and "known: fedadagrad, fedadam" in result.output
+    assert result.exit_code == 2 and "unknown strategy 'fedsgd'" in result.output
+    assert "known: " + ", ".join(sorted(STRATEGIES)) in " ".join(result.output.split())
 
 
 def test_client_rank_larger_than_the_layer_is_refused(tiny_foundation, tmp_path):
@@ -115,3 +122,15 @@ def test_attack_dropout_and_norm_bound_through_the_cli(tiny_foundation, tmp_path
     evil = res["attack"]["clients"][0]
     rejected = [x["client_id"] for r in res["rounds"] for x in r["rejected"]]
     assert rejected == [evil, evil]  # the scaled update is refused every round, nobody else
+
+
+def test_dp_and_secure_aggregation(runs, run_dirs, tiny_foundation, tmp_path):
+    """DP-FedAvg reports its privacy loss; secure aggregation leaves FedAvg's result as it is."""
+    privacy = runs["dp_fedavg"]["privacy"]
+    assert privacy["epsilon"] > 0 and privacy["rounds"] == 2 and privacy["sample_rate"] == 2 / 3
+    result = run_tiny(tmp_path, tiny_foundation, "federation.secure_aggregation=true",
+                      *NO_BASELINES)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    secure = load_file(tmp_path / "global_adapter.safetensors")
+    plain = load_file(run_dirs["fedavg"] / "global_adapter.safetensors")
+    assert all(torch.allclose(secure[k], plain[k], atol=1e-5) for k in plain)

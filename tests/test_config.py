@@ -31,7 +31,7 @@ def test_overrides_are_parsed_as_yaml():
         ("federation:\n  num_clients: 2\n  clients_per_round: 3\n",
          "clients_per_round (3) exceeds num_clients (2)"),
         ("federation:\n  strategy:\n    name: fedfoo\n",
-         "known: fedadagrad, fedadam, fedavg, fedavgm, fedex_lora, fednova, fedprox"),
+         "known: dp_fedavg, fedadagrad, fedadam, fedavg, fedavgm, fedex_lora, fednova"),
         ("federation:\n  strategy:\n    name: fedprox\n    mu: -0.1\n",
          "federation.strategy.mu: Input should be greater than or equal to 0"),
         ("federation:\n  strategy:\n    name: fedadam\n    beta1: 1.0\n",

@@ -94,7 +94,13 @@ class StrategyConfig(Section):
         None, ge=1, description="krum: best updates averaged, m; 1 = Krum (default 1)."
     )
     clip_norm: float | None = Field(
-        None, gt=0, description="norm_clipping: bound M on each update's norm (default 1.0)."
+        None, gt=0, description="Bound on each update's norm (norm_clipping 1.0, dp_fedavg 0.5)."
+    )
+    noise_multiplier: float | None = Field(
+        None, ge=0, description="dp_fedavg: noise std / clip_norm (default 1.0)."
+    )
+    target_delta: float | None = Field(
+        None, gt=0, lt=1, description="dp_fedavg: delta the epsilon is reported for (1e-5)."
     )
 
     @field_validator("name")
@@ -151,6 +157,9 @@ class FederationConfig(Section):
     max_update_norm: float | None = Field(
         None, gt=0, description="Reject updates further than this (L2) from the global adapter."
     )
+    secure_aggregation: bool = Field(
+        False, description="Clients upload pairwise-masked updates; the server sees only the sum."
+    )
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="Aggregation.")
     engine: Literal["embedded"] = Field("embedded", description="Where the federation runs.")
 
@@ -165,6 +174,27 @@ class FederationConfig(Section):
         if self.local_epochs is None:
             return self.local_steps
         return max(1, math.ceil(self.local_epochs * num_samples / self.batch_size))
+
+    @model_validator(mode="after")
+    def _secure_aggregation_compatible(self) -> FederationConfig:
+        if not self.secure_aggregation:
+            return self
+        from fedumm.federation.strategies import STRATEGIES
+
+        if not STRATEGIES[self.strategy.name].aggregates_weighted_mean:
+            able = sorted(n for n, s in STRATEGIES.items() if s.aggregates_weighted_mean)
+            raise ValueError(
+                f"secure_aggregation reveals only the weighted mean, which {self.strategy.name} "
+                f"cannot aggregate from; strategies that can: {', '.join(able)}"
+            )
+        if self.dropout > 0:
+            raise ValueError(
+                "secure_aggregation cannot recover the masks of clients that drop out "
+                "(seed recovery is not simulated); set dropout to 0"
+            )
+        if self.max_update_norm is not None:
+            raise ValueError("max_update_norm cannot be checked on masked updates; unset it")
+        return self
 
     @model_validator(mode="after")
     def _sampled_within_population(self) -> FederationConfig:

@@ -21,13 +21,14 @@ from fedumm.data import partition, shapesworld
 from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
 from fedumm.federation import checkpoint, wire
 from fedumm.federation.attacks import malicious_clients, poison
-from fedumm.federation.client import ClientData, derive_seed, local_update
+from fedumm.federation.client import ClientData, local_update
 from fedumm.federation.engine import EmbeddedEngine
 from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.models import foundation
 from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
 from fedumm.models.processor import Encoded, UMMProcessor
 from fedumm.report import write_report
+from fedumm.seeding import derive_seed
 
 log = logging.getLogger("fedumm")
 
@@ -103,7 +104,7 @@ def run_experiment(
     clients, parts = split_clients(cfg, task)
     ranks = dict(zip((c.client_id for c in clients), lora.client_ranks or ()))
     fed = cfg.federation
-    context = FederationContext(len(clients), lora.alpha, ranks)
+    context = FederationContext(len(clients), lora.alpha, ranks, cfg.seed)
     strategy = build_strategy(fed.strategy.name, context, **fed.strategy.hyperparameters())
     client_number = {c.client_id: i + 1 for i, c in enumerate(clients)}  # seeds each client
     client_states: dict[str, dict] = {c.client_id: {} for c in clients}  # stays on each client
@@ -175,10 +176,11 @@ def run_experiment(
 
     engine = EmbeddedEngine(clients, strategy, train_client, evaluate, fed.sampled_per_round,
                             cfg.seed, cfg.eval.every, progress, fed.dropout, fed.min_clients,
-                            fed.max_update_norm)  # fmt: skip
+                            fed.max_update_norm, fed.secure_aggregation)  # fmt: skip
     final_params, _ = engine.run(global_params, fed.rounds, first_round, after_round)
     results["rounds"] = rounds
     results["final"] = {"metrics": rounds[-1]["metrics"]}
+    results.update(strategy.summary(fed.sampled_per_round))
 
     if cfg.baselines.local:
         # Each client alone, for the steps it would take if it joined every round.

@@ -100,6 +100,8 @@ def summarize(cell: Cell, results: dict) -> dict:
     row["bytes_up_per_round"] = float(np.mean([r["bytes_up"] for r in rounds]))
     row["bytes_down_per_round"] = float(np.mean([r["bytes_down"] for r in rounds]))
     row["federation_seconds"] = float(sum(r["seconds"] for r in rounds))
+    if "privacy" in results:
+        row["epsilon"] = results["privacy"]["epsilon"]
     row["wall_seconds"] = results["wall_seconds"]
     row["cell"] = cell.name
     return row

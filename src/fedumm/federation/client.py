@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 from peft import PeftModel
 
 from fedumm.config import FederationConfig
@@ -26,11 +25,6 @@ from fedumm.training import train_steps
 class ClientData:
     client_id: str
     data: list[Encoded]
-
-
-def derive_seed(*parts: int) -> int:
-    """A well-mixed 31-bit seed from (run seed, round, client, ...): independent streams."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
 
 
 @contextmanager

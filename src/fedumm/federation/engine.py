@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from fedumm.federation import wire
-from fedumm.federation.client import ClientData, derive_seed
+from fedumm.federation import secure_aggregation, wire
+from fedumm.federation.client import ClientData
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import ClientUpdate, Params, UpdateRejected, validate_update
+from fedumm.seeding import derive_seed
 
 log = logging.getLogger("fedumm")
 
@@ -63,10 +64,17 @@ class EmbeddedEngine:
         dropout: float = 0.0,
         min_clients: int = 1,
         max_update_norm: float | None = None,
+        secure: bool = False,
     ):
         """`dropout`: share of the sampled clients that fail each round (seeded simulation);
         `min_clients`: fewest valid updates a round may aggregate; `max_update_norm`: updates
-        further than this from the global adapter are rejected."""
+        further than this from the global adapter are rejected; `secure`: clients upload
+        pairwise-masked updates and the server only sees their sum (secure_aggregation.py)."""
+        if secure and not strategy.aggregates_weighted_mean:
+            raise ValueError(
+                f"secure aggregation reveals only the weighted mean of the updates, which "
+                f"{strategy.name} cannot aggregate from"
+            )
         if clients_per_round > len(clients):
             raise ValueError(f"clients_per_round ({clients_per_round}) > clients ({len(clients)})")
         self.clients = clients
@@ -80,6 +88,7 @@ class EmbeddedEngine:
         self.dropout = dropout
         self.min_clients = min_clients
         self.max_update_norm = max_update_norm
+        self.secure = secure
 
     def sample(self, rnd: int) -> list[ClientData]:
         rng = np.random.default_rng(derive_seed(self.seed, rnd, 0xC11E))
@@ -107,12 +116,16 @@ class EmbeddedEngine:
             update = self.train_client(client, wire.unpack(down), rnd)
             train_seconds += time.perf_counter() - t0
             client_metrics[client.client_id] = {**update.metrics, "steps": update.num_steps}
+            if self.secure:  # client side: mask before anything leaves the client
+                update.params = secure_aggregation.mask(
+                    update.params, update.num_samples, self.clients.index(client),
+                    [self.clients.index(c) for c in sampled], derive_seed(self.seed, rnd, 0x5A),
+                )  # fmt: skip
             up = wire.pack(update.params)
             bytes_up += len(up)
-            update.params = wire.unpack(up)
+            update.params = wire.unpack(up)  # the server works on what it received
             try:
-                template = self.strategy.upload_template(global_params, client.client_id)
-                validate_update(update, template, self.max_update_norm)
+                self._validate(update, global_params)
             except UpdateRejected as e:
                 log.warning("round %d: rejected update: %s", rnd, e)
                 rejected.append({"client_id": client.client_id, "reason": str(e)})
@@ -124,6 +137,8 @@ class EmbeddedEngine:
                 f"({len(dropped)} dropped out, {len(rejected)} rejected), fewer than "
                 f"min_clients={self.min_clients}; the global model is unchanged"
             )
+        if self.secure:
+            accepted = [self._unmasked_mean(accepted, rejected, global_params, rnd)]
         global_params = self.strategy.aggregate(global_params, accepted)
         t0 = time.perf_counter()
         metrics = self.evaluate(global_params) if evaluate else {}
@@ -142,6 +157,24 @@ class EmbeddedEngine:
             dropped=sorted(dropped),
         )
         return global_params, record
+
+    def _validate(self, update: ClientUpdate, global_params: Params) -> None:
+        template = self.strategy.upload_template(global_params, update.client_id)
+        if self.secure:  # masked uploads are fixed-point integers
+            template = {k: v.long() for k, v in template.items()}
+        validate_update(update, template, self.max_update_norm)
+
+    def _unmasked_mean(self, masked: list[ClientUpdate], rejected: list, global_params: Params,
+                       rnd: int) -> ClientUpdate:  # fmt: skip
+        """The server's one view of a securely aggregated round: the weighted mean."""
+        if rejected:
+            raise RoundFailed(f"round {rnd}: a masked update was rejected, so the masks of the "
+                              "others no longer cancel; the global model is unchanged")  # fmt: skip
+        total = sum(u.num_samples for u in masked)
+        summed = secure_aggregation.unmask_sum([u.params for u in masked])
+        mean = {k: (summed[k] / total).to(global_params[k].dtype) for k in summed}
+        steps = round(sum(u.num_steps for u in masked) / len(masked))
+        return ClientUpdate("secure-aggregate", mean, total, steps)
 
     def run(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fedumm.federation.strategies.base import FederationContext, Strategy
+from fedumm.federation.strategies.dp_fedavg import DPFedAvg
 from fedumm.federation.strategies.fedadagrad import FedAdagrad
 from fedumm.federation.strategies.fedadam import FedAdam
 from fedumm.federation.strategies.fedavg import FedAvg
@@ -25,6 +26,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
     for cls in (
         FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, FedNova,
         FFALoRA, FedSALoRA, FLoRA, FedExLoRA, Median, TrimmedMean, Krum, NormClipping,
+        DPFedAvg,
     )
 }  # fmt: skip
 

@@ -32,6 +32,7 @@ class FederationContext:
     num_clients: int = 1
     lora_alpha: float = 1.0  # LoRA scale of a rank-r factor pair is lora_alpha / r
     client_ranks: dict[str, int] = field(default_factory=dict)  # only where ranks differ
+    seed: int = 0  # for server-side randomness (DP noise)
 
 
 class Strategy(ABC):
@@ -42,6 +43,9 @@ class Strategy(ABC):
     personalized: ClassVar[bool] = False  # True: each client's model differs from the global one
     mixed_ranks: ClassVar[bool] = False  # True: aggregates adapters of different ranks
     state_attrs: ClassVar[tuple[str, ...]] = ()  # server state: attributes holding tensor dicts
+    # True: aggregate() depends on the updates only through their sample-weighted mean, so it
+    # can run on the one mean that secure aggregation reveals.
+    aggregates_weighted_mean: ClassVar[bool] = False
 
     def __init__(self, context: FederationContext | None = None, **hyperparameters: float):
         unknown = sorted(hyperparameters.keys() - self.defaults.keys())
@@ -74,6 +78,10 @@ class Strategy(ABC):
     @abstractmethod
     def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
         """The next global adapter from the current one and the validated client updates."""
+
+    def summary(self, sampled_per_round: int) -> dict:
+        """Anything the algorithm adds to results.json after the rounds (e.g. privacy spent)."""
+        return {}
 
     # ---- client side -------------------------------------------------------------------------
     def client_start(self, message: Params, state: Params, initial: Params) -> Params:

@@ -16,6 +16,7 @@ from fedumm.federation.update import ClientUpdate
 class FedAvg(Strategy):
     name = "fedavg"
     paper = "McMahan et al., AISTATS 2017"
+    aggregates_weighted_mean = True
 
     def aggregate(self, global_params: Params, updates: list[ClientUpdate]) -> Params:
         return weighted_average([u.params for u in updates], sample_weights(updates))

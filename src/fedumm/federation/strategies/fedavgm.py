@@ -16,6 +16,7 @@ class FedAvgM(Strategy):
     paper = "Hsu et al., 2019"
     defaults = {"server_lr": 0.3, "momentum": 0.9}
     state_attrs = ("velocity",)
+    aggregates_weighted_mean = True
 
     def __init__(self, context=None, **hyperparameters):
         super().__init__(context, **hyperparameters)

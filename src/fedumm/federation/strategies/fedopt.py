@@ -18,6 +18,7 @@ from fedumm.federation.strategies.base import Strategy, pseudo_gradient
 class FedOpt(Strategy):
     defaults = {"server_lr": 0.03, "beta1": 0.9, "tau": 1e-3}
     state_attrs = ("m", "v")
+    aggregates_weighted_mean = True
 
     def __init__(self, context=None, **hyperparameters):
         super().__init__(context, **hyperparameters)

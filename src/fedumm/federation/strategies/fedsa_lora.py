@@ -20,6 +20,7 @@ def _only(params, factor):
 class FedSALoRA(Strategy):
     name = "fedsa_lora"
     paper = "Guo et al., ICLR 2025"
+    aggregates_weighted_mean = True
     personalized = True
 
     def broadcast(self, global_params):

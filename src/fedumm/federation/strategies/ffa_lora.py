@@ -19,6 +19,7 @@ def _b_only(params):
 class FFALoRA(Strategy):
     name = "ffa_lora"
     paper = "Sun et al., ICLR 2024"
+    aggregates_weighted_mean = True
     frozen = ("lora_A",)
 
     def broadcast(self, global_params):
