@@ -84,6 +84,7 @@ def run(
         cfg = _load(config, set_, RunConfig)
     out = resume or out
     _setup_logging()
+    from fedumm.evaluation.metrics import HEADLINES, headlines
     from fedumm.experiment import run_experiment
     from fedumm.federation.engine import RoundFailed
     from fedumm.report import method_rows
@@ -95,7 +96,9 @@ def run(
         raise typer.Exit(1) from None
     typer.echo("")
     for label, m in method_rows(results):
-        typer.echo(f"  {label:<34} VQA accuracy {m['vqa_accuracy']:5.1f}%")
+        scores = ", ".join(f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%"
+                           for k in headlines(m))  # fmt: skip
+        typer.echo(f"  {label:<34} {scores}")
     c = results["communication"]
     typer.echo(f"  adapter traffic {c['adapter_bytes_per_round'] / 1e6:.2f} MB/round vs full "
                f"fine-tuning {c['full_finetune_bytes_per_round'] / 1e6:.2f} MB/round "

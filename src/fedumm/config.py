@@ -23,8 +23,26 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class GenerationDataConfig(Section):
+    train_samples: int = Field(
+        6000, gt=0, description="Prompt-image training pairs pooled over clients."
+    )
+    test_prompts_per_tag: int = Field(
+        24, ge=1, description="Distinct evaluation prompts per GenEval tag (fewer if fewer exist)."
+    )
+    metadata: str | None = Field(
+        None, description="A GenEval metadata JSONL to evaluate on instead; null = generated."
+    )
+    prompt_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Share of training prompts emptied (for guidance)."
+    )
+
+
 class DataConfig(Section):
     kind: Literal["shapesworld"] = Field("shapesworld", description="Data set; the built-in world.")
+    tasks: list[Literal["vqa", "generation"]] = Field(
+        ["vqa"], min_length=1, description="What the federation learns: VQA, generation, or both."
+    )
     train_samples: int = Field(20000, gt=0, description="VQA training samples pooled over clients.")
     test_samples: int = Field(600, gt=0, description="VQA test samples (disjoint scenes).")
     families: list[Literal["existence", "color", "shape", "count", "spatial", "yesno"]] = Field(
@@ -32,13 +50,30 @@ class DataConfig(Section):
         min_length=1,
         description="Question families to include, in equal shares.",
     )
+    generation: GenerationDataConfig = Field(
+        default_factory=GenerationDataConfig, description="Text-to-image task (GenEval-style)."
+    )
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct(cls, tasks: list[str]) -> list[str]:
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"each task at most once, got {tasks}")
+        return tasks
 
 
 class PartitionConfig(Section):
     scheme: Literal["iid", "dirichlet"] = Field("dirichlet", description="How data is split.")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; smaller is more skewed.")
-    key: Literal["answer", "family"] = Field("answer", description="Label the skew is over.")
+    key: Literal["answer", "family"] = Field("answer", description="VQA label the skew is over.")
+    generation_key: Literal["tag", "class"] = Field(
+        "tag", description="Generation label the skew is over: GenEval tag or object class."
+    )
     min_samples: int = Field(20, ge=1, description="Each client gets at least this many samples.")
+    client_tasks: list[Literal["vqa", "generation", "both"]] | None = Field(
+        None,
+        description="Tasks per client, cycled from site-1 ([vqa, generation]); null = all.",
+    )
 
 
 class ModelConfig(Section):
@@ -225,6 +260,12 @@ class BaselinesConfig(Section):
 class EvalConfig(Section):
     batch_size: int = Field(300, ge=1, description="Questions decoded per batch.")
     every: int = Field(1, ge=1, description="Evaluate the global model every N rounds.")
+    images_per_prompt: int = Field(4, ge=1, description="Images drawn per GenEval prompt.")
+    temperature: float = Field(1.0, ge=0, description="Image sampling temperature; 0 = greedy.")
+    top_k: int | None = Field(None, ge=1, description="Sample image codes from the top k only.")
+    guidance_scale: float = Field(
+        1.0, ge=0, description="Classifier-free guidance scale; 1.0 = none."
+    )
 
 
 class RunConfig(Section):
@@ -248,14 +289,39 @@ class RunConfig(Section):
         1, ge=0, description="Write a resumable checkpoint every N rounds; 0 = never."
     )
 
+    def holds(self, client_index: int, task: str) -> bool:
+        """Whether client `client_index` (0 = site-1) holds data of `task`."""
+        if task not in self.data.tasks:
+            return False
+        chosen = self.partition.client_tasks
+        return chosen is None or chosen[client_index % len(chosen)] in (task, "both")
+
+    def task_clients(self, task: str) -> int:
+        return sum(self.holds(i, task) for i in range(self.federation.num_clients))
+
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:
-        need = self.federation.num_clients * self.partition.min_samples
-        if need > self.data.train_samples:
+        pools = {"vqa": ("data.train_samples", self.data.train_samples),
+                 "generation": ("data.generation.train_samples",
+                                self.data.generation.train_samples)}  # fmt: skip
+        for task in self.data.tasks:
+            key, samples = pools[task]
+            holders = self.task_clients(task)
+            if holders == 0:
+                raise ValueError(
+                    f"partition.client_tasks gives no client the {task} task in data.tasks"
+                )
+            if holders * self.partition.min_samples > samples:
+                raise ValueError(
+                    f"{key} ({samples}) cannot give {holders} clients "
+                    f"partition.min_samples ({self.partition.min_samples}) each"
+                )
+        chosen = self.partition.client_tasks or []
+        missing = {t for c in chosen for t in (("vqa", "generation") if c == "both" else (c,))}
+        if missing - set(self.data.tasks):
             raise ValueError(
-                f"data.train_samples ({self.data.train_samples}) cannot give "
-                f"{self.federation.num_clients} clients partition.min_samples "
-                f"({self.partition.min_samples}) each"
+                f"partition.client_tasks names {', '.join(sorted(missing - set(self.data.tasks)))}"
+                f" but data.tasks is {self.data.tasks}"
             )
         strategy = self.federation.strategy
         if strategy.name == "krum":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from fedumm.config import RunConfig
-from fedumm.data import partition, shapesworld
-from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
+from fedumm.data import partition
+from fedumm.evaluation.metrics import spread
 from fedumm.federation import checkpoint, wire
 from fedumm.federation.attacks import malicious_clients, poison
 from fedumm.federation.client import ClientData, local_update
@@ -26,56 +25,39 @@ from fedumm.federation.engine import EmbeddedEngine
 from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.models import foundation
 from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
-from fedumm.models.processor import Encoded, UMMProcessor
+from fedumm.models.processor import Encoded
 from fedumm.report import write_report
 from fedumm.seeding import derive_seed
+from fedumm.tasks import Task, build_tasks
+from fedumm.tasks import evaluate as evaluate_tasks
 
 log = logging.getLogger("fedumm")
 
 
-@dataclass
-class VQATask:
-    """Encoded train samples, and the test questions with their answers and families."""
-
-    train: list[Encoded]
-    train_labels: list[str]
-    test_prompts: list[list[int]]
-    test_answers: list[str]
-    test_families: list[str]
-
-
-def build_task(cfg: RunConfig, processor: UMMProcessor) -> VQATask:
-    families = tuple(cfg.data.families)
-    train = shapesworld.vqa_dataset(cfg.data.train_samples, "train", cfg.seed, families)
-    test = shapesworld.vqa_dataset(cfg.data.test_samples, "test", cfg.seed, families)
-
-    def encode(samples):
-        images = np.stack([s.image for s in samples])
-        return processor.encode_vqa(
-            images, [s.question for s in samples], [s.answer for s in samples]
-        )
-
-    key = cfg.partition.key
-    return VQATask(
-        train=encode(train),
-        train_labels=[getattr(s, key) for s in train],
-        test_prompts=[e.prompt for e in encode(test)],
-        test_answers=[s.answer for s in test],
-        test_families=[s.family for s in test],
-    )
-
-
-def split_clients(cfg: RunConfig, task: VQATask) -> tuple[list[ClientData], list[np.ndarray]]:
-    rng = np.random.default_rng(derive_seed(cfg.seed, 0xDA7A))
+def split_clients(
+    cfg: RunConfig, tasks: dict[str, Task]
+) -> tuple[list[ClientData], dict[str, list[np.ndarray]]]:
+    """Each task's pool split over the clients that hold it (Dirichlet over its own label);
+    a client's data is the union of its shares. Returns the clients and, per task, each
+    client's indices into that task's pool (empty where it does not hold the task)."""
     k = cfg.federation.num_clients
-    if cfg.partition.scheme == "iid":
-        parts = partition.iid(len(task.train), k, rng)
-    else:
-        parts = partition.dirichlet_label_skew(
-            task.train_labels, k, cfg.partition.alpha, rng, cfg.partition.min_samples
-        )
-    clients = [ClientData(f"site-{i + 1}", [task.train[j] for j in part])
-               for i, part in enumerate(parts)]  # fmt: skip
+    data: list[list[Encoded]] = [[] for _ in range(k)]
+    parts: dict[str, list[np.ndarray]] = {}
+    for number, (name, task) in enumerate(tasks.items()):
+        holders = [i for i in range(k) if cfg.holds(i, name)]
+        stream = (0xDA7A,) if number == 0 else (0xDA7A, number)  # first: as before tasks existed
+        rng = np.random.default_rng(derive_seed(cfg.seed, *stream))
+        if cfg.partition.scheme == "iid":
+            shares = partition.iid(len(task.train), len(holders), rng)
+        else:
+            shares = partition.dirichlet_label_skew(
+                task.labels, len(holders), cfg.partition.alpha, rng, cfg.partition.min_samples
+            )
+        parts[name] = [np.array([], dtype=int) for _ in range(k)]
+        for i, share in zip(holders, shares):
+            parts[name][i] = share
+            data[i].extend(task.train[j] for j in share)
+    clients = [ClientData(f"site-{i + 1}", d) for i, d in enumerate(data)]
     return clients, parts
 
 
@@ -100,8 +82,8 @@ def run_experiment(
                      extra_ranks=tuple(lora.client_ranks or ()))  # fmt: skip
     fresh = initial_adapters(model)  # rank -> fresh adapter, the same on every party
     initial = fresh[lora.r]
-    task = build_task(cfg, processor)
-    clients, parts = split_clients(cfg, task)
+    tasks = build_tasks(cfg, processor)
+    clients, parts = split_clients(cfg, tasks)
     ranks = dict(zip((c.client_id for c in clients), lora.client_ranks or ()))
     fed = cfg.federation
     context = FederationContext(len(clients), lora.alpha, ranks, cfg.seed)
@@ -115,16 +97,17 @@ def run_experiment(
         if attack.kind != "none" else []
     )  # fmt: skip
 
-    def evaluate_adapter(params) -> dict:
+    def evaluate_adapter(params, grid: str | None = None) -> dict:
+        """Metrics of `params` on every task; `grid` names a PNG of generated images to write."""
         set_adapter(model, params)
-        predictions = answer_questions(model, processor, task.test_prompts, cfg.eval.batch_size)
-        return vqa_accuracy(predictions, task.test_answers, task.test_families)
+        path = out_dir / f"generated_{grid}.png" if grid and "generation" in tasks else None
+        return evaluate_tasks(tasks, model, processor, cfg.eval, path)
 
     def evaluate(params) -> dict:
         if not strategy.personalized:
             return evaluate_adapter(params)
         # Each client's own model on the test set, averaged: what a personalized method delivers.
-        return _spread([
+        return spread([
             {"metrics": evaluate_adapter(strategy.personal_adapter(params, state))}
             for state in client_states.values()
         ])  # fmt: skip
@@ -138,11 +121,11 @@ def run_experiment(
             update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)
         return update
 
-    def train_alone(client: ClientData, steps: int, seed: int, bar) -> dict:
+    def train_alone(client: ClientData, steps: int, seed: int, bar, grid=None) -> dict:
         """Plain local training from the fresh adapter (the baselines do not federate)."""
         update = local_update(model, client, initial, fed, seed, processor.pad, steps=steps,
                               on_step=lambda step, loss: bar.update())  # fmt: skip
-        return evaluate_adapter(update.params)
+        return evaluate_adapter(update.params, grid)
 
     results: dict = {"config": cfg.model_dump(), "baselines": {}}
     if malicious:
@@ -163,7 +146,7 @@ def run_experiment(
         torch.set_rng_state(ck.rng_state)
         log.info("resuming %s after round %d", out_dir, ck.round)
     elif cfg.baselines.zero_shot:
-        results["baselines"]["zero_shot"] = {"metrics": evaluate_adapter(initial)}
+        results["baselines"]["zero_shot"] = {"metrics": evaluate_adapter(initial, "zero_shot")}
 
     def after_round(record, params) -> None:
         rounds.append(record.to_dict())
@@ -178,6 +161,11 @@ def run_experiment(
                             cfg.seed, cfg.eval.every, progress, fed.dropout, fed.min_clients,
                             fed.max_update_norm, fed.secure_aggregation)  # fmt: skip
     final_params, _ = engine.run(global_params, fed.rounds, first_round, after_round)
+    if "generation" in tasks:  # the federated model's pictures, next to the baselines'
+        set_adapter(model, final_params)
+        tasks["generation"].evaluate(
+            model, processor, cfg.eval, out_dir / "generated_federated.png"
+        )
     results["rounds"] = rounds
     results["final"] = {"metrics": rounds[-1]["metrics"]}
     results.update(strategy.summary(fed.sampled_per_round))
@@ -190,23 +178,26 @@ def run_experiment(
             per_client = []
             for c, steps in zip(clients, budgets):
                 seed = derive_seed(cfg.seed, 0, client_number[c.client_id])
+                grid = "local_" + c.client_id if c is clients[0] else None
                 per_client.append(
-                    {"client_id": c.client_id, "metrics": train_alone(c, steps, seed, bar)}
+                    {"client_id": c.client_id, "metrics": train_alone(c, steps, seed, bar, grid)}
                 )
-        results["baselines"]["local"] = {"metrics": _spread(per_client), "clients": per_client}
+        results["baselines"]["local"] = {"metrics": spread(per_client), "clients": per_client}
 
     if cfg.baselines.centralized:
         # Equal compute: as many steps of the same batch size as all federated clients took.
-        pooled = ClientData("centralized", task.train)
+        pooled = ClientData("centralized", [e for t in tasks.values() for e in t.train])
         steps = sum(m["steps"] for r in rounds for m in r["client_metrics"].values())
         with tqdm(total=steps, desc="centralized baseline", unit="step",
                   disable=not progress) as bar:  # fmt: skip
             results["baselines"]["centralized"] = {
-                "metrics": train_alone(pooled, steps, derive_seed(cfg.seed, 0xCE), bar)
+                "metrics": train_alone(
+                    pooled, steps, derive_seed(cfg.seed, 0xCE), bar, "centralized"
+                )
             }
 
     results["communication"] = _communication(initial, full_state(model), rounds)
-    results["partition"] = _partition_summary(cfg, task, clients, parts)
+    results["partition"] = _partition_summary(cfg, tasks, clients, parts)
     results["wall_seconds"] = time.perf_counter() - start
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))
@@ -232,30 +223,26 @@ def _communication(adapter: dict, full: dict, records: list) -> dict:
     }
 
 
-def _partition_summary(cfg: RunConfig, task: VQATask, clients: list[ClientData], parts) -> dict:
-    histograms = partition.label_histogram(task.train_labels, parts)
+def _partition_summary(
+    cfg: RunConfig, tasks: dict[str, Task], clients: list[ClientData], parts: dict
+) -> dict:
+    keys = {"vqa": cfg.partition.key, "generation": cfg.partition.generation_key}
+    histograms = {name: partition.label_histogram(t.labels, parts[name])
+                  for name, t in tasks.items()}  # fmt: skip
     return {
         "scheme": cfg.partition.scheme,
         "alpha": cfg.partition.alpha if cfg.partition.scheme == "dirichlet" else None,
-        "key": cfg.partition.key,
-        "labels": sorted(set(task.train_labels)),
+        "keys": {name: keys[name] for name in tasks},
+        "labels": {name: sorted(set(t.labels)) for name, t in tasks.items()},
         "clients": [
-            {"client_id": c.client_id, "samples": len(c.data), "label_histogram": h}
-            for c, h in zip(clients, histograms)
+            {
+                "client_id": c.client_id,
+                "samples": len(c.data),
+                "tasks": {
+                    name: {"samples": len(parts[name][i]), "label_histogram": h[i]}
+                    for name, h in histograms.items()
+                },
+            }
+            for i, c in enumerate(clients)
         ],  # fmt: skip
-    }
-
-
-def _spread(per_client: list[dict]) -> dict:
-    """Mean, std, min and max accuracy over clients, and the mean per question family."""
-    accs = [c["metrics"]["vqa_accuracy"] for c in per_client]
-    families = per_client[0]["metrics"]["per_family"]
-    return {
-        "vqa_accuracy": float(np.mean(accs)),
-        "vqa_accuracy_std": float(np.std(accs)),
-        "vqa_accuracy_min": float(np.min(accs)),
-        "vqa_accuracy_max": float(np.max(accs)),
-        "per_family": {
-            f: float(np.mean([c["metrics"]["per_family"][f] for c in per_client])) for f in families
-        },  # fmt: skip
     }

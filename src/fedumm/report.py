@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from fedumm.evaluation.metrics import HEADLINES, headlines  # noqa: E402
 
 METHOD_NAMES = {"zero_shot": "zero-shot foundation", "local": "local-only (mean over clients)",
                 "centralized": "centralized LoRA"}  # fmt: skip
@@ -42,7 +45,6 @@ def write_report(results: dict, out_dir: Path) -> None:
     cfg = results["config"]
     fed = cfg["federation"]
     rows = method_rows(results)
-    families = list(rows[-1][1]["per_family"])
     lines = [
         "# fedumm run report",
         "",
@@ -50,32 +52,25 @@ def write_report(results: dict, out_dir: Path) -> None:
         f"{fed['rounds']} rounds x "
         + (f"{fed['local_epochs']} local epochs" if fed["local_epochs"] else
            f"{fed['local_steps']} local steps")
-        + f", partition {cfg['partition']['scheme']}"
-        + (f" (alpha={cfg['partition']['alpha']} over {cfg['partition']['key']})"
-           if cfg["partition"]["scheme"] == "dirichlet" else "")
+        + f", tasks: {', '.join(cfg['data']['tasks'])}, partition {cfg['partition']['scheme']}"
+        + (f" (alpha={cfg['partition']['alpha']})" if cfg["partition"]["scheme"] == "dirichlet"
+           else "")
         + f", LoRA r={cfg['lora']['r']}, seed {cfg['seed']}. "
         f"Wall time {results['wall_seconds']:.0f} s.",
-        "",
-        "## VQA accuracy (%) on the held-out test split",
-        "",
-        "| method | overall | " + " | ".join(families) + " |",
-        "|---|---|" + "---|" * len(families),
     ]  # fmt: skip
-    for label, m in rows:
-        spread = f" ± {m['vqa_accuracy_std']:.1f}" if "vqa_accuracy_std" in m else ""
-        cells = " | ".join(f"{m['per_family'].get(f, float('nan')):.1f}" for f in families)
-        lines.append(f"| {label} | **{m['vqa_accuracy']:.1f}**{spread} | {cells} |")
-    if "centralized" in results.get("baselines", {}):
-        central = results["baselines"]["centralized"]["metrics"]["vqa_accuracy"]
-        fed_acc = results["final"]["metrics"]["vqa_accuracy"]
-        lines += [
-            "",
-            f"Federated reaches **{100 * fed_acc / max(central, 1e-9):.1f}%** of centralized.",
-        ]
+    for key in headlines(rows[-1][1]):
+        lines += ["", *_metric_table(results, rows, key)]
+    lines += ["", "![accuracy per round](accuracy.png)"]
+    pictures = [(label, f"generated_{name}.png") for name, label in GRID_NAMES.items()]
+    pictures += [(f"local-only ({p.stem.removeprefix('generated_local_')})", p.name)
+                 for p in sorted(out_dir.glob("generated_local_*.png"))]  # fmt: skip
+    pictures = [(label, name) for label, name in pictures if (out_dir / name).is_file()]
+    if pictures:
+        lines += ["", "## Generated images (green frame: correct by the GenEval-style scorer)", ""]
+        for label, name in sorted(pictures, key=lambda p: _PICTURE_ORDER.get(p[1], 1)):
+            lines += [f"**{label}**", "", f"![{label}]({name})", ""]
     c = results["communication"]
     lines += [
-        "",
-        "![accuracy per round](accuracy.png)",
         "",
         "## Communication (bytes actually serialized)",
         "",
@@ -95,47 +90,121 @@ def write_report(results: dict, out_dir: Path) -> None:
         "",
         "## Rounds",
         "",
-        "| round | VQA acc | bytes up | bytes down | seconds | rejected updates |",
-        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    keys = headlines(results["final"]["metrics"])
+    lines += [
+        "| round | " + " | ".join(HEADLINES[k][0] for k in keys)
+        + " | bytes up | bytes down | seconds | rejected updates |",
+        "|---|" + "---|" * (len(keys) + 4),
     ]  # fmt: skip
     for r in results["rounds"]:
-        acc = r["metrics"].get("vqa_accuracy")
+        values = " | ".join(f"{r['metrics'][k]:.1f}" if k in r["metrics"] else "" for k in keys)
         lines.append(
-            f"| {r['round']} | {'' if acc is None else f'{acc:.1f}'} | {r['bytes_up']:,} | "
+            f"| {r['round']} | {values} | {r['bytes_up']:,} | "
             f"{r['bytes_down']:,} | {r['seconds']:.1f} | {len(r['rejected'])} |"
         )
     part = results["partition"]
-    lines += ["", "## Clients", "", "| client | samples | top labels |", "|---|---|---|"]
+    lines += ["", "## Clients", "", "| client | task | samples | top labels |", "|---|---|---|---|"]
     for client in part["clients"]:
-        top = sorted(client["label_histogram"].items(), key=lambda kv: -kv[1])[:4]
-        lines.append(f"| {client['client_id']} | {client['samples']} | "
-                     + ", ".join(f"{k}: {v}" for k, v in top) + " |")  # fmt: skip
+        for task, share in client["tasks"].items():
+            top = sorted(share["label_histogram"].items(), key=lambda kv: -kv[1])[:4]
+            lines.append(f"| {client['client_id']} | {task} ({part['keys'][task]}) | "
+                         f"{share['samples']} | "
+                         + ", ".join(f"{k}: {v}" for k, v in top) + " |")  # fmt: skip
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 
+GRID_NAMES = {"zero_shot": "zero-shot foundation", "federated": "federated LoRA",
+              "centralized": "centralized LoRA"}  # fmt: skip
+_PICTURE_ORDER = {"generated_zero_shot.png": 0, "generated_federated.png": 2,
+                  "generated_centralized.png": 3}  # fmt: skip
+
+
+def _metric_table(results: dict, rows: list[tuple[str, dict]], key: str) -> list[str]:
+    label, breakdown, _ = HEADLINES[key]
+    categories = list(rows[-1][1][breakdown])
+    lines = [
+        f"## {label} on the held-out test set",
+        "",
+        "| method | overall | " + " | ".join(categories) + " |",
+        "|---|---|" + "---|" * len(categories),
+    ]
+    for method, m in rows:
+        spread = f" ± {m[key + '_std']:.1f}" if key + "_std" in m else ""
+        cells = " | ".join(f"{m[breakdown].get(c, float('nan')):.1f}" for c in categories)
+        lines.append(f"| {method} | **{m[key]:.1f}**{spread} | {cells} |")
+    if "centralized" in results.get("baselines", {}):
+        central = results["baselines"]["centralized"]["metrics"][key]
+        fed = results["final"]["metrics"][key]
+        lines += [
+            "",
+            f"Federated reaches **{100 * fed / max(central, 1e-9):.1f}%** of centralized.",
+        ]
+    return lines
+
+
 def plot_accuracy(results: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    rounds = [r for r in results["rounds"] if "vqa_accuracy" in r["metrics"]]
-    ax.plot([r["round"] for r in rounds], [r["metrics"]["vqa_accuracy"] for r in rounds],
-            marker="o", color="tab:blue", label="federated LoRA")  # fmt: skip
+    keys = headlines(results["final"]["metrics"])
+    fig, axes = plt.subplots(1, len(keys), figsize=(7 * len(keys), 4.2), squeeze=False)
     base = results.get("baselines", {})
     styles = {"zero_shot": ("tab:gray", ":"), "local": ("tab:orange", "--"),
               "centralized": ("tab:green", "-.")}  # fmt: skip
-    for key, (color, style) in styles.items():
-        if key in base:
-            m = base[key]["metrics"]
-            ax.axhline(m["vqa_accuracy"], color=color, linestyle=style, label=METHOD_NAMES[key])
-            if "vqa_accuracy_min" in m:
-                ax.axhspan(m["vqa_accuracy_min"], m["vqa_accuracy_max"], color=color, alpha=0.12)
-    ax.set_xlabel("round")
-    ax.set_ylabel("VQA accuracy (%)")
-    ax.set_ylim(-2, 100)  # a zero-shot line at 0% stays visible
-    ax.set_title("Global model on the test split (band: local-only min..max)")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
+    for ax, key in zip(axes[0], keys):
+        rounds = [r for r in results["rounds"] if key in r["metrics"]]
+        ax.plot([r["round"] for r in rounds], [r["metrics"][key] for r in rounds],
+                marker="o", color="tab:blue", label="federated LoRA")  # fmt: skip
+        for name, (color, style) in styles.items():
+            if name in base:
+                m = base[name]["metrics"]
+                ax.axhline(m[key], color=color, linestyle=style, label=METHOD_NAMES[name])
+                if key + "_min" in m:
+                    ax.axhspan(m[key + "_min"], m[key + "_max"], color=color, alpha=0.12)
+        ax.set_xlabel("round")
+        ax.set_ylabel(HEADLINES[key][0])
+        ax.set_ylim(-2, 100)  # a zero-shot line at 0% stays visible
+        ax.set_title("Global model on the test set (band: local-only min..max)", fontsize=10)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def generation_grid(
+    images, prompts, verdicts: list[bool], path: Path, per_tag: int = 6, scale: int = 3
+) -> None:
+    """A PNG with one row per GenEval tag: images with their prompt below, framed green when
+    the scorer judged them correct and red when not."""
+    from PIL import Image, ImageDraw
+
+    from fedumm.data.geneval import TAGS
+
+    rows = {}
+    for tag in TAGS:  # distinct prompts first, then more images of the same prompts
+        idx = [i for i, p in enumerate(prompts) if p.tag == tag]
+        first = {p.prompt: i for i, p in reversed(list(enumerate(prompts))) if p.tag == tag}
+        firsts = sorted(first.values())
+        if idx:
+            rows[tag] = (firsts + [i for i in idx if i not in firsts])[:per_tag]
+    side, frame, caption = images.shape[1] * scale, 3, 30
+    cell_w, cell_h = side + 2 * frame + 70, side + 2 * frame + caption
+    label_w = 100
+    canvas = Image.new("RGB", (label_w + cell_w * per_tag, cell_h * len(rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (tag, idx) in enumerate(rows.items()):
+        y = r * cell_h
+        draw.text((4, y + side // 2), tag, fill="black")
+        for c, i in enumerate(idx):
+            x = label_w + c * cell_w + 35
+            color = (30, 160, 60) if verdicts[i] else (210, 40, 40)
+            draw.rectangle([x, y, x + side + 2 * frame - 1, y + side + 2 * frame - 1], fill=color)
+            picture = Image.fromarray(images[i]).resize((side, side), Image.NEAREST)
+            canvas.paste(picture, (x + frame, y + frame))
+            words = prompts[i].prompt.removeprefix("a photo of ")
+            text = textwrap.wrap(words, 18)[:2]
+            draw.multiline_text((x - 30, y + side + 2 * frame + 1), "\n".join(text),
+                                fill="black", spacing=1)  # fmt: skip
+    canvas.save(path)
 
 
 def plot_bytes(results: dict, path: Path) -> None:

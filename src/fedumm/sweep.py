@@ -27,6 +27,7 @@ from fedumm.config import (
     read_yaml,
     validate,
 )
+from fedumm.evaluation.metrics import HEADLINES, headlines
 
 
 class SweepConfig(Section):
@@ -94,9 +95,11 @@ def run_sweep(cells: list[Cell], out_dir: Path, progress: bool = True) -> list[d
 
 def summarize(cell: Cell, results: dict) -> dict:
     rounds = results["rounds"]
-    row = {**cell.values, "vqa_accuracy": results["final"]["metrics"]["vqa_accuracy"]}
+    final = results["final"]["metrics"]
+    row = {**cell.values, **{key: final[key] for key in headlines(final)}}
     for name, base in results.get("baselines", {}).items():
-        row[name] = base["metrics"]["vqa_accuracy"]
+        for key in headlines(base["metrics"]):
+            row[f"{name}_{key}"] = base["metrics"][key]
     row["bytes_up_per_round"] = float(np.mean([r["bytes_up"] for r in rounds]))
     row["bytes_down_per_round"] = float(np.mean([r["bytes_down"] for r in rounds]))
     row["federation_seconds"] = float(sum(r["seconds"] for r in rounds))
@@ -115,33 +118,37 @@ def write_sweep_report(rows: list[dict], keys: list[str], out_dir: Path) -> None
         writer.writeheader()
         writer.writerows(rows)
     short = {k: k.rsplit(".", 1)[-1] for k in keys}
+    metrics = headlines(rows[0])
     lines = ["# fedumm sweep", ""]
     if len(keys) == 2:
-        lines += _pivot(rows, keys, short) + [""]
+        for metric in metrics:
+            lines += _pivot(rows, keys, short, metric) + [""]
     lines += [
-        "| " + " | ".join(short[k] for k in keys) + " | VQA acc (%) | KB up / round "
-        "| KB down / round | federation (s) | wall (s) |",
-        "|" + "---|" * (len(keys) + 5),
-    ]
+        "| " + " | ".join(short[k] for k in keys) + " | "
+        + " | ".join(HEADLINES[m][0] for m in metrics)
+        + " | KB up / round | KB down / round | federation (s) | wall (s) |",
+        "|" + "---|" * (len(keys) + len(metrics) + 4),
+    ]  # fmt: skip
     for r in rows:
         lines.append(
-            "| " + " | ".join(str(r[k]) for k in keys)
-            + f" | {r['vqa_accuracy']:.1f} | {r['bytes_up_per_round'] / 1e3:.1f}"
+            "| " + " | ".join(str(r[k]) for k in keys) + " | "
+            + " | ".join(f"{r[m]:.1f}" for m in metrics)
+            + f" | {r['bytes_up_per_round'] / 1e3:.1f}"
             f" | {r['bytes_down_per_round'] / 1e3:.1f} | {r['federation_seconds']:.0f}"
             f" | {r['wall_seconds']:.0f} |"
         )  # fmt: skip
     lines += ["", "![accuracy](sweep.png)", ""]
     (out_dir / "sweep.md").write_text("\n".join(lines))
-    _plot(rows, keys, short, out_dir / "sweep.png")
+    _plot(rows, keys, short, metrics, out_dir / "sweep.png")
 
 
-def _pivot(rows: list[dict], keys: list[str], short: dict[str, str]) -> list[str]:
-    """VQA accuracy with the first grid key down and the second across."""
+def _pivot(rows: list[dict], keys: list[str], short: dict[str, str], metric: str) -> list[str]:
+    """`metric` with the first grid key down and the second across."""
     first, second = keys
     across = list(dict.fromkeys(r[second] for r in rows))
-    acc = {(r[first], r[second]): r["vqa_accuracy"] for r in rows}
+    acc = {(r[first], r[second]): r[metric] for r in rows}
     lines = [
-        f"VQA accuracy (%) by {short[first]} (rows) and {short[second]} (columns):",
+        f"{HEADLINES[metric][0]} by {short[first]} (rows) and {short[second]} (columns):",
         "",
         f"| {short[first]} | " + " | ".join(f"{short[second]}={v}" for v in across) + " |",
         "|---|" + "---|" * len(across),
@@ -152,27 +159,31 @@ def _pivot(rows: list[dict], keys: list[str], short: dict[str, str]) -> list[str
     return lines
 
 
-def _plot(rows: list[dict], keys: list[str], short: dict[str, str], path: Path) -> None:
+def _plot(
+    rows: list[dict], keys: list[str], short: dict[str, str], metrics: list[str], path: Path
+) -> None:
     from fedumm.report import plt
 
     groups = list(dict.fromkeys(r[keys[0]] for r in rows)) if keys else ["run"]
     series = list(dict.fromkeys(r[keys[1]] for r in rows)) if len(keys) > 1 else [None]
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(groups) * len(series) ** 0.5), 4))
-    width = 0.8 / len(series)
-    for j, s in enumerate(series):
-        heights = [
-            next((r["vqa_accuracy"] for r in rows
-                  if (not keys or r[keys[0]] == g) and (s is None or r[keys[1]] == s)), 0.0)
-            for g in groups
-        ]  # fmt: skip
-        label = f"{short[keys[1]]}={s}" if s is not None else None
-        ax.bar(np.arange(len(groups)) + j * width, heights, width, label=label)
-    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
-    ax.set_xticklabels([str(g) for g in groups], rotation=30, ha="right")
-    ax.set_ylabel("VQA accuracy (%)")
-    if len(keys) > 1:
-        ax.legend()
-    ax.grid(axis="y", alpha=0.3)
+    width = max(6, 0.8 * len(groups) * len(series) ** 0.5)
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 4 * len(metrics)), squeeze=False)
+    bar = 0.8 / len(series)
+    for ax, metric in zip(axes[:, 0], metrics):
+        for j, s in enumerate(series):
+            heights = [
+                next((r[metric] for r in rows
+                      if (not keys or r[keys[0]] == g) and (s is None or r[keys[1]] == s)), 0.0)
+                for g in groups
+            ]  # fmt: skip
+            label = f"{short[keys[1]]}={s}" if s is not None else None
+            ax.bar(np.arange(len(groups)) + j * bar, heights, bar, label=label)
+        ax.set_xticks(np.arange(len(groups)) + 0.4 - bar / 2)
+        ax.set_xticklabels([str(g) for g in groups], rotation=30, ha="right")
+        ax.set_ylabel(HEADLINES[metric][0])
+        if len(keys) > 1:
+            ax.legend()
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

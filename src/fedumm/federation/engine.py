@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from fedumm.evaluation.metrics import headlines
 from fedumm.federation import secure_aggregation, wire
 from fedumm.federation.client import ClientData
 from fedumm.federation.strategies.base import Strategy
@@ -194,6 +195,7 @@ class EmbeddedEngine:
             records.append(record)
             if after_round is not None:
                 after_round(record, global_params)
-            if "vqa_accuracy" in record.metrics:
-                bar.set_postfix(vqa_acc=f"{record.metrics['vqa_accuracy']:.1f}")
+            shown = {k.split("_")[0]: f"{record.metrics[k]:.1f}" for k in headlines(record.metrics)}
+            if shown:
+                bar.set_postfix(shown)
         return global_params, records

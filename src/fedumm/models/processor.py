@@ -74,8 +74,12 @@ class UMMProcessor:
         target = [*self.text_ids(answer), self.eos]
         return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
 
+    def generation_prompt(self, prompt_text: str) -> list[int]:
+        """What the model is given to draw `prompt_text` ('' = unconditional, for guidance)."""
+        return [self.bos, *self.text_ids(prompt_text), self.sep, self.boi]
+
     def generation(self, prompt_text: str, image_ids: np.ndarray) -> Encoded:
-        prompt = [self.bos, *self.text_ids(prompt_text), self.sep, self.boi]
+        prompt = self.generation_prompt(prompt_text)
         target = [*image_ids.tolist(), self.eoi, self.eos]
         return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
 
