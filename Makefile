@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint format bench bench-robustness clean
+.PHONY: demo test test-all lint format bench bench-generation bench-robustness clean
 
 $(BIN)/fedumm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ format: $(BIN)/fedumm
 
 bench: $(BIN)/fedumm  ## engine overhead, memory scaling and throughput
 	$(BIN)/python benchmarks/engine.py
+
+bench-generation: $(BIN)/fedumm  ## text-to-image images/s and scorer speed
+	$(BIN)/python benchmarks/generation.py
 
 bench-robustness: $(BIN)/fedumm  ## accuracy under attack x aggregator, and against DP epsilon
 	$(BIN)/python benchmarks/robustness.py
