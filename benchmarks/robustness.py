@@ -27,13 +27,14 @@ def main() -> None:
 
     attacks = run_sweep(load_sweep(SWEEPS / "robustness.yaml", args.overrides),
                         args.out / "attacks", progress=False)  # fmt: skip
-    clean = {r["federation.strategy.name"]: r["vqa_accuracy"] for r in attacks
+    clean = {r["federation.strategy"]: r["vqa_accuracy"] for r in attacks
              if r["attack.kind"] == "none"}  # fmt: skip
     print("\nVQA accuracy (%) under attack (20% malicious clients); in brackets: change vs clean")
     rules = list(clean)
-    print(f"{'attack':<10}" + "".join(f"{r:>20}" for r in rules))
+    names = [rule.split(",")[0].removeprefix("name=") for rule in rules]  # krum: f=2, m=8
+    print(f"{'attack':<10}" + "".join(f"{n:>20}" for n in names))
     for kind in dict.fromkeys(r["attack.kind"] for r in attacks):
-        cells = {r["federation.strategy.name"]: r["vqa_accuracy"] for r in attacks
+        cells = {r["federation.strategy"]: r["vqa_accuracy"] for r in attacks
                  if r["attack.kind"] == kind}  # fmt: skip
         print(f"{kind:<10}" + "".join(
             f"{cells[r]:>12.1f} ({cells[r] - clean[r]:+5.1f})" for r in rules))  # fmt: skip

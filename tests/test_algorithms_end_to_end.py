@@ -122,6 +122,17 @@ def test_attack_dropout_and_norm_bound_through_the_cli(tiny_foundation, tmp_path
     evil = res["attack"]["clients"][0]
     rejected = [x["client_id"] for r in res["rounds"] for x in r["rejected"]]
     assert rejected == [evil, evil]  # the scaled update is refused every round, nobody else
+    # One slow device (4x slower): 8 nominal steps of work against a deadline of 3.
+    slow = tmp_path / "slow"
+    result = run_tiny(slow, tiny_foundation, "federation.stragglers=0.34",
+                      "federation.round_deadline=3", "federation.clients_per_round=3",
+                      *NO_BASELINES)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rounds = json.loads((slow / "results.json").read_text())["rounds"]
+    late = [r["late"] for r in rounds]
+    assert late[0] == late[1] and len(late[0]) == 1
+    assert all(late[0][0] not in r["client_metrics"] and len(r["client_metrics"]) == 2
+               for r in rounds)  # fmt: skip
 
 
 def test_dp_and_secure_aggregation(runs, run_dirs, tiny_foundation, tmp_path):

@@ -103,3 +103,19 @@ def test_evaluation_cadence():
                             seed=0, eval_every=2)  # fmt: skip
     _, records = engine.run({"w": torch.zeros(1)}, rounds=3)
     assert [bool(r.metrics) for r in records] == [False, True, True]  # every 2nd and the last
+
+
+def test_stragglers_past_the_deadline_are_left_out():
+    # Simulated time: site-k needs 10k; the server waits 25, so sites 3 and 4 are late.
+    duration = lambda c: float(len(c.data))  # noqa: E731
+    engine = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 4, seed=0,
+                            deadline=25.0, duration=duration)  # fmt: skip
+    final, records = engine.run({"w": torch.zeros(1)}, rounds=2)
+    assert [r.late for r in records] == [["site-3", "site-4"]] * 2
+    assert all(set(r.client_metrics) == {"site-1", "site-2"} for r in records)
+    # FedAvg of +1 and +2 weighted 10 and 20 = 5/3 per round
+    assert torch.allclose(final["w"], torch.tensor([10 / 3]), atol=1e-6)
+    strict = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 4, seed=0,
+                            deadline=5.0, duration=duration)  # fmt: skip
+    with pytest.raises(RoundFailed, match="4 too late"):
+        strict.run({"w": torch.zeros(1)}, rounds=1)

@@ -76,3 +76,20 @@ def test_a_bad_grid_value_is_refused_before_any_run(tiny_foundation, tmp_path):
     assert result.exit_code == 2
     assert "cell name=fedfoo" in result.output and "unknown strategy 'fedfoo'" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_grid_value_may_be_a_whole_section(tmp_path):
+    from fedumm.sweep import load_sweep
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        f"base: {Path('configs/quickstart.yaml').resolve()}\n"
+        "overrides: {federation.num_clients: 10, federation.clients_per_round: 10}\n"
+        "grid:\n  federation.strategy:\n    - {name: fedavg}\n"
+        "    - {name: krum, num_byzantine: 2, multi_krum: 8}\n"
+    )
+    fedavg, krum = load_sweep(path)
+    assert fedavg.name == "strategy=name=fedavg"
+    assert krum.name == "strategy=name=krum_num_byzantine=2_multi_krum=8"
+    assert krum.config.federation.strategy.hyperparameters() == {"num_byzantine": 2,
+                                                                 "multi_krum": 8}  # fmt: skip

@@ -129,7 +129,7 @@ class StrategyConfig(Section):
         None, ge=1, description="krum: best updates averaged, m; 1 = Krum (default 1)."
     )
     clip_norm: float | None = Field(
-        None, gt=0, description="Bound on each update's norm (norm_clipping 1.0, dp_fedavg 0.5)."
+        None, ge=0, description="Update norm bound (norm_clipping 0 = round median; dp_fedavg 4)."
     )
     noise_multiplier: float | None = Field(
         None, ge=0, description="dp_fedavg: noise std / clip_norm (default 1.0)."
@@ -188,6 +188,18 @@ class FederationConfig(Section):
     )
     min_clients: int = Field(
         1, ge=1, description="Fewest valid updates a round may aggregate; fewer stops the run."
+    )
+    stragglers: float = Field(
+        0.0, ge=0, le=1, description="Share of clients on slow devices (drawn by seed)."
+    )
+    straggler_slowdown: float = Field(
+        4.0, ge=1, description="How many times slower a straggler's local step is."
+    )
+    round_deadline: float | None = Field(
+        None,
+        gt=0,
+        description="Time budget per round in nominal local steps; later uploads "
+        "are left out. null = wait for all.",
     )
     max_update_norm: float | None = Field(
         None, gt=0, description="Reject updates further than this (L2) from the global adapter."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from fedumm.config import RunConfig
 from fedumm.data import partition
 from fedumm.evaluation.metrics import spread
 from fedumm.federation import checkpoint, wire
-from fedumm.federation.attacks import malicious_clients, poison
+from fedumm.federation.attacks import poison
 from fedumm.federation.client import ClientData, local_update
 from fedumm.federation.engine import EmbeddedEngine
 from fedumm.federation.strategies import FederationContext, build_strategy
@@ -27,7 +28,7 @@ from fedumm.models import foundation
 from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
 from fedumm.models.processor import Encoded
 from fedumm.report import write_report
-from fedumm.seeding import derive_seed
+from fedumm.seeding import derive_seed, draw_share
 from fedumm.tasks import Task, build_tasks
 from fedumm.tasks import evaluate as evaluate_tasks
 
@@ -91,11 +92,16 @@ def run_experiment(
     client_number = {c.client_id: i + 1 for i, c in enumerate(clients)}  # seeds each client
     client_states: dict[str, dict] = {c.client_id: {} for c in clients}  # stays on each client
     attack = cfg.attack
-    malicious = (
-        malicious_clients([c.client_id for c in clients], attack.fraction,
-                          np.random.default_rng(derive_seed(cfg.seed, 0xBAD)))
-        if attack.kind != "none" else []
-    )  # fmt: skip
+    ids = [c.client_id for c in clients]
+    malicious = []
+    if attack.kind != "none":
+        malicious = draw_share(ids, attack.fraction, derive_seed(cfg.seed, 0xBAD))
+    slow = set(draw_share(ids, fed.stragglers, derive_seed(cfg.seed, 0x510)))
+
+    def duration(client: ClientData) -> float:
+        """Simulated time of a client's local work, in nominal steps."""
+        steps = fed.steps_for(len(client.data))
+        return steps * (fed.straggler_slowdown if client.client_id in slow else 1.0)
 
     def evaluate_adapter(params, grid: str | None = None) -> dict:
         """Metrics of `params` on every task; `grid` names a PNG of generated images to write."""
@@ -159,7 +165,8 @@ def run_experiment(
 
     engine = EmbeddedEngine(clients, strategy, train_client, evaluate, fed.sampled_per_round,
                             cfg.seed, cfg.eval.every, progress, fed.dropout, fed.min_clients,
-                            fed.max_update_norm, fed.secure_aggregation)  # fmt: skip
+                            fed.max_update_norm, fed.secure_aggregation, fed.round_deadline,
+                            duration)  # fmt: skip
     final_params, _ = engine.run(global_params, fed.rounds, first_round, after_round)
     if "generation" in tasks:  # the federated model's pictures, next to the baselines'
         set_adapter(model, final_params)
@@ -171,8 +178,10 @@ def run_experiment(
     results.update(strategy.summary(fed.sampled_per_round))
 
     if cfg.baselines.local:
-        # Each client alone, for the steps it would take if it joined every round.
-        budgets = [fed.rounds * fed.steps_for(len(c.data)) for c in clients]
+        # Each client alone, for the steps it spends in the federation on average: it is
+        # sampled in a share sampled/num_clients of the rounds (all of them by default).
+        share = fed.sampled_per_round / fed.num_clients
+        budgets = [math.ceil(fed.rounds * share * fed.steps_for(len(c.data))) for c in clients]
         with tqdm(total=sum(budgets), desc="local-only baseline", unit="step",
                   disable=not progress) as bar:  # fmt: skip
             per_client = []

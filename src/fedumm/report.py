@@ -94,14 +94,15 @@ def write_report(results: dict, out_dir: Path) -> None:
     keys = headlines(results["final"]["metrics"])
     lines += [
         "| round | " + " | ".join(HEADLINES[k][0] for k in keys)
-        + " | bytes up | bytes down | seconds | rejected updates |",
+        + " | bytes up | bytes down | seconds | dropped / late / rejected |",
         "|---|" + "---|" * (len(keys) + 4),
     ]  # fmt: skip
     for r in results["rounds"]:
         values = " | ".join(f"{r['metrics'][k]:.1f}" if k in r["metrics"] else "" for k in keys)
         lines.append(
             f"| {r['round']} | {values} | {r['bytes_up']:,} | "
-            f"{r['bytes_down']:,} | {r['seconds']:.1f} | {len(r['rejected'])} |"
+            f"{r['bytes_down']:,} | {r['seconds']:.1f} | {len(r.get('dropped', []))} / "
+            f"{len(r.get('late', []))} / {len(r['rejected'])} |"
         )
     part = results["partition"]
     lines += ["", "## Clients", "", "| client | task | samples | top labels |", "|---|---|---|---|"]
@@ -186,7 +187,7 @@ def generation_grid(
         firsts = sorted(first.values())
         if idx:
             rows[tag] = (firsts + [i for i in idx if i not in firsts])[:per_tag]
-    side, frame, caption = images.shape[1] * scale, 3, 30
+    side, frame, caption = images.shape[1] * scale, 3, 40
     cell_w, cell_h = side + 2 * frame + 70, side + 2 * frame + caption
     label_w = 100
     canvas = Image.new("RGB", (label_w + cell_w * per_tag, cell_h * len(rows)), "white")
@@ -201,7 +202,7 @@ def generation_grid(
             picture = Image.fromarray(images[i]).resize((side, side), Image.NEAREST)
             canvas.paste(picture, (x + frame, y + frame))
             words = prompts[i].prompt.removeprefix("a photo of ")
-            text = textwrap.wrap(words, 18)[:2]
+            text = textwrap.wrap(words, 18)[:3]
             draw.multiline_text((x - 30, y + side + 2 * frame + 1), "\n".join(text),
                                 fill="black", spacing=1)  # fmt: skip
     canvas.save(path)

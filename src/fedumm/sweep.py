@@ -38,7 +38,9 @@ class SweepConfig(Section):
         default_factory=dict, description="Dotted keys set in every cell."
     )
     grid: dict[str, list[Any]] = Field(
-        default_factory=dict, description="Dotted key -> values; one run per combination."
+        default_factory=dict,
+        description="Dotted key -> values (a value may be a mapping: a whole section); one run "
+        "per combination.",
     )
 
 
@@ -49,8 +51,15 @@ class Cell:
     config: RunConfig
 
 
+def label(value: Any) -> Any:
+    """How a grid value shows in names and tables: a mapping (a whole section) as k=v,k=v."""
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return value
+
+
 def _cell_name(values: dict[str, Any]) -> str:
-    text = "-".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items())
+    text = "-".join(f"{k.rsplit('.', 1)[-1]}={label(v)}" for k, v in values.items())
     return re.sub(r"[^A-Za-z0-9._=-]", "_", text) or "default"
 
 
@@ -96,7 +105,8 @@ def run_sweep(cells: list[Cell], out_dir: Path, progress: bool = True) -> list[d
 def summarize(cell: Cell, results: dict) -> dict:
     rounds = results["rounds"]
     final = results["final"]["metrics"]
-    row = {**cell.values, **{key: final[key] for key in headlines(final)}}
+    row = {k: label(v) for k, v in cell.values.items()}
+    row.update({key: final[key] for key in headlines(final)})
     for name, base in results.get("baselines", {}).items():
         for key in headlines(base["metrics"]):
             row[f"{name}_{key}"] = base["metrics"][key]

@@ -44,6 +44,10 @@ def test_norm_clipping():
     out = build_strategy("norm_clipping", clip_norm=1.0).aggregate(START, ups)
     # a's delta (norm 5) becomes (0.6, 0.8); b's (norm 0.5) stays; mean = (0.45, 0.6)
     assert torch.allclose(out["w"], torch.tensor([0.45, 0.6]), atol=1e-6)
+    # Default: the bound is the round's median norm (here 1.0: norms 5, 0.5, 1).
+    ups.append(update("c", {"w": [0.0, 1.0]}, 1))
+    out = build_strategy("norm_clipping").aggregate(START, ups)
+    assert torch.allclose(out["w"], torch.tensor([0.9 / 3, 2.2 / 3]), atol=1e-6)
 
 
 @given(st.lists(st.floats(-5, 5), min_size=2, max_size=2), st.integers(3, 7))

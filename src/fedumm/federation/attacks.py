@@ -11,20 +11,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from fedumm.federation.update import Params
 
 ATTACKS = ("sign_flip", "scale", "random")
-
-
-def malicious_clients(
-    client_ids: list[str], fraction: float, rng: np.random.Generator
-) -> list[str]:
-    """round(fraction * K) clients, drawn with `rng`."""
-    count = round(fraction * len(client_ids))
-    return sorted(rng.choice(client_ids, count, replace=False).tolist()) if count else []
 
 
 def poison(upload: Params, sent: Params, kind: str, magnitude: float, seed: int) -> Params:

@@ -46,6 +46,7 @@ class RoundRecord:
     client_metrics: dict[str, dict] = field(default_factory=dict)
     rejected: list[dict] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,11 +67,17 @@ class EmbeddedEngine:
         min_clients: int = 1,
         max_update_norm: float | None = None,
         secure: bool = False,
+        deadline: float | None = None,
+        duration: Callable[[ClientData], float] | None = None,
     ):
         """`dropout`: share of the sampled clients that fail each round (seeded simulation);
         `min_clients`: fewest valid updates a round may aggregate; `max_update_norm`: updates
         further than this from the global adapter are rejected; `secure`: clients upload
-        pairwise-masked updates and the server only sees their sum (secure_aggregation.py)."""
+        pairwise-masked updates and the server only sees their sum (secure_aggregation.py);
+        `deadline`: how long the server waits for uploads, on the simulated clock `duration`
+        (a client's time for its local work): later ones are stragglers and are left out."""
+        if deadline is not None and duration is None:
+            raise ValueError("a round deadline needs a duration for each client's local work")
         if secure and not strategy.aggregates_weighted_mean:
             raise ValueError(
                 f"secure aggregation reveals only the weighted mean of the updates, which "
@@ -90,6 +97,8 @@ class EmbeddedEngine:
         self.min_clients = min_clients
         self.max_update_norm = max_update_norm
         self.secure = secure
+        self.deadline = deadline
+        self.duration = duration
 
     def sample(self, rnd: int) -> list[ClientData]:
         rng = np.random.default_rng(derive_seed(self.seed, rnd, 0xC11E))
@@ -108,10 +117,16 @@ class EmbeddedEngine:
         start = time.perf_counter()
         sampled = self.sample(rnd)
         dropped = self.failing(rnd, sampled)
+        late = set()
+        if self.deadline is not None:  # stragglers: their uploads would arrive after the deadline
+            late = {c.client_id for c in sampled
+                    if c.client_id not in dropped and self.duration(c) > self.deadline}  # fmt: skip
+            if late:
+                log.info("round %d: %s missed the deadline", rnd, ", ".join(sorted(late)))
         down = wire.pack(self.strategy.broadcast(global_params))
         accepted, rejected, client_metrics, bytes_up, train_seconds = [], [], {}, 0, 0.0
         for client in sampled:
-            if client.client_id in dropped:
+            if client.client_id in dropped or client.client_id in late:
                 continue
             t0 = time.perf_counter()
             update = self.train_client(client, wire.unpack(down), rnd)
@@ -135,7 +150,8 @@ class EmbeddedEngine:
         if len(accepted) < self.min_clients:
             raise RoundFailed(
                 f"round {rnd}: {len(accepted)} valid update(s) of {len(sampled)} sampled "
-                f"({len(dropped)} dropped out, {len(rejected)} rejected), fewer than "
+                f"({len(dropped)} dropped out, {len(late)} too late, {len(rejected)} rejected), "
+                f"fewer than "
                 f"min_clients={self.min_clients}; the global model is unchanged"
             )
         if self.secure:
@@ -156,6 +172,7 @@ class EmbeddedEngine:
             client_metrics=client_metrics,
             rejected=rejected,
             dropped=sorted(dropped),
+            late=sorted(late),
         )
         return global_params, record
 
