@@ -125,3 +125,21 @@ def test_config_command_prints_a_valid_annotated_config(tmp_path):
     (tmp_path / "c.yaml").write_text(result.output)
     assert load_config(tmp_path / "c.yaml") == RunConfig() == load_config("configs/quickstart.yaml")
     assert "steps: 2500  # Optimizer steps." in runner.invoke(app, ["config", "--pretrain"]).output
+
+
+def test_cosine_lr_decay_lowers_the_client_lr_in_later_rounds(tiny_foundation, tmp_path):
+    rounds = {}
+    for decay in ("none", "cosine"):
+        result = _run(tmp_path / decay, tiny_foundation, f"federation.lr_decay={decay}",
+                      "baselines.zero_shot=false", "baselines.local=false",
+                      "baselines.centralized=false")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        rounds[decay] = json.loads((tmp_path / decay / "results.json").read_text())["rounds"]
+    # Round 1 of 2 trains at the full rate under both; round 2 at half the rate under cosine.
+    assert (
+        rounds["none"][0]["client_metrics"].keys() == rounds["cosine"][0]["client_metrics"].keys()
+    )
+    for cid, m in rounds["none"][0]["client_metrics"].items():
+        assert m["loss"] == rounds["cosine"][0]["client_metrics"][cid]["loss"]
+    for cid, m in rounds["none"][1]["client_metrics"].items():
+        assert m["loss"] != rounds["cosine"][1]["client_metrics"][cid]["loss"]

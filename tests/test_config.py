@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from fedumm.config import ConfigError, PretrainConfig, RunConfig, load_config
@@ -80,3 +82,13 @@ def test_local_epochs_and_sample_fraction():
     assert load_config(None).federation.steps_for(45) == 20  # local_steps when epochs unset
     with pytest.raises(ConfigError, match="federation.sample_fraction"):
         load_config(None, ["federation.sample_fraction=1.5"])
+
+
+def test_cosine_lr_decay_over_the_run():
+    from fedumm.config import FederationConfig
+
+    assert FederationConfig(lr=0.01).lr_at(0.7) == 0.01
+    cosine = FederationConfig(lr=0.01, lr_decay="cosine")
+    assert cosine.lr_at(0.0) == pytest.approx(0.01)
+    assert cosine.lr_at(0.5) == pytest.approx(0.005)
+    assert cosine.lr_at(0.9) == pytest.approx(0.005 * (1 + math.cos(0.9 * math.pi)))

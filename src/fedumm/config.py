@@ -179,6 +179,18 @@ class FederationConfig(Section):
     batch_size: int = Field(32, ge=1, description="Local batch size.")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Client optimizer.")
     lr: float = Field(3e-3, gt=0, description="Client learning rate.")
+    lr_decay: Literal["none", "cosine"] = Field(
+        "none",
+        description="Client lr over the run: constant, or cosine to 0 over the rounds "
+        "(baselines: over their steps).",
+    )
+
+    def lr_at(self, progress: float) -> float:
+        """The client learning rate at `progress` in [0, 1) of the run."""
+        if self.lr_decay == "none":
+            return self.lr
+        return 0.5 * self.lr * (1 + math.cos(math.pi * progress))
+
     weight_decay: float = Field(0.0, ge=0, description="Client weight decay.")
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip each local gradient to this norm; null = no clipping."

@@ -122,7 +122,8 @@ def run_experiment(
         cid = client.client_id
         seed = derive_seed(cfg.seed, rnd, client_number[cid])
         update = local_update(model, client, message, fed, seed, processor.pad, strategy,
-                              client_states[cid], fresh[ranks.get(cid, lora.r)])  # fmt: skip
+                              client_states[cid], fresh[ranks.get(cid, lora.r)],
+                              lr=fed.lr_at((rnd - 1) / fed.rounds))  # fmt: skip
         if cid in malicious:
             update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)
         return update
@@ -130,7 +131,8 @@ def run_experiment(
     def train_alone(client: ClientData, steps: int, seed: int, bar, grid=None) -> dict:
         """Plain local training from the fresh adapter (the baselines do not federate)."""
         update = local_update(model, client, initial, fed, seed, processor.pad, steps=steps,
-                              on_step=lambda step, loss: bar.update())  # fmt: skip
+                              on_step=lambda step, loss: bar.update(),
+                              lr=lambda step: fed.lr_at(step / steps))  # fmt: skip
         return evaluate_adapter(update.params, grid)
 
     results: dict = {"config": cfg.model_dump(), "baselines": {}}

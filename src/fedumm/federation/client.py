@@ -53,19 +53,23 @@ def local_update(
     initial: Params | None = None,
     steps: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    lr: float | Callable[[int], float] | None = None,
 ) -> ClientUpdate:
     """Local training as `strategy` asks (plain training without one): `steps` steps, else
-    cfg's local schedule. `state` is this client's persistent dict, `initial` its fresh adapter."""
+    cfg's local schedule. `state` is this client's persistent dict, `initial` its fresh adapter;
+    `lr` a rate or a schedule over the steps (default cfg.lr)."""
     state = {} if state is None else state
     start = strategy.client_start(message, state, initial) if strategy else message
     set_adapter(model, start)
     hooks = strategy.client_hooks(model, message, state) if strategy else None
     steps = steps or cfg.steps_for(len(client.data))
+    lr = cfg.lr if lr is None else lr
     with frozen_factors(model, strategy.frozen if strategy else ()):
         stats = train_steps(
-            model, client.data, steps, cfg.batch_size, cfg.lr, cfg.weight_decay, seed, pad_id,
-            hooks=hooks, max_grad_norm=cfg.max_grad_norm, optimizer=cfg.optimizer,
-            on_step=on_step,
+            model, client.data, steps, cfg.batch_size, lr if not callable(lr) else lr(0),
+            cfg.weight_decay, seed, pad_id, hooks=hooks, max_grad_norm=cfg.max_grad_norm,
+            optimizer=cfg.optimizer, on_step=on_step,
+            lr_schedule=lr if callable(lr) else None,
         )  # fmt: skip
     trained = get_adapter(model)
     upload = strategy.client_finish(message, trained, state, hooks) if strategy else trained
