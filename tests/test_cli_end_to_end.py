@@ -5,8 +5,8 @@ import json
 import pytest
 
 from fedumm.cli import app
+from tests.tiny import TINY_RUN, runner
 from tests.tiny import run_tiny as _run
-from tests.tiny import runner
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,30 @@ def test_cosine_lr_decay_lowers_the_client_lr_in_later_rounds(tiny_foundation, t
         assert m["loss"] == rounds["cosine"][0]["client_metrics"][cid]["loss"]
     for cid, m in rounds["none"][1]["client_metrics"].items():
         assert m["loss"] != rounds["cosine"][1]["client_metrics"][cid]["loss"]
+
+
+def test_partition_command_writes_the_partition_a_run_uses(tiny_run, tiny_foundation, tmp_path):
+    run_dir, _ = tiny_run
+    args = ["partition", "configs/quickstart.yaml", "-o", str(tmp_path)]
+    for item in [*TINY_RUN, f"model.foundation={tiny_foundation}"]:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "partition.json").read_text())
+    run = json.loads((run_dir / "results.json").read_text())["partition"]
+    assert summary == run
+    assert (tmp_path / "partition_vqa.png").stat().st_size > 0
+    assert "dirichlet (alpha=0.5)" in result.output
+
+
+@pytest.mark.parametrize("scheme", ["quantity", "shards"])
+def test_size_and_shard_skew_run_end_to_end(tiny_foundation, tmp_path, scheme):
+    result = _run(tmp_path, tiny_foundation, f"partition.scheme={scheme}",
+                  "partition.quantity_law=power", "baselines.local=false")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "results.json").read_text())
+    sizes = [c["samples"] for c in res["partition"]["clients"]]
+    assert sum(sizes) == 96
+    if scheme == "quantity":  # power law 1.5 over 3 clients: shares 1 : 0.35 : 0.19
+        assert max(sizes) > 2 * min(sizes)
+    assert res["partition"]["description"].startswith(scheme.replace("quantity", "quantity skew"))

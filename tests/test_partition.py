@@ -3,7 +3,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedumm.data.partition import dirichlet_label_skew, iid, label_histogram
+from fedumm.data.partition import (
+    dirichlet_label_skew,
+    iid,
+    label_histogram,
+    pathological_shards,
+    quantity_skew,
+)
 
 
 def _covers_exactly_once(parts, n):
@@ -67,3 +73,39 @@ def test_label_histogram_counts():
         {"a": 2},
         {"b": 1, "c": 1},
     ]
+
+
+@given(law=st.sampled_from(["dirichlet", "power"]), k=st.integers(2, 10),
+       seed=st.integers(0, 999))  # fmt: skip
+@settings(max_examples=30, deadline=None)
+def test_quantity_skew_is_a_partition_with_minimum_size(law, k, seed):
+    parts = quantity_skew(500, k, np.random.default_rng(seed), law, alpha=0.3, min_samples=7)
+    assert len(parts) == k and _covers_exactly_once(parts, 500)
+    assert min(map(len, parts)) >= 7
+
+
+def test_quantity_skew_sizes_follow_the_law():
+    parts = quantity_skew(3100, 4, np.random.default_rng(0), "power", exponent=1.0)
+    # shares 1 : 1/2 : 1/3 : 1/4 of 3100 -> 1488, 744, 496, 372 in some order
+    assert sorted(map(len, parts)) == [372, 496, 744, 1488]
+    labels = np.arange(3100) % 5  # sizes skewed, labels not: every client sees every label
+    assert all(len(h) == 5 for h in label_histogram(labels, parts))
+    with pytest.raises(ValueError, match="unknown quantity law 'zipf'"):
+        quantity_skew(100, 2, np.random.default_rng(0), "zipf")
+
+
+@given(k=st.integers(2, 8), shards=st.integers(1, 3), seed=st.integers(0, 999))
+@settings(max_examples=30, deadline=None)
+def test_shards_are_a_partition_and_limit_labels(k, shards, seed):
+    labels = np.repeat(np.arange(10), 60)  # 10 labels x 60
+    parts = pathological_shards(labels, k, shards, np.random.default_rng(seed))
+    assert _covers_exactly_once(parts, 600)
+    # a shard spans at most ceil(600 / (k * shards) / 60) + 1 labels
+    span = -(-600 // (k * shards) // 60) + 1
+    assert all(len(h) <= shards * span for h in label_histogram(labels, parts))
+
+
+def test_two_shards_per_client_give_two_labels_when_shards_align():
+    labels = np.repeat(np.arange(8), 25)  # 8 labels x 25 = 200; 4 clients x 2 shards of 25
+    parts = pathological_shards(labels, 4, 2, np.random.default_rng(3))
+    assert [len(h) for h in label_histogram(labels, parts)] == [2, 2, 2, 2]

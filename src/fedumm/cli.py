@@ -133,6 +133,29 @@ def sweep(
 
 
 @app.command()
+def partition(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "runs/partition"
+    ),
+    set_: SetOption = None,
+) -> None:
+    """Write the clients' partition without training: partition.json and heatmaps."""
+    cfg = _load(config, set_, RunConfig)
+    from fedumm.experiment import write_partition
+
+    try:
+        summary = write_partition(cfg, out)
+    except (FileNotFoundError, ValueError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    for client in summary["clients"]:
+        held = ", ".join(f"{t} {s['samples']}" for t, s in client["tasks"].items())
+        typer.echo(f"  {client['client_id']:<10} {client['samples']:>6} samples ({held})")
+    typer.echo(f"{summary['description']}; {out / 'partition.json'}, heatmaps in {out}")
+
+
+@app.command()
 def pretrain(
     config: Annotated[Path | None, typer.Argument(help="YAML pretraining config.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the checkpoint.")] = Path(

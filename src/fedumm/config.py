@@ -63,8 +63,32 @@ class DataConfig(Section):
 
 
 class PartitionConfig(Section):
-    scheme: Literal["iid", "dirichlet"] = Field("dirichlet", description="How data is split.")
+    scheme: Literal["iid", "dirichlet", "quantity", "shards"] = Field(
+        "dirichlet", description="Label skew (dirichlet, shards), size skew (quantity) or none."
+    )
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration; smaller is more skewed.")
+    quantity_law: Literal["dirichlet", "power"] = Field(
+        "dirichlet", description="quantity: client shares ~ Dirichlet(alpha) or a power law."
+    )
+    power_exponent: float = Field(
+        1.5, gt=0, description="quantity with power law: the k-th largest share ~ k^-exponent."
+    )
+    shards_per_client: int = Field(
+        2, ge=1, description="shards: label-sorted shards per client (about its label count)."
+    )
+
+    def describe(self) -> str:
+        """The scheme and the parameters it uses, e.g. 'dirichlet (alpha=0.5)'."""
+        if self.scheme == "dirichlet":
+            return f"dirichlet (alpha={self.alpha})"
+        if self.scheme == "quantity":
+            law = (f"Dirichlet alpha={self.alpha}" if self.quantity_law == "dirichlet"
+                   else f"power law, exponent {self.power_exponent}")  # fmt: skip
+            return f"quantity skew ({law})"
+        if self.scheme == "shards":
+            return f"shards ({self.shards_per_client} per client)"
+        return "iid"
+
     key: Literal["answer", "family"] = Field("answer", description="VQA label the skew is over.")
     generation_key: Literal["tag", "class"] = Field(
         "tag", description="Generation label the skew is over: GenEval tag or object class."

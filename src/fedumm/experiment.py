@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedumm.config import RunConfig
+from fedumm.config import PartitionConfig, RunConfig
 from fedumm.data import partition
 from fedumm.evaluation.metrics import spread
 from fedumm.federation import checkpoint, wire
@@ -35,6 +35,20 @@ from fedumm.tasks import evaluate as evaluate_tasks
 log = logging.getLogger("fedumm")
 
 
+def split_pool(
+    cfg: PartitionConfig, labels: list[str], num_clients: int, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One task's pool split over `num_clients` by the configured scheme."""
+    if cfg.scheme == "iid":
+        return partition.iid(len(labels), num_clients, rng)
+    if cfg.scheme == "quantity":
+        return partition.quantity_skew(len(labels), num_clients, rng, cfg.quantity_law,
+                                       cfg.alpha, cfg.power_exponent, cfg.min_samples)  # fmt: skip
+    if cfg.scheme == "shards":
+        return partition.pathological_shards(labels, num_clients, cfg.shards_per_client, rng)
+    return partition.dirichlet_label_skew(labels, num_clients, cfg.alpha, rng, cfg.min_samples)
+
+
 def split_clients(
     cfg: RunConfig, tasks: dict[str, Task]
 ) -> tuple[list[ClientData], dict[str, list[np.ndarray]]]:
@@ -48,12 +62,7 @@ def split_clients(
         holders = [i for i in range(k) if cfg.holds(i, name)]
         stream = (0xDA7A,) if number == 0 else (0xDA7A, number)  # first: as before tasks existed
         rng = np.random.default_rng(derive_seed(cfg.seed, *stream))
-        if cfg.partition.scheme == "iid":
-            shares = partition.iid(len(task.train), len(holders), rng)
-        else:
-            shares = partition.dirichlet_label_skew(
-                task.labels, len(holders), cfg.partition.alpha, rng, cfg.partition.min_samples
-            )
+        shares = split_pool(cfg.partition, task.labels, len(holders), rng)
         parts[name] = [np.array([], dtype=int) for _ in range(k)]
         for i, share in zip(holders, shares):
             parts[name][i] = share
@@ -243,6 +252,7 @@ def _partition_summary(
     return {
         "scheme": cfg.partition.scheme,
         "alpha": cfg.partition.alpha if cfg.partition.scheme == "dirichlet" else None,
+        "description": cfg.partition.describe(),
         "keys": {name: keys[name] for name in tasks},
         "labels": {name: sorted(set(t.labels)) for name, t in tasks.items()},
         "clients": [
@@ -257,3 +267,20 @@ def _partition_summary(
             for i, c in enumerate(clients)
         ],  # fmt: skip
     }
+
+
+def write_partition(cfg: RunConfig, out_dir: Path) -> dict:
+    """The partition a run with `cfg` would use, without training: partition.json (per client
+    and task: samples, label histogram) and one clients x labels heatmap per task."""
+    from fedumm.report import plot_partition
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _, processor = foundation.load(cfg.model.foundation)
+    tasks = build_tasks(cfg, processor)
+    clients, parts = split_clients(cfg, tasks)
+    summary = _partition_summary(cfg, tasks, clients, parts)
+    (out_dir / "partition.json").write_text(json.dumps(summary, indent=2))
+    for task in tasks:
+        plot_partition(summary, task, out_dir / f"partition_{task}.png")
+    return summary

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fedumm.config import PartitionConfig  # noqa: E402
 from fedumm.evaluation.metrics import HEADLINES, headlines  # noqa: E402
 
 METHOD_NAMES = {"zero_shot": "zero-shot foundation", "local": "local-only (mean over clients)",
@@ -52,9 +53,8 @@ def write_report(results: dict, out_dir: Path) -> None:
         f"{fed['rounds']} rounds x "
         + (f"{fed['local_epochs']} local epochs" if fed["local_epochs"] else
            f"{fed['local_steps']} local steps")
-        + f", tasks: {', '.join(cfg['data']['tasks'])}, partition {cfg['partition']['scheme']}"
-        + (f" (alpha={cfg['partition']['alpha']})" if cfg["partition"]["scheme"] == "dirichlet"
-           else "")
+        + f", tasks: {', '.join(cfg['data']['tasks'])}, partition "
+        + PartitionConfig(**cfg["partition"]).describe()
         + f", LoRA r={cfg['lora']['r']}, seed {cfg['seed']}. "
         f"Wall time {results['wall_seconds']:.0f} s.",
     ]  # fmt: skip
@@ -226,6 +226,32 @@ def plot_bytes(results: dict, path: Path) -> None:
     ax.set_title(f"Adapter-only federation: {c['ratio']:.1f}x less traffic")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_partition(summary: dict, task: str, path: Path) -> None:
+    """Clients x labels heatmap of one task's partition, with each client's size on the right."""
+    labels = summary["labels"][task]
+    clients = summary["clients"]
+    counts = [[c["tasks"][task]["label_histogram"].get(lab, 0) for lab in labels] for c in clients]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(labels) + 2), 0.42 * len(clients) + 1.6))
+    image = ax.imshow(counts, aspect="auto", cmap="Blues")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(clients)))
+    ax.set_yticklabels([f"{c['client_id']} ({c['tasks'][task]['samples']})" for c in clients],
+                       fontsize=8)  # fmt: skip
+    dark = 0.6 * max(map(max, counts))
+    for i, row in enumerate(counts):
+        for j, value in enumerate(row):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
+                        color="white" if value > dark else "black")  # fmt: skip
+    key = summary["keys"][task]
+    ax.set_title(f"{task}: samples per client and {key} ({summary['description']})", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
