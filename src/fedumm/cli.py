@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -31,27 +33,31 @@ SetOption = Annotated[
 ]  # fmt: skip
 
 
-def _load(config: Path | None, overrides: list[str] | None, schema):
+@contextmanager
+def _exit_on(*errors: type[Exception], code: int = 1) -> Iterator[None]:
+    """Expected failures end the command with one red line and exit code `code` (2: bad
+    config or usage, 1: the work failed), instead of a traceback."""
     try:
+        yield
+    except errors as e:
+        message = str(e) if isinstance(e, ConfigError) else f"error: {e}"
+        typer.secho(message, fg="red", err=True)
+        raise typer.Exit(code) from None
+
+
+def _load(config: Path | None, overrides: list[str] | None, schema):
+    with _exit_on(ConfigError, code=2):
         return load_config(config, overrides or [], schema)
-    except ConfigError as e:
-        typer.secho(str(e), fg="red", err=True)
-        raise typer.Exit(2) from None
 
 
 def _stored_config(run_dir: Path, overrides: list[str] | None) -> RunConfig:
     from fedumm.config import apply_overrides, validate
     from fedumm.federation.checkpoint import CheckpointError, read_manifest
 
-    try:
+    with _exit_on(CheckpointError):
         stored = read_manifest(run_dir)["config"]
+    with _exit_on(ConfigError, code=2):
         return validate(apply_overrides(stored, overrides or []), RunConfig, str(run_dir))
-    except CheckpointError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1) from None
-    except ConfigError as e:
-        typer.secho(str(e), fg="red", err=True)
-        raise typer.Exit(2) from None
 
 
 def _setup_logging() -> None:
@@ -89,11 +95,8 @@ def run(
     from fedumm.federation.engine import RoundFailed
     from fedumm.report import method_rows
 
-    try:
+    with _exit_on(FileNotFoundError, ValueError, RoundFailed):
         results = run_experiment(cfg, out, not quiet, resume is not None, force)
-    except (FileNotFoundError, ValueError, RoundFailed) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1) from None
     typer.echo("")
     for label, m in method_rows(results):
         scores = ", ".join(f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%"
@@ -118,17 +121,11 @@ def sweep(
     """Run one federation per grid cell (reusing finished cells); write sweep.md/.csv/.png."""
     from fedumm.sweep import load_sweep, run_sweep
 
-    try:
+    with _exit_on(ConfigError, code=2):
         cells = load_sweep(sweep_file, set_)
-    except ConfigError as e:
-        typer.secho(str(e), fg="red", err=True)
-        raise typer.Exit(2) from None
     _setup_logging()
-    try:
+    with _exit_on(ConfigError, FileNotFoundError, ValueError):
         run_sweep(cells, out, progress=not quiet)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"{len(cells)} cells; table: {out / 'sweep.md'}")
 
 
@@ -144,11 +141,8 @@ def partition(
     cfg = _load(config, set_, RunConfig)
     from fedumm.experiment import write_partition
 
-    try:
+    with _exit_on(FileNotFoundError, ValueError):
         summary = write_partition(cfg, out)
-    except (FileNotFoundError, ValueError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        raise typer.Exit(1) from None
     for client in summary["clients"]:
         held = ", ".join(f"{t} {s['samples']}" for t, s in client["tasks"].items())
         typer.echo(f"  {client['client_id']:<10} {client['samples']:>6} samples ({held})")
