@@ -170,3 +170,30 @@ def test_size_and_shard_skew_run_end_to_end(tiny_foundation, tmp_path, scheme):
     if scheme == "quantity":  # power law 1.5 over 3 clients: shares 1 : 0.35 : 0.19
         assert max(sizes) > 2 * min(sizes)
     assert res["partition"]["description"].startswith(scheme.replace("quantity", "quantity skew"))
+
+
+def test_federated_full_fine_tuning_sends_every_weight(tiny_run, tiny_foundation, tmp_path):
+    result = _run(tmp_path, tiny_foundation, "lora=null", "baselines.local=false")
+    assert result.exit_code == 0, result.output
+    assert "federated full fine-tuning (fedavg)" in result.output
+    res = json.loads((tmp_path / "results.json").read_text())
+    c = res["communication"]
+    assert c["trainable_parameters"] == c["total_parameters"] and c["ratio"] == 1.0
+    for r in res["rounds"]:  # measured: one full model per sampled client, each way
+        assert r["bytes_up"] == r["bytes_down"] == len(r["clients"]) * c["full_model_message_bytes"]
+    lora = json.loads((tiny_run[0] / "results.json").read_text())["communication"]
+    assert c["adapter_bytes_per_round"] > 5 * lora["adapter_bytes_per_round"]
+    from safetensors.torch import load_file
+
+    from fedumm.models import foundation
+
+    sent = load_file(tmp_path / "global_adapter.safetensors")
+    base, _ = foundation.load(tiny_foundation)
+    assert sent.keys() == dict(base.named_parameters()).keys()
+    assert "full fine-tuning" in (tmp_path / "report.md").read_text()
+
+
+def test_lora_strategies_refuse_full_fine_tuning(tiny_foundation, tmp_path):
+    result = _run(tmp_path, tiny_foundation, "lora=null", "federation.strategy.name=flora")
+    assert result.exit_code == 2
+    assert "flora aggregates LoRA factors; with lora: null" in result.output

@@ -93,3 +93,13 @@ def test_a_grid_value_may_be_a_whole_section(tmp_path):
     assert krum.name == "strategy=name=krum_num_byzantine=2_multi_krum=8"
     assert krum.config.federation.strategy.hyperparameters() == {"num_byzantine": 2,
                                                                  "multi_krum": 8}  # fmt: skip
+
+
+def test_every_shipped_sweep_validates():
+    from fedumm.sweep import load_sweep
+
+    shipped = sorted(Path("configs/sweeps").glob("*.yaml"))
+    assert {p.stem for p in shipped} >= {"algorithms", "robustness", "privacy"}
+    for path in shipped:
+        cells = load_sweep(path)
+        assert len({c.name for c in cells}) == len(cells) > 0, path

@@ -103,9 +103,13 @@ def run(
                            for k in headlines(m))  # fmt: skip
         typer.echo(f"  {label:<34} {scores}")
     c = results["communication"]
-    typer.echo(f"  adapter traffic {c['adapter_bytes_per_round'] / 1e6:.2f} MB/round vs full "
-               f"fine-tuning {c['full_finetune_bytes_per_round'] / 1e6:.2f} MB/round "
-               f"({c['ratio']:.1f}x less)")  # fmt: skip
+    if cfg.lora is None:
+        typer.echo(f"  full fine-tuning traffic {c['adapter_bytes_per_round'] / 1e6:.2f} MB/round "
+                   "(measured)")  # fmt: skip
+    else:
+        typer.echo(f"  adapter traffic {c['adapter_bytes_per_round'] / 1e6:.2f} MB/round vs full "
+                   f"fine-tuning {c['full_finetune_bytes_per_round'] / 1e6:.2f} MB/round "
+                   f"({c['ratio']:.1f}x less)")  # fmt: skip
     typer.echo(f"  {results['wall_seconds']:.0f} s; report: {out / 'report.md'}")
 
 

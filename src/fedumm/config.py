@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -326,7 +326,9 @@ class RunConfig(Section):
         default_factory=PartitionConfig, description="Non-IID split."
     )
     model: ModelConfig = Field(default_factory=ModelConfig, description="Foundation model.")
-    lora: LoraSection = Field(default_factory=LoraSection, description="Adapters.")
+    lora: LoraSection | None = Field(
+        default_factory=LoraSection, description="Adapters; null = federated full fine-tuning."
+    )
     federation: FederationConfig = Field(default_factory=FederationConfig, description="Rounds.")
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig, description="Baselines.")
     attack: AttackConfig = Field(
@@ -379,7 +381,15 @@ class RunConfig(Section):
                     f"krum with federation.strategy.num_byzantine={f} needs more than {2 * f + 2} "
                     f"clients per round; {self.federation.sampled_per_round} are sampled"
                 )
-        ranks = self.lora.client_ranks
+        if self.lora is None:
+            from fedumm.federation.strategies import STRATEGIES
+
+            if STRATEGIES[strategy.name].needs_lora:
+                raise ValueError(
+                    f"{strategy.name} aggregates LoRA factors; with lora: null (full "
+                    "fine-tuning) choose a strategy that does not"
+                )
+        ranks = self.lora.client_ranks if self.lora else None
         if ranks is not None:
             from fedumm.federation.strategies import STRATEGIES
 
@@ -432,8 +442,9 @@ def annotated_defaults(schema: type[Section], indent: int = 0) -> str:
     lines = []
     pad = "  " * indent
     for name, field in schema.model_fields.items():
-        kind = field.annotation
-        if isinstance(kind, type) and issubclass(kind, Section):
+        kinds = get_args(field.annotation) or (field.annotation,)  # Section | None -> Section
+        kind = next((k for k in kinds if isinstance(k, type) and issubclass(k, Section)), None)
+        if kind is not None:
             lines.append(f"{pad}{name}:  # {field.description}")
             lines.append(annotated_defaults(kind, indent + 1))
             continue

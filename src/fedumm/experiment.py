@@ -88,15 +88,19 @@ def run_experiment(
 
     base, processor = foundation.load(cfg.model.foundation)
     lora = cfg.lora
-    model = add_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules, cfg.seed,
-                     extra_ranks=tuple(lora.client_ranks or ()))  # fmt: skip
+    if lora is None:  # federated full fine-tuning: every weight trains and travels
+        model, rank = base.requires_grad_(True), 0
+    else:
+        rank = lora.r
+        model = add_lora(base, rank, lora.alpha, lora.dropout, lora.target_modules, cfg.seed,
+                         extra_ranks=tuple(lora.client_ranks or ()))  # fmt: skip
     fresh = initial_adapters(model)  # rank -> fresh adapter, the same on every party
-    initial = fresh[lora.r]
+    initial = fresh[rank]
     tasks = build_tasks(cfg, processor)
     clients, parts = split_clients(cfg, tasks)
-    ranks = dict(zip((c.client_id for c in clients), lora.client_ranks or ()))
+    ranks = dict(zip((c.client_id for c in clients), (lora and lora.client_ranks) or ()))
     fed = cfg.federation
-    context = FederationContext(len(clients), lora.alpha, ranks, cfg.seed)
+    context = FederationContext(len(clients), lora.alpha if lora else 1.0, ranks, cfg.seed)
     strategy = build_strategy(fed.strategy.name, context, **fed.strategy.hyperparameters())
     client_number = {c.client_id: i + 1 for i, c in enumerate(clients)}  # seeds each client
     client_states: dict[str, dict] = {c.client_id: {} for c in clients}  # stays on each client
@@ -131,7 +135,7 @@ def run_experiment(
         cid = client.client_id
         seed = derive_seed(cfg.seed, rnd, client_number[cid])
         update = local_update(model, client, message, fed, seed, processor.pad, strategy,
-                              client_states[cid], fresh[ranks.get(cid, lora.r)],
+                              client_states[cid], fresh[ranks.get(cid, rank)],
                               lr=fed.lr_at((rnd - 1) / fed.rounds))  # fmt: skip
         if cid in malicious:
             update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)

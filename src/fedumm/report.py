@@ -21,13 +21,14 @@ def method_rows(results: dict) -> list[tuple[str, dict]]:
     """(label, metrics) in the order the story is told: zero-shot < local < federated <= central."""
     rows = []
     base = results.get("baselines", {})
+    mode = "LoRA" if results["config"]["lora"] else "full fine-tuning"
     for key in ("zero_shot", "local"):
         if key in base:
             rows.append((METHOD_NAMES[key], base[key]["metrics"]))
-    rows.append((f"federated LoRA ({results['config']['federation']['strategy']['name']})",
+    rows.append((f"federated {mode} ({results['config']['federation']['strategy']['name']})",
                  results["final"]["metrics"]))  # fmt: skip
     if "centralized" in base:
-        rows.append((METHOD_NAMES["centralized"], base["centralized"]["metrics"]))
+        rows.append((f"centralized {mode}", base["centralized"]["metrics"]))
     return rows
 
 
@@ -55,7 +56,8 @@ def write_report(results: dict, out_dir: Path) -> None:
            f"{fed['local_steps']} local steps")
         + f", tasks: {', '.join(cfg['data']['tasks'])}, partition "
         + PartitionConfig(**cfg["partition"]).describe()
-        + f", LoRA r={cfg['lora']['r']}, seed {cfg['seed']}. "
+        + (f", LoRA r={cfg['lora']['r']}" if cfg["lora"] else ", full fine-tuning")
+        + f", seed {cfg['seed']}. "
         f"Wall time {results['wall_seconds']:.0f} s.",
     ]  # fmt: skip
     for key in headlines(rows[-1][1]):
@@ -76,7 +78,8 @@ def write_report(results: dict, out_dir: Path) -> None:
         "",
         "| | per client message | per round (up + down) |",
         "|---|---|---|",
-        f"| LoRA adapter ({c['trainable_parameters']:,} params) "
+        f"| {'LoRA adapter' if cfg['lora'] else 'full model (measured)'} "
+        f"({c['trainable_parameters']:,} params) "
         f"| {_fmt_bytes(c['adapter_message_bytes'])} "
         f"| {_fmt_bytes(c['adapter_bytes_per_round'])} |",
         f"| full fine-tuning ({c['total_parameters']:,} params) "

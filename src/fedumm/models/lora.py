@@ -97,16 +97,22 @@ def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
     return peft_model
 
 
-def get_adapter(model: PeftModel) -> Params:
-    """A detached copy of the active adapter's tensors: exactly what a client sends."""
+def get_adapter(model: torch.nn.Module) -> Params:
+    """A detached copy of the active adapter's tensors: exactly what a client sends. A plain
+    (non-peft) model is fully fine-tuned: its trainable state is every weight."""
+    if not isinstance(model, PeftModel):
+        return {k: v.detach().clone() for k, v in model.named_parameters()}
     state = get_peft_model_state_dict(
         model, adapter_name=model.active_adapter, save_embedding_layers=False
     )
     return {k: v.detach().clone() for k, v in state.items()}
 
 
-def initial_adapters(model: PeftModel) -> dict[int, Params]:
-    """rank -> the current tensors of the model's adapter of that rank (call before training)."""
+def initial_adapters(model: torch.nn.Module) -> dict[int, Params]:
+    """rank -> the current tensors of the model's adapter of that rank (call before training);
+    {0: every weight} for a fully fine-tuned model."""
+    if not isinstance(model, PeftModel):
+        return {0: get_adapter(model)}
     active, out = model.active_adapter, {}
     for name, config in model.peft_config.items():
         model.set_adapter(name)
@@ -115,17 +121,30 @@ def initial_adapters(model: PeftModel) -> dict[int, Params]:
     return out
 
 
-def adapter_parameters(model: PeftModel) -> dict[str, torch.nn.Parameter]:
+def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     """The live parameters of the active adapter, keyed like `get_adapter`."""
+    if not isinstance(model, PeftModel):
+        return dict(model.named_parameters())
     tag = f".{model.active_adapter}."
     return {
         n.replace(tag, "."): p for n, p in model.named_parameters() if tag in n and "lora_" in n
     }
 
 
-def set_adapter(model: PeftModel, params: Params) -> None:
+def set_adapter(model: torch.nn.Module, params: Params) -> None:
     """Load `params` as the complete adapter state: factors (their rank picks the peft adapter)
-    and folded deltas; frozen weights without a fold in `params` are restored to the base."""
+    and folded deltas; frozen weights without a fold in `params` are restored to the base.
+    A fully fine-tuned model takes every weight."""
+    if not isinstance(model, PeftModel):
+        live = dict(model.named_parameters())
+        if live.keys() != params.keys():
+            raise KeyError(
+                f"weights do not match the model: {sorted(live.keys() ^ params.keys())[:3]}"
+            )
+        with torch.no_grad():
+            for k, v in params.items():
+                live[k].copy_(v)
+        return
     factors = {k: v for k, v in params.items() if not is_fold(k)}
     ranks = {v.shape[0] for k, v in factors.items() if factor_of(k) == "lora_A"}
     if len(ranks) > 1:
@@ -159,7 +178,9 @@ def _set_folds(model: PeftModel, folds: dict[str, torch.Tensor]) -> None:
             target.copy_(weight + folds[module] if module in folds else weight)
 
 
-def full_state(model: PeftModel) -> Params:
+def full_state(model: torch.nn.Module) -> Params:
     """Every weight of the underlying model: what full fine-tuning would have to send."""
+    if not isinstance(model, PeftModel):
+        return get_adapter(model)
     state = model.get_base_model().state_dict()
     return {k: v for k, v in state.items() if "lora_" not in k and k != "codebook"}

@@ -42,6 +42,7 @@ class Strategy(ABC):
     frozen: ClassVar[tuple[str, ...]] = ()  # adapter factors clients do not train ("lora_A")
     personalized: ClassVar[bool] = False  # True: each client's model differs from the global one
     mixed_ranks: ClassVar[bool] = False  # True: aggregates adapters of different ranks
+    needs_lora: ClassVar[bool] = False  # True: works on LoRA factors (no full fine-tuning)
     state_attrs: ClassVar[tuple[str, ...]] = ()  # server state: attributes holding tensor dicts
     # True: aggregate() depends on the updates only through their sample-weighted mean, so it
     # can run on the one mean that secure aggregation reveals.

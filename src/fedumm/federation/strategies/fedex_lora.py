@@ -17,6 +17,7 @@ from fedumm.models.lora import FOLD, factor_pairs
 
 class FedExLoRA(Strategy):
     name = "fedex_lora"
+    needs_lora = True
     paper = "Singhal et al., ACL 2025"
 
     def aggregate(self, global_params, updates):

@@ -19,6 +19,7 @@ def _only(params, factor):
 
 class FedSALoRA(Strategy):
     name = "fedsa_lora"
+    needs_lora = True
     paper = "Guo et al., ICLR 2025"
     aggregates_weighted_mean = True
     personalized = True

@@ -18,6 +18,7 @@ def _b_only(params):
 
 class FFALoRA(Strategy):
     name = "ffa_lora"
+    needs_lora = True
     paper = "Sun et al., ICLR 2024"
     aggregates_weighted_mean = True
     frozen = ("lora_A",)

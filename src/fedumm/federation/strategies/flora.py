@@ -31,6 +31,7 @@ def resize_rank(template, rank: int):
 
 class FLoRA(Strategy):
     name = "flora"
+    needs_lora = True
     paper = "Wang et al., NeurIPS 2024"
     mixed_ranks = True
 
