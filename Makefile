@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint format bench bench-generation bench-robustness clean
+.PHONY: demo test test-all lint format bench bench-generation bench-robustness reproduce clean
 
 $(BIN)/fedumm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,13 @@ bench-generation: $(BIN)/fedumm  ## text-to-image images/s and scorer speed
 	$(BIN)/python benchmarks/generation.py
 
 bench-robustness: $(BIN)/fedumm  ## accuracy under attack x aggregator, and against DP epsilon
-	$(BIN)/python benchmarks/robustness.py
+	$(BIN)/fedumm bench robustness --quiet
+	$(BIN)/fedumm bench privacy --quiet
+
+reproduce: $(BIN)/fedumm  ## FedUMM's three findings at laptop scale (about 75 min on 2 cores)
+	$(BIN)/fedumm bench clients-alpha --quiet
+	$(BIN)/fedumm bench communication --quiet
+	$(BIN)/fedumm bench compute-communication --quiet
 
 clean:
 	rm -rf runs .pytest_cache

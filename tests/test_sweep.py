@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from fedumm.cli import app
+from fedumm.sweep import Cell, summarize
 from tests.tiny import TINY_RUN, runner
 
 
@@ -56,8 +57,13 @@ def test_grid_table_and_resume(tiny_foundation, tmp_path):
     table = (out / "sweep.md").read_text()
     assert "| name | alpha=0.1 | alpha=1.0 |" in table and (out / "sweep.png").stat().st_size > 0
 
-    # Resume: delete one cell; only that one runs again, the others are reused unchanged.
-    stamp = (out / "cells" / rows[0]["cell"] / "results.json").stat().st_mtime_ns
+    # Resume: delete one cell; only that one runs again, the others are reused unchanged, also
+    # one written before a config key existed (it takes the key's default).
+    first = out / "cells" / rows[0]["cell"] / "results.json"
+    older = json.loads(first.read_text())
+    del older["config"]["federation"]["lr_decay"]
+    first.write_text(json.dumps(older))
+    stamp = first.stat().st_mtime_ns
     (out / "cells" / rows[3]["cell"] / "results.json").unlink()
     result = _sweep(path, out, "--set", "baselines.centralized=false")
     assert result.exit_code == 0, result.output
@@ -65,9 +71,51 @@ def test_grid_table_and_resume(tiny_foundation, tmp_path):
     assert (out / "cells" / rows[0]["cell"] / "results.json").stat().st_mtime_ns == stamp
     assert _rows(out)[3]["vqa_accuracy"] == rows[3]["vqa_accuracy"]
 
-    # A different config for the same folder is refused rather than mixed in.
+    # A different config for the same folder is refused before anything runs, rather than
+    # mixed in; --overwrite runs the stale cells again.
     result = _sweep(path, out, "--set", "seed=5")
-    assert result.exit_code == 1 and "holds a run with another config" in result.output
+    assert result.exit_code == 2 and "holds runs with another config (cells/" in result.output
+    assert "and 1 more): choose another -o, or pass --overwrite" in result.output
+    assert (out / "cells" / rows[0]["cell"] / "results.json").stat().st_mtime_ns == stamp
+    result = _sweep(path, out, "--set", "seed=5", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "reused" not in result.output
+    assert json.loads((out / "cells" / rows[0]["cell"] / "results.json").read_text())[
+        "config"]["seed"] == 5  # fmt: skip
+
+
+def test_cells_as_a_percentage_of_the_reference_centralized_run(tiny_foundation, tmp_path):
+    path = _write_sweep(tmp_path, tiny_foundation, "  partition.alpha: [0.1, 1.0]\n")
+    text = path.read_text().replace("grid:", "reference: {baselines.centralized: true}\ngrid:")
+    text = text.replace("baselines.local: false", "baselines.centralized: false")
+    path.write_text(text)
+    out = tmp_path / "out"
+    result = _sweep(path, out)
+    assert result.exit_code == 0, result.output
+    reference = json.loads((out / "reference" / "results.json").read_text())
+    assert "centralized" in reference["baselines"]
+    assert all("vqa_accuracy_pct_of_centralized" in r for r in _rows(out))
+    assert (
+        "| alpha | VQA accuracy (%) | VQA accuracy (% of centralized) |"
+        in (out / "sweep.md").read_text()
+    )
+
+    path.write_text(text.replace("baselines.centralized: true", "seed: 1"))
+    result = _sweep(path, tmp_path / "other")
+    assert result.exit_code == 2 and "reference: must run the centralized baseline" in result.output
+
+
+def test_a_row_gives_each_headline_as_a_percentage_of_centralized():
+    cell = Cell("alpha=0.1", {"partition.alpha": 0.1}, None)
+    results = {"final": {"metrics": {"vqa_accuracy": 30.0, "geneval_overall": 45.0}},
+               "rounds": [{"bytes_up": 10, "bytes_down": 20, "seconds": 1.5}],
+               "wall_seconds": 2.0}  # fmt: skip
+    row = summarize(cell, results, {"vqa_accuracy": 60.0, "geneval_overall": 0.0})
+    assert row["vqa_accuracy_pct_of_centralized"] == 50.0
+    assert row["geneval_overall_pct_of_centralized"] is None  # undefined, not infinite
+    assert summarize(cell, results).keys() == {"partition.alpha", "vqa_accuracy",
+        "geneval_overall", "bytes_up_per_round", "bytes_down_per_round", "federation_seconds",
+        "wall_seconds", "cell"}  # fmt: skip
 
 
 def test_a_bad_grid_value_is_refused_before_any_run(tiny_foundation, tmp_path):
@@ -88,7 +136,7 @@ def test_a_grid_value_may_be_a_whole_section(tmp_path):
         "grid:\n  federation.strategy:\n    - {name: fedavg}\n"
         "    - {name: krum, num_byzantine: 2, multi_krum: 8}\n"
     )
-    fedavg, krum = load_sweep(path)
+    fedavg, krum = load_sweep(path).cells
     assert fedavg.name == "strategy=name=fedavg"
     assert krum.name == "strategy=name=krum_num_byzantine=2_multi_krum=8"
     assert krum.config.federation.strategy.hyperparameters() == {"num_byzantine": 2,
@@ -101,5 +149,5 @@ def test_every_shipped_sweep_validates():
     shipped = sorted(Path("configs/sweeps").glob("*.yaml"))
     assert {p.stem for p in shipped} >= {"algorithms", "robustness", "privacy"}
     for path in shipped:
-        cells = load_sweep(path)
+        cells = load_sweep(path).cells
         assert len({c.name for c in cells}) == len(cells) > 0, path

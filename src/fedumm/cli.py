@@ -113,6 +113,11 @@ def run(
     typer.echo(f"  {results['wall_seconds']:.0f} s; report: {out / 'report.md'}")
 
 
+OverwriteOption = Annotated[
+    bool, typer.Option(help="Run again the cells in OUT whose config differs, instead of refusing.")
+]
+
+
 @app.command()
 def sweep(
     sweep_file: Annotated[Path, typer.Argument(help="YAML sweep: base config, overrides, grid.")],
@@ -121,16 +126,48 @@ def sweep(
     ),
     set_: SetOption = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Run one federation per grid cell (reusing finished cells); write sweep.md/.csv/.png."""
-    from fedumm.sweep import load_sweep, run_sweep
+    from fedumm.sweep import load_sweep
 
     with _exit_on(ConfigError, code=2):
-        cells = load_sweep(sweep_file, set_)
+        plan = load_sweep(sweep_file, set_)
+    _run_sweep(plan, out, not quiet, overwrite)
+    typer.echo(f"{len(plan.cells)} cells; table: {out / 'sweep.md'}")
+
+
+@app.command()
+def bench(
+    name: Annotated[str, typer.Argument(help="A shipped benchmark, e.g. clients-alpha.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default runs/NAME).")
+    ] = None,
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Run a shipped benchmark sweep (configs/sweeps/NAME.yaml), resuming where it stopped;
+    write its tables (bench.md, sweep.md, sweep.csv) and plots to OUT."""
+    from fedumm.bench import load_bench, write_bench
+
+    with _exit_on(ConfigError, code=2):
+        plan = load_bench(name, set_)
+    out = out or Path("runs") / name
+    rows = _run_sweep(plan, out, not quiet, overwrite)
+    with _exit_on(FileNotFoundError, ValueError):
+        typer.echo(write_bench(plan, rows, out))
+    typer.echo(f"tables: {out / 'bench.md'}")
+
+
+def _run_sweep(plan, out: Path, progress: bool, overwrite: bool) -> list[dict]:
+    from fedumm.federation.engine import RoundFailed
+    from fedumm.sweep import run_sweep
+
     _setup_logging()
-    with _exit_on(ConfigError, FileNotFoundError, ValueError):
-        run_sweep(cells, out, progress=not quiet)
-    typer.echo(f"{len(cells)} cells; table: {out / 'sweep.md'}")
+    # ConfigError is a ValueError: the inner manager gives it its own exit code.
+    with _exit_on(FileNotFoundError, ValueError, RoundFailed), _exit_on(ConfigError, code=2):
+        return run_sweep(plan, out, progress, overwrite)
 
 
 @app.command()

@@ -2,8 +2,10 @@
 
 Every combination of the grid values is one ordinary run (the `fedumm run` recipe) in its own
 folder under OUT/cells. A cell whose results.json exists with the same config is reused, so an
-interrupted sweep resumes where it stopped. After each cell, OUT/sweep.md, sweep.csv and
-sweep.png are rewritten from all finished cells.
+interrupted sweep resumes where it stopped; a folder holding cells of another config is refused
+before anything runs (unless told to overwrite them). An optional reference run (OUT/reference)
+supplies a centralized baseline that every cell is also given as a percentage of. After each
+cell, OUT/sweep.md, sweep.csv and sweep.png are rewritten from all finished cells.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import csv
 import itertools
 import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,8 @@ from fedumm.config import (
 )
 from fedumm.evaluation.metrics import HEADLINES, headlines
 
+OF_CENTRAL = "_pct_of_centralized"  # suffix of a headline given as % of the reference's
+
 
 class SweepConfig(Section):
     base: str = Field(
@@ -42,6 +47,11 @@ class SweepConfig(Section):
         description="Dotted key -> values (a value may be a mapping: a whole section); one run "
         "per combination.",
     )
+    reference: dict[str, Any] | None = Field(
+        None,
+        description="Overrides of one extra run (after `overrides`) whose centralized baseline "
+        "every cell is compared with, as '% of centralized'; null = none.",
+    )
 
 
 @dataclass
@@ -49,6 +59,13 @@ class Cell:
     name: str
     values: dict[str, Any]  # grid key -> value
     config: RunConfig
+
+
+@dataclass
+class Sweep:
+    name: str  # the sweep file's stem
+    cells: list[Cell]
+    reference: Cell | None  # its centralized baseline is what every cell is compared with
 
 
 def label(value: Any) -> Any:
@@ -63,50 +80,100 @@ def _cell_name(values: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]", "_", text) or "default"
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> list[Cell]:
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Every cell's validated config; any bad cell is an error before work starts."""
     path = Path(path)
     sweep = validate(read_yaml(path), SweepConfig, str(path))
     base_path = (path.parent / sweep.base).resolve()
+
+    def cell(name: str, values: dict[str, Any], *extra: dict[str, Any]) -> Cell:
+        raw = apply_overrides(read_yaml(base_path), sweep.overrides)
+        for more in extra:
+            raw = apply_overrides(raw, more)
+        raw = apply_overrides(raw, overrides or [])
+        return Cell(name, values, validate(raw, RunConfig, f"{path} (cell {name})"))
+
     cells = []
     for combo in itertools.product(*sweep.grid.values()):
         values = dict(zip(sweep.grid, combo))
-        raw = apply_overrides(read_yaml(base_path), sweep.overrides)
-        raw = apply_overrides(apply_overrides(raw, values), overrides or [])
-        name = _cell_name(values)
-        cells.append(Cell(name, values, validate(raw, RunConfig, f"{path} (cell {name})")))
-    return cells
+        cells.append(cell(_cell_name(values), values, values))
+    reference = None
+    if sweep.reference is not None:
+        reference = cell("reference", {}, sweep.reference)
+        if not reference.config.baselines.centralized:
+            raise ConfigError(f"{path}: reference: must run the centralized baseline "
+                              "(baselines.centralized: true)")  # fmt: skip
+    return Sweep(path.stem, cells, reference)
 
 
-def run_sweep(cells: list[Cell], out_dir: Path, progress: bool = True) -> list[dict]:
-    """Run (or reuse) every cell; return one summary row per cell."""
+def _folder(out_dir: Path, cell: Cell, sweep: Sweep) -> Path:
+    return out_dir / "reference" if cell is sweep.reference else out_dir / "cells" / cell.name
+
+
+def _check_folder(sweep: Sweep, out_dir: Path, overwrite: bool) -> None:
+    """Refuse (or, with `overwrite`, clear) finished cells whose config is not this sweep's."""
+    stale = []
+    for cell in [*sweep.cells, *filter(None, [sweep.reference])]:
+        folder = _folder(out_dir, cell, sweep)
+        done = folder / "results.json"
+        if done.is_file() and not _same_config(json.loads(done.read_text())["config"], cell):
+            stale.append(folder)
+    if stale and not overwrite:
+        names = ", ".join(str(f.relative_to(out_dir)) for f in stale[:3])
+        more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+        raise ConfigError(
+            f"{out_dir} holds runs with another config ({names}{more}): choose another -o, "
+            "or pass --overwrite to run them again"
+        )
+    for folder in stale:
+        shutil.rmtree(folder)
+
+
+def _same_config(stored: dict, cell: Cell) -> bool:
+    """Whether a finished run had this cell's config. Keys added to the schema since it ran
+    take their defaults, which by contract reproduce the behaviour from before they existed."""
+    try:
+        return RunConfig.model_validate(stored).model_dump() == cell.config.model_dump()
+    except ValueError:  # a key since removed or changed: not the same run
+        return False
+
+
+def run_sweep(
+    sweep: Sweep, out_dir: Path, progress: bool = True, overwrite: bool = False
+) -> list[dict]:
+    """Run (or reuse) the reference and every cell; return one summary row per cell."""
     from fedumm.experiment import run_experiment
 
     out_dir = Path(out_dir)
+    _check_folder(sweep, out_dir, overwrite)
+    todo = [*filter(None, [sweep.reference]), *sweep.cells]
+    central: dict = {}
     rows = []
-    for i, cell in enumerate(cells, 1):
-        folder = out_dir / "cells" / cell.name
+    for i, cell in enumerate(todo, 1):
+        folder = _folder(out_dir, cell, sweep)
         done = folder / "results.json"
         if done.is_file():
             results = json.loads(done.read_text())
-            if results["config"] != cell.config.model_dump():
-                raise ConfigError(
-                    f"{folder} holds a run with another config; remove it or choose another -o"
-                )
-            print(f"[{i}/{len(cells)}] {cell.name}: finished earlier, reused", flush=True)
+            print(f"[{i}/{len(todo)}] {cell.name}: finished earlier, reused", flush=True)
         else:
-            print(f"[{i}/{len(cells)}] {cell.name}", flush=True)
+            print(f"[{i}/{len(todo)}] {cell.name}", flush=True)
             results = run_experiment(cell.config, folder, progress=progress)
-        rows.append(summarize(cell, results))
+        if cell is sweep.reference:
+            central = results["baselines"]["centralized"]["metrics"]
+            continue
+        rows.append(summarize(cell, results, central))
         write_sweep_report(rows, list(cell.values), out_dir)
     return rows
 
 
-def summarize(cell: Cell, results: dict) -> dict:
+def summarize(cell: Cell, results: dict, central: dict | None = None) -> dict:
+    """One table row: grid values, final headlines (and each as % of `central`'s), bytes, time."""
     rounds = results["rounds"]
     final = results["final"]["metrics"]
     row = {k: label(v) for k, v in cell.values.items()}
     row.update({key: final[key] for key in headlines(final)})
+    for key in headlines(central or {}):
+        row[f"{key}{OF_CENTRAL}"] = 100 * final[key] / central[key] if central[key] else None
     for name, base in results.get("baselines", {}).items():
         for key in headlines(base["metrics"]):
             row[f"{name}_{key}"] = base["metrics"][key]
@@ -115,6 +182,7 @@ def summarize(cell: Cell, results: dict) -> dict:
     row["federation_seconds"] = float(sum(r["seconds"] for r in rounds))
     if "privacy" in results:
         row["epsilon"] = results["privacy"]["epsilon"]
+        row["delta"] = results["privacy"]["delta"]
     row["wall_seconds"] = results["wall_seconds"]
     row["cell"] = cell.name
     return row
@@ -122,27 +190,31 @@ def summarize(cell: Cell, results: dict) -> dict:
 
 def write_sweep_report(rows: list[dict], keys: list[str], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    fields = list(dict.fromkeys(k for row in rows for k in row))
     with open(out_dir / "sweep.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
+        writer = csv.DictWriter(f, fields)
         writer.writeheader()
         writer.writerows(rows)
     short = {k: k.rsplit(".", 1)[-1] for k in keys}
     metrics = headlines(rows[0])
+    columns = {}  # row key -> column label
+    for m in metrics:
+        columns[m] = HEADLINES[m][0]
+        if f"{m}{OF_CENTRAL}" in rows[0]:
+            columns[f"{m}{OF_CENTRAL}"] = HEADLINES[m][0].replace("(%)", "(% of centralized)")
     lines = ["# fedumm sweep", ""]
     if len(keys) == 2:
-        for metric in metrics:
-            lines += _pivot(rows, keys, short, metric) + [""]
+        for key, name in columns.items():
+            lines += _pivot(rows, keys, short, key, name) + [""]
     lines += [
-        "| " + " | ".join(short[k] for k in keys) + " | "
-        + " | ".join(HEADLINES[m][0] for m in metrics)
+        "| " + " | ".join(short[k] for k in keys) + " | " + " | ".join(columns.values())
         + " | KB up / round | KB down / round | federation (s) | wall (s) |",
-        "|" + "---|" * (len(keys) + len(metrics) + 4),
+        "|" + "---|" * (len(keys) + len(columns) + 4),
     ]  # fmt: skip
     for r in rows:
         lines.append(
             "| " + " | ".join(str(r[k]) for k in keys) + " | "
-            + " | ".join(f"{r[m]:.1f}" for m in metrics)
+            + " | ".join(_number(r[c]) for c in columns)
             + f" | {r['bytes_up_per_round'] / 1e3:.1f}"
             f" | {r['bytes_down_per_round'] / 1e3:.1f} | {r['federation_seconds']:.0f}"
             f" | {r['wall_seconds']:.0f} |"
@@ -152,19 +224,25 @@ def write_sweep_report(rows: list[dict], keys: list[str], out_dir: Path) -> None
     _plot(rows, keys, short, metrics, out_dir / "sweep.png")
 
 
-def _pivot(rows: list[dict], keys: list[str], short: dict[str, str], metric: str) -> list[str]:
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _pivot(
+    rows: list[dict], keys: list[str], short: dict[str, str], metric: str, name: str
+) -> list[str]:
     """`metric` with the first grid key down and the second across."""
     first, second = keys
     across = list(dict.fromkeys(r[second] for r in rows))
     acc = {(r[first], r[second]): r[metric] for r in rows}
     lines = [
-        f"{HEADLINES[metric][0]} by {short[first]} (rows) and {short[second]} (columns):",
+        f"{name} by {short[first]} (rows) and {short[second]} (columns):",
         "",
         f"| {short[first]} | " + " | ".join(f"{short[second]}={v}" for v in across) + " |",
         "|---|" + "---|" * len(across),
     ]
     for down in dict.fromkeys(r[first] for r in rows):
-        cells = [f"{acc[(down, v)]:.1f}" if (down, v) in acc else "" for v in across]
+        cells = [_number(acc[(down, v)]) if (down, v) in acc else "" for v in across]
         lines.append(f"| {down} | " + " | ".join(cells) + " |")
     return lines
 

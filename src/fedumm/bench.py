@@ -1,0 +1,217 @@
+"""`fedumm bench NAME`: the shipped benchmark sweeps, and the tables each adds to its grid.
+
+A benchmark is a sweep file in configs/sweeps/NAME.yaml, run by the ordinary sweep machinery
+(finished cells reused, another config's cells refused). `write_bench` then writes OUT/bench.md:
+the sweep file's own description, the analysis specific to that benchmark (bytes to reach a
+target accuracy, accuracy against bytes, change under attack, ...) and the grid's table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from fedumm.config import ConfigError
+from fedumm.evaluation.metrics import HEADLINES, headlines
+from fedumm.sweep import Sweep, load_sweep
+
+SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SWEEPS.glob("*.yaml"))
+
+
+def load_bench(name: str, overrides: list[str] | None = None) -> Sweep:
+    path = SWEEPS / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown benchmark {name!r}; the shipped ones are: {', '.join(available())} "
+            f"(in {SWEEPS})"
+        )
+    return load_sweep(path, overrides)
+
+
+def _results(out: Path, cell_name: str) -> dict:
+    return json.loads((out / "cells" / cell_name / "results.json").read_text())
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(str(v) for v in row) + " |" for row in rows),
+    ]
+
+
+def _traffic(rounds: list[dict]) -> np.ndarray:
+    """Bytes sent up and down, cumulated over the rounds."""
+    return np.cumsum([r["bytes_up"] + r["bytes_down"] for r in rounds])
+
+
+def communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
+    """Per adapter: bytes per round, the ratio to full fine-tuning, final accuracy, and the
+    round and bytes at which the global model first reaches the accuracy every cell reaches."""
+    from fedumm.models.sizes import published_sizes
+
+    metric = headlines(rows[0])[0]
+    target = min(r[metric] for r in rows)
+    runs = [_results(out, cell.name) for cell in sweep.cells]
+    per_round = [r["bytes_up_per_round"] + r["bytes_down_per_round"] for r in rows]  # measured
+    full = [b for b, res in zip(per_round, runs) if res["config"]["lora"] is None]
+    table = []
+    for res, traffic in zip(runs, per_round):
+        lora = res["config"]["lora"]
+        sent = _traffic(res["rounds"])
+        scores = [r["metrics"].get(metric, -1.0) for r in res["rounds"]]
+        first = next((i for i, s in enumerate(scores) if s >= target), None)
+        table.append([
+            f"LoRA r={lora['r']}" if lora else "full fine-tuning",
+            f"{res['communication']['trainable_parameters']:,}",
+            f"{traffic / 1e6:.2f}",
+            f"{full[0] / traffic:.1f}x" if full else "-",
+            f"{res['final']['metrics'][metric]:.1f}",
+            res["rounds"][first]["round"] if first is not None else "not reached",
+            f"{sent[first] / 1e6:.1f}" if first is not None else "-",
+        ])  # fmt: skip
+    lines = [
+        f"## Bytes and accuracy ({HEADLINES[metric][0]}; target {target:.1f}, the lowest final "
+        "score of any cell)",
+        "",
+        *_table(
+            [
+                "adapter",
+                "trainable parameters",
+                "MB / round (all clients, up + down)",
+                "less than full FT",
+                "final",
+                "round reaching target",
+                "MB sent to reach target",
+            ],
+            table,
+        ),  # fmt: skip
+        "",
+        "## Published backbones: LoRA (r) on the language model's q/k/v/o vs the whole model",
+        "",
+        "Counted from each architecture's parameter shapes (built from its config on the meta "
+        "device); bytes per direction at bf16 (2 bytes a parameter) for both.",
+        "",
+    ]
+    sizes = published_sizes()
+    lines += _table(
+        ["model", "parameters", "r", "LoRA parameters", "LoRA MB", "full MB", "ratio"],
+        [[s["model"], f"{s['parameters'] / 1e9:.2f} B", s["r"], f"{s['lora_parameters']:,}",
+          f"{2 * s['lora_parameters'] / 1e6:.1f}", f"{2 * s['parameters'] / 1e6:,.0f}",
+          f"{s['parameters'] / s['lora_parameters']:,.0f}x"] for s in sizes],
+    )  # fmt: skip
+    return lines
+
+
+def compute_communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
+    """Accuracy against cumulative bytes, one curve per local-steps setting (curve.png)."""
+    from fedumm.report import plt
+
+    runs = [_results(out, cell.name) for cell in sweep.cells]
+    metrics = headlines(rows[0])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    table = []
+    for res in runs:
+        fed = res["config"]["federation"]
+        name = f"{fed['local_steps']} steps x {fed['rounds']} rounds"
+        evaluated = [r for r in res["rounds"] if r["metrics"]]
+        sent = _traffic(res["rounds"])[[r["round"] - 1 for r in res["rounds"] if r["metrics"]]]
+        for ax, metric in zip(axes[0], metrics):
+            ax.plot(sent / 1e6, [r["metrics"][metric] for r in evaluated], marker="o", label=name)
+        final = res["final"]["metrics"]
+        table.append([fed["local_steps"], fed["rounds"], fed["local_steps"] * fed["rounds"],
+                      f"{sent[-1] / 1e6:.1f}", *(f"{final[m]:.1f}" for m in metrics)])  # fmt: skip
+    for ax, metric in zip(axes[0], metrics):
+        ax.set_xlabel("MB sent (up + down, cumulative)")
+        ax.set_ylabel(HEADLINES[metric][0])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "curve.png", dpi=120)
+    plt.close(fig)
+    return [
+        "## Same local compute, split into rounds differently",
+        "",
+        *_table(
+            [
+                "local steps / round",
+                "rounds",
+                "steps per client",
+                "MB sent",
+                *(HEADLINES[m][0] for m in metrics),
+            ],
+            table,
+        ),  # fmt: skip
+        "",
+        "![accuracy against bytes sent](curve.png)",
+    ]
+
+
+def robustness(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
+    """Each aggregator's accuracy under each attack, and its change against the clean run."""
+    metric = headlines(rows[0])[0]
+    rules = list(dict.fromkeys(r["federation.strategy"] for r in rows))
+    score = {(r["attack.kind"], r["federation.strategy"]): r[metric] for r in rows}
+    table = [
+        [kind] + [f"{score[kind, rule]:.1f} ({score[kind, rule] - score['none', rule]:+.1f})"
+                  for rule in rules]
+        for kind in dict.fromkeys(r["attack.kind"] for r in rows)
+    ]  # fmt: skip
+    return [
+        f"## {HEADLINES[metric][0]} under attack; in brackets the change against no attack",
+        "",
+        *_table(["attack", *rules], table),
+    ]
+
+
+def privacy(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
+    """Accuracy against the (epsilon, delta) the accountant reports for each noise level."""
+    metric = headlines(rows[0])[0]
+    delta = rows[0]["delta"]
+    table = [
+        [r["federation.strategy.noise_multiplier"],
+         "inf (no noise)" if r["epsilon"] is None else f"{r['epsilon']:.2f}", f"{r[metric]:.1f}"]
+        for r in rows
+    ]  # fmt: skip
+    return [
+        f"## Client-level DP: epsilon at delta {delta:g} against {HEADLINES[metric][0]}",
+        "",
+        *_table(["noise multiplier", "epsilon", HEADLINES[metric][0]], table),
+    ]
+
+
+ANALYSES: dict[str, Callable[[Sweep, list[dict], Path], list[str]]] = {
+    "communication": communication,
+    "compute-communication": compute_communication,
+    "robustness": robustness,
+    "privacy": privacy,
+}
+
+
+def write_bench(sweep: Sweep, rows: list[dict], out: Path) -> str:
+    """Write OUT/bench.md (description, analysis, grid table); return the analysis part."""
+    source = SWEEPS / f"{sweep.name}.yaml"
+    description = [line.removeprefix("#").strip() for line in source.read_text().splitlines()
+                   if line.startswith("#")]  # fmt: skip
+    analysis = ANALYSES[sweep.name](sweep, rows, out) if sweep.name in ANALYSES else []
+    runs = [*rows, *([{"wall_seconds": _reference_wall(out)}] if sweep.reference else [])]
+    wall = sum(r["wall_seconds"] for r in runs)
+    grid = (out / "sweep.md").read_text().split("\n", 2)[2]  # below its title
+    text = "\n".join([
+        f"# fedumm bench {sweep.name}", "", *description, "",
+        f"{len(rows)} cells{' and a reference run' if sweep.reference else ''}; sum of their "
+        f"wall times {wall / 60:.1f} min.", "", *analysis, "", "## Grid", "", grid,
+    ])  # fmt: skip
+    (out / "bench.md").write_text(text)
+    return "\n".join(analysis)
+
+
+def _reference_wall(out: Path) -> float:
+    return json.loads((out / "reference" / "results.json").read_text())["wall_seconds"]

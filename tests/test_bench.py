@@ -1,0 +1,96 @@
+"""`fedumm bench NAME`: the shipped benchmarks run as a user runs them, at tiny scale."""
+
+import json
+import re
+
+from fedumm.bench import available, load_bench, privacy, robustness
+from fedumm.cli import app
+from tests.tiny import TINY_RUN, runner
+
+
+def _bench(name, out, foundation, *dropped):
+    """`fedumm bench NAME` with TINY_RUN, except the keys the benchmark's grid varies."""
+    args = ["bench", name, "-o", str(out), "--quiet", "--set", f"model.foundation={foundation}"]
+    for item in TINY_RUN:
+        if not item.startswith(dropped):
+            args += ["--set", item]
+    return runner.invoke(app, args)
+
+
+def _table_rows(text, first_cell):
+    """The cells of every markdown table row whose first cell starts with `first_cell`."""
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {first_cell}")
+    ]
+
+
+def test_every_shipped_benchmark_loads():
+    assert {"clients-alpha", "communication", "compute-communication"} <= set(available())
+    for name in available():
+        assert load_bench(name).cells
+
+
+def test_an_unknown_benchmark_lists_the_shipped_ones(tmp_path):
+    result = runner.invoke(app, ["bench", "clients_alpha", "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert "unknown benchmark 'clients_alpha'" in result.output
+    assert "clients-alpha, communication, compute-communication" in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_communication_bench_measures_adapter_against_full_finetuning(tiny_foundation, tmp_path):
+    out = tmp_path / "communication"
+    result = _bench("communication", out, tiny_foundation, "lora.")
+    assert result.exit_code == 0, result.output
+    text = (out / "bench.md").read_text()
+    full = _table_rows(text, "full fine-tuning")[0]
+    ranks = {int(row[0].split("=")[1]): row for row in _table_rows(text, "LoRA r=")}
+    assert sorted(ranks) == [4, 8, 16, 32] and full[3] == "1.0x"
+    ratios = [float(ranks[r][3].rstrip("x")) for r in (4, 8, 16, 32)]
+    # A bigger rank sends more; on this 32-wide model r=32 even outweighs the model itself.
+    assert ratios == sorted(ratios, reverse=True) and ratios[0] > 1.0 > ratios[-1]
+    for row in [full, *ranks.values()]:  # everyone reaches the lowest final score
+        assert row[5] != "not reached" and float(row[6]) > 0
+    # Published backbones, counted from their architectures: the 7B at r=8 is 1643x smaller.
+    qwen7 = {row[2]: row for row in _table_rows(text, "Qwen2.5-VL-7B")}
+    assert qwen7["8"][1] == "8.29 B" and qwen7["8"][3] == "5,046,272" and qwen7["8"][6] == "1,643x"
+
+
+def test_compute_communication_bench_draws_accuracy_against_bytes(tiny_foundation, tmp_path):
+    out = tmp_path / "cc"
+    result = _bench("compute-communication", out, tiny_foundation,
+                    "federation.rounds", "federation.local_steps")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = (out / "bench.md").read_text()
+    rows = {int(r[1]): r for r in _table_rows(text, "") if re.fullmatch(r"\d+", r[0])}
+    assert sorted(rows) == [4, 10, 20]
+    assert {rows[n][2] for n in rows} == {"200"}  # the same local compute in every cell
+    sent = {}
+    for cell in (out / "cells").iterdir():
+        res = json.loads((cell / "results.json").read_text())
+        sent[res["config"]["federation"]["rounds"]] = sum(
+            r["bytes_up"] + r["bytes_down"] for r in res["rounds"]
+        )
+    assert sent[20] == 5 * sent[4] == 2 * sent[10]  # bytes grow with rounds, not local steps
+    assert {n: rows[n][3] for n in rows} == {n: f"{b / 1e6:.1f}" for n, b in sent.items()}
+    assert (out / "curve.png").stat().st_size > 0 and "![accuracy against bytes" in text
+
+
+def test_robustness_and_privacy_tables_from_rows(tmp_path):
+    rows = [
+        {"attack.kind": kind, "federation.strategy": rule, "vqa_accuracy": acc}
+        for kind, rule, acc in [("none", "name=fedavg", 40.0), ("none", "name=median", 38.0),
+                                ("sign_flip", "name=fedavg", 2.5),
+                                ("sign_flip", "name=median", 37.0)]
+    ]  # fmt: skip
+    table = "\n".join(robustness(None, rows, tmp_path))
+    assert "| sign_flip | 2.5 (-37.5) | 37.0 (-1.0) |" in table
+
+    rows = [
+        {"federation.strategy.noise_multiplier": z, "epsilon": e, "delta": 1e-5, "vqa_accuracy": a}
+        for z, e, a in [(0.0, None, 33.0), (1.0, 12.71, 20.0)]
+    ]
+    table = "\n".join(privacy(None, rows, tmp_path))
+    assert "| 0.0 | inf (no noise) | 33.0 |" in table and "| 1.0 | 12.71 | 20.0 |" in table
