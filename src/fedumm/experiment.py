@@ -10,10 +10,12 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from fedumm.config import PartitionConfig, RunConfig
@@ -22,11 +24,13 @@ from fedumm.evaluation.metrics import spread
 from fedumm.federation import checkpoint, wire
 from fedumm.federation.attacks import poison
 from fedumm.federation.client import ClientData, local_update
-from fedumm.federation.engine import EmbeddedEngine
+from fedumm.federation.engine import EmbeddedEngine, Transport
 from fedumm.federation.strategies import FederationContext, build_strategy
+from fedumm.federation.strategies.base import Strategy
+from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models import foundation
 from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
-from fedumm.models.processor import Encoded
+from fedumm.models.processor import Encoded, UMMProcessor
 from fedumm.report import write_report
 from fedumm.seeding import derive_seed, draw_share
 from fedumm.tasks import Task, build_tasks
@@ -71,21 +75,55 @@ def split_clients(
     return clients, parts
 
 
-def run_experiment(
-    cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False,
-    force: bool = False,
-) -> dict:  # fmt: skip
-    """Run zero-shot, federated, local-only and centralized, write results; return them.
+@dataclass
+class Federation:
+    """What a run builds from its config: the same in every process that takes part, the
+    server's and, under NVIDIA FLARE, each client's (which then trains on its own data only)."""
 
-    With `resume`, continue from the checkpoint in `out_dir` (its config must equal `cfg` unless
-    `force`); the results are those an uninterrupted run would have written."""
-    start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg: RunConfig
+    model: nn.Module
+    processor: UMMProcessor
+    rank: int
+    fresh: dict[int, Params]  # rank -> fresh adapter, the same on every party
+    tasks: dict[str, Task]
+    clients: list[ClientData]
+    parts: dict[str, list[np.ndarray]]
+    strategy: Strategy
+    client_states: dict[str, dict]  # stays on each client (e.g. SCAFFOLD's control variate)
+    malicious: list[str]
+    ranks: dict[str, int]  # client -> its own LoRA rank, where ranks differ
+
+    @property
+    def initial(self) -> Params:
+        return self.fresh[self.rank]
+
+    def client(self, site: str) -> ClientData:
+        for c in self.clients:
+            if c.client_id == site:
+                return c
+        raise ValueError(f"no client {site!r}: the partition has site-1..site-{len(self.clients)}")
+
+    def train_client(self, client: ClientData, message: Params, rnd: int) -> ClientUpdate:
+        """A client's local work in round `rnd`, seeded by the round and the client."""
+        cfg, fed, cid = self.cfg, self.cfg.federation, client.client_id
+        number = self.clients.index(client) + 1
+        seed = derive_seed(cfg.seed, rnd, number)
+        update = local_update(self.model, client, message, fed, seed, self.processor.pad,
+                              self.strategy, self.client_states[cid],
+                              self.fresh[self.ranks.get(cid, self.rank)],
+                              lr=fed.lr_at((rnd - 1) / fed.rounds))  # fmt: skip
+        if cid in self.malicious:
+            attack = cfg.attack
+            update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)
+        return update
+
+
+def build_federation(cfg: RunConfig) -> Federation:
+    """Foundation + LoRA, tasks, the clients' partition, the strategy: all from `cfg` and its
+    seed, so every process that builds it gets the same."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-
     base, processor = foundation.load(cfg.model.foundation)
     lora = cfg.lora
     if lora is None:  # federated full fine-tuning: every weight trains and travels
@@ -94,21 +132,39 @@ def run_experiment(
         rank = lora.r
         model = add_lora(base, rank, lora.alpha, lora.dropout, lora.target_modules, cfg.seed,
                          extra_ranks=tuple(lora.client_ranks or ()))  # fmt: skip
-    fresh = initial_adapters(model)  # rank -> fresh adapter, the same on every party
-    initial = fresh[rank]
+    fresh = initial_adapters(model)
     tasks = build_tasks(cfg, processor)
     clients, parts = split_clients(cfg, tasks)
-    ranks = dict(zip((c.client_id for c in clients), (lora and lora.client_ranks) or ()))
+    ids = [c.client_id for c in clients]
+    ranks = dict(zip(ids, (lora and lora.client_ranks) or ()))
     fed = cfg.federation
     context = FederationContext(len(clients), lora.alpha if lora else 1.0, ranks, cfg.seed)
     strategy = build_strategy(fed.strategy.name, context, **fed.strategy.hyperparameters())
-    client_number = {c.client_id: i + 1 for i, c in enumerate(clients)}  # seeds each client
-    client_states: dict[str, dict] = {c.client_id: {} for c in clients}  # stays on each client
-    attack = cfg.attack
-    ids = [c.client_id for c in clients]
     malicious = []
-    if attack.kind != "none":
-        malicious = draw_share(ids, attack.fraction, derive_seed(cfg.seed, 0xBAD))
+    if cfg.attack.kind != "none":
+        malicious = draw_share(ids, cfg.attack.fraction, derive_seed(cfg.seed, 0xBAD))
+    return Federation(cfg, model, processor, rank, fresh, tasks, clients, parts, strategy,
+                      {cid: {} for cid in ids}, malicious, ranks)  # fmt: skip
+
+
+def run_experiment(
+    cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False,
+    force: bool = False, transport: Transport | None = None,
+) -> dict:  # fmt: skip
+    """Run zero-shot, federated, local-only and centralized, write results; return them.
+
+    With `resume`, continue from the checkpoint in `out_dir` (its config must equal `cfg` unless
+    `force`); the results are those an uninterrupted run would have written. With `transport`,
+    the clients are reached through it (NVIDIA FLARE) instead of trained in this process."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fl = build_federation(cfg)
+    model, processor, tasks, clients = fl.model, fl.processor, fl.tasks, fl.clients
+    strategy, client_states, initial = fl.strategy, fl.client_states, fl.initial
+    fed = cfg.federation
+    client_number = {c.client_id: i + 1 for i, c in enumerate(clients)}  # seeds each client
+    ids = [c.client_id for c in clients]
     slow = set(draw_share(ids, fed.stragglers, derive_seed(cfg.seed, 0x510)))
 
     def duration(client: ClientData) -> float:
@@ -131,16 +187,6 @@ def run_experiment(
             for state in client_states.values()
         ])  # fmt: skip
 
-    def train_client(client: ClientData, message, rnd: int):
-        cid = client.client_id
-        seed = derive_seed(cfg.seed, rnd, client_number[cid])
-        update = local_update(model, client, message, fed, seed, processor.pad, strategy,
-                              client_states[cid], fresh[ranks.get(cid, rank)],
-                              lr=fed.lr_at((rnd - 1) / fed.rounds))  # fmt: skip
-        if cid in malicious:
-            update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)
-        return update
-
     def train_alone(client: ClientData, steps: int, seed: int, bar, grid=None) -> dict:
         """Plain local training from the fresh adapter (the baselines do not federate)."""
         update = local_update(model, client, initial, fed, seed, processor.pad, steps=steps,
@@ -149,9 +195,9 @@ def run_experiment(
         return evaluate_adapter(update.params, grid)
 
     results: dict = {"config": cfg.model_dump(), "baselines": {}}
-    if malicious:
-        results["attack"] = {"kind": attack.kind, "magnitude": attack.magnitude,
-                             "clients": malicious}  # fmt: skip
+    if fl.malicious:
+        results["attack"] = {"kind": cfg.attack.kind, "magnitude": cfg.attack.magnitude,
+                             "clients": fl.malicious}  # fmt: skip
     rounds: list[dict] = []
     global_params, first_round = initial, 1
     if resume:
@@ -178,7 +224,8 @@ def run_experiment(
                 rounds, {"baselines": results["baselines"]},
             ))  # fmt: skip
 
-    engine = EmbeddedEngine(clients, strategy, train_client, evaluate, fed.sampled_per_round,
+    engine = EmbeddedEngine(clients, strategy, transport or fl.train_client, evaluate,
+                            fed.sampled_per_round,
                             cfg.seed, cfg.eval.every, progress, fed.dropout, fed.min_clients,
                             fed.max_update_norm, fed.secure_aggregation, fed.round_deadline,
                             duration)  # fmt: skip
@@ -221,7 +268,7 @@ def run_experiment(
             }
 
     results["communication"] = _communication(initial, full_state(model), rounds)
-    results["partition"] = _partition_summary(cfg, tasks, clients, parts)
+    results["partition"] = _partition_summary(cfg, tasks, clients, fl.parts)
     results["wall_seconds"] = time.perf_counter() - start
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))

@@ -1,10 +1,11 @@
-"""The embedded engine: a whole federation in one process, around one shared frozen base model.
+"""The server side of a federation, and the embedded engine: all of it in one process.
 
 Per round: sample clients, send each what the strategy broadcasts, let it train, receive its
 upload, validate it against the strategy's template, aggregate with the strategy, evaluate.
 Every message is really serialized (`wire.pack`), so the byte counts are measured, not estimated.
-The engine knows nothing about models or algorithms: it calls `train_client`, the strategy and
-`evaluate`.
+The engine knows nothing about models or algorithms: it calls the strategy and `evaluate`, and a
+`Transport` carries the bytes to the clients and back: `InProcess` calls `train_client` here
+(the embedded engine); `fedumm.federation.flare` sends them through NVIDIA FLARE.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,6 +29,50 @@ from fedumm.seeding import derive_seed
 log = logging.getLogger("fedumm")
 
 TrainClient = Callable[[ClientData, Params, int], ClientUpdate]
+
+
+class Transport(Protocol):
+    def exchange(
+        self, rnd: int, down: bytes, clients: list[ClientData], cohort: list[ClientData]
+    ) -> list[tuple[ClientUpdate, bytes]]:
+        """Send `down` to each of `clients` (the members of `cohort`, the round's sample, that
+        do not drop out); return each answer that arrived: its update (without params) and
+        the uploaded bytes. A client that fails is simply missing."""
+        ...
+
+
+def client_side(update: ClientUpdate, secure: bool, seed: int, rnd: int, me: int,
+                cohort: list[int]) -> bytes:  # fmt: skip
+    """What leaves a client: its upload, pairwise-masked first under secure aggregation
+    (`me` and `cohort` are positions in the federation's client list)."""
+    params = update.params
+    if secure:
+        params = secure_aggregation.mask(params, update.num_samples, me, cohort,
+                                         derive_seed(seed, rnd, 0x5A))  # fmt: skip
+    return wire.pack(params)
+
+
+class InProcess:
+    """The embedded engine's transport: every client trains in this process, in turn."""
+
+    def __init__(self, train_client: TrainClient, all_clients: list[ClientData], secure: bool,
+                 seed: int):  # fmt: skip
+        self.train_client = train_client
+        self.all_clients = all_clients
+        self.secure = secure
+        self.seed = seed
+
+    def exchange(
+        self, rnd: int, down: bytes, clients: list[ClientData], cohort: list[ClientData]
+    ) -> list[tuple[ClientUpdate, bytes]]:
+        peers = [self.all_clients.index(c) for c in cohort]
+        answers = []
+        for client in clients:
+            update = self.train_client(client, wire.unpack(down), rnd)
+            me = self.all_clients.index(client)
+            answers.append((update, client_side(update, self.secure, self.seed, rnd, me, peers)))
+            update.params = {}
+        return answers
 
 
 class RoundFailed(RuntimeError):
@@ -57,7 +103,7 @@ class EmbeddedEngine:
         self,
         clients: list[ClientData],
         strategy: Strategy,
-        train_client: TrainClient,
+        train_client: TrainClient | Transport,
         evaluate: Callable[[Params], dict],
         clients_per_round: int,
         seed: int,
@@ -70,7 +116,9 @@ class EmbeddedEngine:
         deadline: float | None = None,
         duration: Callable[[ClientData], float] | None = None,
     ):
-        """`dropout`: share of the sampled clients that fail each round (seeded simulation);
+        """`train_client`: a client's local work, called in this process; or a `Transport`
+        that reaches the clients elsewhere. `dropout`: share of the sampled clients that fail
+        each round (seeded simulation);
         `min_clients`: fewest valid updates a round may aggregate; `max_update_norm`: updates
         further than this from the global adapter are rejected; `secure`: clients upload
         pairwise-masked updates and the server only sees their sum (secure_aggregation.py);
@@ -87,7 +135,11 @@ class EmbeddedEngine:
             raise ValueError(f"clients_per_round ({clients_per_round}) > clients ({len(clients)})")
         self.clients = clients
         self.strategy = strategy
-        self.train_client = train_client
+        self.transport = (
+            train_client
+            if hasattr(train_client, "exchange")
+            else InProcess(train_client, clients, secure, seed)
+        )
         self.evaluate = evaluate
         self.clients_per_round = clients_per_round
         self.seed = seed
@@ -124,27 +176,25 @@ class EmbeddedEngine:
             if late:
                 log.info("round %d: %s missed the deadline", rnd, ", ".join(sorted(late)))
         down = wire.pack(self.strategy.broadcast(global_params))
-        accepted, rejected, client_metrics, bytes_up, train_seconds = [], [], {}, 0, 0.0
-        for client in sampled:
-            if client.client_id in dropped or client.client_id in late:
-                continue
-            t0 = time.perf_counter()
-            update = self.train_client(client, wire.unpack(down), rnd)
-            train_seconds += time.perf_counter() - t0
-            client_metrics[client.client_id] = {**update.metrics, "steps": update.num_steps}
-            if self.secure:  # client side: mask before anything leaves the client
-                update.params = secure_aggregation.mask(
-                    update.params, update.num_samples, self.clients.index(client),
-                    [self.clients.index(c) for c in sampled], derive_seed(self.seed, rnd, 0x5A),
-                )  # fmt: skip
-            up = wire.pack(update.params)
+        working = [c for c in sampled if c.client_id not in dropped | late]
+        t0 = time.perf_counter()
+        answers = self.transport.exchange(rnd, down, working, sampled)
+        train_seconds = time.perf_counter() - t0
+        arrived = {update.client_id for update, _ in answers}
+        failed = [c.client_id for c in working if c.client_id not in arrived]
+        if failed:
+            log.warning("round %d: no answer from %s", rnd, ", ".join(failed))
+            dropped |= set(failed)
+        accepted, rejected, client_metrics, bytes_up = [], [], {}, 0
+        for update, up in answers:
+            client_metrics[update.client_id] = {**update.metrics, "steps": update.num_steps}
             bytes_up += len(up)
-            update.params = wire.unpack(up)  # the server works on what it received
             try:
+                update.params = self._receive(update, up)  # the server works on what it got
                 self._validate(update, global_params)
             except UpdateRejected as e:
                 log.warning("round %d: rejected update: %s", rnd, e)
-                rejected.append({"client_id": client.client_id, "reason": str(e)})
+                rejected.append({"client_id": update.client_id, "reason": str(e)})
                 continue
             accepted.append(update)
         if len(accepted) < self.min_clients:
@@ -175,6 +225,15 @@ class EmbeddedEngine:
             late=sorted(late),
         )
         return global_params, record
+
+    @staticmethod
+    def _receive(update: ClientUpdate, up: bytes) -> Params:
+        try:
+            return wire.unpack(up)
+        except Exception as e:  # whatever the bytes were, they were not a message
+            raise UpdateRejected(
+                f"client {update.client_id}: upload is not a readable message ({e})"
+            ) from None
 
     def _validate(self, update: ClientUpdate, global_params: Params) -> None:
         template = self.strategy.upload_template(global_params, update.client_id)
