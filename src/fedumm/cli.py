@@ -82,12 +82,25 @@ def run(
     force: Annotated[
         bool, typer.Option(help="Resume even if the config differs from the checkpoint's.")
     ] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="embedded (every client in this process) or flare (NVIDIA FLARE)."),
+    ] = None,
+    flare_env: Annotated[
+        str | None, typer.Option(help="With --engine flare: sim (FLARE's simulator) or poc.")
+    ] = None,
 ) -> None:
     """Run a federation plus its baselines; write results.json, report.md and plots to OUT."""
+    set_ = [*(set_ or []), *([f"engine={engine}"] if engine else []),
+            *([f"flare.env={flare_env}"] if flare_env else [])]  # fmt: skip
     if resume is not None and config is None:
         cfg = _stored_config(resume, set_)  # the config the run was started with
     else:
         cfg = _load(config, set_, RunConfig)
+    if resume is not None and cfg.engine == "flare":
+        typer.secho("--resume: the FLARE engine cannot resume a run yet (client state lives in "
+                    "the client processes)", fg="red", err=True)  # fmt: skip
+        raise typer.Exit(2)
     out = resume or out
     _setup_logging()
     from fedumm.evaluation.metrics import HEADLINES, headlines
@@ -95,8 +108,13 @@ def run(
     from fedumm.federation.engine import RoundFailed
     from fedumm.report import method_rows
 
-    with _exit_on(FileNotFoundError, ValueError, RoundFailed):
-        results = run_experiment(cfg, out, not quiet, resume is not None, force)
+    with _exit_on(FileNotFoundError, ValueError, RoundFailed, RuntimeError):
+        if cfg.engine == "flare":
+            from fedumm.federation.flare import run_flare
+
+            results = run_flare(cfg, out)
+        else:
+            results = run_experiment(cfg, out, not quiet, resume is not None, force)
     typer.echo("")
     for label, m in method_rows(results):
         scores = ", ".join(f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%"

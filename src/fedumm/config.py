@@ -316,6 +316,15 @@ class EvalConfig(Section):
     )
 
 
+class FlareConfig(Section):
+    env: Literal["sim", "poc"] = Field(
+        "sim", description="FLARE's simulator, or POC mode (real server and client processes)."
+    )
+    round_timeout: int = Field(
+        600, ge=1, description="Seconds the server waits for a round's answers before going on."
+    )
+
+
 class RunConfig(Section):
     seed: int = Field(0, description="Seeds data, partition, LoRA init and training.")
     threads: int | None = Field(
@@ -338,6 +347,10 @@ class RunConfig(Section):
     checkpoint_every: int = Field(
         1, ge=0, description="Write a resumable checkpoint every N rounds; 0 = never."
     )
+    engine: Literal["embedded", "flare"] = Field(
+        "embedded", description="Run every client in this process, or on NVIDIA FLARE."
+    )
+    flare: FlareConfig = Field(default_factory=FlareConfig, description="The FLARE engine.")
 
     def holds(self, client_index: int, task: str) -> bool:
         """Whether client `client_index` (0 = site-1) holds data of `task`."""
@@ -374,6 +387,14 @@ class RunConfig(Section):
                 f" but data.tasks is {self.data.tasks}"
             )
         strategy = self.federation.strategy
+        if self.engine == "flare":
+            from fedumm.federation.strategies import STRATEGIES
+
+            if STRATEGIES[strategy.name].personalized:
+                raise ValueError(
+                    f"engine flare: {strategy.name} keeps a personal adapter on each client, "
+                    "which the FLARE server cannot evaluate yet; use the embedded engine"
+                )
         if strategy.name == "krum":
             f = strategy.num_byzantine if strategy.num_byzantine is not None else 1
             if self.federation.sampled_per_round <= 2 * f + 2:

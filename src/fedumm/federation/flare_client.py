@@ -1,0 +1,54 @@
+"""The client side of the FLARE engine: a FLARE Client API script, run on every site.
+
+It builds the same Federation as the server from the config shipped beside it, takes its own
+site's share of the data, and answers each round's task with `Federation.train_client`, the
+local training the embedded engine runs, so every algorithm behaves the same under both engines.
+State a strategy keeps on the client (SCAFFOLD's control variate) lives in this process.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nvflare.client as flare
+from nvflare.app_common.abstract.fl_model import FLModel
+
+from fedumm.config import RunConfig
+from fedumm.experiment import build_federation
+from fedumm.federation import wire
+from fedumm.federation.engine import client_side
+
+CONFIG_NAME = "fedumm_config.json"
+
+
+def shipped_config() -> RunConfig:
+    """The config in the job's custom folder, which FLARE puts on sys.path."""
+    for folder in [Path.cwd(), *map(Path, sys.path)]:
+        if (folder / CONFIG_NAME).is_file():
+            return RunConfig.model_validate_json((folder / CONFIG_NAME).read_text())
+    raise FileNotFoundError(f"{CONFIG_NAME} is in none of: the working folder, sys.path")
+
+
+def main() -> None:
+    cfg = shipped_config()
+    flare.init()
+    fl = build_federation(cfg)
+    client = fl.client(flare.get_site_name())
+    me = fl.clients.index(client)
+    while flare.is_running():
+        task = flare.receive()
+        if task is None:
+            break
+        rnd = task.current_round
+        cohort = [fl.clients.index(fl.client(site)) for site in task.meta["cohort"]]
+        update = fl.train_client(client, wire.unpack(task.params["message"]), rnd)
+        upload = client_side(update, cfg.federation.secure_aggregation, cfg.seed, rnd, me, cohort)
+        flare.send(FLModel(params={"upload": upload}, meta={
+            "num_samples": update.num_samples, "num_steps": update.num_steps,
+            "metrics": update.metrics,
+        }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
