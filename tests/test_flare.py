@@ -2,11 +2,14 @@
 adapter, for FedAvg and for SCAFFOLD (whose control variates live in the client processes)."""
 
 import json
+import os
 
+import psutil
 import pytest
 from safetensors.torch import load_file
 
-from tests.tiny import run_tiny
+from fedumm.cli import app
+from tests.tiny import run_tiny, runner
 
 TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2", "threads=1",
                "baselines.local=false", "baselines.centralized=false"]  # fmt: skip
@@ -44,3 +47,47 @@ def test_flare_refuses_what_it_cannot_do_yet(tiny_foundation, tmp_path):
     result = run_tiny(tmp_path / "b", tiny_foundation, cli=["--engine", "ftp"])
     assert result.exit_code == 2
     assert "engine: Input should be 'embedded' or 'flare'" in result.output
+
+
+def test_poc_mode_runs_real_processes_and_stops_them(tiny_foundation, tmp_path):
+    name = "federation.strategy.name=scaffold"
+    runs = {}
+    for engine, env in (("embedded", []), ("flare", ["--flare-env", "poc"])):
+        out = tmp_path / engine
+        result = run_tiny(out, tiny_foundation, *TWO_CLIENTS, name, cli=["--engine", engine, *env])
+        assert result.exit_code == 0, result.output
+        runs[engine] = json.loads((out / "results.json").read_text())
+    a = load_file(tmp_path / "embedded" / "global_adapter.safetensors")
+    b = load_file(tmp_path / "flare" / "global_adapter.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    flare = runs["flare"]
+    clients = {site: m["pid"] for r in flare["rounds"] for site, m in r["client_metrics"].items()}
+    server = flare["flare"]["server_pid"]
+    assert flare["flare"]["env"] == "poc" and len({*clients.values(), server, os.getpid()}) == 4
+    assert not any(psutil.pid_exists(pid) for pid in [*clients.values(), server])
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if "nvflare" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+
+
+def test_export_writes_a_job_a_deployment_can_run(tmp_path):
+    result = runner.invoke(app, ["flare", "export", "configs/quickstart.yaml", "-o",
+                                 str(tmp_path), "--set", "federation.num_clients=3",
+                                 "--set", "federation.clients_per_round=3",
+                                 "--results", "/srv/fedumm/run1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    job = tmp_path / "fedumm"
+    meta = json.loads((job / "meta.json").read_text())
+    sites = {f"app_site-{i}": [f"site-{i}"] for i in (1, 2, 3)}
+    assert meta["deploy_map"] == {"app_server": ["server"], **sites}
+    server = json.loads((job / "app_server" / "config" / "config_fed_server.json").read_text())
+    controller = server["workflows"][0]
+    assert controller["path"] == "fedumm.federation.flare.FedummController"
+    assert controller["args"]["out_dir"] == "/srv/fedumm/run1"
+    shipped = json.loads(controller["args"]["config"])
+    assert shipped["federation"]["num_clients"] == 3 and shipped["engine"] == "flare"
+    for i in (1, 2, 3):
+        custom = job / f"app_site-{i}" / "custom"
+        assert (custom / "flare_client.py").is_file()
+        assert json.loads((custom / "fedumm_config.json").read_text()) == shipped
+        client = (job / f"app_site-{i}" / "config" / "config_fed_client.json").read_text()
+        assert '"task_script_path": "flare_client.py"' in client  # relative: runs anywhere

@@ -188,6 +188,32 @@ def _run_sweep(plan, out: Path, progress: bool, overwrite: bool) -> list[dict]:
         return run_sweep(plan, out, progress, overwrite)
 
 
+flare_app = typer.Typer(help="NVIDIA FLARE: jobs for a provisioned deployment.",
+                        no_args_is_help=True)  # fmt: skip
+app.add_typer(flare_app, name="flare")
+
+
+@flare_app.command("export")
+def flare_export(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the job into.")] = Path(
+        "jobs"
+    ),
+    results: Annotated[
+        str, typer.Option(help="Where the server writes results.json, on the server machine.")
+    ] = "/tmp/fedumm/results",
+    set_: SetOption = None,
+) -> None:
+    """Write a FLARE job folder to submit to a deployment (nvflare job submit -j JOB)."""
+    cfg = _load(config, [*(set_ or []), "engine=flare"], RunConfig)
+    from fedumm.federation.flare import export_job
+
+    job = export_job(cfg, out, results)
+    k = cfg.federation.num_clients
+    typer.echo(f"FLARE job for sites site-1..site-{k}: {job}")
+    typer.echo(f"submit it from an admin console: nvflare job submit -j {job}")
+
+
 @app.command()
 def partition(
     config: Annotated[Path, typer.Argument(help="YAML run config.")],

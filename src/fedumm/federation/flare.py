@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from nvflare.app_common.abstract.fl_model import FLModel
@@ -74,36 +78,40 @@ class FedummController(ModelController):
 
         cfg = RunConfig.model_validate_json(self.config)
         transport = FlareTransport(self, self.round_timeout)
-        run_experiment(cfg, Path(self.out_dir), progress=False, transport=transport)
+        out = Path(self.out_dir)
+        results = run_experiment(cfg, out, progress=False, transport=transport)
+        results["flare"] = {"env": cfg.flare.env, "server_pid": os.getpid()}
+        (out / "results.json").write_text(json.dumps(results, indent=2))
 
 
-def build_job(cfg: RunConfig, out_dir: Path, config_file: Path):
-    """A FLARE FedJob: our controller on the server, the client script on every site."""
+@contextmanager
+def _beside_client_script() -> Iterator[None]:
+    """FLARE resolves a job's relative script paths against the working folder when it
+    packages the job; the client script is referenced by name so the job runs anywhere."""
+    here = Path.cwd()
+    os.chdir(CLIENT_SCRIPT.parent)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+
+
+def build_job(cfg: RunConfig, out_dir: str, config_file: Path):
+    """A FLARE FedJob: our controller on the server, the client script and the config on every
+    site. Build and package it (deploy, export) inside `_beside_client_script()`."""
     from nvflare.job_config.api import FedJob
     from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 
     k = cfg.federation.num_clients
-    job = FedJob(name="fedumm", min_clients=min(k, cfg.federation.min_clients))
-    controller = FedummController(cfg.model_dump_json(), str(out_dir.resolve()),
-                                  cfg.flare.round_timeout)  # fmt: skip
+    job = FedJob(name="fedumm", min_clients=k)  # every site joins before the job starts
+    controller = FedummController(cfg.model_dump_json(), out_dir, cfg.flare.round_timeout)
     job.to_server(controller)
     for i in range(1, k + 1):
         site = f"site-{i}"
-        job.to(ScriptRunner(script=str(CLIENT_SCRIPT), framework=FrameworkType.RAW), site)
+        # Relative: FLARE copies the script into each site's custom folder and runs that copy.
+        job.to(ScriptRunner(script=CLIENT_SCRIPT.name, framework=FrameworkType.RAW), site)
         job.add_file_to(str(config_file), site)
     return job
-
-
-def _allow_fedumm(local_dir: Path) -> None:
-    """Let FLARE instantiate our components: its default class allow-list names FLARE's own
-    classes only; add the `fedumm.` prefix (a deployment's admin does the same in each site's
-    local/resources.json)."""
-    from nvflare.app_common.default_component_policy import DEFAULT_CLASS_ALLOW_LIST
-    from nvflare.app_common.widgets.component_path_authorizer import CLASS_ALLOW_LIST
-
-    local_dir.mkdir(parents=True, exist_ok=True)
-    resources = {"format_version": 2, CLASS_ALLOW_LIST: [*DEFAULT_CLASS_ALLOW_LIST, "fedumm."]}
-    (local_dir / "resources.json").write_text(json.dumps(resources, indent=2))
 
 
 def _write_config(cfg: RunConfig, folder: Path) -> Path:
@@ -114,33 +122,65 @@ def _write_config(cfg: RunConfig, folder: Path) -> Path:
 
 
 def run_flare(cfg: RunConfig, out_dir: Path) -> dict:
-    """Run the federation under FLARE (cfg.flare.env); return the results the server wrote."""
-    if cfg.flare.env != "sim":
-        raise ValueError(f"flare.env {cfg.flare.env!r} is not supported yet; use 'sim'")
-    from nvflare.recipe.sim_env import SimEnv
-
+    """Run the federation under FLARE (cfg.flare.env); return the results the server wrote.
+    The FLARE workspace (logs of every site) is OUT/flare."""
     out_dir = Path(out_dir).resolve()
     workspace = out_dir / "flare"
-    job = build_job(cfg, out_dir, _write_config(cfg, workspace / "job_input"))
-    _allow_fedumm(workspace / job.name / "local")
-    # One simulator thread per client: with fewer, FLARE restarts a client's script whenever
-    # another client takes its turn, and state kept on the client (SCAFFOLD's c_i) is lost.
-    k = cfg.federation.num_clients
-    env = SimEnv(clients=[f"site-{i}" for i in range(1, k + 1)], num_threads=k,
-                 workspace_root=str(workspace))  # fmt: skip
+    if workspace.exists():
+        shutil.rmtree(workspace)
+    config_file = _write_config(cfg, workspace / "job_input")
+    sites = [f"site-{i}" for i in range(1, cfg.federation.num_clients + 1)]
     (out_dir / "results.json").unlink(missing_ok=True)
-    os.environ.pop("NVFLARE_SIMULATOR_WORKSPACE_ROOT", None)
-    env.deploy(job)
+    with _beside_client_script():
+        job = build_job(cfg, str(out_dir), config_file)
+        if cfg.flare.env == "sim":
+            _run_simulator(job, sites, workspace)
+        else:
+            _run_poc(job, sites, workspace / "poc", cfg)
     results = out_dir / "results.json"
     if not results.is_file():
-        raise RuntimeError(f"the FLARE job ended without results; its logs: {workspace / job.name}")
+        raise RuntimeError(f"the FLARE job ended without results; the sites' logs: {workspace}")
     return json.loads(results.read_text())
 
 
+def _run_simulator(job, sites: list[str], workspace: Path) -> None:
+    from nvflare.recipe.sim_env import SIMULATOR_WORKSPACE_ROOT_ENV_VAR, SimEnv
+
+    os.environ.pop(SIMULATOR_WORKSPACE_ROOT_ENV_VAR, None)
+    # One simulator thread per client: with fewer, FLARE restarts a client's script whenever
+    # another client takes its turn, and state kept on the client (SCAFFOLD's c_i) is lost.
+    SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace)).deploy(job)
+
+
+def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig) -> None:
+    """FLARE's POC mode: provision a server and one client per site on this machine, start
+    them as separate processes, submit the job through the admin API, wait, stop them all."""
+    from nvflare.recipe import poc_env
+
+    os.environ["NVFLARE_POC_WORKSPACE"] = str(workspace)
+    env = poc_env.PocEnv(clients=sites)
+    poc_env.prepare_poc_provision(
+        clients=sites, number_of_clients=len(sites), workspace=env.poc_workspace,
+        docker_image=None, use_he=False, project_conf_path="", examples_dir=None,
+    )  # fmt: skip
+    try:
+        poc_env._start_poc(poc_workspace=env.poc_workspace, gpu_ids=[],
+                           excluded=[env.username], services_list=[])  # fmt: skip
+        time.sleep(poc_env.SERVICE_START_TIMEOUT)
+        job_id = env._get_session_manager().submit_job(job)
+        budget = cfg.flare.round_timeout * (cfg.federation.rounds + 2)
+        env.get_job_result(job_id, timeout=budget)
+    finally:
+        env.stop()
+
+
 def export_job(cfg: RunConfig, job_dir: Path, out_dir: str) -> Path:
-    """Write a FLARE job folder to submit to a deployment (`nvflare job submit -j`)."""
-    job_dir = Path(job_dir)
-    staging = _write_config(cfg, job_dir / ".fedumm")
-    job = build_job(cfg, Path(out_dir), staging)
-    job.export_job(str(job_dir))
+    """Write a FLARE job folder for a provisioned deployment (`nvflare job submit -j`): the
+    server writes its results to `out_dir` on the server machine."""
+    job_dir = Path(job_dir).resolve()
+    staging = _write_config(cfg, job_dir / ".staging")
+    with _beside_client_script():
+        job = build_job(cfg, out_dir, staging)
+        job.export_job(str(job_dir))
+    shutil.rmtree(job_dir / ".staging")
     return job_dir / job.name

@@ -8,6 +8,7 @@ State a strategy keeps on the client (SCAFFOLD's control variate) lives in this 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def main() -> None:
         upload = client_side(update, cfg.federation.secure_aggregation, cfg.seed, rnd, me, cohort)
         flare.send(FLModel(params={"upload": upload}, meta={
             "num_samples": update.num_samples, "num_steps": update.num_steps,
-            "metrics": update.metrics,
+            "metrics": {**update.metrics, "pid": os.getpid()},
         }))  # fmt: skip
 
 
