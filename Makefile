@@ -39,7 +39,7 @@ bench-robustness: $(BIN)/fedumm  ## accuracy under attack x aggregator, and agai
 	$(BIN)/fedumm bench robustness --quiet
 	$(BIN)/fedumm bench privacy --quiet
 
-reproduce: $(BIN)/fedumm  ## FedUMM's three findings at laptop scale (about 75 min on 2 cores)
+reproduce: $(BIN)/fedumm  ## FedUMM's three findings at laptop scale (about an hour on 2 cores)
 	$(BIN)/fedumm bench clients-alpha --quiet
 	$(BIN)/fedumm bench communication --quiet
 	$(BIN)/fedumm bench compute-communication --quiet

@@ -113,6 +113,7 @@ def test_a_row_gives_each_headline_as_a_percentage_of_centralized():
     row = summarize(cell, results, {"vqa_accuracy": 60.0, "geneval_overall": 0.0})
     assert row["vqa_accuracy_pct_of_centralized"] == 50.0
     assert row["geneval_overall_pct_of_centralized"] is None  # undefined, not infinite
+    assert row["centralized_vqa_accuracy"] == 60.0
     assert summarize(cell, results).keys() == {"partition.alpha", "vqa_accuracy",
         "geneval_overall", "bytes_up_per_round", "bytes_down_per_round", "federation_seconds",
         "wall_seconds", "cell"}  # fmt: skip

@@ -173,6 +173,7 @@ def summarize(cell: Cell, results: dict, central: dict | None = None) -> dict:
     row = {k: label(v) for k, v in cell.values.items()}
     row.update({key: final[key] for key in headlines(final)})
     for key in headlines(central or {}):
+        row[f"centralized_{key}"] = central[key]
         row[f"{key}{OF_CENTRAL}"] = 100 * final[key] / central[key] if central[key] else None
     for name, base in results.get("baselines", {}).items():
         for key in headlines(base["metrics"]):
@@ -269,7 +270,11 @@ def _plot(
         ax.set_xticks(np.arange(len(groups)) + 0.4 - bar / 2)
         ax.set_xticklabels([str(g) for g in groups], rotation=30, ha="right")
         ax.set_ylabel(HEADLINES[metric][0])
-        if len(keys) > 1:
+        reference = f"{metric}{OF_CENTRAL}" in rows[0]  # one centralized run for all cells
+        if reference:
+            ax.axhline(rows[0][f"centralized_{metric}"], color="black", linestyle="--",
+                       label="centralized")  # fmt: skip
+        if len(keys) > 1 or reference:
             ax.legend()
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
