@@ -9,6 +9,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fedumm.cli import app
+from fedumm.federation.flare_client import CRASH_ENV
 from tests.tiny import run_tiny, runner
 
 TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2", "threads=1",
@@ -91,3 +92,20 @@ def test_export_writes_a_job_a_deployment_can_run(tmp_path):
         assert json.loads((custom / "fedumm_config.json").read_text()) == shipped
         client = (job / f"app_site-{i}" / "config" / "config_fed_client.json").read_text()
         assert '"task_script_path": "flare_client.py"' in client  # relative: runs anywhere
+
+
+def test_a_crashed_client_does_not_hang_the_job(tiny_foundation, tmp_path, monkeypatch):
+    monkeypatch.setenv(CRASH_ENV, "site-2@2")  # site-2's process dies when round 2 starts
+    crash = [*TWO_CLIENTS, "flare.round_timeout=30", "federation.min_clients=1"]
+    result = run_tiny(tmp_path / "on", tiny_foundation, *crash, cli=["--engine", "flare"])
+    assert result.exit_code == 0, result.output
+    rounds = json.loads((tmp_path / "on" / "results.json").read_text())["rounds"]
+    assert sorted(rounds[0]["client_metrics"]) == ["site-1", "site-2"]
+    assert list(rounds[1]["client_metrics"]) == ["site-1"] and rounds[1]["dropped"] == ["site-2"]
+
+    # Needing both clients, the job stops with the reason and keeps round 1's adapter.
+    strict = [*crash, "federation.min_clients=2"]
+    result = run_tiny(tmp_path / "off", tiny_foundation, *strict, cli=["--engine", "flare"])
+    assert result.exit_code == 1
+    assert "FLARE job failed: RoundFailed: round 2: 1 valid update(s) of 2 sampled" in result.output
+    assert "the last good global adapter (round 1) is in the checkpoint" in result.output

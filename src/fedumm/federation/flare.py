@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from fedumm.federation.update import ClientUpdate
 
 CLIENT_SCRIPT = Path(__file__).with_name("flare_client.py")
 TASK = "train"
+FAILURE = "flare_failure.txt"  # written by the server when the federation fails
 
 
 class FlareTransport:
@@ -79,7 +81,11 @@ class FedummController(ModelController):
         cfg = RunConfig.model_validate_json(self.config)
         transport = FlareTransport(self, self.round_timeout)
         out = Path(self.out_dir)
-        results = run_experiment(cfg, out, progress=False, transport=transport)
+        try:
+            results = run_experiment(cfg, out, progress=False, transport=transport)
+        except Exception as e:  # the command that started the job reports it
+            (out / FAILURE).write_text(f"{type(e).__name__}: {e}")
+            raise
         results["flare"] = {"env": cfg.flare.env, "server_pid": os.getpid()}
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
@@ -130,17 +136,36 @@ def run_flare(cfg: RunConfig, out_dir: Path) -> dict:
         shutil.rmtree(workspace)
     config_file = _write_config(cfg, workspace / "job_input")
     sites = [f"site-{i}" for i in range(1, cfg.federation.num_clients + 1)]
-    (out_dir / "results.json").unlink(missing_ok=True)
+    for stale in ("results.json", FAILURE):
+        (out_dir / stale).unlink(missing_ok=True)
     with _beside_client_script():
         job = build_job(cfg, str(out_dir), config_file)
-        if cfg.flare.env == "sim":
-            _run_simulator(job, sites, workspace)
-        else:
-            _run_poc(job, sites, workspace / "poc", cfg)
+        try:
+            if cfg.flare.env == "sim":
+                _run_simulator(job, sites, workspace)
+            else:
+                _run_poc(job, sites, workspace / "poc", cfg)
+        except RuntimeError:  # FLARE's own "failed" says less than the server's failure file
+            if not (out_dir / FAILURE).is_file():
+                raise
     results = out_dir / "results.json"
     if not results.is_file():
-        raise RuntimeError(f"the FLARE job ended without results; the sites' logs: {workspace}")
+        raise RuntimeError(_failure_report(out_dir, workspace))
     return json.loads(results.read_text())
+
+
+def _failure_report(out_dir: Path, workspace: Path) -> str:
+    """Why a FLARE job left no results, and what it left: the last good checkpoint."""
+    from fedumm.federation.checkpoint import CheckpointError, read_manifest
+
+    failure = out_dir / FAILURE
+    why = failure.read_text() if failure.is_file() else "the job ended without results"
+    try:
+        kept = f"the last good global adapter (round {read_manifest(out_dir)['round']}) is " \
+               f"in the checkpoint in {out_dir}"  # fmt: skip
+    except CheckpointError:
+        kept = "no round finished, so there is no global adapter to keep"
+    return f"FLARE job failed: {why}; {kept}; the sites' logs: {workspace}"
 
 
 def _run_simulator(job, sites: list[str], workspace: Path) -> None:
@@ -163,6 +188,7 @@ def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig) -> None:
         clients=sites, number_of_clients=len(sites), workspace=env.poc_workspace,
         docker_image=None, use_he=False, project_conf_path="", examples_dir=None,
     )  # fmt: skip
+    _check_ports_free(workspace / "project.yml")
     try:
         poc_env._start_poc(poc_workspace=env.poc_workspace, gpu_ids=[],
                            excluded=[env.username], services_list=[])  # fmt: skip
@@ -172,6 +198,25 @@ def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig) -> None:
         env.get_job_result(job_id, timeout=budget)
     finally:
         env.stop()
+
+
+def _check_ports_free(project_file: Path) -> None:
+    """The POC server's ports must be free, or its start fails deep inside FLARE."""
+    import yaml
+
+    project = yaml.safe_load(project_file.read_text())
+    server = next(p for p in project["participants"] if p.get("type") == "server")
+    for key in ("fed_learn_port", "admin_port"):
+        if key not in server:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", int(server[key])))
+            except OSError:
+                raise RuntimeError(
+                    f"port {server[key]} ({key} of the FLARE POC server, {project_file}) is "
+                    "already in use: stop what holds it (another POC: nvflare poc stop) and retry"
+                ) from None
 
 
 def export_job(cfg: RunConfig, job_dir: Path, out_dir: str) -> Path:

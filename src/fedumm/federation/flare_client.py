@@ -21,6 +21,8 @@ from fedumm.federation import wire
 from fedumm.federation.engine import client_side
 
 CONFIG_NAME = "fedumm_config.json"
+# Fault injection for tests and drills: "site-2@3" makes site-2's process die at round 3.
+CRASH_ENV = "FEDUMM_FLARE_CRASH"
 
 
 def shipped_config() -> RunConfig:
@@ -42,6 +44,8 @@ def main() -> None:
         if task is None:
             break
         rnd = task.current_round
+        if os.environ.get(CRASH_ENV) == f"{client.client_id}@{rnd}":
+            os._exit(3)  # as abrupt as a crash: no answer, no goodbye
         cohort = [fl.clients.index(fl.client(site)) for site in task.meta["cohort"]]
         update = fl.train_client(client, wire.unpack(task.params["message"]), rnd)
         upload = client_side(update, cfg.federation.secure_aggregation, cfg.seed, rnd, me, cohort)
