@@ -3,6 +3,7 @@ adapter, for FedAvg and for SCAFFOLD (whose control variates live in the client 
 
 import json
 import os
+import socket
 
 import psutil
 import pytest
@@ -109,3 +110,14 @@ def test_a_crashed_client_does_not_hang_the_job(tiny_foundation, tmp_path, monke
     assert result.exit_code == 1
     assert "FLARE job failed: RoundFailed: round 2: 1 valid update(s) of 2 sampled" in result.output
     assert "the last good global adapter (round 1) is in the checkpoint" in result.output
+
+
+def test_poc_refuses_a_port_in_use(tiny_foundation, tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 8002))  # the POC server's port
+        squatter.listen()
+        result = run_tiny(tmp_path / "poc", tiny_foundation, *TWO_CLIENTS,
+                          cli=["--engine", "flare", "--flare-env", "poc"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "port 8002 (fed_learn_port of the FLARE POC server" in result.output
+    assert "already in use" in result.output
