@@ -387,14 +387,6 @@ class RunConfig(Section):
                 f" but data.tasks is {self.data.tasks}"
             )
         strategy = self.federation.strategy
-        if self.engine == "flare":
-            from fedumm.federation.strategies import STRATEGIES
-
-            if STRATEGIES[strategy.name].personalized:
-                raise ValueError(
-                    f"engine flare: {strategy.name} keeps a personal adapter on each client, "
-                    "which the FLARE server cannot evaluate yet; use the embedded engine"
-                )
         if strategy.name == "krum":
             f = strategy.num_byzantine if strategy.num_byzantine is not None else 1
             if self.federation.sampled_per_round <= 2 * f + 2:

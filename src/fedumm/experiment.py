@@ -103,6 +103,13 @@ class Federation:
                 return c
         raise ValueError(f"no client {site!r}: the partition has site-1..site-{len(self.clients)}")
 
+    def evaluate(self, params: Params, image_grid: Path | None = None) -> dict:
+        """Metrics of `params` on every task's test set; `image_grid`: where to draw the
+        generated images (generation runs)."""
+        set_adapter(self.model, params)
+        grid = image_grid if "generation" in self.tasks else None
+        return evaluate_tasks(self.tasks, self.model, self.processor, self.cfg.eval, grid)
+
     def train_client(self, client: ClientData, message: Params, rnd: int) -> ClientUpdate:
         """A client's local work in round `rnd`, seeded by the round and the client."""
         cfg, fed, cid = self.cfg, self.cfg.federation, client.client_id
@@ -174,14 +181,14 @@ def run_experiment(
 
     def evaluate_adapter(params, grid: str | None = None) -> dict:
         """Metrics of `params` on every task; `grid` names a PNG of generated images to write."""
-        set_adapter(model, params)
-        path = out_dir / f"generated_{grid}.png" if grid and "generation" in tasks else None
-        return evaluate_tasks(tasks, model, processor, cfg.eval, path)
+        return fl.evaluate(params, out_dir / f"generated_{grid}.png" if grid else None)
 
     def evaluate(params) -> dict:
         if not strategy.personalized:
             return evaluate_adapter(params)
         # Each client's own model on the test set, averaged: what a personalized method delivers.
+        if transport is not None:  # the personal parts live in the client processes
+            return spread([{"metrics": m} for m in transport.evaluate_personal(params, clients)])
         return spread([
             {"metrics": evaluate_adapter(strategy.personal_adapter(params, state))}
             for state in client_states.values()

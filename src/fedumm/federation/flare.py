@@ -25,12 +25,14 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedumm.config import RunConfig
+from fedumm.federation import wire
 from fedumm.federation.client import ClientData
 from fedumm.federation.flare_client import CONFIG_NAME  # beside the script on every site
-from fedumm.federation.update import ClientUpdate
+from fedumm.federation.update import ClientUpdate, Params
 
 CLIENT_SCRIPT = Path(__file__).with_name("flare_client.py")
 TASK = "train"
+EVALUATE = "validate"  # FLARE's default name for an evaluation task
 FAILURE = "flare_failure.txt"  # written by the server when the federation fails
 
 
@@ -63,6 +65,20 @@ class FlareTransport:
             except (KeyError, TypeError, ValueError) as e:  # a malformed answer: as if it failed
                 self.controller.warning(f"round {rnd}: unusable answer from {site}: {e!r}")
         return [answers[c.client_id] for c in clients if c.client_id in answers]
+
+    def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
+        """Each client's metrics for its own model (personalized strategies: a part of it
+        never leaves the client), from one evaluation task."""
+        task = FLModel(params={"message": wire.pack(params)})
+        results = self.controller.send_model_and_wait(
+            task_name=EVALUATE, targets=[c.client_id for c in clients], data=task,
+            timeout=self.timeout,
+        )  # fmt: skip
+        metrics = {r.meta["client_name"]: r.meta["metrics"] for r in results}
+        missing = [c.client_id for c in clients if c.client_id not in metrics]
+        if missing:
+            raise RuntimeError(f"no evaluation from {', '.join(missing)}")
+        return [metrics[c.client_id] for c in clients]
 
 
 class FedummController(ModelController):
@@ -183,7 +199,7 @@ def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig) -> None:
     from nvflare.recipe import poc_env
 
     os.environ["NVFLARE_POC_WORKSPACE"] = str(workspace)
-    env = poc_env.PocEnv(clients=sites)
+    env = poc_env.PocEnv(num_clients=len(sites), clients=sites)
     poc_env.prepare_poc_provision(
         clients=sites, number_of_clients=len(sites), workspace=env.poc_workspace,
         docker_image=None, use_he=False, project_conf_path="", examples_dir=None,

@@ -3,7 +3,8 @@
 It builds the same Federation as the server from the config shipped beside it, takes its own
 site's share of the data, and answers each round's task with `Federation.train_client`, the
 local training the embedded engine runs, so every algorithm behaves the same under both engines.
-State a strategy keeps on the client (SCAFFOLD's control variate) lives in this process.
+State a strategy keeps on the client (SCAFFOLD's control variate, FedSA-LoRA's B) lives in this
+process; so a personalized model is evaluated here, on the server's request.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def main() -> None:
         task = flare.receive()
         if task is None:
             break
+        if flare.is_evaluate():  # a personalized strategy's own model, scored here
+            personal = fl.strategy.personal_adapter(wire.unpack(task.params["message"]),
+                                                    fl.client_states[client.client_id])  # fmt: skip
+            flare.send(FLModel(params={}, meta={"metrics": fl.evaluate(personal)}))
+            continue
         rnd = task.current_round
         if os.environ.get(CRASH_ENV) == f"{client.client_id}@{rnd}":
             os._exit(3)  # as abrupt as a crash: no answer, no goodbye
