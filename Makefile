@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint format bench bench-generation bench-robustness reproduce clean
+.PHONY: demo test test-all lint format bench bench-engines bench-generation bench-robustness reproduce clean
 
 $(BIN)/fedumm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ format: $(BIN)/fedumm
 
 bench: $(BIN)/fedumm  ## engine overhead, memory scaling and throughput
 	$(BIN)/python benchmarks/engine.py
+
+bench-engines: $(BIN)/fedumm  ## embedded vs FLARE simulator vs FLARE POC: wall time, memory
+	$(BIN)/python benchmarks/engines.py
 
 bench-generation: $(BIN)/fedumm  ## text-to-image images/s and scorer speed
 	$(BIN)/python benchmarks/generation.py
