@@ -189,6 +189,17 @@ class StrategyConfig(Section):
         return self
 
 
+class AdaptiveRegularizationConfig(Section):
+    enabled: bool = Field(
+        False, description="FedMLLM's proximal term on the middle layers' adapters (any strategy)."
+    )
+    mu: float = Field(0.01, ge=0, description="Proximal strength mu (FedMLLM: 0.01).")
+    weight: float = Field(0.1, ge=0, description="Extra weight w on the term (FedMLLM: 0.1).")
+    skip_layers: int = Field(
+        1, ge=0, description="s: the term covers layers s..L-1-s (FedMLLM: 4 of 28-32 layers)."
+    )
+
+
 class FederationConfig(Section):
     num_clients: int = Field(8, ge=1, description="Number of clients the data is split over.")
     clients_per_round: int = Field(8, ge=1, description="Clients sampled each round.")
@@ -207,6 +218,10 @@ class FederationConfig(Section):
         "none",
         description="Client lr over the run: constant, or cosine to 0 over the rounds "
         "(baselines: over their steps).",
+    )
+    adaptive_regularization: AdaptiveRegularizationConfig = Field(
+        default_factory=AdaptiveRegularizationConfig,
+        description="FedMLLM's modality-agnostic regularization of the middle layers.",
     )
 
     def lr_at(self, progress: float) -> float:

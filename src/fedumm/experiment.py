@@ -22,6 +22,7 @@ from fedumm.config import PartitionConfig, RunConfig
 from fedumm.data import partition
 from fedumm.evaluation.metrics import spread
 from fedumm.federation import checkpoint, wire
+from fedumm.federation.adaptive_regularization import middle_layer_keys
 from fedumm.federation.attacks import poison
 from fedumm.federation.client import ClientData, local_update
 from fedumm.federation.engine import EmbeddedEngine, Transport
@@ -140,6 +141,9 @@ def build_federation(cfg: RunConfig) -> Federation:
         model = add_lora(base, rank, lora.alpha, lora.dropout, lora.target_modules, cfg.seed,
                          extra_ranks=tuple(lora.client_ranks or ()))  # fmt: skip
     fresh = initial_adapters(model)
+    reg = cfg.federation.adaptive_regularization
+    if reg.enabled:  # refuse a layer range the model does not have before any work
+        middle_layer_keys(list(fresh[rank]), base.config.num_hidden_layers, reg.skip_layers)
     tasks = build_tasks(cfg, processor)
     clients, parts = split_clients(cfg, tasks)
     ids = [c.client_id for c in clients]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from peft import PeftModel
 
 from fedumm.config import FederationConfig
+from fedumm.federation.adaptive_regularization import Both, middle_layer_proximal
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models.lora import adapter_parameters, get_adapter, set_adapter
@@ -62,6 +63,10 @@ def local_update(
     start = strategy.client_start(message, state, initial) if strategy else message
     set_adapter(model, start)
     hooks = strategy.client_hooks(model, message, state) if strategy else None
+    reg = cfg.adaptive_regularization
+    if strategy and reg.enabled:  # federated training only, beside the strategy's own hooks
+        prox = middle_layer_proximal(model, start, reg.mu, reg.weight, reg.skip_layers)
+        hooks = Both(hooks, prox) if hooks else prox
     steps = steps or cfg.steps_for(len(client.data))
     lr = cfg.lr if lr is None else lr
     with frozen_factors(model, strategy.frozen if strategy else ()):
