@@ -31,6 +31,7 @@ SetOption = Annotated[
     typer.Option("--set", "-s", help="Override a config key, e.g. --set federation.rounds=4 "
                  "(repeatable; values are parsed as YAML)."),
 ]  # fmt: skip
+QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
 
 
 @contextmanager
@@ -74,7 +75,7 @@ def run(
         "runs/latest"
     ),
     set_: SetOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: QuietOption = False,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue the run in this folder from its last checkpoint."),
@@ -143,7 +144,7 @@ def sweep(
         "runs/sweep"
     ),
     set_: SetOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: QuietOption = False,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Run one federation per grid cell (reusing finished cells); write sweep.md/.csv/.png."""
@@ -162,7 +163,7 @@ def bench(
         Path | None, typer.Option("--out", "-o", help="Output folder (default runs/NAME).")
     ] = None,
     set_: SetOption = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: QuietOption = False,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Run a shipped benchmark sweep (configs/sweeps/NAME.yaml), resuming where it stopped;

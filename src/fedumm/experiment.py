@@ -24,8 +24,8 @@ from fedumm.evaluation.metrics import spread
 from fedumm.federation import checkpoint, wire
 from fedumm.federation.adaptive_regularization import middle_layer_keys
 from fedumm.federation.attacks import poison
-from fedumm.federation.client import ClientData, local_update
-from fedumm.federation.engine import EmbeddedEngine, Transport
+from fedumm.federation.client import ClientData, local_update, site_names
+from fedumm.federation.engine import EmbeddedEngine, RemoteTransport
 from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import ClientUpdate, Params
@@ -72,7 +72,7 @@ def split_clients(
         for i, share in zip(holders, shares):
             parts[name][i] = share
             data[i].extend(task.train[j] for j in share)
-    clients = [ClientData(f"site-{i + 1}", d) for i, d in enumerate(data)]
+    clients = [ClientData(site, d) for site, d in zip(site_names(k), data)]
     return clients, parts
 
 
@@ -111,11 +111,14 @@ class Federation:
         grid = image_grid if "generation" in self.tasks else None
         return evaluate_tasks(self.tasks, self.model, self.processor, self.cfg.eval, grid)
 
+    def number(self, client: ClientData) -> int:
+        """site-k's k: with the round, what seeds a client's training."""
+        return self.clients.index(client) + 1
+
     def train_client(self, client: ClientData, message: Params, rnd: int) -> ClientUpdate:
         """A client's local work in round `rnd`, seeded by the round and the client."""
         cfg, fed, cid = self.cfg, self.cfg.federation, client.client_id
-        number = self.clients.index(client) + 1
-        seed = derive_seed(cfg.seed, rnd, number)
+        seed = derive_seed(cfg.seed, rnd, self.number(client))
         update = local_update(self.model, client, message, fed, seed, self.processor.pad,
                               self.strategy, self.client_states[cid],
                               self.fresh[self.ranks.get(cid, self.rank)],
@@ -160,7 +163,7 @@ def build_federation(cfg: RunConfig) -> Federation:
 
 def run_experiment(
     cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False,
-    force: bool = False, transport: Transport | None = None,
+    force: bool = False, transport: RemoteTransport | None = None,
 ) -> dict:  # fmt: skip
     """Run zero-shot, federated, local-only and centralized, write results; return them.
 
@@ -174,7 +177,6 @@ def run_experiment(
     model, processor, tasks, clients = fl.model, fl.processor, fl.tasks, fl.clients
     strategy, client_states, initial = fl.strategy, fl.client_states, fl.initial
     fed = cfg.federation
-    client_number = {c.client_id: i + 1 for i, c in enumerate(clients)}  # seeds each client
     ids = [c.client_id for c in clients]
     slow = set(draw_share(ids, fed.stragglers, derive_seed(cfg.seed, 0x510)))
 
@@ -259,7 +261,7 @@ def run_experiment(
                   disable=not progress) as bar:  # fmt: skip
             per_client = []
             for c, steps in zip(clients, budgets):
-                seed = derive_seed(cfg.seed, 0, client_number[c.client_id])
+                seed = derive_seed(cfg.seed, 0, fl.number(c))
                 grid = "local_" + c.client_id if c is clients[0] else None
                 per_client.append(
                     {"client_id": c.client_id, "metrics": train_alone(c, steps, seed, bar, grid)}

@@ -28,6 +28,12 @@ class ClientData:
     data: list[Encoded]
 
 
+def site_names(num_clients: int) -> list[str]:
+    """site-1 .. site-K: the clients' names, which pick their share of the partition under
+    every engine (FLARE sites must be named the same)."""
+    return [f"site-{i}" for i in range(1, num_clients + 1)]
+
+
 @contextmanager
 def frozen_factors(model: PeftModel, factors: tuple[str, ...]) -> Iterator[None]:
     """Temporarily stop training the named adapter factors (e.g. FFA-LoRA's 'lora_A')."""

@@ -41,6 +41,15 @@ class Transport(Protocol):
         ...
 
 
+class RemoteTransport(Transport, Protocol):
+    """A transport to clients in other processes, where state a personalized strategy keeps on
+    a client also lives: they score their own models (the embedded engine does it in place)."""
+
+    def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
+        """Each of `clients`' metrics for its own model built from the global `params`."""
+        ...
+
+
 def client_side(update: ClientUpdate, secure: bool, seed: int, rnd: int, me: int,
                 cohort: list[int]) -> bytes:  # fmt: skip
     """What leaves a client: its upload, pairwise-masked first under secure aggregation

@@ -26,7 +26,7 @@ from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedumm.config import RunConfig
 from fedumm.federation import wire
-from fedumm.federation.client import ClientData
+from fedumm.federation.client import ClientData, site_names
 from fedumm.federation.flare_client import CONFIG_NAME  # beside the script on every site
 from fedumm.federation.update import ClientUpdate, Params
 
@@ -43,6 +43,14 @@ class FlareTransport:
         self.controller = controller
         self.timeout = timeout
 
+    def _ask(self, task_name: str, task: FLModel, clients: list[ClientData]) -> dict[str, FLModel]:
+        """Send one task to `clients`; their answers by site (a silent site is missing)."""
+        results = self.controller.send_model_and_wait(
+            task_name=task_name, targets=[c.client_id for c in clients], data=task,
+            timeout=self.timeout,
+        )  # fmt: skip
+        return {result.meta["client_name"]: result for result in results}
+
     def exchange(
         self, rnd: int, down: bytes, clients: list[ClientData], cohort: list[ClientData]
     ) -> list[tuple[ClientUpdate, bytes]]:
@@ -50,14 +58,9 @@ class FlareTransport:
             return []
         task = FLModel(params={"message": down}, current_round=rnd,
                        meta={"cohort": [c.client_id for c in cohort]})  # fmt: skip
-        results = self.controller.send_model_and_wait(
-            task_name=TASK, targets=[c.client_id for c in clients], data=task,
-            timeout=self.timeout,
-        )  # fmt: skip
         answers = {}
-        for result in results:
+        for site, result in self._ask(TASK, task, clients).items():
             meta = result.meta
-            site = meta["client_name"]
             try:
                 update = ClientUpdate(site, {}, int(meta["num_samples"]), int(meta["num_steps"]),
                                       dict(meta.get("metrics", {})))  # fmt: skip
@@ -69,16 +72,11 @@ class FlareTransport:
     def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
         """Each client's metrics for its own model (personalized strategies: a part of it
         never leaves the client), from one evaluation task."""
-        task = FLModel(params={"message": wire.pack(params)})
-        results = self.controller.send_model_and_wait(
-            task_name=EVALUATE, targets=[c.client_id for c in clients], data=task,
-            timeout=self.timeout,
-        )  # fmt: skip
-        metrics = {r.meta["client_name"]: r.meta["metrics"] for r in results}
-        missing = [c.client_id for c in clients if c.client_id not in metrics]
+        answers = self._ask(EVALUATE, FLModel(params={"message": wire.pack(params)}), clients)
+        missing = [c.client_id for c in clients if c.client_id not in answers]
         if missing:
             raise RuntimeError(f"no evaluation from {', '.join(missing)}")
-        return [metrics[c.client_id] for c in clients]
+        return [answers[c.client_id].meta["metrics"] for c in clients]
 
 
 class FedummController(ModelController):
@@ -124,12 +122,11 @@ def build_job(cfg: RunConfig, out_dir: str, config_file: Path):
     from nvflare.job_config.api import FedJob
     from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 
-    k = cfg.federation.num_clients
-    job = FedJob(name="fedumm", min_clients=k)  # every site joins before the job starts
+    sites = site_names(cfg.federation.num_clients)
+    job = FedJob(name="fedumm", min_clients=len(sites))  # every site joins before the start
     controller = FedummController(cfg.model_dump_json(), out_dir, cfg.flare.round_timeout)
     job.to_server(controller)
-    for i in range(1, k + 1):
-        site = f"site-{i}"
+    for site in sites:
         # Relative: FLARE copies the script into each site's custom folder and runs that copy.
         job.to(ScriptRunner(script=CLIENT_SCRIPT.name, framework=FrameworkType.RAW), site)
         job.add_file_to(str(config_file), site)
@@ -151,7 +148,7 @@ def run_flare(cfg: RunConfig, out_dir: Path) -> dict:
     if workspace.exists():
         shutil.rmtree(workspace)
     config_file = _write_config(cfg, workspace / "job_input")
-    sites = [f"site-{i}" for i in range(1, cfg.federation.num_clients + 1)]
+    sites = site_names(cfg.federation.num_clients)
     for stale in ("results.json", FAILURE):
         (out_dir / stale).unlink(missing_ok=True)
     with _beside_client_script():
