@@ -3,7 +3,7 @@
 import json
 import re
 
-from fedumm.bench import available, load_bench, privacy, robustness
+from fedumm.bench import available, fedmllm, load_bench, privacy, robustness
 from fedumm.cli import app
 from tests.tiny import TINY_RUN, runner
 
@@ -94,3 +94,27 @@ def test_robustness_and_privacy_tables_from_rows(tmp_path):
     ]
     table = "\n".join(privacy(None, rows, tmp_path))
     assert "| 0.0 | inf (no noise) | 33.0 |" in table and "| 1.0 | 12.71 | 20.0 |" in table
+
+
+def test_fedmllm_table_puts_local_first_and_checks_the_papers_findings(tmp_path):
+    from types import SimpleNamespace
+
+    from fedumm.sweep import Cell
+
+    scores = {("FedAvg", "alpha=5.0"): 70.0, ("FedAvg", "alpha=0.5"): 50.0,
+              ("FedProx", "alpha=5.0"): 80.0, ("FedProx", "alpha=0.5"): 16.0}  # fmt: skip
+    rows = []
+    for (method, scenario), acc in scores.items():
+        row = {"method": method, "scenario": scenario, "classification_accuracy": acc}
+        if method == "FedAvg":  # the cells that ran the local-only baseline
+            row["local_classification_accuracy"] = {"alpha=5.0": 30.0, "alpha=0.5": 17.0}[scenario]
+        rows.append(row)
+    sweep = SimpleNamespace(cells=[Cell("c", {"method": None, "scenario": None}, None)])
+    text = "\n".join(fedmllm(sweep, rows, tmp_path))
+    assert "| method | alpha=5.0 | alpha=0.5 |" in text
+    assert text.index("| Local | 30.0 | 17.0 |") < text.index("| FedAvg | 70.0 | 50.0 |")
+    assert "in 1 of 2 scenarios" in text  # FedProx falls below local-only at alpha=0.5
+    assert "alpha=5.0 +50.0 / +40.0, alpha=0.5 +33.0 / -1.0" in text
+    # local-only loses 13.0, FedAvg 20.0 and FedProx 64.0: local-only does not degrade most
+    assert "local-only loses 13.0 points; the federated methods lose 20.0 to 64.0" in text
+    assert "does not degrade most" in text

@@ -92,3 +92,34 @@ def test_cosine_lr_decay_over_the_run():
     assert cosine.lr_at(0.0) == pytest.approx(0.01)
     assert cosine.lr_at(0.5) == pytest.approx(0.005)
     assert cosine.lr_at(0.9) == pytest.approx(0.005 * (1 + math.cos(0.9 * math.pi)))
+
+
+CLASSIFICATION = "data:\n  tasks: [classification]\nfederation:\n  num_clients: 10\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("partition:\n  modality:\n    scenario: partial\n",
+         "partition.modality.scenario: Input should be 'aligned', 'missing', 'cross' or 'hybrid'"),
+        ("partition:\n  modality:\n    drop_probability: 1.5\n",
+         "partition.modality.drop_probability: Input should be less than or equal to 1"),
+        ("partition:\n  modality:\n    presence_probability: -0.2\n",
+         "partition.modality.presence_probability: Input should be greater than or equal to 0"),
+        ("partition:\n  modality:\n    scenario: cross\n    image_only_clients: 11\n",
+         "image_only_clients (11) exceeds the 10 clients holding the classification task"),
+    ],
+)  # fmt: skip
+def test_bad_modality_scenarios_are_named(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(_write(tmp_path, CLASSIFICATION + text))
+
+
+def test_a_modality_scenario_needs_the_classification_task(tmp_path):
+    with pytest.raises(ConfigError, match="scenario 'missing' applies to the classification"):
+        load_config(_write(tmp_path, "partition:\n  modality:\n    scenario: missing\n"))
+
+
+def test_shipped_classification_config_validates():
+    cfg = load_config("configs/classification.yaml")
+    assert cfg.data.tasks == ["classification"] and cfg.federation.sampled_per_round == 2

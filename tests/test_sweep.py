@@ -15,7 +15,7 @@ def _write_sweep(tmp_path, foundation, grid):
     path.write_text(
         f"base: {Path('configs/quickstart.yaml').resolve()}\n"
         f"overrides:\n{overrides}\n  model.foundation: {foundation}\n"
-        "  baselines.local: false\n  baselines.zero_shot: false\n"
+        "  baselines.local: false\n  baselines.zero_shot: false\n  threads: 1\n"
         f"grid:\n{grid}"
     )
     return path
@@ -65,9 +65,10 @@ def test_grid_table_and_resume(tiny_foundation, tmp_path):
     first.write_text(json.dumps(older))
     stamp = first.stat().st_mtime_ns
     (out / "cells" / rows[3]["cell"] / "results.json").unlink()
-    result = _sweep(path, out, "--set", "baselines.centralized=false")
+    result = _sweep(path, out, "--set", "baselines.centralized=false", "--jobs", "2")
     assert result.exit_code == 0, result.output
-    assert result.output.count("finished earlier, reused") == 3
+    assert "[1/1] " + rows[3]["cell"] + ": finished" in result.output  # in a worker process
+    assert result.output.count("finished earlier, reused") == 4
     assert (out / "cells" / rows[0]["cell"] / "results.json").stat().st_mtime_ns == stamp
     assert _rows(out)[3]["vqa_accuracy"] == rows[3]["vqa_accuracy"]
 
@@ -152,3 +153,31 @@ def test_every_shipped_sweep_validates():
     for path in shipped:
         cells = load_sweep(path).cells
         assert len({c.name for c in cells}) == len(cells) > 0, path
+
+
+def test_a_named_axis_sets_several_keys_and_shows_its_label(tmp_path):
+    from fedumm.config import ConfigError
+    from fedumm.sweep import load_sweep
+
+    path = tmp_path / "sweep.yaml"
+    base = f"base: {Path('configs/quickstart.yaml').resolve()}\n"
+    path.write_text(
+        base + "grid:\n  method:\n"
+        "    - {label: FedAvg, federation.strategy.name: fedavg, baselines.local: true}\n"
+        "    - {label: FedProx, federation.strategy.name: fedprox, baselines.local: false}\n"
+        "  partition.alpha: [0.5]\n"
+    )
+    fedavg, fedprox = load_sweep(path).cells
+    assert fedavg.name == "method=FedAvg-alpha=0.5"
+    assert fedavg.config.baselines.local and not fedprox.config.baselines.local
+    assert fedprox.config.federation.strategy.name == "fedprox"
+    row = summarize(fedprox, {"rounds": [{"bytes_up": 1, "bytes_down": 1, "seconds": 1.0}],
+                              "final": {"metrics": {}}, "wall_seconds": 1.0})  # fmt: skip
+    assert row["method"] == "FedProx"
+    path.write_text(base + "grid:\n  method: [fedavg]\n")
+    try:
+        load_sweep(path)
+    except ConfigError as e:
+        assert "grid.method is not a config key" in str(e) and "'fedavg'" in str(e)
+    else:
+        raise AssertionError("a named axis with a plain value was accepted")

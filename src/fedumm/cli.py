@@ -135,6 +135,14 @@ def run(
 OverwriteOption = Annotated[
     bool, typer.Option(help="Run again the cells in OUT whose config differs, instead of refusing.")
 ]
+JobsOption = Annotated[
+    int,
+    typer.Option(
+        "--jobs", "-j", min=1,
+        help="Cells run at once, in separate processes sharing the CPU cores (torch threads "
+        "per cell: cores / jobs, unless a config sets threads).",
+    ),
+]  # fmt: skip
 
 
 @app.command()
@@ -146,13 +154,14 @@ def sweep(
     set_: SetOption = None,
     quiet: QuietOption = False,
     overwrite: OverwriteOption = False,
+    jobs: JobsOption = 1,
 ) -> None:
     """Run one federation per grid cell (reusing finished cells); write sweep.md/.csv/.png."""
     from fedumm.sweep import load_sweep
 
     with _exit_on(ConfigError, code=2):
         plan = load_sweep(sweep_file, set_)
-    _run_sweep(plan, out, not quiet, overwrite)
+    _run_sweep(plan, out, not quiet, overwrite, jobs)
     typer.echo(f"{len(plan.cells)} cells; table: {out / 'sweep.md'}")
 
 
@@ -165,6 +174,7 @@ def bench(
     set_: SetOption = None,
     quiet: QuietOption = False,
     overwrite: OverwriteOption = False,
+    jobs: JobsOption = 1,
 ) -> None:
     """Run a shipped benchmark sweep (configs/sweeps/NAME.yaml), resuming where it stopped;
     write its tables (bench.md, sweep.md, sweep.csv) and plots to OUT."""
@@ -173,20 +183,20 @@ def bench(
     with _exit_on(ConfigError, code=2):
         plan = load_bench(name, set_)
     out = out or Path("runs") / name
-    rows = _run_sweep(plan, out, not quiet, overwrite)
+    rows = _run_sweep(plan, out, not quiet, overwrite, jobs)
     with _exit_on(FileNotFoundError, ValueError):
         typer.echo(write_bench(plan, rows, out))
     typer.echo(f"tables: {out / 'bench.md'}")
 
 
-def _run_sweep(plan, out: Path, progress: bool, overwrite: bool) -> list[dict]:
+def _run_sweep(plan, out: Path, progress: bool, overwrite: bool, jobs: int) -> list[dict]:
     from fedumm.federation.engine import RoundFailed
     from fedumm.sweep import run_sweep
 
     _setup_logging()
     # ConfigError is a ValueError: the inner manager gives it its own exit code.
     with _exit_on(FileNotFoundError, ValueError, RoundFailed), _exit_on(ConfigError, code=2):
-        return run_sweep(plan, out, progress, overwrite)
+        return run_sweep(plan, out, progress, overwrite, jobs)
 
 
 flare_app = typer.Typer(help="NVIDIA FLARE: jobs for a provisioned deployment.",
@@ -231,8 +241,11 @@ def partition(
         summary = write_partition(cfg, out)
     for client in summary["clients"]:
         held = ", ".join(f"{t} {s['samples']}" for t, s in client["tasks"].items())
-        typer.echo(f"  {client['client_id']:<10} {client['samples']:>6} samples ({held})")
-    typer.echo(f"{summary['description']}; {out / 'partition.json'}, heatmaps in {out}")
+        kept = client["tasks"].get("classification", {}).get("modalities", {})
+        keeps = "; keeps " + ", ".join(f"{m} {n}" for m, n in kept.items() if n) if kept else ""
+        typer.echo(f"  {client['client_id']:<10} {client['samples']:>6} samples ({held}){keeps}")
+    scenario = f", {summary['modality']}" if "modality" in summary else ""
+    typer.echo(f"{summary['description']}{scenario}; {out / 'partition.json'}, heatmaps in {out}")
 
 
 @app.command()

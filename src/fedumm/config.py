@@ -38,10 +38,22 @@ class GenerationDataConfig(Section):
     )
 
 
+class ClassificationDataConfig(Section):
+    train_samples: int = Field(
+        4000, gt=0, description="Incident reports (image + message -> class) pooled over clients."
+    )
+    test_samples: int = Field(400, gt=0, description="Test reports, always with both modalities.")
+    agnostic_prompt: bool = Field(
+        False, description="FedMLLM's modality-agnostic prompt: one instruction for any modalities."
+    )
+
+
 class DataConfig(Section):
     kind: Literal["shapesworld"] = Field("shapesworld", description="Data set; the built-in world.")
-    tasks: list[Literal["vqa", "generation"]] = Field(
-        ["vqa"], min_length=1, description="What the federation learns: VQA, generation, or both."
+    tasks: list[Literal["vqa", "generation", "classification"]] = Field(
+        ["vqa"],
+        min_length=1,
+        description="What the federation learns: VQA, generation, classification, or a mix.",
     )
     train_samples: int = Field(20000, gt=0, description="VQA training samples pooled over clients.")
     test_samples: int = Field(600, gt=0, description="VQA test samples (disjoint scenes).")
@@ -53,6 +65,10 @@ class DataConfig(Section):
     generation: GenerationDataConfig = Field(
         default_factory=GenerationDataConfig, description="Text-to-image task (GenEval-style)."
     )
+    classification: ClassificationDataConfig = Field(
+        default_factory=ClassificationDataConfig,
+        description="Multimodal classification task (CrisisMMD-style incident reports).",
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -60,6 +76,30 @@ class DataConfig(Section):
         if len(set(tasks)) != len(tasks):
             raise ValueError(f"each task at most once, got {tasks}")
         return tasks
+
+
+class ModalityConfig(Section):
+    scenario: Literal["aligned", "missing", "cross", "hybrid"] = Field(
+        "aligned", description="FedMLLM's modality scenario for the classification clients."
+    )
+    drop_probability: float = Field(
+        0.3, ge=0, le=1, description="missing: beta, each modality dropped per sample with it."
+    )
+    image_only_clients: int = Field(
+        5, ge=0, description="cross: k clients keep only images, the others only text."
+    )
+    presence_probability: float = Field(
+        0.8, ge=0, le=1, description="hybrid: p, each client keeps each modality with it."
+    )
+
+    def describe(self) -> str:
+        if self.scenario == "missing":
+            return f"missing modality (beta={self.drop_probability})"
+        if self.scenario == "cross":
+            return f"cross-modal ({self.image_only_clients} image-only clients)"
+        if self.scenario == "hybrid":
+            return f"hybrid modality (p={self.presence_probability})"
+        return "aligned modalities"
 
 
 class PartitionConfig(Section):
@@ -94,7 +134,11 @@ class PartitionConfig(Section):
         "tag", description="Generation label the skew is over: GenEval tag or object class."
     )
     min_samples: int = Field(20, ge=1, description="Each client gets at least this many samples.")
-    client_tasks: list[Literal["vqa", "generation", "both"]] | None = Field(
+    modality: ModalityConfig = Field(
+        default_factory=ModalityConfig,
+        description="Which modalities classification samples keep (test: always both).",
+    )
+    client_tasks: list[Literal["vqa", "generation", "classification", "both"]] | None = Field(
         None,
         description="Tasks per client, cycled from site-1 ([vqa, generation]); null = all.",
     )
@@ -324,6 +368,9 @@ class EvalConfig(Section):
     batch_size: int = Field(300, ge=1, description="Questions decoded per batch.")
     every: int = Field(1, ge=1, description="Evaluate the global model every N rounds.")
     images_per_prompt: int = Field(4, ge=1, description="Images drawn per GenEval prompt.")
+    modality_ablation: bool = Field(
+        False, description="Classification: also score with the image only and the text only."
+    )
     temperature: float = Field(1.0, ge=0, description="Image sampling temperature; 0 = greedy.")
     top_k: int | None = Field(None, ge=1, description="Sample image codes from the top k only.")
     guidance_scale: float = Field(
@@ -381,7 +428,9 @@ class RunConfig(Section):
     def _sections_agree(self) -> RunConfig:
         pools = {"vqa": ("data.train_samples", self.data.train_samples),
                  "generation": ("data.generation.train_samples",
-                                self.data.generation.train_samples)}  # fmt: skip
+                                self.data.generation.train_samples),
+                 "classification": ("data.classification.train_samples",
+                                    self.data.classification.train_samples)}  # fmt: skip
         for task in self.data.tasks:
             key, samples = pools[task]
             holders = self.task_clients(task)
@@ -393,6 +442,19 @@ class RunConfig(Section):
                 raise ValueError(
                     f"{key} ({samples}) cannot give {holders} clients "
                     f"partition.min_samples ({self.partition.min_samples}) each"
+                )
+        modality = self.partition.modality
+        if modality.scenario != "aligned" and "classification" not in self.data.tasks:
+            raise ValueError(
+                f"partition.modality.scenario {modality.scenario!r} applies to the classification "
+                f"task, which data.tasks ({self.data.tasks}) does not include"
+            )
+        if modality.scenario == "cross":
+            holders = self.task_clients("classification")
+            if modality.image_only_clients > holders:
+                raise ValueError(
+                    f"partition.modality.image_only_clients ({modality.image_only_clients}) "
+                    f"exceeds the {holders} clients holding the classification task"
                 )
         chosen = self.partition.client_tasks or []
         missing = {t for c in chosen for t in (("vqa", "generation") if c == "both" else (c,))}

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from fedumm.config import PartitionConfig, RunConfig
 from fedumm.data import partition
+from fedumm.data.modality import IMAGE_TEXT, assign_modalities, modality_counts
 from fedumm.evaluation.metrics import spread
 from fedumm.federation import checkpoint, wire
 from fedumm.federation.adaptive_regularization import middle_layer_keys
@@ -32,9 +33,9 @@ from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models import foundation
 from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
 from fedumm.models.processor import Encoded, UMMProcessor
-from fedumm.report import write_report
+from fedumm.report import plot_partitions, write_report
 from fedumm.seeding import derive_seed, draw_share
-from fedumm.tasks import Task, build_tasks
+from fedumm.tasks import ClassificationTask, Task, build_tasks
 from fedumm.tasks import evaluate as evaluate_tasks
 
 log = logging.getLogger("fedumm")
@@ -54,26 +55,55 @@ def split_pool(
     return partition.dirichlet_label_skew(labels, num_clients, cfg.alpha, rng, cfg.min_samples)
 
 
-def split_clients(
-    cfg: RunConfig, tasks: dict[str, Task]
-) -> tuple[list[ClientData], dict[str, list[np.ndarray]]]:
-    """Each task's pool split over the clients that hold it (Dirichlet over its own label);
-    a client's data is the union of its shares. Returns the clients and, per task, each
-    client's indices into that task's pool (empty where it does not hold the task)."""
+@dataclass
+class Partition:
+    """How the data is spread: each client's samples, and where they came from."""
+
+    clients: list[ClientData]
+    indices: dict[str, list[np.ndarray]]  # task -> per client, indices into the task's pool
+    modalities: list[np.ndarray] | None  # per client, what each classification sample keeps
+    pooled: list[Encoded]  # every pool as the clients hold it: the centralized baseline's data
+
+
+def split_clients(cfg: RunConfig, tasks: dict[str, Task]) -> Partition:
+    """Each task's pool split over the clients that hold it (by its own label); a client's
+    data is the union of its shares. Classification samples then keep the modalities the
+    configured scenario gives them (partition.modality)."""
     k = cfg.federation.num_clients
     data: list[list[Encoded]] = [[] for _ in range(k)]
-    parts: dict[str, list[np.ndarray]] = {}
+    indices: dict[str, list[np.ndarray]] = {}
+    modalities, pooled = None, []
     for number, (name, task) in enumerate(tasks.items()):
         holders = [i for i in range(k) if cfg.holds(i, name)]
         stream = (0xDA7A,) if number == 0 else (0xDA7A, number)  # first: as before tasks existed
         rng = np.random.default_rng(derive_seed(cfg.seed, *stream))
         shares = split_pool(cfg.partition, task.labels, len(holders), rng)
-        parts[name] = [np.array([], dtype=int) for _ in range(k)]
+        train = task.train
+        if name == "classification":
+            modalities, train = _apply_modalities(cfg, task, holders, shares)
+        indices[name] = [np.array([], dtype=int) for _ in range(k)]
         for i, share in zip(holders, shares):
-            parts[name][i] = share
-            data[i].extend(task.train[j] for j in share)
+            indices[name][i] = share
+            data[i].extend(train[j] for j in share)
+        pooled.extend(train)
     clients = [ClientData(site, d) for site, d in zip(site_names(k), data)]
-    return clients, parts
+    return Partition(clients, indices, modalities, pooled)
+
+
+def _apply_modalities(
+    cfg: RunConfig, task: ClassificationTask, holders: list[int], shares: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[Encoded]]:
+    """Per client, the modality each of its samples keeps; and the pool encoded that way."""
+    m = cfg.partition.modality
+    rng = np.random.default_rng(derive_seed(cfg.seed, 0x40DA))
+    kept = assign_modalities(m.scenario, [len(s) for s in shares], rng, m.drop_probability,
+                             m.image_only_clients, m.presence_probability)  # fmt: skip
+    per_client = [np.array([], dtype=str) for _ in range(cfg.federation.num_clients)]
+    pool = np.full(len(task.labels), IMAGE_TEXT, dtype=object)
+    for i, share, codes in zip(holders, shares, kept):
+        per_client[i] = codes
+        pool[share] = codes
+    return per_client, task.train_as(pool)
 
 
 @dataclass
@@ -87,12 +117,15 @@ class Federation:
     rank: int
     fresh: dict[int, Params]  # rank -> fresh adapter, the same on every party
     tasks: dict[str, Task]
-    clients: list[ClientData]
-    parts: dict[str, list[np.ndarray]]
+    partition: Partition
     strategy: Strategy
     client_states: dict[str, dict]  # stays on each client (e.g. SCAFFOLD's control variate)
     malicious: list[str]
     ranks: dict[str, int]  # client -> its own LoRA rank, where ranks differ
+
+    @property
+    def clients(self) -> list[ClientData]:
+        return self.partition.clients
 
     @property
     def initial(self) -> Params:
@@ -148,7 +181,8 @@ def build_federation(cfg: RunConfig) -> Federation:
     if reg.enabled:  # refuse a layer range the model does not have before any work
         middle_layer_keys(list(fresh[rank]), base.config.num_hidden_layers, reg.skip_layers)
     tasks = build_tasks(cfg, processor)
-    clients, parts = split_clients(cfg, tasks)
+    split = split_clients(cfg, tasks)
+    clients = split.clients
     ids = [c.client_id for c in clients]
     ranks = dict(zip(ids, (lora and lora.client_ranks) or ()))
     fed = cfg.federation
@@ -157,7 +191,7 @@ def build_federation(cfg: RunConfig) -> Federation:
     malicious = []
     if cfg.attack.kind != "none":
         malicious = draw_share(ids, cfg.attack.fraction, derive_seed(cfg.seed, 0xBAD))
-    return Federation(cfg, model, processor, rank, fresh, tasks, clients, parts, strategy,
+    return Federation(cfg, model, processor, rank, fresh, tasks, split, strategy,
                       {cid: {} for cid in ids}, malicious, ranks)  # fmt: skip
 
 
@@ -270,7 +304,7 @@ def run_experiment(
 
     if cfg.baselines.centralized:
         # Equal compute: as many steps of the same batch size as all federated clients took.
-        pooled = ClientData("centralized", [e for t in tasks.values() for e in t.train])
+        pooled = ClientData("centralized", fl.partition.pooled)
         steps = sum(m["steps"] for r in rounds for m in r["client_metrics"].values())
         with tqdm(total=steps, desc="centralized baseline", unit="step",
                   disable=not progress) as bar:  # fmt: skip
@@ -281,7 +315,7 @@ def run_experiment(
             }
 
     results["communication"] = _communication(initial, full_state(model), rounds)
-    results["partition"] = _partition_summary(cfg, tasks, clients, fl.parts)
+    results["partition"] = _partition_summary(cfg, tasks, fl.partition)
     results["wall_seconds"] = time.perf_counter() - start
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))
@@ -307,44 +341,40 @@ def _communication(adapter: dict, full: dict, records: list) -> dict:
     }
 
 
-def _partition_summary(
-    cfg: RunConfig, tasks: dict[str, Task], clients: list[ClientData], parts: dict
-) -> dict:
-    keys = {"vqa": cfg.partition.key, "generation": cfg.partition.generation_key}
-    histograms = {name: partition.label_histogram(t.labels, parts[name])
+def _partition_summary(cfg: RunConfig, tasks: dict[str, Task], split: Partition) -> dict:
+    keys = {"vqa": cfg.partition.key, "generation": cfg.partition.generation_key,
+            "classification": "class"}  # fmt: skip
+    histograms = {name: partition.label_histogram(t.labels, split.indices[name])
                   for name, t in tasks.items()}  # fmt: skip
-    return {
+    clients = []
+    for i, c in enumerate(split.clients):
+        shares = {name: {"samples": len(split.indices[name][i]), "label_histogram": h[i]}
+                  for name, h in histograms.items()}  # fmt: skip
+        if split.modalities is not None:
+            shares["classification"]["modalities"] = modality_counts(split.modalities[i])
+        clients.append({"client_id": c.client_id, "samples": len(c.data), "tasks": shares})
+    summary = {
         "scheme": cfg.partition.scheme,
         "alpha": cfg.partition.alpha if cfg.partition.scheme == "dirichlet" else None,
         "description": cfg.partition.describe(),
         "keys": {name: keys[name] for name in tasks},
         "labels": {name: sorted(set(t.labels)) for name, t in tasks.items()},
-        "clients": [
-            {
-                "client_id": c.client_id,
-                "samples": len(c.data),
-                "tasks": {
-                    name: {"samples": len(parts[name][i]), "label_histogram": h[i]}
-                    for name, h in histograms.items()
-                },
-            }
-            for i, c in enumerate(clients)
-        ],  # fmt: skip
+        "clients": clients,
     }
+    if split.modalities is not None:
+        summary["modality"] = cfg.partition.modality.describe()
+    return summary
 
 
 def write_partition(cfg: RunConfig, out_dir: Path) -> dict:
     """The partition a run with `cfg` would use, without training: partition.json (per client
-    and task: samples, label histogram) and one clients x labels heatmap per task."""
-    from fedumm.report import plot_partition
+    and task: samples, label histogram, modalities kept) and its heatmaps."""
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _, processor = foundation.load(cfg.model.foundation)
     tasks = build_tasks(cfg, processor)
-    clients, parts = split_clients(cfg, tasks)
-    summary = _partition_summary(cfg, tasks, clients, parts)
+    summary = _partition_summary(cfg, tasks, split_clients(cfg, tasks))
     (out_dir / "partition.json").write_text(json.dumps(summary, indent=2))
-    for task in tasks:
-        plot_partition(summary, task, out_dir / f"partition_{task}.png")
+    plot_partitions(summary, out_dir)
     return summary

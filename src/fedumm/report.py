@@ -108,13 +108,25 @@ def write_report(results: dict, out_dir: Path) -> None:
             f"{len(r.get('late', []))} / {len(r['rejected'])} |"
         )
     part = results["partition"]
-    lines += ["", "## Clients", "", "| client | task | samples | top labels |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Clients",
+        "",
+        f"Partition: {part['description']}"
+        + (f", {part['modality']}" if "modality" in part else "")
+        + ".",
+        "",
+        "| client | task | samples | top labels | modalities |",
+        "|---|---|---|---|---|",
+    ]
     for client in part["clients"]:
         for task, share in client["tasks"].items():
             top = sorted(share["label_histogram"].items(), key=lambda kv: -kv[1])[:4]
+            kept = ", ".join(f"{k}: {v}" for k, v in share.get("modalities", {}).items() if v)
             lines.append(f"| {client['client_id']} | {task} ({part['keys'][task]}) | "
                          f"{share['samples']} | "
-                         + ", ".join(f"{k}: {v}" for k, v in top) + " |")  # fmt: skip
+                         + ", ".join(f"{k}: {v}" for k, v in top) + f" | {kept} |")  # fmt: skip
+    lines += ["", *(f"![{name}]({name})" for name in plot_partitions(part, out_dir))]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
 
 
@@ -234,26 +246,47 @@ def plot_bytes(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_partition(summary: dict, task: str, path: Path) -> None:
-    """Clients x labels heatmap of one task's partition, with each client's size on the right."""
-    labels = summary["labels"][task]
+def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
+    """The partition at a glance: per task a clients x labels heatmap (partition_TASK.png) and,
+    with a modality scenario, a clients x modalities one (partition_modality.png). Returns the
+    file names written."""
     clients = summary["clients"]
-    counts = [[c["tasks"][task]["label_histogram"].get(lab, 0) for lab in labels] for c in clients]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(labels) + 2), 0.42 * len(clients) + 1.6))
+    names = []
+    for task, labels in summary["labels"].items():
+        counts = [[c["tasks"][task]["label_histogram"].get(lab, 0) for lab in labels]
+                  for c in clients]  # fmt: skip
+        rows = [f"{c['client_id']} ({c['tasks'][task]['samples']})" for c in clients]
+        title = f"{task}: samples per client and {summary['keys'][task]} ({summary['description']})"
+        names.append(f"partition_{task}.png")
+        _heatmap(counts, rows, labels, title, out_dir / names[-1])
+    if "modality" in summary:
+        kept = [c["tasks"]["classification"]["modalities"] for c in clients]
+        columns = list(kept[0])
+        rows = [c["client_id"] for c in clients]
+        title = f"classification: modalities each client's samples keep ({summary['modality']})"
+        names.append("partition_modality.png")
+        _heatmap([[k[m] for m in columns] for k in kept], rows, columns, title,
+                 out_dir / names[-1])  # fmt: skip
+    return names
+
+
+def _heatmap(
+    counts: list[list[int]], rows: list[str], columns: list[str], title: str, path: Path
+) -> None:
+    """A counts table as a heatmap with the numbers written in."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(columns) + 2), 0.42 * len(rows) + 1.6))
     image = ax.imshow(counts, aspect="auto", cmap="Blues")
-    ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(clients)))
-    ax.set_yticklabels([f"{c['client_id']} ({c['tasks'][task]['samples']})" for c in clients],
-                       fontsize=8)  # fmt: skip
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels(columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows, fontsize=8)
     dark = 0.6 * max(map(max, counts))
     for i, row in enumerate(counts):
         for j, value in enumerate(row):
             if value:
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
                         color="white" if value > dark else "black")  # fmt: skip
-    key = summary["keys"][task]
-    ax.set_title(f"{task}: samples per client and {key} ({summary['description']})", fontsize=10)
+    ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -44,8 +44,9 @@ class SweepConfig(Section):
     )
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
-        description="Dotted key -> values (a value may be a mapping: a whole section); one run "
-        "per combination.",
+        description="Dotted key -> values (a value may be a mapping: a whole section), or a "
+        "named axis (a name that is not a config key) -> mappings of dotted keys, each with an "
+        "optional `label`; one run per combination.",
     )
     reference: dict[str, Any] | None = Field(
         None,
@@ -69,10 +70,24 @@ class Sweep:
 
 
 def label(value: Any) -> Any:
-    """How a grid value shows in names and tables: a mapping (a whole section) as k=v,k=v."""
+    """How a grid value shows in names and tables: a mapping as its `label`, else k=v,k=v."""
     if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items())
+        return value.get("label") or ",".join(f"{k}={v}" for k, v in value.items())
     return value
+
+
+def _overrides(key: str, value: Any, source: str) -> dict[str, Any]:
+    """The dotted keys a grid value sets. A key that is not in the config is a named axis
+    whose values each set several keys (e.g. a method: a strategy plus its baselines)."""
+    if key.split(".")[0] in RunConfig.model_fields:
+        return {key: value}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{source}: grid.{key} is not a config key, so it is a named axis whose values must "
+            f"be mappings of dotted keys (got {value!r}); config sections: "
+            f"{', '.join(RunConfig.model_fields)}"
+        )
+    return {k: v for k, v in value.items() if k != "label"}
 
 
 def _cell_name(values: dict[str, Any]) -> str:
@@ -96,7 +111,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     cells = []
     for combo in itertools.product(*sweep.grid.values()):
         values = dict(zip(sweep.grid, combo))
-        cells.append(cell(_cell_name(values), values, values))
+        sets = [_overrides(k, v, str(path)) for k, v in values.items()]
+        cells.append(cell(_cell_name(values), values, *sets))
     reference = None
     if sweep.reference is not None:
         reference = cell("reference", {}, sweep.reference)
@@ -139,14 +155,19 @@ def _same_config(stored: dict, cell: Cell) -> bool:
 
 
 def run_sweep(
-    sweep: Sweep, out_dir: Path, progress: bool = True, overwrite: bool = False
+    sweep: Sweep, out_dir: Path, progress: bool = True, overwrite: bool = False, jobs: int = 1
 ) -> list[dict]:
-    """Run (or reuse) the reference and every cell; return one summary row per cell."""
+    """Run (or reuse) the reference and every cell; return one summary row per cell. With
+    `jobs` > 1 the unfinished runs go first, that many at a time in separate processes."""
     from fedumm.experiment import run_experiment
 
     out_dir = Path(out_dir)
     _check_folder(sweep, out_dir, overwrite)
     todo = [*filter(None, [sweep.reference]), *sweep.cells]
+    if jobs > 1:
+        folders = [(c.config, _folder(out_dir, c, sweep)) for c in todo]
+        _run_in_parallel([(cfg, f) for cfg, f in folders if not (f / "results.json").is_file()],
+                         jobs)  # fmt: skip
     central: dict = {}
     rows = []
     for i, cell in enumerate(todo, 1):
@@ -164,6 +185,29 @@ def run_sweep(
         rows.append(summarize(cell, results, central))
         write_sweep_report(rows, list(cell.values), out_dir)
     return rows
+
+
+def _run_in_parallel(runs: list[tuple[RunConfig, Path]], jobs: int) -> None:
+    """Each run (config, folder) in its own process, `jobs` at a time, sharing the cores."""
+    import multiprocessing
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    work = [(cfg, folder, threads) for cfg, folder in runs]
+    with multiprocessing.get_context("spawn").Pool(min(jobs, len(work) or 1)) as pool:
+        for i, folder in enumerate(pool.imap_unordered(_run_cell, work), 1):
+            print(f"[{i}/{len(work)}] {folder.name}: finished", flush=True)
+
+
+def _run_cell(args: tuple[RunConfig, Path, int]) -> Path:
+    import torch
+
+    from fedumm.experiment import run_experiment
+
+    cfg, folder, threads = args
+    torch.set_num_threads(threads)  # a config's own `threads` still wins in run_experiment
+    run_experiment(cfg, folder, progress=False)
+    return folder
 
 
 def summarize(cell: Cell, results: dict, central: dict | None = None) -> dict:

@@ -1,6 +1,7 @@
 """The tasks a federation learns: training sequences with the labels a skew is over, and how a
 model is scored on each. One unified model, one loss (next-token prediction on the target
-tokens: answer tokens for VQA, image tokens for generation), so clients may hold either or both.
+tokens: answer tokens for VQA and classification, image tokens for generation), so clients may
+hold any mix.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from fedumm.config import EvalConfig, RunConfig
-from fedumm.data import geneval, shapesworld
+from fedumm.data import geneval, reports, shapesworld
+from fedumm.data.modality import IMAGE, IMAGE_TEXT, TEXT
+from fedumm.evaluation.classification import class_scores, classification_metrics
 from fedumm.evaluation.geneval import ShapesWorldParser, geneval_scores, judge
 from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
 from fedumm.models.generate import text_to_image
@@ -58,16 +61,67 @@ class GenerationTask:
         return geneval_scores(prompts, verdicts)
 
 
-Task = VQATask | GenerationTask
+@dataclass
+class ClassificationTask:
+    """Incident reports (image + message -> class). Training samples are encoded with the
+    modalities their client keeps (`train_as`); the test set always has both."""
+
+    processor: UMMProcessor
+    image_ids: np.ndarray  # train images as tokens
+    messages: list[str]
+    labels: list[str]  # the class, per train sample: what a label skew is over
+    test_image_ids: np.ndarray
+    test_messages: list[str]
+    test_labels: list[str]
+    agnostic_prompt: bool
+
+    def encode(self, image_ids: np.ndarray, text: str, label: str, modality: str) -> Encoded:
+        question = reports.question(text, modality, self.agnostic_prompt)
+        image = None if modality == TEXT else image_ids
+        return self.processor.understanding(image, question, label)
+
+    def train_as(self, modalities: np.ndarray) -> list[Encoded]:
+        """The training pool with sample i keeping `modalities[i]`."""
+        return [self.encode(*sample, m) for *sample, m in
+                zip(self.image_ids, self.messages, self.labels, modalities)]  # fmt: skip
+
+    @property
+    def train(self) -> list[Encoded]:
+        return self.train_as(np.full(len(self.labels), IMAGE_TEXT))
+
+    def test_prompts(self, modality: str = IMAGE_TEXT) -> list[list[int]]:
+        return [self.encode(i, t, y, modality).prompt for i, t, y in
+                zip(self.test_image_ids, self.test_messages, self.test_labels)]  # fmt: skip
+
+    def evaluate(self, model, processor: UMMProcessor, cfg: EvalConfig, grid=None) -> dict:
+        """Accuracy, macro F1, AUC from label-token scores on image + text; with
+        cfg.modality_ablation also the accuracy given the image only and the text only."""
+        classes = list(reports.CLASSES)
+
+        def scores(modality: str) -> np.ndarray:
+            return class_scores(model, processor, self.test_prompts(modality), classes,
+                                cfg.batch_size)  # fmt: skip
+
+        out = classification_metrics(scores(IMAGE_TEXT), self.test_labels, classes)
+        if cfg.modality_ablation:
+            for modality in (IMAGE, TEXT):
+                alone = classification_metrics(scores(modality), self.test_labels, classes)
+                out[f"classification_accuracy_{modality}_only"] = alone["classification_accuracy"]
+        return out
+
+
+Task = VQATask | GenerationTask | ClassificationTask
 
 
 def build_tasks(cfg: RunConfig, processor: UMMProcessor) -> dict[str, Task]:
-    """The tasks `data.tasks` names, keyed 'vqa' / 'generation'."""
+    """The tasks `data.tasks` names, keyed 'vqa' / 'generation' / 'classification'."""
     tasks: dict[str, Task] = {}
     if "vqa" in cfg.data.tasks:
         tasks["vqa"] = _vqa(cfg, processor)
     if "generation" in cfg.data.tasks:
         tasks["generation"] = _generation(cfg, processor)
+    if "classification" in cfg.data.tasks:
+        tasks["classification"] = _classification(cfg, processor)
     return tasks
 
 
@@ -115,3 +169,19 @@ def _generation(cfg: RunConfig, processor: UMMProcessor) -> GenerationTask:
     labels = [s.prompt.tag if cfg.partition.generation_key == "tag" else s.prompt.label
               for s in samples]  # fmt: skip
     return GenerationTask(train, labels, test, derive_seed(cfg.seed, 0x6E))
+
+
+def _classification(cfg: RunConfig, processor: UMMProcessor) -> ClassificationTask:
+    spec = cfg.data.classification
+    train = reports.report_dataset(spec.train_samples, "train", cfg.seed)
+    test = reports.report_dataset(spec.test_samples, "test", cfg.seed)
+    return ClassificationTask(
+        processor,
+        processor.image_ids(np.stack([s.image for s in train])),
+        [s.message for s in train],
+        [s.label for s in train],
+        processor.image_ids(np.stack([s.image for s in test])),
+        [s.message for s in test],
+        [s.label for s in test],
+        spec.agnostic_prompt,
+    )

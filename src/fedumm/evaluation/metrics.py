@@ -1,7 +1,7 @@
 """The headline metrics a run reports, and how per-client results are summarised.
 
-A run scores VQA, generation or both; everything that prints or plots results (report, CLI,
-sweep) asks `headlines` which are present instead of assuming one.
+A run scores VQA, generation, classification or a mix; everything that prints or plots results
+(report, CLI, sweep) asks `headlines` which are present instead of assuming one.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ import numpy as np
 HEADLINES = {
     "vqa_accuracy": ("VQA accuracy (%)", "per_family", "question family"),
     "geneval_overall": ("GenEval overall (%)", "geneval_per_tag", "GenEval tag"),
+    "classification_accuracy": ("Classification accuracy (%)", "per_class_recall", "class"),
+    "classification_macro_f1": ("Classification macro F1 (%)", "per_class_f1", "class"),
+    "classification_auc": ("Classification AUC (%)", "per_class_auc", "class"),
 }
 
 

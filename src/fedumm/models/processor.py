@@ -2,6 +2,7 @@
 
 Formats (labels are -100 except on the target, so the loss is on the answer or the image only):
 - understanding: <bos> <boi> image <eoi> question <sep> | answer <eos>
+  (a sample without its image has no image segment at all: <bos> question <sep> | answer <eos>)
 - generation:    <bos> prompt <sep> <boi> | image <eoi> <eos>
 Captioning (pretraining) is understanding with an empty question.
 """
@@ -68,8 +69,8 @@ class UMMProcessor:
         """(N, H, W, 3) uint8 -> (N, tokens_per_image) ids in the joint vocabulary."""
         return self.vq.encode(images) + self.text_vocab_size
 
-    def understanding(self, image_ids: np.ndarray, question: str, answer: str) -> Encoded:
-        image = [self.boi, *image_ids.tolist(), self.eoi]
+    def understanding(self, image_ids: np.ndarray | None, question: str, answer: str) -> Encoded:
+        image = [] if image_ids is None else [self.boi, *image_ids.tolist(), self.eoi]
         prompt = [self.bos, *image, *self.text_ids(question), self.sep]
         target = [*self.text_ids(answer), self.eos]
         return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
