@@ -31,3 +31,22 @@ def test_accuracy_per_family():
 def test_accuracy_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="same length"):
         vqa_accuracy(["a"], ["a", "b"], ["x"])
+
+
+def test_official_score_differs_from_exact_match_with_ten_human_answers():
+    from fedumm.evaluation.vqa import vqa_score
+
+    # 3 of 10 humans said "net": each nine-answer subset without one of them holds 2 "net"
+    # (2/3), the seven others hold 3 (1): (3 * 2/3 + 7) / 10. Exact match against the most
+    # common answer ("netting") would give 0.
+    humans = ["net"] * 3 + ["netting"] * 7
+    assert vqa_score("Net.", humans) == pytest.approx(0.9)
+    assert vqa_score("netting", humans) == 1.0
+    # One human of ten: 9 subsets hold it once (1/3), one not at all.
+    assert vqa_score("yes", ["yes"] + ["no"] * 9) == pytest.approx(0.3)
+    # Where humans disagree, their punctuation is normalised as the prediction's is.
+    assert vqa_score("T-Shirt", ["t-shirt"] * 5 + ["shirt"] * 5) == 1.0
+    # Number words become digits in predictions only (VQA v2's human answers already are).
+    assert vqa_score("two", ["2"] * 10) == 1.0
+    m = vqa_accuracy(["net", "2"], [humans, "two"], ["other", "number"])
+    assert m["per_family"] == {"number": 100.0, "other": pytest.approx(90.0)}

@@ -39,24 +39,62 @@ class GenerationDataConfig(Section):
 
 
 class ClassificationDataConfig(Section):
-    train_samples: int = Field(
-        4000, gt=0, description="Incident reports (image + message -> class) pooled over clients."
+    source: Literal["shapesworld", "hateful_memes", "crisismmd"] = Field(
+        "shapesworld",
+        description="Generated incident reports, or a public dataset's files under `root`.",
     )
-    test_samples: int = Field(400, gt=0, description="Test reports, always with both modalities.")
+    root: str | None = Field(
+        None, description="hateful_memes / crisismmd: the dataset folder (images relative to it)."
+    )
+    train_file: str | None = Field(
+        None, description="Training file relative to root; null = the dataset's usual name."
+    )
+    test_file: str | None = Field(
+        None, description="Test file relative to root; null = the dataset's usual name."
+    )
+    train_samples: int = Field(
+        4000, gt=0, description="Training samples pooled over clients (files: the first N)."
+    )
+    test_samples: int = Field(
+        400, gt=0, description="Test samples, always with both modalities (files: the first N)."
+    )
     agnostic_prompt: bool = Field(
         False, description="FedMLLM's modality-agnostic prompt: one instruction for any modalities."
     )
 
+    @model_validator(mode="after")
+    def _files_need_a_root(self) -> ClassificationDataConfig:
+        if self.source != "shapesworld" and self.root is None:
+            raise ValueError(f"source {self.source!r} needs root (the dataset folder)")
+        return self
+
+
+class VQAv2DataConfig(Section):
+    root: str | None = Field(
+        None, description="Folder with the VQA v2 question / annotation JSONs and image folders."
+    )
+    train_subtype: str = Field("train2014", description="Subtype the clients train on.")
+    test_subtype: str = Field("val2014", description="Subtype the global model is scored on.")
+
 
 class DataConfig(Section):
-    kind: Literal["shapesworld"] = Field("shapesworld", description="Data set; the built-in world.")
+    kind: Literal["shapesworld", "vqa_v2"] = Field(
+        "shapesworld", description="VQA data: the built-in world, or VQA v2's files."
+    )
     tasks: list[Literal["vqa", "generation", "classification"]] = Field(
         ["vqa"],
         min_length=1,
         description="What the federation learns: VQA, generation, classification, or a mix.",
     )
-    train_samples: int = Field(20000, gt=0, description="VQA training samples pooled over clients.")
-    test_samples: int = Field(600, gt=0, description="VQA test samples (disjoint scenes).")
+    train_samples: int = Field(
+        20000, gt=0, description="VQA training samples pooled over clients (VQA v2: the first N)."
+    )
+    test_samples: int = Field(
+        600, gt=0, description="VQA test samples (disjoint scenes; VQA v2: the first N)."
+    )
+    vqa_v2: VQAv2DataConfig = Field(
+        default_factory=VQAv2DataConfig, description="VQA v2's files (kind: vqa_v2)."
+    )
     families: list[Literal["existence", "color", "shape", "count", "spatial", "yesno"]] = Field(
         ["existence", "color", "shape", "count", "spatial", "yesno"],
         min_length=1,
@@ -69,6 +107,12 @@ class DataConfig(Section):
         default_factory=ClassificationDataConfig,
         description="Multimodal classification task (CrisisMMD-style incident reports).",
     )
+
+    @model_validator(mode="after")
+    def _vqa_v2_needs_a_root(self) -> DataConfig:
+        if self.kind == "vqa_v2" and self.vqa_v2.root is None:
+            raise ValueError("kind 'vqa_v2' needs vqa_v2.root (the dataset folder)")
+        return self
 
     @field_validator("tasks")
     @classmethod

@@ -181,6 +181,11 @@ def build_federation(cfg: RunConfig) -> Federation:
     if reg.enabled:  # refuse a layer range the model does not have before any work
         middle_layer_keys(list(fresh[rank]), base.config.num_hidden_layers, reg.skip_layers)
     tasks = build_tasks(cfg, processor)
+    for name, task in tasks.items():
+        skipped = task.summary().get("skipped_images")
+        if skipped:
+            log.warning("%s: %d image(s) could not be decoded and were left out, e.g. %s",
+                        name, len(skipped), ", ".join(skipped[:3]))  # fmt: skip
     split = split_clients(cfg, tasks)
     clients = split.clients
     ids = [c.client_id for c in clients]
@@ -316,6 +321,7 @@ def run_experiment(
 
     results["communication"] = _communication(initial, full_state(model), rounds)
     results["partition"] = _partition_summary(cfg, tasks, fl.partition)
+    results["data"] = {name: task.summary() for name, task in tasks.items()}
     results["wall_seconds"] = time.perf_counter() - start
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))

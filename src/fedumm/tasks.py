@@ -6,13 +6,13 @@ hold any mix.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fedumm.config import EvalConfig, RunConfig
-from fedumm.data import geneval, reports, shapesworld
+from fedumm.data import classification_files, geneval, reports, shapesworld, vqa_v2
 from fedumm.data.modality import IMAGE, IMAGE_TEXT, TEXT
 from fedumm.evaluation.classification import class_scores, classification_metrics
 from fedumm.evaluation.geneval import ShapesWorldParser, geneval_scores, judge
@@ -29,8 +29,16 @@ class VQATask:
     train: list[Encoded]
     labels: list[str]  # what partition.key names, per train sample
     test_prompts: list[list[int]]
-    test_answers: list[str]
+    test_answers: list[str | list[str]]  # one answer, or the humans' answers (VQA v2)
     test_families: list[str]
+    source: str
+    skipped_images: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """What was read: sizes, and the image files left out as undecodable."""
+        return {"source": self.source, "train_samples": len(self.train),
+                "test_samples": len(self.test_prompts),
+                "skipped_images": self.skipped_images}  # fmt: skip
 
     def evaluate(self, model, processor: UMMProcessor, cfg: EvalConfig, grid=None) -> dict:
         predictions = answer_questions(model, processor, self.test_prompts, cfg.batch_size)
@@ -45,6 +53,11 @@ class GenerationTask:
     labels: list[str]  # GenEval tag or class, per train sample
     test: list[geneval.GenEvalPrompt]
     seed: int  # the sampling noise, the same at every evaluation so they compare
+    source: str  # 'shapesworld', or the GenEval metadata file the prompts came from
+
+    def summary(self) -> dict:
+        return {"source": self.source, "train_samples": len(self.train),
+                "test_prompts": len(self.test)}  # fmt: skip
 
     def evaluate(self, model, processor: UMMProcessor, cfg: EvalConfig, grid=None) -> dict:
         """GenEval scores; with `grid` (a path), also a PNG of images per tag, framed by verdict."""
@@ -67,6 +80,7 @@ class ClassificationTask:
     modalities their client keeps (`train_as`); the test set always has both."""
 
     processor: UMMProcessor
+    classes: list[str]
     image_ids: np.ndarray  # train images as tokens
     messages: list[str]
     labels: list[str]  # the class, per train sample: what a label skew is over
@@ -74,6 +88,8 @@ class ClassificationTask:
     test_messages: list[str]
     test_labels: list[str]
     agnostic_prompt: bool
+    source: str
+    skipped_images: list[str]  # image files that could not be decoded (left out)
 
     def encode(self, image_ids: np.ndarray, text: str, label: str, modality: str) -> Encoded:
         question = reports.question(text, modality, self.agnostic_prompt)
@@ -89,6 +105,12 @@ class ClassificationTask:
     def train(self) -> list[Encoded]:
         return self.train_as(np.full(len(self.labels), IMAGE_TEXT))
 
+    def summary(self) -> dict:
+        """What was read: sizes, classes, and the image files left out as undecodable."""
+        return {"source": self.source, "train_samples": len(self.labels),
+                "test_samples": len(self.test_labels), "classes": self.classes,
+                "skipped_images": self.skipped_images}  # fmt: skip
+
     def test_prompts(self, modality: str = IMAGE_TEXT) -> list[list[int]]:
         return [self.encode(i, t, y, modality).prompt for i, t, y in
                 zip(self.test_image_ids, self.test_messages, self.test_labels)]  # fmt: skip
@@ -96,16 +118,15 @@ class ClassificationTask:
     def evaluate(self, model, processor: UMMProcessor, cfg: EvalConfig, grid=None) -> dict:
         """Accuracy, macro F1, AUC from label-token scores on image + text; with
         cfg.modality_ablation also the accuracy given the image only and the text only."""
-        classes = list(reports.CLASSES)
 
         def scores(modality: str) -> np.ndarray:
-            return class_scores(model, processor, self.test_prompts(modality), classes,
+            return class_scores(model, processor, self.test_prompts(modality), self.classes,
                                 cfg.batch_size)  # fmt: skip
 
-        out = classification_metrics(scores(IMAGE_TEXT), self.test_labels, classes)
+        out = classification_metrics(scores(IMAGE_TEXT), self.test_labels, self.classes)
         if cfg.modality_ablation:
             for modality in (IMAGE, TEXT):
-                alone = classification_metrics(scores(modality), self.test_labels, classes)
+                alone = classification_metrics(scores(modality), self.test_labels, self.classes)
                 out[f"classification_accuracy_{modality}_only"] = alone["classification_accuracy"]
         return out
 
@@ -134,6 +155,8 @@ def evaluate(tasks: dict[str, Task], model, processor, cfg: EvalConfig, grid=Non
 
 
 def _vqa(cfg: RunConfig, processor: UMMProcessor) -> VQATask:
+    if cfg.data.kind == "vqa_v2":
+        return _vqa_v2(cfg, processor)
     families = tuple(cfg.data.families)
     train = shapesworld.vqa_dataset(cfg.data.train_samples, "train", cfg.seed, families)
     test = shapesworld.vqa_dataset(cfg.data.test_samples, "test", cfg.seed, families)
@@ -150,6 +173,36 @@ def _vqa(cfg: RunConfig, processor: UMMProcessor) -> VQATask:
         test_prompts=[e.prompt for e in encode(test)],
         test_answers=[s.answer for s in test],
         test_families=[s.family for s in test],
+        source="shapesworld",
+    )
+
+
+def _vqa_v2(cfg: RunConfig, processor: UMMProcessor) -> VQATask:
+    """VQA v2's files: trained on the most common human answer, scored against all ten;
+    the families are VQA v2's answer types."""
+    spec, root = cfg.data.vqa_v2, cfg.data.vqa_v2.root
+    splits, skipped = [], []
+    for subtype, limit in ((spec.train_subtype, cfg.data.train_samples),
+                           (spec.test_subtype, cfg.data.test_samples)):  # fmt: skip
+        questions = vqa_v2.read_questions(root, subtype, limit)
+        codes, missing = vqa_v2.encode_images(questions, root, subtype, processor.vq.image_size,
+                                              processor.image_ids)  # fmt: skip
+        skipped += missing
+        kept = [q for q in questions if q.image_id in codes]
+        if not kept:
+            raise ValueError(f"{root}: no question of {subtype} has a decodable image")
+        splits.append([(q, processor.understanding(codes[q.image_id], q.question, q.answer))
+                       for q in kept])  # fmt: skip
+    train, test = splits
+    key = {"answer": "answer", "family": "answer_type"}[cfg.partition.key]
+    return VQATask(
+        train=[e for _, e in train],
+        labels=[getattr(q, key) for q, _ in train],
+        test_prompts=[e.prompt for _, e in test],
+        test_answers=[q.answers for q, _ in test],
+        test_families=[q.answer_type for q, _ in test],
+        source="vqa_v2",
+        skipped_images=skipped,
     )
 
 
@@ -168,15 +221,34 @@ def _generation(cfg: RunConfig, processor: UMMProcessor) -> GenerationTask:
              for s, ids, drop in zip(samples, image_ids, dropped)]  # fmt: skip
     labels = [s.prompt.tag if cfg.partition.generation_key == "tag" else s.prompt.label
               for s in samples]  # fmt: skip
-    return GenerationTask(train, labels, test, derive_seed(cfg.seed, 0x6E))
+    source = gen.metadata or "shapesworld"
+    return GenerationTask(train, labels, test, derive_seed(cfg.seed, 0x6E), source)
 
 
 def _classification(cfg: RunConfig, processor: UMMProcessor) -> ClassificationTask:
     spec = cfg.data.classification
-    train = reports.report_dataset(spec.train_samples, "train", cfg.seed)
-    test = reports.report_dataset(spec.test_samples, "test", cfg.seed)
+    skipped: list[str] = []
+    if spec.source == "shapesworld":
+        train = reports.report_dataset(spec.train_samples, "train", cfg.seed)
+        test = reports.report_dataset(spec.test_samples, "test", cfg.seed)
+        classes = list(reports.CLASSES)
+    else:
+        defaults = classification_files.DEFAULT_FILES[spec.source]
+        train_split, test_split = (
+            classification_files.read_split(spec.source, spec.root, name or default,
+                                            processor.vq.image_size, limit)
+            for name, default, limit in zip((spec.train_file, spec.test_file), defaults,
+                                            (spec.train_samples, spec.test_samples))
+        )  # fmt: skip
+        train, test = train_split.samples, test_split.samples
+        skipped = train_split.skipped_images + test_split.skipped_images
+        if not train or not test:
+            raise ValueError(f"{spec.root}: no decodable samples in the "
+                             f"{'training' if not train else 'test'} file")  # fmt: skip
+        classes = sorted({s.label for s in train + test})
     return ClassificationTask(
         processor,
+        classes,
         processor.image_ids(np.stack([s.image for s in train])),
         [s.message for s in train],
         [s.label for s in train],
@@ -184,4 +256,6 @@ def _classification(cfg: RunConfig, processor: UMMProcessor) -> ClassificationTa
         [s.message for s in test],
         [s.label for s in test],
         spec.agnostic_prompt,
+        spec.source,
+        skipped,
     )

@@ -72,6 +72,11 @@ class PatchVQ:
         return self.codebook.shape[0]
 
     @property
+    def image_size(self) -> int:
+        """Side in pixels of the square images it encodes."""
+        return self.patch * self.grid
+
+    @property
     def tokens_per_image(self) -> int:
         return self.grid * self.grid
 

@@ -1,0 +1,113 @@
+"""VQA v2 read from files in its official layout, which the test writes: question and
+annotation JSONs with ten human answers, COCO-named images (one corrupt)."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fedumm.data import shapesworld, vqa_v2
+from tests.tiny import run_tiny
+
+
+def _write_split(root, subtype, n, corrupt=None):
+    questions, annotations = [], []
+    rng = np.random.default_rng(len(subtype))
+    for i in range(n):
+        image_id = 1000 + i // 2  # two questions per image, as VQA v2 has several
+        path = vqa_v2.image_file(root, subtype, image_id)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if image_id == corrupt:
+                path.write_bytes(b"\xff\xd8 truncated")
+            else:
+                scene = shapesworld.render(shapesworld.sample_scene(rng))
+                Image.fromarray(scene).resize((64, 48)).save(path)
+        qid = image_id * 1000 + i % 2
+        answer = ["yes", "no", "2"][i % 3]
+        humans = [answer] * 7 + ["maybe"] * 3
+        questions.append({"image_id": image_id, "question": f"is it thing {i}?",
+                          "question_id": qid})  # fmt: skip
+        annotations.append({
+            "question_id": qid, "image_id": image_id, "question_type": "is it",
+            "answer_type": "number" if answer == "2" else "yes/no",
+            "multiple_choice_answer": answer,
+            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
+                        for k, a in enumerate(humans)],
+        })  # fmt: skip
+    vqa_v2.questions_file(root, subtype).write_text(json.dumps(
+        {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "license": {},
+         "data_subtype": subtype, "questions": questions}))  # fmt: skip
+    vqa_v2.annotations_file(root, subtype).write_text(
+        json.dumps({"info": {}, "license": {}, "data_subtype": subtype, "annotations": annotations})
+    )
+
+
+@pytest.fixture
+def vqa_root(tmp_path):
+    root = tmp_path / "vqa_v2"
+    root.mkdir()
+    _write_split(root, "train2014", 36, corrupt=1003)
+    _write_split(root, "val2014", 12)
+    return root
+
+
+def test_index_joins_questions_and_their_ten_answers(vqa_root):
+    questions = vqa_v2.read_questions(vqa_root, "val2014", limit=5)
+    assert len(questions) == 5
+    q = questions[2]
+    assert (q.question_id, q.image_id, q.answer, q.answer_type) == (1001000, 1001, "2", "number")
+    assert q.answers == ["2"] * 7 + ["maybe"] * 3
+
+
+def test_each_image_is_decoded_once_and_a_corrupt_one_is_skipped(vqa_root):
+    questions = vqa_v2.read_questions(vqa_root, "train2014", limit=100)
+    calls = []
+
+    def encode(images):
+        calls.append(images.shape)
+        return np.zeros((len(images), 4), dtype=np.int64)
+
+    codes, skipped = vqa_v2.encode_images(questions, vqa_root, "train2014", 32, encode)
+    assert skipped == ["train2014/COCO_train2014_000000001003.jpg"]
+    assert len(calls) == len(codes) == 17 and calls[0] == (1, 32, 32, 3)
+
+
+def test_bad_files_are_named(vqa_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="VQA v2 folder not found"):
+        vqa_v2.read_questions(tmp_path / "none", "val2014", 5)
+    with pytest.raises(FileNotFoundError, match="v2_OpenEnded_mscoco_test2015_questions.json"):
+        vqa_v2.read_questions(vqa_root, "test2015", 5)
+    path = vqa_v2.annotations_file(vqa_root, "val2014")
+    data = json.loads(path.read_text())
+    del data["annotations"][1]["multiple_choice_answer"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="annotations.json: entry 1 has no 'multiple_choice"):
+        vqa_v2.read_questions(vqa_root, "val2014", 5)
+    path.write_text(json.dumps({"annotations": data["annotations"][2:]}))
+    with pytest.raises(ValueError, match="no annotation for question_id 1000000"):
+        vqa_v2.read_questions(vqa_root, "val2014", 5)
+    path.write_text("{")
+    with pytest.raises(ValueError, match="annotations.json: not valid JSON"):
+        vqa_v2.read_questions(vqa_root, "val2014", 5)
+
+
+def test_a_federation_trains_and_scores_on_vqa_v2_files(vqa_root, tiny_foundation, tmp_path):
+    out = tmp_path / "run"
+    result = run_tiny(out, tiny_foundation, "data.kind=vqa_v2", f"data.vqa_v2.root={vqa_root}",
+                      "data.train_samples=36", "data.test_samples=12",
+                      "partition.min_samples=2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    data = results["data"]["vqa"]
+    assert data == {"source": "vqa_v2", "train_samples": 34, "test_samples": 12,
+                    "skipped_images": ["train2014/COCO_train2014_000000001003.jpg"]}  # fmt: skip
+    final = results["final"]["metrics"]
+    assert set(final["per_family"]) == {"yes/no", "number"}
+    assert 0 <= final["vqa_accuracy"] <= 100  # the official score itself: test_vqa_metric.py
+
+
+def test_vqa_v2_without_a_root_is_refused(tiny_foundation, tmp_path):
+    result = run_tiny(tmp_path / "run", tiny_foundation, "data.kind=vqa_v2")
+    assert result.exit_code == 2 and "kind 'vqa_v2' needs vqa_v2.root" in result.output
