@@ -288,6 +288,17 @@ class AdaptiveRegularizationConfig(Section):
     )
 
 
+class DPSGDConfig(Section):
+    enabled: bool = Field(
+        False, description="Sample-level DP-SGD in every client's local training (Opacus)."
+    )
+    clip_norm: float = Field(1.0, gt=0, description="Per-sample gradient norm bound C.")
+    noise_multiplier: float = Field(
+        1.0, ge=0, description="Noise standard deviation / C, per step."
+    )
+    target_delta: float = Field(1e-5, gt=0, lt=1, description="delta the epsilon is reported for.")
+
+
 class FederationConfig(Section):
     num_clients: int = Field(8, ge=1, description="Number of clients the data is split over.")
     clients_per_round: int = Field(8, ge=1, description="Clients sampled each round.")
@@ -310,6 +321,10 @@ class FederationConfig(Section):
     adaptive_regularization: AdaptiveRegularizationConfig = Field(
         default_factory=AdaptiveRegularizationConfig,
         description="FedMLLM's modality-agnostic regularization of the middle layers.",
+    )
+    dp_sgd: DPSGDConfig = Field(
+        default_factory=DPSGDConfig,
+        description="Sample-level differential privacy inside each client (federated clients).",
     )
 
     def lr_at(self, progress: float) -> float:

@@ -29,6 +29,7 @@ from fedumm.federation.client import ClientData, local_update, site_names
 from fedumm.federation.engine import EmbeddedEngine, RemoteTransport
 from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.strategies.base import Strategy
+from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models import foundation
 from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
@@ -289,6 +290,8 @@ def run_experiment(
         )
     results["rounds"] = rounds
     results["final"] = {"metrics": rounds[-1]["metrics"]}
+    if fed.dp_sgd.enabled:
+        results["dp_sgd"] = _sample_level_privacy(fed, clients, rounds)
     results.update(strategy.summary(fed.sampled_per_round))
 
     if cfg.baselines.local:
@@ -327,6 +330,27 @@ def run_experiment(
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))
     write_report(results, out_dir)
     return results
+
+
+def _sample_level_privacy(fed, clients: list[ClientData], records: list[dict]) -> dict:
+    """Each client's (epsilon, delta) after the DP-SGD steps it took, sampling rate B / n."""
+    dp = fed.dp_sgd
+    steps = {c.client_id: 0 for c in clients}
+    for r in records:
+        for cid, m in r["client_metrics"].items():
+            steps[cid] += m["steps"]
+    sizes = {c.client_id: len(c.data) for c in clients}
+    epsilon = {cid: privacy_spent(dp.noise_multiplier, min(1.0, fed.batch_size / sizes[cid]),
+                                  n, dp.target_delta) if n else 0.0
+               for cid, n in steps.items()}  # fmt: skip
+
+    def finite(e: float) -> float | None:  # None: no guarantee (no noise)
+        return e if math.isfinite(e) else None
+
+    return {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier,
+            "delta": dp.target_delta, "epsilon": finite(max(epsilon.values())),
+            "per_client": {cid: {"steps": steps[cid], "epsilon": finite(e)}
+                           for cid, e in epsilon.items()}}  # fmt: skip
 
 
 def _communication(adapter: dict, full: dict, records: list) -> dict:

@@ -62,6 +62,7 @@ def write_report(results: dict, out_dir: Path) -> None:
     ]  # fmt: skip
     for key in headlines(rows[-1][1]):
         lines += ["", *_metric_table(results, rows, key)]
+    lines += _privacy_lines(results)
     lines += ["", "![accuracy per round](accuracy.png)"]
     pictures = [(label, f"generated_{name}.png") for name, label in GRID_NAMES.items()]
     pictures += [(f"local-only ({p.stem.removeprefix('generated_local_')})", p.name)
@@ -134,6 +135,17 @@ GRID_NAMES = {"zero_shot": "zero-shot foundation", "federated": "federated LoRA"
               "centralized": "centralized LoRA"}  # fmt: skip
 _PICTURE_ORDER = {"generated_zero_shot.png": 0, "generated_federated.png": 2,
                   "generated_centralized.png": 3}  # fmt: skip
+
+
+def _privacy_lines(results: dict) -> list[str]:
+    """The (epsilon, delta) of the run's differential privacy, client- and sample-level."""
+    out = []
+    for key, what in (("privacy", "client-level (DP-FedAvg)"), ("dp_sgd", "sample-level (DP-SGD)")):
+        p = results.get(key)
+        if p:
+            eps = "infinite (no noise)" if p["epsilon"] is None else f"{p['epsilon']:.2f}"
+            out.append(f"Privacy, {what}: epsilon {eps} at delta {p['delta']:g}.")
+    return ["", *out] if out else []
 
 
 def _metric_table(results: dict, rows: list[tuple[str, dict]], key: str) -> list[str]:

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
+from fedumm.federation.dp_sgd import DPSGD
 from fedumm.models.processor import IGNORE, Encoded, collate
+from fedumm.seeding import derive_seed
 
 
 @dataclass
@@ -63,34 +65,44 @@ def train_steps(
     max_grad_norm: float | None = 1.0,
     optimizer: str = "adamw",
     on_step: Callable[[int, float], None] | None = None,
+    dp_sgd: tuple[float, float] | None = None,
 ) -> TrainStats:
     """Run `steps` optimizer steps (AdamW or plain SGD) on the trainable parameters of `model`
-    over `data`, clipping the gradient norm to `max_grad_norm` unless it is None."""
+    over `data`, clipping the gradient norm to `max_grad_norm` unless it is None. With
+    `dp_sgd` = (per-sample clip norm, noise multiplier) the steps are DP-SGD steps instead."""
     if not data:
         raise ValueError("cannot train on an empty data set")
     hooks = hooks or TrainingHooks()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
+    private = DPSGD(model, *dp_sgd, derive_seed(seed, 0xD5)) if dp_sgd else None
+    forward = private.module if private else model
     model.train()
     start, losses, samples = time.perf_counter(), [], 0
-    for step, idx in enumerate(batches(len(data), batch_size, steps, generator)):
-        if lr_schedule is not None:
-            for group in optimizer.param_groups:
-                group["lr"] = lr_schedule(step)
-        batch = collate([data[i] for i in idx], pad_id)
-        task_loss = model(**batch).loss
-        loss = hooks.loss(model, task_loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-        hooks.before_step(model)
-        optimizer.step()
-        losses.append(task_loss.item())
-        samples += len(idx)
-        if on_step is not None:
-            on_step(step, losses[-1])
+    try:
+        for step, idx in enumerate(batches(len(data), batch_size, steps, generator)):
+            if lr_schedule is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_schedule(step)
+            batch = collate([data[i] for i in idx], pad_id)
+            task_loss = forward(**batch).loss
+            loss = hooks.loss(model, task_loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if private is not None:
+                private.privatize()  # per-sample clipping replaces the batch clipping
+            elif max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            hooks.before_step(model)
+            optimizer.step()
+            losses.append(task_loss.item())
+            samples += len(idx)
+            if on_step is not None:
+                on_step(step, losses[-1])
+    finally:
+        if private is not None:
+            private.close()
     model.eval()
     tail = losses[-10:]
     return TrainStats(steps, samples, time.perf_counter() - start, sum(tail) / len(tail))

@@ -75,12 +75,14 @@ def local_update(
         hooks = Both(hooks, prox) if hooks else prox
     steps = steps or cfg.steps_for(len(client.data))
     lr = cfg.lr if lr is None else lr
+    dp = cfg.dp_sgd
+    dp_sgd = (dp.clip_norm, dp.noise_multiplier) if strategy and dp.enabled else None
     with frozen_factors(model, strategy.frozen if strategy else ()):
         stats = train_steps(
             model, client.data, steps, cfg.batch_size, lr if not callable(lr) else lr(0),
             cfg.weight_decay, seed, pad_id, hooks=hooks, max_grad_norm=cfg.max_grad_norm,
             optimizer=cfg.optimizer, on_step=on_step,
-            lr_schedule=lr if callable(lr) else None,
+            lr_schedule=lr if callable(lr) else None, dp_sgd=dp_sgd,
         )  # fmt: skip
     trained = get_adapter(model)
     upload = strategy.client_finish(message, trained, state, hooks) if strategy else trained
