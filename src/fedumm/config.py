@@ -427,6 +427,11 @@ class EvalConfig(Section):
     batch_size: int = Field(300, ge=1, description="Questions decoded per batch.")
     every: int = Field(1, ge=1, description="Evaluate the global model every N rounds.")
     images_per_prompt: int = Field(4, ge=1, description="Images drawn per GenEval prompt.")
+    detector: str = Field(
+        "shapesworld",
+        description="GenEval detector: the ShapesWorld parser, or 'package.module:Name' (a factory "
+        "of a callable image -> detections).",
+    )
     modality_ablation: bool = Field(
         False, description="Classification: also score with the image only and the text only."
     )

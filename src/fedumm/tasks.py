@@ -15,7 +15,7 @@ from fedumm.config import EvalConfig, RunConfig
 from fedumm.data import classification_files, geneval, reports, shapesworld, vqa_v2
 from fedumm.data.modality import IMAGE, IMAGE_TEXT, TEXT
 from fedumm.evaluation.classification import class_scores, classification_metrics
-from fedumm.evaluation.geneval import ShapesWorldParser, geneval_scores, judge
+from fedumm.evaluation.geneval import Detector, geneval_scores, judge, load_detector
 from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
 from fedumm.models.generate import text_to_image
 from fedumm.models.processor import Encoded, UMMProcessor
@@ -54,6 +54,7 @@ class GenerationTask:
     test: list[geneval.GenEvalPrompt]
     seed: int  # the sampling noise, the same at every evaluation so they compare
     source: str  # 'shapesworld', or the GenEval metadata file the prompts came from
+    detector: Detector  # finds the objects in a generated image (eval.detector)
 
     def summary(self) -> dict:
         return {"source": self.source, "train_samples": len(self.train),
@@ -65,8 +66,7 @@ class GenerationTask:
         images = text_to_image(model, processor, [p.prompt for p in prompts], self.seed,
                                cfg.temperature, cfg.top_k, cfg.guidance_scale,
                                cfg.batch_size)  # fmt: skip
-        parser = ShapesWorldParser()
-        verdicts = [judge(p, parser(image))[0] for p, image in zip(prompts, images)]
+        verdicts = [judge(p, self.detector(image))[0] for p, image in zip(prompts, images)]
         if grid is not None:
             from fedumm.report import generation_grid
 
@@ -222,7 +222,8 @@ def _generation(cfg: RunConfig, processor: UMMProcessor) -> GenerationTask:
     labels = [s.prompt.tag if cfg.partition.generation_key == "tag" else s.prompt.label
               for s in samples]  # fmt: skip
     source = gen.metadata or "shapesworld"
-    return GenerationTask(train, labels, test, derive_seed(cfg.seed, 0x6E), source)
+    detector = load_detector(cfg.eval.detector)  # a bad spec fails before any training
+    return GenerationTask(train, labels, test, derive_seed(cfg.seed, 0x6E), source, detector)
 
 
 def _classification(cfg: RunConfig, processor: UMMProcessor) -> ClassificationTask:

@@ -77,6 +77,26 @@ class ShapesWorldParser:
         return found
 
 
+def load_detector(spec: str) -> Detector:
+    """'shapesworld' (the built-in parser) or 'package.module:Name', a class or function that,
+    called without arguments, gives a Detector (e.g. a wrapper around a real object detector)."""
+    if spec == "shapesworld":
+        return ShapesWorldParser()
+    import importlib
+
+    module_name, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"detector {spec!r}: expected 'shapesworld' or 'package.module:Name'")
+    try:
+        factory = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"detector {spec!r} cannot be loaded: {e}") from None
+    detector = factory()
+    if not callable(detector):
+        raise ValueError(f"detector {spec!r}: {name}() is not callable on an image")
+    return detector
+
+
 def relative_position(a: Detection, b: Detection) -> set[str]:
     """Where `a` is relative to `b`, as GenEval decides it from box centres and sizes."""
     box_a, box_b = np.array(a.box).reshape(2, 2), np.array(b.box).reshape(2, 2)
