@@ -2,9 +2,11 @@
 
 The models are built from `transformers` config objects on the meta device (no weights, no
 download), so the counts are those of the real architectures: Qwen2.5-VL-3B and -7B are the
-autoregressive backbones of BLIP3o, FedUMM's unified model; Qwen2-VL-2B is a smaller
-image-text-to-text model. Config values are those of the models' published config.json files;
-the total parameter counts (2.21 B, 3.75 B, 8.29 B) match the published ones.
+autoregressive backbones of BLIP3o, FedUMM's unified model; Qwen2-VL-2B, LLaVA-1.5-7B and
+PaliGemma-3B are image-text-to-text models; Chameleon-7B is an early-fusion unified model (one
+decoder over text and VQ image tokens, as the built-in model). Config values are those of the
+models' published config.json files; the totals (2.21 B, 3.75 B, 8.29 B, 7,063,427,072,
+2,923,466,480, 7.04 B) match the published ones.
 """
 
 from __future__ import annotations
@@ -42,11 +44,52 @@ def _qwen2_5_vl(hidden: int, intermediate: int, layers: int, heads: int, kv_head
     return build
 
 
-PUBLISHED: dict[str, Callable[[], nn.Module]] = {
-    "Qwen2-VL-2B": _qwen2_vl_2b,
-    "Qwen2.5-VL-3B (BLIP3o-4B backbone)": _qwen2_5_vl(2048, 11008, 36, 16, 2, 151936, True),
-    "Qwen2.5-VL-7B (BLIP3o-8B backbone)": _qwen2_5_vl(3584, 18944, 28, 28, 4, 152064, False),
-}
+def _llava_1_5_7b() -> nn.Module:
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    vision = dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096,
+                  num_hidden_layers=24, num_attention_heads=16, image_size=336, patch_size=14,
+                  projection_dim=768)  # fmt: skip
+    text = dict(model_type="llama", hidden_size=4096, intermediate_size=11008,
+                num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                vocab_size=32064)  # fmt: skip
+    config = LlavaConfig(vision_config=vision, text_config=text, vision_feature_layer=-2)
+    return LlavaForConditionalGeneration(config)
+
+
+def _paligemma_3b() -> nn.Module:
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
+
+    vision = dict(model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304,
+                  num_hidden_layers=27, num_attention_heads=16, image_size=224, patch_size=14,
+                  projection_dim=2048, vision_use_head=False)  # fmt: skip
+    text = dict(model_type="gemma", hidden_size=2048, intermediate_size=16384,
+                num_hidden_layers=18, num_attention_heads=8, num_key_value_heads=1, head_dim=256,
+                vocab_size=257216)  # fmt: skip
+    config = PaliGemmaConfig(vision_config=vision, text_config=text, projection_dim=2048)
+    return PaliGemmaForConditionalGeneration(config)
+
+
+def _chameleon_7b() -> nn.Module:
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    config = ChameleonConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                             num_attention_heads=32, num_key_value_heads=32, vocab_size=65536,
+                             vocabulary_map={"<image>": 8711})  # fmt: skip
+    return ChameleonForConditionalGeneration(config)
+
+
+# name -> (builder, the module path fragment of its language model's decoder layers)
+PUBLISHED: dict[str, tuple[Callable[[], nn.Module], str]] = {
+    "Qwen2-VL-2B": (_qwen2_vl_2b, "language_model"),
+    "Qwen2.5-VL-3B (BLIP3o-4B backbone)": (
+        _qwen2_5_vl(2048, 11008, 36, 16, 2, 151936, True), "language_model"),
+    "Qwen2.5-VL-7B (BLIP3o-8B backbone)": (
+        _qwen2_5_vl(3584, 18944, 28, 28, 4, 152064, False), "language_model"),
+    "LLaVA-1.5-7B": (_llava_1_5_7b, "language_model"),
+    "PaliGemma-3B": (_paligemma_3b, "language_model"),
+    "Chameleon-7B (unified, early fusion)": (_chameleon_7b, "layers"),
+}  # fmt: skip
 
 LANGUAGE_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -67,11 +110,11 @@ def published_sizes(ranks: tuple[int, ...] = (8, 16)) -> list[dict]:
     """Per published model: total parameters, and LoRA parameters on the language model's
     attention projections (q, k, v, o) at each rank."""
     rows = []
-    for name, build in PUBLISHED.items():
+    for name, (build, language_model) in PUBLISHED.items():
         with torch.device("meta"):
             model = build()
         total = sum(p.numel() for p in model.parameters())
         for r in ranks:
-            lora = lora_parameters(model, r, LANGUAGE_ATTENTION, "language_model")
+            lora = lora_parameters(model, r, LANGUAGE_ATTENTION, language_model)
             rows.append({"model": name, "parameters": total, "r": r, "lora_parameters": lora})
     return rows
