@@ -76,8 +76,9 @@ class GenerationTask:
 
 @dataclass
 class ClassificationTask:
-    """Incident reports (image + message -> class). Training samples are encoded with the
-    modalities their client keeps (`train_as`); the test set always has both."""
+    """Image + text -> class (ShapesWorld incident reports, Hateful Memes, CrisisMMD). Training
+    samples are encoded with the modalities their client keeps (`train_as`); the test set always
+    has both."""
 
     processor: UMMProcessor
     classes: list[str]
