@@ -7,6 +7,7 @@ import torch
 
 from fedumm.config import PretrainConfig
 from fedumm.models import foundation
+from tests.official_formats import crisismmd, hateful_memes, vqa_root  # noqa: F401 (fixtures)
 
 TINY_PRETRAIN = dict(
     steps=3, train_samples=64, test_samples=8, codebook_images=60, hidden_size=32,

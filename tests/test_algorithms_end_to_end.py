@@ -152,12 +152,11 @@ def test_robust_rules_resist_sign_flipping_where_fedavg_does_not(tiny_foundation
     ||clean - initial|| of the final adapter: FedAvg is pushed further than it learned; median,
     trimmed mean and Multi-Krum stay near their clean result (accuracy at scale:
     docs/results/robustness.md)."""
-    from fedumm.config import LoraSection
-    from fedumm.models import foundation
+    from fedumm.models import BUILTIN_TARGETS, foundation
     from fedumm.models.lora import add_lora, initial_adapters
 
     base, _ = foundation.load(tiny_foundation)
-    initial = initial_adapters(add_lora(base, 2, 8.0, 0.0, LoraSection().target_modules, 0))[2]
+    initial = initial_adapters(add_lora(base, 2, 8.0, 0.0, BUILTIN_TARGETS, 0))[2]
 
     def distance(a, b):
         return float(torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)))

@@ -3,61 +3,11 @@ write: small folders of images plus JSONL / TSV, one image corrupt."""
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from fedumm.data import shapesworld
 from fedumm.data.classification_files import read_split
+from tests.official_formats import CRISIS_LABELS
 from tests.tiny import run_tiny
-
-CRISIS_HEADER = ("event_name\ttweet_id\timage_id\ttweet_text\timage\tlabel\tlabel_text\t"
-                 "label_image\tlabel_text_image")  # fmt: skip
-CRISIS_LABELS = ("not_humanitarian", "infrastructure_and_utility_damage",
-                 "rescue_volunteering_or_donation_effort")  # fmt: skip
-
-
-def _picture(path, seed, size=(48, 40)):
-    """A rendered scene at another size than the model's, saved as PNG or JPEG."""
-    rng = np.random.default_rng(seed)
-    image = shapesworld.render(shapesworld.sample_scene(rng))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).resize(size).save(path)
-
-
-@pytest.fixture
-def hateful_memes(tmp_path):
-    root = tmp_path / "hateful_memes"
-    for name, n in (("train.jsonl", 40), ("dev_seen.jsonl", 12)):
-        lines = []
-        for i in range(n):
-            img = f"img/{name[:3]}{i:03d}.png"
-            _picture(root / img, i)
-            lines.append(json.dumps({"id": i, "img": img, "label": i % 2,
-                                     "text": f"meme text {i}"}))  # fmt: skip
-        if name == "train.jsonl":
-            (root / "img" / "bad.png").write_bytes(b"not a png")
-            lines.append(json.dumps({"id": 99, "img": "img/bad.png", "label": 1, "text": "x"}))
-        (root / name).write_text("\n".join(lines) + "\n")
-    return root
-
-
-@pytest.fixture
-def crisismmd(tmp_path):
-    root = tmp_path / "CrisisMMD_v2.0"
-    split_dir = root / "crisismmd_datasplit_all"
-    split_dir.mkdir(parents=True)
-    for split, n in (("train", 30), ("test", 9)):
-        rows = [CRISIS_HEADER]
-        for i in range(n):
-            image = f"data_image/hurricane_irma/10_9_2017/{split}{i}_0.jpg"
-            _picture(root / image, 100 + i, size=(60, 44))
-            label = CRISIS_LABELS[i % 3]
-            rows.append(f"hurricane_irma\t{i}\t{i}_0\ttweet number {i}\t{image}\t{label}\t"
-                        f"{label}\t{label}\tPositive")  # fmt: skip
-        name = f"task_humanitarian_text_img_{split}.tsv"
-        (split_dir / name).write_text("\n".join(rows) + "\n")
-    return root
 
 
 def test_hateful_memes_are_read_resized_and_a_bad_image_is_counted(hateful_memes):

@@ -74,4 +74,4 @@ def test_a_missing_image_has_no_image_tokens(tiny_foundation):
         assert image_tokens == (0 if m == TEXT else processor.vq.tokens_per_image)
         assert processor.decode_text(e.target) == label
         assert e.target[-1] == processor.eos
-    assert all(processor.boi in p for p in task.test_prompts())  # the test set keeps both
+    assert all(processor.boi in p.input_ids for p in task.test_prompts())  # test keeps both

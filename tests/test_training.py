@@ -1,6 +1,8 @@
+from functools import partial
+
 import torch
 
-from fedumm.models.processor import Encoded
+from fedumm.models.processor import Encoded, collate
 from fedumm.training import TrainingHooks, batches, train_steps
 
 
@@ -21,6 +23,7 @@ class _TinyLM(torch.nn.Module):
 
 
 DATA = [Encoded([1, 2, 3, 4], [-100, 2, 3, 4]), Encoded([1, 5, 6], [-100, 5, 6])] * 4
+BATCH = partial(collate, pad_id=0)
 
 
 def test_batches_cover_every_sample_each_epoch():
@@ -33,10 +36,10 @@ def test_loop_is_seeded_and_learns():
     torch.manual_seed(0)
     a, b = _TinyLM(), _TinyLM()
     b.load_state_dict(a.state_dict())
-    first = train_steps(a, DATA, 1, 4, 0.05, 0.0, seed=3, pad_id=0).loss
-    last = train_steps(a, DATA, 60, 4, 0.05, 0.0, seed=3, pad_id=0).loss
-    train_steps(b, DATA, 1, 4, 0.05, 0.0, seed=3, pad_id=0)
-    train_steps(b, DATA, 60, 4, 0.05, 0.0, seed=3, pad_id=0)
+    first = train_steps(a, DATA, 1, 4, 0.05, 0.0, seed=3, collate=BATCH).loss
+    last = train_steps(a, DATA, 60, 4, 0.05, 0.0, seed=3, collate=BATCH).loss
+    train_steps(b, DATA, 1, 4, 0.05, 0.0, seed=3, collate=BATCH)
+    train_steps(b, DATA, 60, 4, 0.05, 0.0, seed=3, collate=BATCH)
     assert last < first / 2
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -56,8 +59,8 @@ def test_hooks_change_local_training():
     torch.manual_seed(0)
     plain, pulled = _TinyLM(), _TinyLM()
     pulled.load_state_dict(plain.state_dict())
-    train_steps(plain, DATA, 20, 4, 0.05, 0.0, seed=0, pad_id=0)
-    train_steps(pulled, DATA, 20, 4, 0.05, 0.0, seed=0, pad_id=0, hooks=PullToZero())
+    train_steps(plain, DATA, 20, 4, 0.05, 0.0, seed=0, collate=BATCH)
+    train_steps(pulled, DATA, 20, 4, 0.05, 0.0, seed=0, collate=BATCH, hooks=PullToZero())
     assert PullToZero.calls == 20
     norm = lambda m: sum(float((p.detach() ** 2).sum()) for p in m.parameters())  # noqa: E731
     assert norm(pulled) < 0.5 * norm(plain)
@@ -67,4 +70,4 @@ def test_empty_data_is_an_error():
     import pytest
 
     with pytest.raises(ValueError, match="empty data set"):
-        train_steps(_TinyLM(), [], 1, 4, 0.1, 0.0, seed=0, pad_id=0)
+        train_steps(_TinyLM(), [], 1, 4, 0.1, 0.0, seed=0, collate=BATCH)

@@ -19,19 +19,19 @@ def test_save_and_from_pretrained_round_trip_everything(tiny_foundation, tmp_pat
     auto = AutoModelForCausalLM.from_pretrained(tmp_path, local_files_only=True)
     assert isinstance(auto, UMMForCausalLM)
     img = np.stack([s.image for s in sw.caption_dataset(4, "test", 0)])
-    assert np.array_equal(processor2.image_ids(img), processor.image_ids(img))
+    assert np.array_equal(processor2.encode_images(img), processor.encode_images(img))
 
 
 def test_builtin_foundation_loads():
     model, processor = foundation.load("builtin")
     assert model.config.vocab_size == processor.text_vocab_size + processor.vq.size
     img = np.stack([s.image for s in sw.caption_dataset(20, "test", 1)])
-    assert np.array_equal(processor.decode_images(processor.image_ids(img)), img)
+    assert np.array_equal(processor.decode_images(processor.encode_images(img)), img)
 
 
 def test_formats_put_the_loss_only_on_the_target(tiny_foundation):
     _, p = foundation.load(tiny_foundation)
-    ids = p.image_ids(np.stack([sw.caption_dataset(1, "train", 0)[0].image]))[0]
+    ids = p.encode_images(np.stack([sw.caption_dataset(1, "train", 0)[0].image]))[0]
     und = p.understanding(ids, "what color is the circle?", "red")
     assert p.decode_text(und.target) == "red" and und.target[-1] == p.eos
     assert und.prompt[-1] == p.sep and und.prompt[1] == p.boi

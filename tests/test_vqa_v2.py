@@ -5,52 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from fedumm.data import shapesworld, vqa_v2
+from fedumm.data import vqa_v2
 from tests.tiny import run_tiny
-
-
-def _write_split(root, subtype, n, corrupt=None):
-    questions, annotations = [], []
-    rng = np.random.default_rng(len(subtype))
-    for i in range(n):
-        image_id = 1000 + i // 2  # two questions per image, as VQA v2 has several
-        path = vqa_v2.image_file(root, subtype, image_id)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if image_id == corrupt:
-                path.write_bytes(b"\xff\xd8 truncated")
-            else:
-                scene = shapesworld.render(shapesworld.sample_scene(rng))
-                Image.fromarray(scene).resize((64, 48)).save(path)
-        qid = image_id * 1000 + i % 2
-        answer = ["yes", "no", "2"][i % 3]
-        humans = [answer] * 7 + ["maybe"] * 3
-        questions.append({"image_id": image_id, "question": f"is it thing {i}?",
-                          "question_id": qid})  # fmt: skip
-        annotations.append({
-            "question_id": qid, "image_id": image_id, "question_type": "is it",
-            "answer_type": "number" if answer == "2" else "yes/no",
-            "multiple_choice_answer": answer,
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
-                        for k, a in enumerate(humans)],
-        })  # fmt: skip
-    vqa_v2.questions_file(root, subtype).write_text(json.dumps(
-        {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "license": {},
-         "data_subtype": subtype, "questions": questions}))  # fmt: skip
-    vqa_v2.annotations_file(root, subtype).write_text(
-        json.dumps({"info": {}, "license": {}, "data_subtype": subtype, "annotations": annotations})
-    )
-
-
-@pytest.fixture
-def vqa_root(tmp_path):
-    root = tmp_path / "vqa_v2"
-    root.mkdir()
-    _write_split(root, "train2014", 36, corrupt=1003)
-    _write_split(root, "val2014", 12)
-    return root
 
 
 def test_index_joins_questions_and_their_ten_answers(vqa_root):

@@ -274,6 +274,22 @@ def pretrain(
     typer.echo(f"foundation saved to {out}; use it with --set model.foundation={out}")
 
 
+@app.command("tiny-model")
+def tiny_model(
+    family: Annotated[str, typer.Argument(help="llava, qwen2_vl, idefics3, smolvlm, "
+                                          "paligemma or chameleon.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")],
+    seed: Annotated[int, typer.Option(help="Seeds the random weights.")] = 0,
+) -> None:  # fmt: skip
+    """Save a tiny random Hugging Face model of FAMILY (no download): try the Hugging Face
+    path with --set model.name_or_path=OUT."""
+    from fedumm.models.hf_tiny import build_tiny
+
+    with _exit_on(ValueError, code=2):
+        build_tiny(family, out, seed)
+    typer.echo(f"tiny {family} saved to {out}; use it with --set model.name_or_path={out}")
+
+
 @app.command()
 def config(
     pretraining: Annotated[

@@ -192,16 +192,33 @@ class ModelConfig(Section):
     foundation: str = Field(
         "builtin", description="'builtin' (the shipped checkpoint) or a fedumm pretrain folder."
     )
+    name_or_path: str | None = Field(
+        None, description="A Hugging Face image-text-to-text model (folder or hub id) instead."
+    )
+    family: str = Field("auto", description="Its family; auto = read from its config.json.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype of its frozen base weights (bf16/fp16 halve memory)."
+    )
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        from fedumm.models.hf import FAMILIES
+
+        if family != "auto" and family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; supported: auto, {', '.join(FAMILIES)}")
+        return family
 
 
 class LoraSection(Section):
     r: int = Field(4, ge=1, description="LoRA rank.")
     alpha: float = Field(8.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"],
+    target_modules: list[str] | None = Field(
+        None,
         min_length=1,
-        description="Module names that get adapters (lm_head: answer words new to the model).",
+        description="Module names that get adapters, in the language model only; null = every "
+        "linear + lm_head (built-in), attention q/k/v/o (Hugging Face models).",
     )
     client_ranks: list[int] | None = Field(
         None, description="Per-client ranks, site-1 first (only flora mixes ranks); null = r."

@@ -31,9 +31,9 @@ from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.federation.update import ClientUpdate, Params
-from fedumm.models import foundation
+from fedumm.models import load as load_model
 from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
-from fedumm.models.processor import Encoded, UMMProcessor
+from fedumm.models.processor import Encoded, Processor
 from fedumm.report import plot_partitions, write_report
 from fedumm.seeding import derive_seed, draw_share
 from fedumm.tasks import ClassificationTask, Task, build_tasks
@@ -114,7 +114,7 @@ class Federation:
 
     cfg: RunConfig
     model: nn.Module
-    processor: UMMProcessor
+    processor: Processor
     rank: int
     fresh: dict[int, Params]  # rank -> fresh adapter, the same on every party
     tasks: dict[str, Task]
@@ -153,7 +153,7 @@ class Federation:
         """A client's local work in round `rnd`, seeded by the round and the client."""
         cfg, fed, cid = self.cfg, self.cfg.federation, client.client_id
         seed = derive_seed(cfg.seed, rnd, self.number(client))
-        update = local_update(self.model, client, message, fed, seed, self.processor.pad,
+        update = local_update(self.model, client, message, fed, seed, self.processor.collate,
                               self.strategy, self.client_states[cid],
                               self.fresh[self.ranks.get(cid, self.rank)],
                               lr=fed.lr_at((rnd - 1) / fed.rounds))  # fmt: skip
@@ -169,18 +169,20 @@ def build_federation(cfg: RunConfig) -> Federation:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    base, processor = foundation.load(cfg.model.foundation)
-    lora = cfg.lora
+    loaded = load_model(cfg.model)
+    base, processor, lora = loaded.model, loaded.processor, cfg.lora
     if lora is None:  # federated full fine-tuning: every weight trains and travels
         model, rank = base.requires_grad_(True), 0
     else:
         rank = lora.r
-        model = add_lora(base, rank, lora.alpha, lora.dropout, lora.target_modules, cfg.seed,
-                         extra_ranks=tuple(lora.client_ranks or ()))  # fmt: skip
+        model = add_lora(base, rank, lora.alpha, lora.dropout,
+                         lora.target_modules or loaded.default_targets, cfg.seed,
+                         extra_ranks=tuple(lora.client_ranks or ()),
+                         scope=loaded.lora_scope)  # fmt: skip
     fresh = initial_adapters(model)
     reg = cfg.federation.adaptive_regularization
     if reg.enabled:  # refuse a layer range the model does not have before any work
-        middle_layer_keys(list(fresh[rank]), base.config.num_hidden_layers, reg.skip_layers)
+        middle_layer_keys(list(fresh[rank]), loaded.num_layers, reg.skip_layers)
     tasks = build_tasks(cfg, processor)
     for name, task in tasks.items():
         skipped = task.summary().get("skipped_images")
@@ -242,7 +244,7 @@ def run_experiment(
 
     def train_alone(client: ClientData, steps: int, seed: int, bar, grid=None) -> dict:
         """Plain local training from the fresh adapter (the baselines do not federate)."""
-        update = local_update(model, client, initial, fed, seed, processor.pad, steps=steps,
+        update = local_update(model, client, initial, fed, seed, processor.collate, steps=steps,
                               on_step=lambda step, loss: bar.update(),
                               lr=lambda step: fed.lr_at(step / steps))  # fmt: skip
         return evaluate_adapter(update.params, grid)
@@ -402,8 +404,7 @@ def write_partition(cfg: RunConfig, out_dir: Path) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _, processor = foundation.load(cfg.model.foundation)
-    tasks = build_tasks(cfg, processor)
+    tasks = build_tasks(cfg, load_model(cfg.model).processor)
     summary = _partition_summary(cfg, tasks, split_clients(cfg, tasks))
     (out_dir / "partition.json").write_text(json.dumps(summary, indent=2))
     plot_partitions(summary, out_dir)

@@ -18,7 +18,7 @@ from fedumm.evaluation.classification import class_scores, classification_metric
 from fedumm.evaluation.geneval import Detector, geneval_scores, judge, load_detector
 from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
 from fedumm.models.generate import text_to_image
-from fedumm.models.processor import Encoded, UMMProcessor
+from fedumm.models.processor import Encoded, Processor, UMMProcessor, encode_vqa
 from fedumm.seeding import derive_seed
 
 
@@ -28,7 +28,7 @@ class VQATask:
 
     train: list[Encoded]
     labels: list[str]  # what partition.key names, per train sample
-    test_prompts: list[list[int]]
+    test_prompts: list[Encoded]  # prompts only, with their images
     test_answers: list[str | list[str]]  # one answer, or the humans' answers (VQA v2)
     test_families: list[str]
     source: str
@@ -40,7 +40,7 @@ class VQATask:
                 "test_samples": len(self.test_prompts),
                 "skipped_images": self.skipped_images}  # fmt: skip
 
-    def evaluate(self, model, processor: UMMProcessor, cfg: EvalConfig, grid=None) -> dict:
+    def evaluate(self, model, processor: Processor, cfg: EvalConfig, grid=None) -> dict:
         predictions = answer_questions(model, processor, self.test_prompts, cfg.batch_size)
         return vqa_accuracy(predictions, self.test_answers, self.test_families)
 
@@ -60,7 +60,7 @@ class GenerationTask:
         return {"source": self.source, "train_samples": len(self.train),
                 "test_prompts": len(self.test)}  # fmt: skip
 
-    def evaluate(self, model, processor: UMMProcessor, cfg: EvalConfig, grid=None) -> dict:
+    def evaluate(self, model, processor: Processor, cfg: EvalConfig, grid=None) -> dict:
         """GenEval scores; with `grid` (a path), also a PNG of images per tag, framed by verdict."""
         prompts = [p for p in self.test for _ in range(cfg.images_per_prompt)]
         images = text_to_image(model, processor, [p.prompt for p in prompts], self.seed,
@@ -80,27 +80,26 @@ class ClassificationTask:
     samples are encoded with the modalities their client keeps (`train_as`); the test set always
     has both."""
 
-    processor: UMMProcessor
+    processor: Processor
     classes: list[str]
-    image_ids: np.ndarray  # train images as tokens
+    images: list  # train images as the model reads them (tokens, or pixel values)
     messages: list[str]
     labels: list[str]  # the class, per train sample: what a label skew is over
-    test_image_ids: np.ndarray
+    test_images: list
     test_messages: list[str]
     test_labels: list[str]
     agnostic_prompt: bool
     source: str
     skipped_images: list[str]  # image files that could not be decoded (left out)
 
-    def encode(self, image_ids: np.ndarray, text: str, label: str, modality: str) -> Encoded:
+    def encode(self, image, text: str, label: str, modality: str) -> Encoded:
         question = reports.question(text, modality, self.agnostic_prompt)
-        image = None if modality == TEXT else image_ids
-        return self.processor.understanding(image, question, label)
+        return self.processor.understanding(None if modality == TEXT else image, question, label)
 
     def train_as(self, modalities: np.ndarray) -> list[Encoded]:
         """The training pool with sample i keeping `modalities[i]`."""
         return [self.encode(*sample, m) for *sample, m in
-                zip(self.image_ids, self.messages, self.labels, modalities)]  # fmt: skip
+                zip(self.images, self.messages, self.labels, modalities)]  # fmt: skip
 
     @property
     def train(self) -> list[Encoded]:
@@ -112,11 +111,11 @@ class ClassificationTask:
                 "test_samples": len(self.test_labels), "classes": self.classes,
                 "skipped_images": self.skipped_images}  # fmt: skip
 
-    def test_prompts(self, modality: str = IMAGE_TEXT) -> list[list[int]]:
-        return [self.encode(i, t, y, modality).prompt for i, t, y in
-                zip(self.test_image_ids, self.test_messages, self.test_labels)]  # fmt: skip
+    def test_prompts(self, modality: str = IMAGE_TEXT) -> list[Encoded]:
+        return [self.encode(i, t, y, modality).prompt_only() for i, t, y in
+                zip(self.test_images, self.test_messages, self.test_labels)]  # fmt: skip
 
-    def evaluate(self, model, processor: UMMProcessor, cfg: EvalConfig, grid=None) -> dict:
+    def evaluate(self, model, processor: Processor, cfg: EvalConfig, grid=None) -> dict:
         """Accuracy, macro F1, AUC from label-token scores on image + text; with
         cfg.modality_ablation also the accuracy given the image only and the text only."""
 
@@ -135,12 +134,17 @@ class ClassificationTask:
 Task = VQATask | GenerationTask | ClassificationTask
 
 
-def build_tasks(cfg: RunConfig, processor: UMMProcessor) -> dict[str, Task]:
+def build_tasks(cfg: RunConfig, processor: Processor) -> dict[str, Task]:
     """The tasks `data.tasks` names, keyed 'vqa' / 'generation' / 'classification'."""
     tasks: dict[str, Task] = {}
     if "vqa" in cfg.data.tasks:
         tasks["vqa"] = _vqa(cfg, processor)
     if "generation" in cfg.data.tasks:
+        if not isinstance(processor, UMMProcessor):
+            raise ValueError(
+                f"data.tasks: generation needs a model that draws images; {cfg.model.name_or_path}"
+                " only reads them (generation runs use the built-in model)"
+            )
         tasks["generation"] = _generation(cfg, processor)
     if "classification" in cfg.data.tasks:
         tasks["classification"] = _classification(cfg, processor)
@@ -155,7 +159,7 @@ def evaluate(tasks: dict[str, Task], model, processor, cfg: EvalConfig, grid=Non
     return out
 
 
-def _vqa(cfg: RunConfig, processor: UMMProcessor) -> VQATask:
+def _vqa(cfg: RunConfig, processor: Processor) -> VQATask:
     if cfg.data.kind == "vqa_v2":
         return _vqa_v2(cfg, processor)
     families = tuple(cfg.data.families)
@@ -164,21 +168,21 @@ def _vqa(cfg: RunConfig, processor: UMMProcessor) -> VQATask:
 
     def encode(samples):
         images = np.stack([s.image for s in samples])
-        return processor.encode_vqa(
-            images, [s.question for s in samples], [s.answer for s in samples]
+        return encode_vqa(
+            processor, images, [s.question for s in samples], [s.answer for s in samples]
         )
 
     return VQATask(
         train=encode(train),
         labels=[getattr(s, cfg.partition.key) for s in train],
-        test_prompts=[e.prompt for e in encode(test)],
+        test_prompts=[e.prompt_only() for e in encode(test)],
         test_answers=[s.answer for s in test],
         test_families=[s.family for s in test],
         source="shapesworld",
     )
 
 
-def _vqa_v2(cfg: RunConfig, processor: UMMProcessor) -> VQATask:
+def _vqa_v2(cfg: RunConfig, processor: Processor) -> VQATask:
     """VQA v2's files: trained on the most common human answer, scored against all ten;
     the families are VQA v2's answer types."""
     spec, root = cfg.data.vqa_v2, cfg.data.vqa_v2.root
@@ -186,8 +190,8 @@ def _vqa_v2(cfg: RunConfig, processor: UMMProcessor) -> VQATask:
     for subtype, limit in ((spec.train_subtype, cfg.data.train_samples),
                            (spec.test_subtype, cfg.data.test_samples)):  # fmt: skip
         questions = vqa_v2.read_questions(root, subtype, limit)
-        codes, missing = vqa_v2.encode_images(questions, root, subtype, processor.vq.image_size,
-                                              processor.image_ids)  # fmt: skip
+        codes, missing = vqa_v2.encode_images(questions, root, subtype, processor.image_size,
+                                              processor.encode_images)  # fmt: skip
         skipped += missing
         kept = [q for q in questions if q.image_id in codes]
         if not kept:
@@ -199,7 +203,7 @@ def _vqa_v2(cfg: RunConfig, processor: UMMProcessor) -> VQATask:
     return VQATask(
         train=[e for _, e in train],
         labels=[getattr(q, key) for q, _ in train],
-        test_prompts=[e.prompt for _, e in test],
+        test_prompts=[e.prompt_only() for _, e in test],
         test_answers=[q.answers for q, _ in test],
         test_families=[q.answer_type for q, _ in test],
         source="vqa_v2",
@@ -215,7 +219,7 @@ def _generation(cfg: RunConfig, processor: UMMProcessor) -> GenerationTask:
     else:
         test = geneval.evaluation_prompts(gen.test_prompts_per_tag, cfg.seed)
     samples = geneval.generation_dataset(gen.train_samples, cfg.seed)
-    image_ids = processor.image_ids(np.stack([s.image for s in samples]))
+    image_ids = processor.encode_images(np.stack([s.image for s in samples]))
     rng = np.random.default_rng(derive_seed(cfg.seed, 0xD0))
     dropped = rng.random(len(samples)) < gen.prompt_dropout  # empty prompt: learns p(image)
     train = [processor.generation("" if drop else s.prompt.prompt, ids)
@@ -227,7 +231,7 @@ def _generation(cfg: RunConfig, processor: UMMProcessor) -> GenerationTask:
     return GenerationTask(train, labels, test, derive_seed(cfg.seed, 0x6E), source, detector)
 
 
-def _classification(cfg: RunConfig, processor: UMMProcessor) -> ClassificationTask:
+def _classification(cfg: RunConfig, processor: Processor) -> ClassificationTask:
     spec = cfg.data.classification
     skipped: list[str] = []
     if spec.source == "shapesworld":
@@ -238,7 +242,7 @@ def _classification(cfg: RunConfig, processor: UMMProcessor) -> ClassificationTa
         defaults = classification_files.DEFAULT_FILES[spec.source]
         train_split, test_split = (
             classification_files.read_split(spec.source, spec.root, name or default,
-                                            processor.vq.image_size, limit)
+                                            processor.image_size, limit)
             for name, default, limit in zip((spec.train_file, spec.test_file), defaults,
                                             (spec.train_samples, spec.test_samples))
         )  # fmt: skip
@@ -251,10 +255,10 @@ def _classification(cfg: RunConfig, processor: UMMProcessor) -> ClassificationTa
     return ClassificationTask(
         processor,
         classes,
-        processor.image_ids(np.stack([s.image for s in train])),
+        processor.encode_images(np.stack([s.image for s in train])),
         [s.message for s in train],
         [s.label for s in train],
-        processor.image_ids(np.stack([s.image for s in test])),
+        processor.encode_images(np.stack([s.image for s in test])),
         [s.message for s in test],
         [s.label for s in test],
         spec.agnostic_prompt,

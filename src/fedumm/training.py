@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from fedumm.federation.dp_sgd import DPSGD
-from fedumm.models.processor import IGNORE, Encoded, collate
+from fedumm.models.processor import IGNORE, Encoded
 from fedumm.seeding import derive_seed
 
 
@@ -59,7 +59,7 @@ def train_steps(
     lr: float,
     weight_decay: float,
     seed: int,
-    pad_id: int,
+    collate: Callable[[list[Encoded]], dict[str, torch.Tensor]],
     hooks: TrainingHooks | None = None,
     lr_schedule: Callable[[int], float] | None = None,
     max_grad_norm: float | None = 1.0,
@@ -68,8 +68,9 @@ def train_steps(
     dp_sgd: tuple[float, float] | None = None,
 ) -> TrainStats:
     """Run `steps` optimizer steps (AdamW or plain SGD) on the trainable parameters of `model`
-    over `data`, clipping the gradient norm to `max_grad_norm` unless it is None. With
-    `dp_sgd` = (per-sample clip norm, noise multiplier) the steps are DP-SGD steps instead."""
+    over `data` (batched by `collate`, the processor's), clipping the gradient norm to
+    `max_grad_norm` unless it is None. With `dp_sgd` = (per-sample clip norm, noise
+    multiplier) the steps are DP-SGD steps instead."""
     if not data:
         raise ValueError("cannot train on an empty data set")
     hooks = hooks or TrainingHooks()
@@ -85,7 +86,7 @@ def train_steps(
             if lr_schedule is not None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_schedule(step)
-            batch = collate([data[i] for i in idx], pad_id)
+            batch = collate([data[i] for i in idx])
             task_loss = forward(**batch).loss
             loss = hooks.loss(model, task_loss)
             optimizer.zero_grad(set_to_none=True)
@@ -110,13 +111,16 @@ def train_steps(
 
 @torch.no_grad()
 def evaluation_loss(
-    model: torch.nn.Module, data: list[Encoded], pad_id: int, batch_size: int = 256
+    model: torch.nn.Module,
+    data: list[Encoded],
+    collate: Callable[[list[Encoded]], dict[str, torch.Tensor]],
+    batch_size: int = 256,
 ) -> float:
     """Mean next-token loss over the target tokens of `data` (teacher forcing)."""
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(data), batch_size):
-        batch = collate(data[i : i + batch_size], pad_id)
+        batch = collate(data[i : i + batch_size])
         n = int((batch["labels"][:, 1:] != IGNORE).sum())
         total += model(**batch).loss.item() * n
         count += n

@@ -14,6 +14,7 @@ from fedumm.federation.client import ClientData
 from fedumm.federation.update import ClientUpdate
 from fedumm.models import foundation
 from fedumm.models.lora import add_lora, initial_adapters
+from fedumm.models.processor import encode_vqa
 
 
 def update(cid: str, params: dict, n: int, steps: int = 1) -> ClientUpdate:
@@ -25,7 +26,7 @@ def update(cid: str, params: dict, n: int, steps: int = 1) -> ClientUpdate:
 @dataclass
 class TinySetup:
     model: object
-    pad: int
+    collate: object  # the processor's batcher
     initial: dict
     client: ClientData
 
@@ -39,8 +40,11 @@ def tiny(tiny_foundation):
     model = add_lora(base, 2, 4.0, 0.0, ["q_proj", "v_proj", "lm_head"], seed=0,
                      extra_ranks=(3,))  # fmt: skip
     samples = shapesworld.vqa_dataset(12, "train", 0)
-    data = processor.encode_vqa(
+    data = encode_vqa(
+        processor,
         np.stack([s.image for s in samples]), [s.question for s in samples],
         [s.answer for s in samples],
     )  # fmt: skip
-    return TinySetup(model, processor.pad, initial_adapters(model)[2], ClientData("site-1", data))
+    return TinySetup(
+        model, processor.collate, initial_adapters(model)[2], ClientData("site-1", data)
+    )

@@ -42,7 +42,7 @@ def test_it_pulls_the_middle_layers_towards_the_global_adapter(tiny):
     def moved(enabled: bool, strategy: str) -> dict[str, float]:
         reg = {"enabled": enabled, "mu": 500.0, "weight": 1.0, "skip_layers": 0}
         fed = tiny.fed(lr=0.05, adaptive_regularization=reg)
-        out = local_update(tiny.model, tiny.client, tiny.initial, fed, 0, tiny.pad,
+        out = local_update(tiny.model, tiny.client, tiny.initial, fed, 0, tiny.collate,
                            build_strategy(strategy), {}, tiny.initial, steps=6).params  # fmt: skip
         dist = {"middle": 0.0, "outer": 0.0}
         for k in out:

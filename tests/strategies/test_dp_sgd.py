@@ -8,7 +8,6 @@ import torch
 from fedumm.federation.dp_sgd import DPSGD
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.models.lora import get_adapter, set_adapter
-from fedumm.models.processor import collate
 from fedumm.training import TrainingHooks, train_steps
 from tests.tiny import run_tiny
 
@@ -24,7 +23,7 @@ def _grads(tiny, dp=None, hooks=None):
     _random_adapter(tiny)
     model = tiny.model
     private = DPSGD(model, *dp, seed=3) if dp else None
-    batch = collate(tiny.client.data[:6], tiny.pad)
+    batch = tiny.collate(tiny.client.data[:6])
     model.zero_grad(set_to_none=True)
     loss = (private.module if private else model)(**batch).loss
     (hooks or TrainingHooks()).loss(model, loss).backward()
@@ -72,7 +71,7 @@ def test_training_with_dp_sgd_leaves_the_shared_model_unhooked(tiny):
     model = tiny.model
     hooks_before = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
     set_adapter(model, tiny.initial)
-    train_steps(model, tiny.client.data, 3, 4, 1e-3, 0.0, 0, tiny.pad, dp_sgd=(1.0, 1.0))
+    train_steps(model, tiny.client.data, 3, 4, 1e-3, 0.0, 0, tiny.collate, dp_sgd=(1.0, 1.0))
     moved = get_adapter(model)
     assert any(not torch.equal(moved[k], tiny.initial[k]) for k in moved)
     hooks_after = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())

@@ -13,8 +13,8 @@ def test_a_stays_at_its_shared_init_and_only_b_travels(tiny):
     message = s.broadcast(tiny.initial)
     assert {factor_of(k) for k in message} == {"lora_B"}
     state = {}
-    up = local_update(tiny.model, tiny.client, message, tiny.fed(lr=0.05), 0, tiny.pad, s, state,
-                      tiny.initial, steps=3).params  # fmt: skip
+    up = local_update(tiny.model, tiny.client, message, tiny.fed(lr=0.05), 0, tiny.collate, s,
+                      state, tiny.initial, steps=3).params  # fmt: skip
     assert set(up) == set(message)
     assert any(not torch.equal(up[k], message[k]) for k in up)  # B trained
     trained = {k: p.detach() for k, p in tiny.model.named_parameters() if ".lora_A.default" in k}

@@ -33,7 +33,7 @@ def test_a_client_of_another_rank_trains_its_own_adapter(tiny):
     fresh = initial_adapters(tiny.model)
     ctx = FederationContext(num_clients=1, lora_alpha=4.0, client_ranks={"site-1": 3})
     s = build_strategy("flora", ctx)
-    up = local_update(tiny.model, tiny.client, {}, tiny.fed(), 0, tiny.pad, s, {}, fresh[3],
+    up = local_update(tiny.model, tiny.client, {}, tiny.fed(), 0, tiny.collate, s, {}, fresh[3],
                       steps=2).params  # fmt: skip
     template = s.upload_template(tiny.initial, "site-1")
     assert {k: v.shape for k, v in up.items()} == {k: v.shape for k, v in template.items()}

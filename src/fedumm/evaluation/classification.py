@@ -13,24 +13,24 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from fedumm.models.processor import IGNORE, Encoded, collate
+from fedumm.models.processor import IGNORE, Encoded
 
 
 @torch.no_grad()
 def class_scores(
-    model, processor, prompts: list[list[int]], classes: list[str], batch_size: int
+    model, processor, prompts: list[Encoded], classes: list[str], batch_size: int
 ) -> np.ndarray:
     """(len(prompts), len(classes)) probabilities: softmax over the classes of
     log p(label tokens, <eos> | prompt)."""
     answers = [[*processor.text_ids(c), processor.eos] for c in classes]
-    sequences = [Encoded([*p, *a], [IGNORE] * len(p) + a) for p in prompts for a in answers]
+    sequences = [p.continued(a) for p in prompts for a in answers]
     log_p = []
     was_training = model.training
     model.eval()
     for i in range(0, len(sequences), batch_size):
-        batch = collate(sequences[i : i + batch_size], processor.pad)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        targets = batch["labels"][:, 1:]
+        batch = processor.collate(sequences[i : i + batch_size])
+        targets = batch.pop("labels")[:, 1:]
+        logits = model(**batch).logits
         token_lp = torch.log_softmax(logits[:, :-1].float(), -1)
         picked = token_lp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         log_p.append((picked * (targets != IGNORE)).sum(-1))

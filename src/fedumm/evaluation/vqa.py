@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
+from fedumm.models.processor import Encoded
+
 NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
@@ -89,14 +91,11 @@ def vqa_accuracy(
     }
 
 
-def answer_questions(model, processor, prompts: list[list[int]], batch_size: int) -> list[str]:
-    """Greedy short answers (text tokens only) for already-encoded understanding prompts."""
-    from fedumm.models.generate import generate
-
+def answer_questions(model, processor, prompts: list[Encoded], batch_size: int) -> list[str]:
+    """Greedy short answers for understanding prompts (the processor decodes as its model
+    needs: text tokens only for the UMM, `generate` for a Hugging Face model)."""
     answers: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        out = generate(model, prompts[i : i + batch_size], max_new_tokens=4,
-                       allowed=processor.text_id_range, pad_id=processor.pad,
-                       stop_id=processor.eos)  # fmt: skip
+        out = processor.answer(model, prompts[i : i + batch_size], max_new_tokens=4)
         answers.extend(processor.decode_text(ids) for ids in out)
     return answers

@@ -54,7 +54,7 @@ def local_update(
     message: Params,
     cfg: FederationConfig,
     seed: int,
-    pad_id: int,
+    collate: Callable[[list[Encoded]], dict],
     strategy: Strategy | None = None,
     state: Params | None = None,
     initial: Params | None = None,
@@ -80,7 +80,7 @@ def local_update(
     with frozen_factors(model, strategy.frozen if strategy else ()):
         stats = train_steps(
             model, client.data, steps, cfg.batch_size, lr if not callable(lr) else lr(0),
-            cfg.weight_decay, seed, pad_id, hooks=hooks, max_grad_norm=cfg.max_grad_norm,
+            cfg.weight_decay, seed, collate, hooks=hooks, max_grad_norm=cfg.max_grad_norm,
             optimizer=cfg.optimizer, on_step=on_step,
             lr_schedule=lr if callable(lr) else None, dp_sgd=dp_sgd,
         )  # fmt: skip

@@ -1,0 +1,39 @@
+"""Models: the built-in unified model (umm, processor, foundation), Hugging Face models (hf),
+LoRA (lora), and `load`, which picks one from a run's config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fedumm.config import ModelConfig
+from fedumm.models.processor import Processor
+
+# The built-in model learns new answer words, so its adapters reach lm_head and the MLPs too.
+BUILTIN_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                   "lm_head"]  # fmt: skip
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # frozen, in eval mode
+    processor: Processor
+    lora_scope: str  # module path LoRA adapters stay inside ('' = anywhere)
+    default_targets: list[str]  # LoRA target modules when the config names none
+    num_layers: int  # of the language model
+
+
+def load(spec: ModelConfig) -> LoadedModel:
+    """The model a run's `model` section names: a Hugging Face model or a fedumm foundation."""
+    if spec.name_or_path is not None:
+        from fedumm.models import hf
+
+        model, processor = hf.load(spec.name_or_path, spec.family, spec.dtype)
+        layers = model.config.get_text_config().num_hidden_layers
+        return LoadedModel(model, processor, processor.family.language_model,
+                           hf.DEFAULT_TARGETS, layers)  # fmt: skip
+    from fedumm.models import foundation
+
+    model, processor = foundation.load(spec.foundation)
+    return LoadedModel(model, processor, "", BUILTIN_TARGETS, model.config.num_hidden_layers)

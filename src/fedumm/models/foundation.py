@@ -62,7 +62,7 @@ def pretraining_data(
 ) -> tuple[list[Encoded], list[Encoded]]:
     """(captioning, caption-to-image) sequences, each from half of `n` scenes."""
     samples = sw.caption_dataset(n, split, seed)
-    image_ids = processor.image_ids(np.stack([s.image for s in samples]))
+    image_ids = processor.encode_images(np.stack([s.image for s in samples]))
     captioning = [processor.understanding(ids, "", s.caption)
                   for s, ids in zip(samples[0::2], image_ids[0::2])]  # fmt: skip
     generation = [processor.generation(s.caption, ids)
@@ -84,7 +84,7 @@ def evaluate_pretraining(
             for p, e in zip(pred, captioning)]  # fmt: skip
     return {
         "caption_exact_match": 100.0 * float(np.mean(hits)),
-        "caption_to_image_loss": evaluation_loss(model, generation, processor.pad),
+        "caption_to_image_loss": evaluation_loss(model, generation, processor.collate),
     }
 
 
@@ -98,7 +98,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
     test = pretraining_data(processor, cfg.test_samples, "test", cfg.seed)
     stats = train_steps(
         model, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.seed,
-        processor.pad, lr_schedule=_cosine(cfg.steps, cfg.lr), on_step=on_step,
+        processor.collate, lr_schedule=_cosine(cfg.steps, cfg.lr), on_step=on_step,
     )  # fmt: skip
     metrics = evaluate_pretraining(model, processor, *test)
     metrics.update(

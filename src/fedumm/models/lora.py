@@ -60,20 +60,23 @@ def _adapter_name(r: int, default_r: int) -> str:
 
 def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
              target_modules: list[str], seed: int,
-             extra_ranks: tuple[int, ...] = ()) -> PeftModel:  # fmt: skip
+             extra_ranks: tuple[int, ...] = (), scope: str = "") -> PeftModel:  # fmt: skip
     """Freeze `model` and attach LoRA adapters; the seed fixes A's random init for everyone.
 
+    Targets are linear modules by name, inside `scope` (a multimodal model's language model:
+    `q_proj` also names vision-tower layers in some families) or the top-level lm_head.
     `extra_ranks` adds one more adapter per rank (for clients that train another rank); the
     adapter of rank `r` is the active one."""
-    linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in target_modules if t not in names]
-    if missing:
-        known = sorted({n.rsplit(".", 1)[-1] for n in linear})
-        raise ValueError(
-            f"LoRA target modules {missing} match no module; linear modules are: {known}"
-        )
+    linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+              and (n.startswith(scope) or n == "lm_head")}  # fmt: skip
     targeted = {n: m for n, m in linear.items() if n.rsplit(".", 1)[-1] in target_modules}
+    known = sorted({n.rsplit(".", 1)[-1] for n in linear})
+    missing = [t for t in target_modules if t not in known]
+    if missing:
+        where = f" in {scope}" if scope else ""
+        raise ValueError(
+            f"LoRA target modules {missing} match no module{where}; its linear modules are: {known}"
+        )
     smallest = min(targeted, key=lambda n: min(targeted[n].in_features, targeted[n].out_features))
     limit = min(targeted[smallest].in_features, targeted[smallest].out_features)
     for rank in (r, *extra_ranks):
@@ -84,14 +87,14 @@ def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
                 f"{layer.in_features}) allows; the largest useful rank is {limit}"
             )
     torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules)
+    paths = sorted(targeted)  # full paths: peft then adapts exactly these
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=paths)
     peft_model = get_peft_model(model, config)
     for rank in sorted(set(extra_ranks) - {r}):
         torch.manual_seed(seed)
         peft_model.add_adapter(
             _adapter_name(rank, r),
-            LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                       target_modules=target_modules),
+            LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=paths),
         )  # fmt: skip
     peft_model.set_adapter("default")
     return peft_model
@@ -179,8 +182,13 @@ def _set_folds(model: PeftModel, folds: dict[str, torch.Tensor]) -> None:
 
 
 def full_state(model: torch.nn.Module) -> Params:
-    """Every weight of the underlying model: what full fine-tuning would have to send."""
+    """Every weight of the underlying model, tied weights once: what full fine-tuning would
+    have to send."""
     if not isinstance(model, PeftModel):
         return get_adapter(model)
-    state = model.get_base_model().state_dict()
-    return {k: v for k, v in state.items() if "lora_" not in k and k != "codebook"}
+    out, seen = {}, set()
+    for k, v in model.get_base_model().state_dict().items():
+        if "lora_" not in k and k != "codebook" and v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            out[k] = v
+    return out

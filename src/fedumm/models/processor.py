@@ -9,7 +9,8 @@ Captioning (pretraining) is understanding with an empty question.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,20 +24,50 @@ IGNORE = -100
 
 @dataclass
 class Encoded:
-    """A token sequence and its labels (IGNORE where no loss is taken)."""
+    """A token sequence and its labels (IGNORE where no loss is taken), with the model inputs
+    that are not tokens (a Hugging Face model's pixel values; none for the built-in UMM, whose
+    images are tokens), each with a leading per-sample dimension."""
 
     input_ids: list[int]
     labels: list[int]
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def prompt(self) -> list[int]:
-        """The tokens before the first label: what a model is given at inference."""
-        first = next(i for i, t in enumerate(self.labels) if t != IGNORE)
+        """The tokens before the first label (all, if none): what a model is given at
+        inference."""
+        first = next((i for i, t in enumerate(self.labels) if t != IGNORE), len(self.labels))
         return self.input_ids[:first]
 
     @property
     def target(self) -> list[int]:
         return [t for t in self.labels if t != IGNORE]
+
+    def prompt_only(self) -> Encoded:
+        """The prompt with its model inputs: what is given to the model at inference."""
+        prompt = self.prompt
+        return Encoded(prompt, [IGNORE] * len(prompt), self.inputs)
+
+    def continued(self, target: list[int]) -> Encoded:
+        """This sequence's prompt followed by `target`, labelled: to score a given answer."""
+        prompt = self.prompt
+        return Encoded([*prompt, *target], [IGNORE] * len(prompt) + target, self.inputs)
+
+
+class Processor(Protocol):
+    """What the tasks need from a model's processor: the built-in UMM's, or a Hugging Face
+    model's (models/hf.py). Images go in as (N, H, W, 3) uint8 and come out as whatever the
+    model reads; a sample is an `Encoded` whatever the model."""
+
+    eos: int
+    image_size: int
+
+    def text_ids(self, text: str) -> list[int]: ...
+    def encode_images(self, images: np.ndarray) -> list | np.ndarray: ...
+    def understanding(self, image, question: str, answer: str) -> Encoded: ...
+    def collate(self, batch: list[Encoded], left: bool = False) -> dict[str, torch.Tensor]: ...
+    def answer(self, model, prompts: list[Encoded], max_new_tokens: int) -> list[list[int]]: ...
+    def decode_text(self, ids: list[int]) -> str: ...
 
 
 class UMMProcessor:
@@ -65,7 +96,12 @@ class UMMProcessor:
     def text_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def image_ids(self, images: np.ndarray) -> np.ndarray:
+    @property
+    def image_size(self) -> int:
+        """The side of the square images the model reads (image files are resized to it)."""
+        return self.vq.image_size
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, tokens_per_image) ids in the joint vocabulary."""
         return self.vq.encode(images) + self.text_vocab_size
 
@@ -84,11 +120,15 @@ class UMMProcessor:
         target = [*image_ids.tolist(), self.eoi, self.eos]
         return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
 
-    def encode_vqa(
-        self, images: np.ndarray, questions: list[str], answers: list[str]
-    ) -> list[Encoded]:
-        img = self.image_ids(images)
-        return [self.understanding(i, q, a) for i, q, a in zip(img, questions, answers)]
+    def collate(self, batch: list[Encoded], left: bool = False) -> dict[str, torch.Tensor]:
+        return collate(batch, self.pad, left)
+
+    def answer(self, model, prompts: list[Encoded], max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuations of understanding prompts, from text tokens only."""
+        from fedumm.models.generate import generate
+
+        return generate(model, [p.input_ids for p in prompts], max_new_tokens,
+                        self.text_id_range, self.pad, stop_id=self.eos)  # fmt: skip
 
     # ---------------------------------------------------------------- tokens back
 
@@ -110,15 +150,29 @@ class UMMProcessor:
         return self.text_vocab_size, self.text_vocab_size + self.vq.size
 
 
-def collate(batch: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a list of sequences into input_ids / attention_mask / labels tensors."""
+def encode_vqa(
+    processor: Processor, images: np.ndarray, questions: list[str], answers: list[str]
+) -> list[Encoded]:
+    """Image-question-answer triples as understanding samples, for any model's processor."""
+    encoded = processor.encode_images(images)
+    return [processor.understanding(i, q, a) for i, q, a in zip(encoded, questions, answers)]
+
+
+def collate(batch: list[Encoded], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
+    """Pad a list of sequences into input_ids / attention_mask / labels tensors (right-padded
+    for training, left-padded for generation); non-token inputs are concatenated over the
+    samples that have them, in order, which is how the models match them to their tokens."""
     length = max(len(e.input_ids) for e in batch)
     ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), length), IGNORE, dtype=torch.long)
     mask = torch.zeros((len(batch), length), dtype=torch.long)
     for i, e in enumerate(batch):
         n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        span = slice(length - n, length) if left else slice(0, n)
+        ids[i, span] = torch.tensor(e.input_ids)
+        labels[i, span] = torch.tensor(e.labels)
+        mask[i, span] = 1
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    for key in dict.fromkeys(k for e in batch for k in e.inputs):
+        out[key] = torch.cat([e.inputs[key] for e in batch if key in e.inputs])
+    return out

@@ -1,0 +1,206 @@
+"""Hugging Face image-text-to-text models as foundations: LLaVA, Qwen2-VL / Qwen2.5-VL,
+Idefics3 / SmolVLM, PaliGemma, and Chameleon (a unified model; its transformers port reads
+images but has no image decoder, so it federates understanding only).
+
+fedumm feeds each model with its own tokenizer and image processor and writes the image
+placeholder tokens itself, one short rule per family. The families' `ProcessorMixin` classes
+would do that too, but several refuse to build without torchvision (for their video half), which
+breaks transformers here; the image processors fall back to their PIL versions. Prompts are
+plain, not chat templates:  [<bos>] <image segment> question \\n | answer <eos>.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    PretrainedConfig,
+)
+
+from fedumm.models.processor import IGNORE, Encoded, collate
+
+# transformers 5 warns each time peft asks a model about gradient checkpointing: not ours to fix.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _llava_segment(p: HFProcessor, image: dict) -> list[int]:
+    vision = p.config.vision_config
+    n = (vision.image_size // vision.patch_size) ** 2
+    n += p.config.vision_feature_select_strategy == "full"  # the CLS feature is kept
+    return [p.config.image_token_id] * n
+
+
+def _qwen2_vl_segment(p: HFProcessor, image: dict) -> list[int]:
+    merged = int(image["image_grid_thw"][0].prod()) // p.config.vision_config.spatial_merge_size**2
+    c = p.config
+    return [c.vision_start_token_id, *[c.image_token_id] * merged, c.vision_end_token_id]
+
+
+def _idefics3_segment(p: HFProcessor, image: dict) -> list[int]:
+    """The global image only (splitting is turned off): <fake> <global-img> <image>*n <fake>."""
+    vision = p.config.vision_config
+    n = (vision.image_size // vision.patch_size) ** 2 // p.config.scale_factor**2
+    fake, glob = p.tokenizer.convert_tokens_to_ids(["<fake_token_around_image>", "<global-img>"])
+    return [fake, glob, *[p.config.image_token_id] * n, fake]
+
+
+def _paligemma_segment(p: HFProcessor, image: dict) -> list[int]:
+    return [p.config.image_token_id] * p.config.text_config.num_image_tokens
+
+
+def _chameleon_segment(p: HFProcessor, image: dict) -> list[int]:
+    vq = p.config.vq_config
+    side = vq.resolution // 2 ** (len(vq.channel_multiplier) - 1)
+    start, end = p.tokenizer.convert_tokens_to_ids(["<racm3:break>", "<eoss>"])
+    return [start, *[p.config.image_token_id] * side**2, end]
+
+
+def _qwen_image_tokens(p: HFProcessor, batch: dict) -> dict[str, torch.Tensor]:
+    """Qwen2-VL's multimodal RoPE needs to know which positions are image tokens."""
+    return {"mm_token_type_ids": (batch["input_ids"] == p.config.image_token_id).long()}
+
+
+def _paligemma_suffix(p: HFProcessor, batch: dict) -> dict[str, torch.Tensor]:
+    """PaliGemma attends bidirectionally over the prefix; the suffix (the answer) is type 1."""
+    return {"token_type_ids": (batch["labels"] != IGNORE).long()}
+
+
+def _square_side(image_processor) -> int:
+    """The side of the square image a processor makes (224 if it does not say)."""
+    for source in (getattr(image_processor, "crop_size", None), image_processor.size):
+        size = dict(source or {})
+        for key in ("height", "shortest_edge", "longest_edge"):
+            if size.get(key):
+                return int(size[key])
+    return 224
+
+
+def _pixels_side(image_processor) -> int:
+    """Qwen2-VL's processors bound pixels, not sides: the side of the largest square allowed."""
+    return math.isqrt(int(image_processor.size["longest_edge"]))
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one family reads an image, and where its language model is."""
+
+    language_model: str  # module path of the language model: LoRA adapters stay inside it
+    image_segment: Callable[[HFProcessor, dict], list[int]]  # placeholder ids for one image
+    bos_after_image: bool = False  # PaliGemma puts the image before <bos>
+    batch_inputs: Callable[[HFProcessor, dict], dict] | None = None  # per-token extra inputs
+    image_side: Callable[[object], int] = _square_side
+    image_processor: dict = field(default_factory=dict)  # overrides when loading it
+
+
+FAMILIES: dict[str, Family] = {
+    "llava": Family("model.language_model", _llava_segment),
+    "qwen2_vl": Family("model.language_model", _qwen2_vl_segment,
+                       batch_inputs=_qwen_image_tokens, image_side=_pixels_side),
+    "qwen2_5_vl": Family("model.language_model", _qwen2_vl_segment,
+                         batch_inputs=_qwen_image_tokens, image_side=_pixels_side),
+    "idefics3": Family("model.text_model", _idefics3_segment,
+                       image_processor={"do_image_splitting": False}),
+    "smolvlm": Family("model.text_model", _idefics3_segment,
+                      image_processor={"do_image_splitting": False}),
+    "paligemma": Family("model.language_model", _paligemma_segment, bos_after_image=True,
+                        batch_inputs=_paligemma_suffix),
+    "chameleon": Family("model.layers", _chameleon_segment),
+}  # fmt: skip
+
+# LoRA on the language model's attention projections unless the config names others.
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class HFProcessor:
+    """A Hugging Face model's tokenizer and image processor, behind fedumm's `Processor`."""
+
+    def __init__(self, family: str, config: PretrainedConfig, tokenizer, image_processor):
+        self.family_name, self.family = family, FAMILIES[family]
+        self.config, self.tokenizer, self.image_processor = config, tokenizer, image_processor
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"the {family} tokenizer has no eos token: answers could not end")
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self.bos = tokenizer.bos_token_id
+        self.image_size = self.family.image_side(image_processor)
+
+    def text_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def encode_images(self, images: np.ndarray) -> list[dict[str, torch.Tensor]]:
+        """(N, H, W, 3) uint8 -> one dict of model inputs (pixel values...) per image."""
+        return [dict(self.image_processor(images=[image], return_tensors="pt"))
+                for image in images]  # fmt: skip
+
+    def understanding(self, image: dict | None, question: str, answer: str) -> Encoded:
+        segment = [] if image is None else self.family.image_segment(self, image)
+        bos = [] if self.bos is None else [self.bos]
+        head = segment + bos if self.family.bos_after_image else bos + segment
+        prompt = [*head, *self.text_ids(f"{question}\n")]
+        target = [*self.text_ids(answer), self.eos]
+        return Encoded(prompt + target, [IGNORE] * len(prompt) + target, image or {})
+
+    def collate(self, batch: list[Encoded], left: bool = False) -> dict[str, torch.Tensor]:
+        out = collate(batch, self.pad, left)
+        if self.family.batch_inputs is not None:
+            out.update(self.family.batch_inputs(self, out))
+        return out
+
+    @torch.no_grad()
+    def answer(self, model, prompts: list[Encoded], max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuations through the model's own `generate` (it knows its inputs)."""
+        batch = self.collate(prompts, left=True)
+        batch.pop("labels")
+        was_training = model.training
+        model.eval()
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=self.eos, pad_token_id=self.pad)  # fmt: skip
+        model.train(was_training)
+        return out[:, batch["input_ids"].shape[1] :].tolist()
+
+    def decode_text(self, ids: list[int]) -> str:
+        if self.eos in ids:
+            ids = ids[: ids.index(self.eos)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def infer_family(config: PretrainedConfig, where: str) -> str:
+    family = config.model_type
+    if family not in FAMILIES:
+        raise ValueError(
+            f"{where}: model type {family!r} is not a supported family; supported: "
+            f"{', '.join(FAMILIES)} (set model.family to force one)"
+        )
+    return family
+
+
+def load(name_or_path: str, family: str = "auto", dtype: str = "float32"):
+    """(model, processor) from a local folder or a hub id; the model frozen, in eval mode."""
+    local = Path(name_or_path).expanduser()
+    hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
+    if not local.is_dir() and not hub_id:
+        raise FileNotFoundError(f"model.name_or_path: no model folder at {name_or_path}")
+    source = str(local) if local.is_dir() else name_or_path
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise FileNotFoundError(f"model.name_or_path: cannot load {name_or_path}: {err}") from err
+    family = infer_family(config, source) if family == "auto" else family
+    model = AutoModelForImageTextToText.from_pretrained(source, dtype=DTYPES[dtype])
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    image_processor = AutoImageProcessor.from_pretrained(source, **FAMILIES[family].image_processor)
+    model.requires_grad_(False)
+    model.eval()
+    return model, HFProcessor(family, model.config, tokenizer, image_processor)
