@@ -44,6 +44,7 @@ def _llava(tok):
 def _qwen2_vl(tok):
     ids = tok.convert_tokens_to_ids
     text = dict(TEXT, vocab_size=len(tok), num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                 rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
                                  "rope_theta": 10000.0})  # fmt: skip
     vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=PATCH,
