@@ -38,10 +38,41 @@ class GenerationDataConfig(Section):
     )
 
 
+COLUMN_ROLES = ("image", "question", "answer", "family", "text", "label")
+
+
+class HFDatasetSpec(Section):
+    """A Hugging Face `datasets` data set on disk and which of its columns is what."""
+
+    path: str | None = Field(
+        None, description="save_to_disk folder, parquet folder, or image folder (train/, test/)."
+    )
+    format: Literal["auto", "disk", "parquet", "imagefolder"] = Field(
+        "auto", description="How it is stored; auto = from the files in `path`."
+    )
+    train_split: str = Field("train", description="Split the clients train on.")
+    test_split: str = Field("test", description="Split the global model is scored on.")
+    columns: dict[str, str] = Field(
+        {"image": "image", "question": "question", "answer": "answer", "text": "text",
+         "label": "label"},
+        description="Role -> column: image, question, answer (VQA; family optional), text, "
+        "label (classification).",
+    )  # fmt: skip
+
+    @field_validator("columns")
+    @classmethod
+    def _known_roles(cls, columns: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(columns) - set(COLUMN_ROLES))
+        if unknown:
+            raise ValueError(f"unknown column role {unknown}; roles: {', '.join(COLUMN_ROLES)}")
+        return columns
+
+
 class ClassificationDataConfig(Section):
-    source: Literal["shapesworld", "hateful_memes", "crisismmd"] = Field(
+    source: Literal["shapesworld", "hateful_memes", "crisismmd", "hf_dataset"] = Field(
         "shapesworld",
-        description="Generated incident reports, or a public dataset's files under `root`.",
+        description="Generated incident reports, a public dataset's files under `root`, or a "
+        "Hugging Face data set (`hf_dataset`).",
     )
     root: str | None = Field(
         None, description="hateful_memes / crisismmd: the dataset folder (images relative to it)."
@@ -61,10 +92,16 @@ class ClassificationDataConfig(Section):
     agnostic_prompt: bool = Field(
         False, description="FedMLLM's modality-agnostic prompt: one instruction for any modalities."
     )
+    hf_dataset: HFDatasetSpec = Field(
+        default_factory=HFDatasetSpec, description="The data set (source: hf_dataset)."
+    )
 
     @model_validator(mode="after")
     def _files_need_a_root(self) -> ClassificationDataConfig:
-        if self.source != "shapesworld" and self.root is None:
+        if self.source == "hf_dataset":
+            if self.hf_dataset.path is None:
+                raise ValueError("source 'hf_dataset' needs hf_dataset.path")
+        elif self.source != "shapesworld" and self.root is None:
             raise ValueError(f"source {self.source!r} needs root (the dataset folder)")
         return self
 
@@ -78,8 +115,9 @@ class VQAv2DataConfig(Section):
 
 
 class DataConfig(Section):
-    kind: Literal["shapesworld", "vqa_v2"] = Field(
-        "shapesworld", description="VQA data: the built-in world, or VQA v2's files."
+    kind: Literal["shapesworld", "vqa_v2", "hf_dataset"] = Field(
+        "shapesworld",
+        description="VQA data: the built-in world, VQA v2's files, or a Hugging Face data set.",
     )
     tasks: list[Literal["vqa", "generation", "classification"]] = Field(
         ["vqa"],
@@ -94,6 +132,9 @@ class DataConfig(Section):
     )
     vqa_v2: VQAv2DataConfig = Field(
         default_factory=VQAv2DataConfig, description="VQA v2's files (kind: vqa_v2)."
+    )
+    hf_dataset: HFDatasetSpec = Field(
+        default_factory=HFDatasetSpec, description="The VQA data set (kind: hf_dataset)."
     )
     families: list[Literal["existence", "color", "shape", "count", "spatial", "yesno"]] = Field(
         ["existence", "color", "shape", "count", "spatial", "yesno"],
@@ -112,6 +153,8 @@ class DataConfig(Section):
     def _vqa_v2_needs_a_root(self) -> DataConfig:
         if self.kind == "vqa_v2" and self.vqa_v2.root is None:
             raise ValueError("kind 'vqa_v2' needs vqa_v2.root (the dataset folder)")
+        if self.kind == "hf_dataset" and self.hf_dataset.path is None:
+            raise ValueError("kind 'hf_dataset' needs hf_dataset.path")
         return self
 
     @field_validator("tasks")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fedumm.config import EvalConfig, RunConfig
-from fedumm.data import classification_files, geneval, reports, shapesworld, vqa_v2
+from fedumm.data import classification_files, geneval, hf_datasets, reports, shapesworld, vqa_v2
 from fedumm.data.modality import IMAGE, IMAGE_TEXT, TEXT
 from fedumm.evaluation.classification import class_scores, classification_metrics
 from fedumm.evaluation.geneval import Detector, geneval_scores, judge, load_detector
@@ -162,6 +162,8 @@ def evaluate(tasks: dict[str, Task], model, processor, cfg: EvalConfig, grid=Non
 def _vqa(cfg: RunConfig, processor: Processor) -> VQATask:
     if cfg.data.kind == "vqa_v2":
         return _vqa_v2(cfg, processor)
+    if cfg.data.kind == "hf_dataset":
+        return _vqa_hf_dataset(cfg, processor)
     families = tuple(cfg.data.families)
     train = shapesworld.vqa_dataset(cfg.data.train_samples, "train", cfg.seed, families)
     test = shapesworld.vqa_dataset(cfg.data.test_samples, "test", cfg.seed, families)
@@ -211,6 +213,29 @@ def _vqa_v2(cfg: RunConfig, processor: Processor) -> VQATask:
     )
 
 
+def _vqa_hf_dataset(cfg: RunConfig, processor: Processor) -> VQATask:
+    """A Hugging Face data set's rows: trained on the most common answer, scored against all
+    of a row's answers (one answer: exact match after normalisation)."""
+    spec = cfg.data.hf_dataset
+    train, test = (hf_datasets.read_vqa(spec, split, processor.image_size, limit)
+                   for split, limit in ((spec.train_split, cfg.data.train_samples),
+                                        (spec.test_split, cfg.data.test_samples)))  # fmt: skip
+    for rows, split in ((train, spec.train_split), (test, spec.test_split)):
+        if not rows.questions:
+            raise ValueError(f"{spec.path}: no row of split {split!r} has a decodable image")
+    encoded = [encode_vqa(processor, np.stack(rows.images), rows.questions, rows.targets)
+               for rows in (train, test)]  # fmt: skip
+    return VQATask(
+        train=encoded[0],
+        labels=train.targets if cfg.partition.key == "answer" else train.families,
+        test_prompts=[e.prompt_only() for e in encoded[1]],
+        test_answers=[a if len(a) > 1 else a[0] for a in test.answers],
+        test_families=test.families,
+        source="hf_dataset",
+        skipped_images=train.skipped_images + test.skipped_images,
+    )
+
+
 def _generation(cfg: RunConfig, processor: UMMProcessor) -> GenerationTask:
     gen = cfg.data.generation
     if gen.metadata is not None:
@@ -239,18 +264,12 @@ def _classification(cfg: RunConfig, processor: Processor) -> ClassificationTask:
         test = reports.report_dataset(spec.test_samples, "test", cfg.seed)
         classes = list(reports.CLASSES)
     else:
-        defaults = classification_files.DEFAULT_FILES[spec.source]
-        train_split, test_split = (
-            classification_files.read_split(spec.source, spec.root, name or default,
-                                            processor.image_size, limit)
-            for name, default, limit in zip((spec.train_file, spec.test_file), defaults,
-                                            (spec.train_samples, spec.test_samples))
-        )  # fmt: skip
+        train_split, test_split = _classification_files(spec, processor.image_size)
         train, test = train_split.samples, test_split.samples
         skipped = train_split.skipped_images + test_split.skipped_images
         if not train or not test:
-            raise ValueError(f"{spec.root}: no decodable samples in the "
-                             f"{'training' if not train else 'test'} file")  # fmt: skip
+            raise ValueError(f"{spec.root or spec.hf_dataset.path}: no decodable samples in the "
+                             f"{'training' if not train else 'test'} split")  # fmt: skip
         classes = sorted({s.label for s in train + test})
     return ClassificationTask(
         processor,
@@ -264,4 +283,19 @@ def _classification(cfg: RunConfig, processor: Processor) -> ClassificationTask:
         spec.agnostic_prompt,
         spec.source,
         skipped,
+    )
+
+
+def _classification_files(spec, size: int) -> tuple[classification_files.Split, ...]:
+    """(train, test) of a public dataset's files or of a Hugging Face data set."""
+    limits = (spec.train_samples, spec.test_samples)
+    if spec.source == "hf_dataset":
+        data = spec.hf_dataset
+        splits = (data.train_split, data.test_split)
+        return tuple(hf_datasets.read_classification(data, split, size, limit)
+                     for split, limit in zip(splits, limits))  # fmt: skip
+    defaults = classification_files.DEFAULT_FILES[spec.source]
+    return tuple(
+        classification_files.read_split(spec.source, spec.root, name or default, size, limit)
+        for name, default, limit in zip((spec.train_file, spec.test_file), defaults, limits)
     )

@@ -18,6 +18,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -41,12 +42,13 @@ class Split:
     skipped_images: list[str] = field(default_factory=list)
 
 
-def load_image(path: Path, size: int) -> np.ndarray | None:
-    """An RGB uint8 (size, size, 3) array, or None if the file cannot be decoded."""
+def load_image(source: Path | BinaryIO, size: int) -> np.ndarray | None:
+    """An RGB uint8 (size, size, 3) array from a file or its bytes, or None if they cannot be
+    decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
     except (OSError, UnidentifiedImageError, ValueError):
         return None
