@@ -1,6 +1,7 @@
 """Hugging Face image-text-to-text models as foundations: LLaVA, Qwen2-VL / Qwen2.5-VL,
-Idefics3 / SmolVLM, PaliGemma, and Chameleon (a unified model; its transformers port reads
-images but has no image decoder, so it federates understanding only).
+Idefics3 / SmolVLM, PaliGemma, and two unified models, Chameleon and Janus. Both federate
+understanding only: Chameleon's transformers port has no image decoder, and Janus draws through
+a separate generation head and embedding that its `forward` (the loss fedumm trains) never uses.
 
 fedumm feeds each model with its own tokenizer and image processor and writes the image
 placeholder tokens itself, one short rule per family. The families' `ProcessorMixin` classes
@@ -67,6 +68,12 @@ def _chameleon_segment(p: HFProcessor, image: dict) -> list[int]:
     return [start, *[p.config.image_token_id] * side**2, end]
 
 
+def _janus_segment(p: HFProcessor, image: dict) -> list[int]:
+    start, end = p.tokenizer.convert_tokens_to_ids(["<begin_of_image>", "<end_of_image>"])
+    n = p.config.vision_config.num_image_tokens
+    return [start, *[p.config.image_token_id] * n, end]
+
+
 def _qwen_image_tokens(p: HFProcessor, batch: dict) -> dict[str, torch.Tensor]:
     """Qwen2-VL's multimodal RoPE needs to know which positions are image tokens."""
     return {"mm_token_type_ids": (batch["input_ids"] == p.config.image_token_id).long()}
@@ -117,6 +124,7 @@ FAMILIES: dict[str, Family] = {
     "paligemma": Family("model.language_model", _paligemma_segment, bos_after_image=True,
                         batch_inputs=_paligemma_suffix),
     "chameleon": Family("model.layers", _chameleon_segment),
+    "janus": Family("model.language_model", _janus_segment),
 }  # fmt: skip
 
 # LoRA on the language model's attention projections unless the config names others.

@@ -3,9 +3,9 @@ with a tokenizer and image processor made offline: the real loading path (`model
 without a download. For tests and for trying the Hugging Face path on a laptop; they know
 nothing until trained.
 
-Each is a 2-layer, 64-wide language model with a 2-layer vision tower (or, for Chameleon, a small
-VQ-VAE) reading 32x32 images (ShapesWorld's size), and fedumm's byte-level BPE tokenizer plus the
-family's special tokens.
+Each is a 2-layer, 64-wide language model with a 2-layer vision tower (Chameleon: a small VQ-VAE;
+Janus: both) reading 32x32 images (ShapesWorld's size), and fedumm's byte-level BPE tokenizer
+plus the family's special tokens.
 """
 
 from __future__ import annotations
@@ -99,6 +99,20 @@ def _chameleon(tok):
     return tf.ChameleonForConditionalGeneration(config), processor
 
 
+def _janus(tok):
+    text = dict(TEXT, model_type="llama", vocab_size=len(tok), pad_token_id=tok.pad_token_id)
+    vision = dict(VISION, projection_dim=64, mlp_ratio=2, num_image_tokens=(SIDE // PATCH) ** 2)
+    vision.pop("intermediate_size")
+    vq = dict(embed_dim=8, num_embeddings=CHAMELEON_CODES, latent_channels=32, base_channels=32,
+              channel_multiplier=[1, 1, 1, 1], num_res_blocks=1, num_patches=SIDE // PATCH,
+              projection_dim=64, image_token_embed_dim=64)  # fmt: skip
+    image_token = tok.convert_tokens_to_ids("<image_placeholder>")
+    config = tf.JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
+                            image_token_id=image_token)  # fmt: skip
+    processor = tf.JanusImageProcessorPil(size={"height": SIDE, "width": SIDE})
+    return tf.JanusForConditionalGeneration(config), processor
+
+
 def _code_name(i: int) -> str:
     return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(i)) + "Z"
 
@@ -113,6 +127,7 @@ BUILDERS = {
     "paligemma": (_paligemma, ["<image>"]),
     "chameleon": (_chameleon, ["<image>", "<racm3:break>", "<eoss>",
                                *map(_code_name, range(CHAMELEON_CODES))]),
+    "janus": (_janus, ["<begin_of_image>", "<end_of_image>", "<image_placeholder>"]),
 }  # fmt: skip
 
 
