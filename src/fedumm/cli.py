@@ -276,7 +276,7 @@ def pretrain(
 
 @app.command("tiny-model")
 def tiny_model(
-    family: Annotated[str, typer.Argument(help="llava, qwen2_vl, idefics3, smolvlm, "
+    family: Annotated[str, typer.Argument(help="llava, qwen2_vl, qwen2_5_vl, idefics3, smolvlm, "
                                           "paligemma, chameleon or janus.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")],
     seed: Annotated[int, typer.Option(help="Seeds the random weights.")] = 0,

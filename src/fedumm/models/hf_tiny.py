@@ -41,24 +41,31 @@ def _llava(tok):
     return tf.LlavaForConditionalGeneration(config), processor
 
 
-def _qwen2_vl(tok):
+def _qwen2_vl(tok, version: str = "2"):
+    """Qwen2-VL, or Qwen2.5-VL (`version` "2.5": windowed attention in the vision tower)."""
     ids = tok.convert_tokens_to_ids
     text = dict(TEXT, vocab_size=len(tok), num_key_value_heads=2, pad_token_id=tok.pad_token_id,
                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                 rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
                                  "rope_theta": 10000.0})  # fmt: skip
-    vision = dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, patch_size=PATCH,
-                  spatial_merge_size=2, temporal_patch_size=2, mlp_ratio=2)  # fmt: skip
-    config = tf.Qwen2VLConfig(
-        text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"), pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )  # fmt: skip
+    vision = dict(depth=2, num_heads=2, patch_size=PATCH, spatial_merge_size=2,
+                  temporal_patch_size=2)  # fmt: skip
+    tokens = dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                  vision_start_token_id=ids("<|vision_start|>"),
+                  vision_end_token_id=ids("<|vision_end|>"))  # fmt: skip
+    if version == "2.5":
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=64,
+                      fullatt_block_indexes=[1], window_size=16)  # fmt: skip
+        config = tf.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
+        model = tf.Qwen2_5_VLForConditionalGeneration(config)
+    else:
+        vision.update(embed_dim=32, hidden_size=64, mlp_ratio=2)
+        config = tf.Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+        model = tf.Qwen2VLForConditionalGeneration(config)
     pixels = SIDE * SIDE
     processor = tf.Qwen2VLImageProcessorPil(patch_size=PATCH, merge_size=2, temporal_patch_size=2,
                                             min_pixels=pixels, max_pixels=pixels)  # fmt: skip
-    return tf.Qwen2VLForConditionalGeneration(config), processor
+    return model, processor
 
 
 def _idefics3(tok, smol: bool = False):
@@ -113,14 +120,17 @@ def _janus(tok):
     return tf.JanusForConditionalGeneration(config), processor
 
 
+QWEN_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
 def _code_name(i: int) -> str:
     return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(i)) + "Z"
 
 
 BUILDERS = {
     "llava": (_llava, ["<image>"]),
-    "qwen2_vl": (_qwen2_vl, ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-                             "<|video_pad|>"]),
+    "qwen2_vl": (_qwen2_vl, QWEN_TOKENS),
+    "qwen2_5_vl": (lambda tok: _qwen2_vl(tok, "2.5"), QWEN_TOKENS),
     "idefics3": (_idefics3, ["<fake_token_around_image>", "<image>", "<global-img>"]),
     "smolvlm": (lambda tok: _idefics3(tok, smol=True),
                 ["<fake_token_around_image>", "<image>", "<global-img>"]),
