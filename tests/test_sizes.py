@@ -12,5 +12,8 @@ def test_totals_match_the_published_models_and_lora_skips_the_vision_tower():
     assert llava["lora_parameters"] == 32 * 4 * 8 * (4096 + 4096)
     # PaliGemma's Gemma-2B: 8 query heads and 1 key/value head of 256
     assert paligemma["lora_parameters"] == 18 * 8 * (2 * (2048 + 2048) + 2 * (2048 + 256))
+    smol = rows["SmolVLM-256M (Idefics3)", 8]
+    assert smol["parameters"] == 256_484_928  # "256M"; SigLIP's q/k/v excluded below
+    assert smol["lora_parameters"] == 30 * 8 * (2 * (576 + 576) + 2 * (576 + 192))
     unified = rows["Chameleon-7B (unified, early fusion)", 8]
     assert unified["lora_parameters"] == llava["lora_parameters"] > 0

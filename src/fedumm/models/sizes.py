@@ -2,11 +2,12 @@
 
 The models are built from `transformers` config objects on the meta device (no weights, no
 download), so the counts are those of the real architectures: Qwen2.5-VL-3B and -7B are the
-autoregressive backbones of BLIP3o, FedUMM's unified model; Qwen2-VL-2B, LLaVA-1.5-7B and
-PaliGemma-3B are image-text-to-text models; Chameleon-7B is an early-fusion unified model (one
-decoder over text and VQ image tokens, as the built-in model). Config values are those of the
-models' published config.json files; the totals (2.21 B, 3.75 B, 8.29 B, 7,063,427,072,
-2,923,466,480, 7.04 B) match the published ones.
+autoregressive backbones of BLIP3o, FedUMM's unified model; Qwen2-VL-2B, LLaVA-1.5-7B,
+PaliGemma-3B and SmolVLM-256M are image-text-to-text models; Chameleon-7B is an early-fusion
+unified model (one decoder over text and VQ image tokens, as the built-in model). Config values
+are those of the models' published config.json files; the totals (2.21 B, 3.75 B, 8.29 B,
+7,063,427,072, 2,923,466,480, 256,484,928, 7.04 B) match the published ones. LoRA is counted
+where fedumm puts it: the default targets inside each family's language model (models/hf.py).
 """
 
 from __future__ import annotations
@@ -70,6 +71,19 @@ def _paligemma_3b() -> nn.Module:
     return PaliGemmaForConditionalGeneration(config)
 
 
+def _smolvlm_256m() -> nn.Module:
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    text = dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49280,
+                tie_word_embeddings=False)  # fmt: skip
+    vision = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                  num_attention_heads=12, image_size=512, patch_size=16)  # fmt: skip
+    config = SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=4,
+                           tie_word_embeddings=False)  # fmt: skip
+    return SmolVLMForConditionalGeneration(config)
+
+
 def _chameleon_7b() -> nn.Module:
     from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
@@ -79,42 +93,44 @@ def _chameleon_7b() -> nn.Module:
     return ChameleonForConditionalGeneration(config)
 
 
-# name -> (builder, the module path fragment of its language model's decoder layers)
+# name -> (builder, its family: where its language model is, as fedumm's LoRA sees it)
 PUBLISHED: dict[str, tuple[Callable[[], nn.Module], str]] = {
-    "Qwen2-VL-2B": (_qwen2_vl_2b, "language_model"),
+    "Qwen2-VL-2B": (_qwen2_vl_2b, "qwen2_vl"),
     "Qwen2.5-VL-3B (BLIP3o-4B backbone)": (
-        _qwen2_5_vl(2048, 11008, 36, 16, 2, 151936, True), "language_model"),
+        _qwen2_5_vl(2048, 11008, 36, 16, 2, 151936, True), "qwen2_5_vl"),
     "Qwen2.5-VL-7B (BLIP3o-8B backbone)": (
-        _qwen2_5_vl(3584, 18944, 28, 28, 4, 152064, False), "language_model"),
-    "LLaVA-1.5-7B": (_llava_1_5_7b, "language_model"),
-    "PaliGemma-3B": (_paligemma_3b, "language_model"),
-    "Chameleon-7B (unified, early fusion)": (_chameleon_7b, "layers"),
+        _qwen2_5_vl(3584, 18944, 28, 28, 4, 152064, False), "qwen2_5_vl"),
+    "LLaVA-1.5-7B": (_llava_1_5_7b, "llava"),
+    "PaliGemma-3B": (_paligemma_3b, "paligemma"),
+    "SmolVLM-256M (Idefics3)": (_smolvlm_256m, "smolvlm"),
+    "Chameleon-7B (unified, early fusion)": (_chameleon_7b, "chameleon"),
 }  # fmt: skip
 
-LANGUAGE_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
-
-def lora_parameters(model: nn.Module, r: int, targets: tuple[str, ...], inside: str) -> int:
-    """Parameters of rank-r LoRA on every Linear named `*.<target>` under `inside`:
+def lora_parameters(model: nn.Module, r: int, targets: tuple[str, ...], scope: str) -> int:
+    """Parameters of rank-r LoRA on every Linear named `*.<target>` inside module path `scope`:
     A is r x in, B is out x r."""
     return sum(
         r * (module.in_features + module.out_features)
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear)
         and name.rsplit(".", 1)[-1] in targets
-        and f".{inside}." in f".{name}."
+        and name.startswith(f"{scope}.")
     )
 
 
 def published_sizes(ranks: tuple[int, ...] = (8, 16)) -> list[dict]:
     """Per published model: total parameters, and LoRA parameters on the language model's
     attention projections (q, k, v, o) at each rank."""
+    from fedumm.models.hf import DEFAULT_TARGETS, FAMILIES
+
     rows = []
-    for name, (build, language_model) in PUBLISHED.items():
+    for name, (build, family) in PUBLISHED.items():
         with torch.device("meta"):
             model = build()
         total = sum(p.numel() for p in model.parameters())
         for r in ranks:
-            lora = lora_parameters(model, r, LANGUAGE_ATTENTION, language_model)
+            scope = FAMILIES[family].language_model
+            lora = lora_parameters(model, r, tuple(DEFAULT_TARGETS), scope)
             rows.append({"model": name, "parameters": total, "r": r, "lora_parameters": lora})
     return rows
