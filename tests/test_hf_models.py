@@ -36,7 +36,8 @@ def test_each_family_federates_vqa_and_classification_through_fedumm_run(
     result = _run(tmp_path / "vqa", tiny_models[family])
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "vqa" / "results.json").read_text())
-    assert len(results["rounds"]) == 2
+    assert len(results["rounds"]) == 2 and results["model"] == {"family": family}
+    assert f"({family}, float32)" in (tmp_path / "vqa" / "report.md").read_text()
     assert 0 <= results["final"]["metrics"]["vqa_accuracy"] <= 100
     comm = results["communication"]
     assert comm["trainable_parameters"] < comm["total_parameters"] / 10

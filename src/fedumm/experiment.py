@@ -249,7 +249,8 @@ def run_experiment(
                               lr=lambda step: fed.lr_at(step / steps))  # fmt: skip
         return evaluate_adapter(update.params, grid)
 
-    results: dict = {"config": cfg.model_dump(), "baselines": {}}
+    results: dict = {"config": cfg.model_dump(), "model": {"family": processor.family_name},
+                     "baselines": {}}  # fmt: skip
     if fl.malicious:
         results["attack"] = {"kind": cfg.attack.kind, "magnitude": cfg.attack.magnitude,
                              "clients": fl.malicious}  # fmt: skip

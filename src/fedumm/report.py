@@ -47,9 +47,13 @@ def write_report(results: dict, out_dir: Path) -> None:
     cfg = results["config"]
     fed = cfg["federation"]
     rows = method_rows(results)
+    model, family = cfg["model"], results.get("model", {}).get("family", "fedumm_umm")
+    base = (f"{model['name_or_path']} ({family}, {model['dtype']})"
+            if model.get("name_or_path") else f"foundation {model['foundation']}")  # fmt: skip
     lines = [
         "# fedumm run report",
         "",
+        f"Model: {base}. "
         f"{fed['num_clients']} clients ({len(results['rounds'][0]['clients'])} per round), "
         f"{fed['rounds']} rounds x "
         + (f"{fed['local_epochs']} local epochs" if fed["local_epochs"] else

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from fedumm.models.image_tokenizer import PatchVQ
-from fedumm.models.umm import UMMForCausalLM
+from fedumm.models.umm import UMMConfig, UMMForCausalLM
 
 IGNORE = -100
 
@@ -59,6 +59,7 @@ class Processor(Protocol):
     model's (models/hf.py). Images go in as (N, H, W, 3) uint8 and come out as whatever the
     model reads; a sample is an `Encoded` whatever the model."""
 
+    family_name: str  # the model's family (a Hugging Face model_type, or the built-in model's)
     eos: int
     image_size: int
 
@@ -72,6 +73,8 @@ class Processor(Protocol):
 
 class UMMProcessor:
     """Text tokenizer + VQ image tokenizer + the special ids that frame the joint sequences."""
+
+    family_name = UMMConfig.model_type
 
     def __init__(self, tokenizer: PreTrainedTokenizerFast, vq: PatchVQ):
         self.tokenizer = tokenizer
