@@ -5,9 +5,11 @@ download), so the counts are those of the real architectures: Qwen2.5-VL-3B and 
 autoregressive backbones of BLIP3o, FedUMM's unified model; Qwen2-VL-2B, LLaVA-1.5-7B,
 PaliGemma-3B and SmolVLM-256M are image-text-to-text models; Chameleon-7B is an early-fusion
 unified model (one decoder over text and VQ image tokens, as the built-in model). Config values
-are those of the models' published config.json files; the totals (2.21 B, 3.75 B, 8.29 B,
-7,063,427,072, 2,923,466,480, 256,484,928, 7.04 B) match the published ones. LoRA is counted
-where fedumm puts it: the default targets inside each family's language model (models/hf.py).
+are those of the models' published config.json files, and the totals (2.21 B, 3.75 B, 8.29 B,
+7,063,427,072, 2,923,466,480, 7.04 B) match the published ones. SmolVLM-256M's widths, depths
+and vocabulary were checked against excerpts of its config; its MLP sizes, scale factor and
+untied embeddings are as recalled, consistent with its nominal 256M (256,484,928). LoRA is
+counted where fedumm puts it: the default targets inside each family's language model.
 """
 
 from __future__ import annotations
