@@ -8,13 +8,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedumm.config import ModelConfig
+from fedumm.config import ModelConfig, load_config
+from fedumm.experiment import build_federation
 from fedumm.models import load
-from fedumm.models.hf import FAMILIES, HFProcessor
+from fedumm.models.hf import FAMILIES, HFProcessor, ImageFile
 from fedumm.models.hf_tiny import BUILDERS, build_tiny
 from fedumm.models.lora import add_lora, get_adapter
 from tests.test_classification_end_to_end import CLASSIFICATION
-from tests.tiny import run_tiny
+from tests.tiny import TINY_RUN, run_tiny
 
 TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2"]
 
@@ -134,6 +135,13 @@ def test_a_hugging_face_model_reads_vqa_v2_and_hateful_memes_files(
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "vqa" / "results.json").read_text())["data"]["vqa"]
     assert data["train_samples"] == 34 and len(data["skipped_images"]) == 1
+    # VQA v2's images stay on disk: the samples keep references, decoded per batch
+    cfg = load_config("configs/quickstart.yaml", [*TINY_RUN, *TWO_CLIENTS, *vqa,
+                      f"model.name_or_path={tiny_models['paligemma']}"])  # fmt: skip
+    fl = build_federation(cfg)
+    kept = [e.inputs["images"] for e in fl.tasks["vqa"].train]
+    assert all(isinstance(k, ImageFile) and k.shape == (32, 32, 3) for k in kept)
+    assert fl.processor.collate(fl.tasks["vqa"].train[:4])["pixel_values"].shape == (4, 3, 32, 32)
 
     memes = ["data.tasks=[classification]", "data.classification.source=hateful_memes",
              f"data.classification.root={hateful_memes}", "partition.min_samples=2"]  # fmt: skip

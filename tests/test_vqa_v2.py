@@ -22,13 +22,14 @@ def test_each_image_is_decoded_once_and_a_corrupt_one_is_skipped(vqa_root):
     questions = vqa_v2.read_questions(vqa_root, "train2014", limit=100)
     calls = []
 
-    def encode(images):
-        calls.append(images.shape)
-        return np.zeros((len(images), 4), dtype=np.int64)
+    def encode(path, image):
+        calls.append((path.name, image.shape))
+        return np.zeros(4, dtype=np.int64)
 
     codes, skipped = vqa_v2.encode_images(questions, vqa_root, "train2014", 32, encode)
     assert skipped == ["train2014/COCO_train2014_000000001003.jpg"]
-    assert len(calls) == len(codes) == 17 and calls[0] == (1, 32, 32, 3)
+    assert len(calls) == len(codes) == 17 and len(set(calls)) == 17
+    assert calls[0] == ("COCO_train2014_000000001000.jpg", (32, 32, 3))
 
 
 def test_bad_files_are_named(vqa_root, tmp_path):

@@ -193,7 +193,7 @@ def _vqa_v2(cfg: RunConfig, processor: Processor) -> VQATask:
                            (spec.test_subtype, cfg.data.test_samples)):  # fmt: skip
         questions = vqa_v2.read_questions(root, subtype, limit)
         codes, missing = vqa_v2.encode_images(questions, root, subtype, processor.image_size,
-                                              processor.encode_images)  # fmt: skip
+                                              processor.encode_image_file)  # fmt: skip
         skipped += missing
         kept = [q for q in questions if q.image_id in codes]
         if not kept:

@@ -9,8 +9,9 @@
 
 (SUBTYPE e.g. train2014, val2014). The JSON index is read whole (a few hundred MB for all of
 VQA v2); images are decoded one at a time, each once however many questions it has, and handed
-to `encode` at once, so only their encodings stay. An image that cannot be decoded leaves its
-questions out, counted.
+to `encode` at once, so only their encodings stay (the built-in model's 16 codes; for a Hugging
+Face model a reference to the file, decoded again per batch). An image that cannot be decoded
+leaves its questions out, counted.
 """
 
 from __future__ import annotations
@@ -94,10 +95,11 @@ def encode_images(
     root: str | Path,
     subtype: str,
     size: int,
-    encode: Callable[[np.ndarray], np.ndarray],
-) -> tuple[dict[int, np.ndarray], list[str]]:
-    """Each distinct image decoded once, resized to `size`, and encoded right away; returns
-    the encodings by image id and the files that could not be decoded."""
+    encode: Callable[[Path, np.ndarray], object],
+) -> tuple[dict[int, object], list[str]]:
+    """Each distinct image decoded once, resized to `size`, and handed to `encode` (with its
+    file) right away; returns the encodings by image id and the files that could not be
+    decoded."""
     codes: dict[int, np.ndarray] = {}
     skipped: list[str] = []
     for image_id in dict.fromkeys(q.image_id for q in questions):
@@ -106,5 +108,5 @@ def encode_images(
         if image is None:
             skipped.append(str(path.relative_to(root)))
             continue
-        codes[image_id] = encode(image[None])[0]
+        codes[image_id] = encode(path, image)
     return codes, skipped

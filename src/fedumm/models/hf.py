@@ -131,6 +131,31 @@ FAMILIES: dict[str, Family] = {
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
+@dataclass(frozen=True)
+class ImageFile:
+    """An image kept as its file: decoded and resized again each time a batch needs it, so a
+    large data set's images are never all in memory."""
+
+    path: Path
+    shape: tuple[int, int, int]  # (H, W, 3) once decoded and resized
+
+    def load(self) -> torch.Tensor:
+        from fedumm.data.classification_files import load_image
+
+        image = load_image(self.path, self.shape[0])
+        if image is None:
+            raise OSError(f"{self.path}: could be decoded when the data was read, not now")
+        return torch.from_numpy(image)[None]
+
+
+def _loaded(e: Encoded) -> Encoded:
+    """`e` with an image kept as a file decoded into its inputs."""
+    image = e.inputs.get("images")
+    if not isinstance(image, ImageFile):
+        return e
+    return Encoded(e.input_ids, e.labels, {**e.inputs, "images": image.load()})
+
+
 class HFProcessor:
     """A Hugging Face model's tokenizer and image processor, behind fedumm's `Processor`."""
 
@@ -154,18 +179,25 @@ class HFProcessor:
         float pixel values (at 336 px, 0.34 MB instead of 1.35 MB; a ShapesWorld image 3 KB)."""
         return [torch.from_numpy(np.ascontiguousarray(image))[None] for image in images]
 
+    def encode_image_file(self, path: Path, image: np.ndarray) -> ImageFile:
+        """One image read from `path`: only the reference is kept, decoded again per batch."""
+        return ImageFile(path, image.shape)
+
     def pixel_inputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(N, H, W, 3) uint8 -> the model's image inputs (pixel values, grids, masks)."""
         return dict(self.image_processor(images=list(images.numpy()), return_tensors="pt"))
 
-    def image_segment(self, image: torch.Tensor) -> list[int]:
+    def image_segment(self, image: torch.Tensor | ImageFile) -> list[int]:
         """The placeholder tokens of one image; they depend only on its size."""
-        shape = tuple(image.shape)
+        shape = tuple(image.shape[-3:])
         if shape not in self._segments:
-            self._segments[shape] = self.family.image_segment(self, self.pixel_inputs(image))
+            blank = torch.zeros((1, *shape), dtype=torch.uint8)
+            self._segments[shape] = self.family.image_segment(self, self.pixel_inputs(blank))
         return self._segments[shape]
 
-    def understanding(self, image: torch.Tensor | None, question: str, answer: str) -> Encoded:
+    def understanding(
+        self, image: torch.Tensor | ImageFile | None, question: str, answer: str
+    ) -> Encoded:
         segment = [] if image is None else self.image_segment(image)
         bos = [] if self.bos is None else [self.bos]
         head = segment + bos if self.family.bos_after_image else bos + segment
@@ -175,6 +207,7 @@ class HFProcessor:
         return Encoded(prompt + target, [IGNORE] * len(prompt) + target, inputs)
 
     def collate(self, batch: list[Encoded], left: bool = False) -> dict[str, torch.Tensor]:
+        batch = [_loaded(e) for e in batch]
         out = collate(batch, self.pad, left)
         images = out.pop("images", None)
         if images is not None:

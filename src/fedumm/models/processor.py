@@ -10,6 +10,7 @@ Captioning (pretraining) is understanding with an empty question.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -65,6 +66,7 @@ class Processor(Protocol):
 
     def text_ids(self, text: str) -> list[int]: ...
     def encode_images(self, images: np.ndarray) -> list | np.ndarray: ...
+    def encode_image_file(self, path: Path, image: np.ndarray): ...
     def understanding(self, image, question: str, answer: str) -> Encoded: ...
     def collate(self, batch: list[Encoded], left: bool = False) -> dict[str, torch.Tensor]: ...
     def answer(self, model, prompts: list[Encoded], max_new_tokens: int) -> list[list[int]]: ...
@@ -107,6 +109,10 @@ class UMMProcessor:
     def encode_images(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, tokens_per_image) ids in the joint vocabulary."""
         return self.vq.encode(images) + self.text_vocab_size
+
+    def encode_image_file(self, path: Path, image: np.ndarray) -> np.ndarray:
+        """One image read from `path` (decoded as `image`): its codes, 16 ints, are all kept."""
+        return self.encode_images(image[None])[0]
 
     def understanding(self, image_ids: np.ndarray | None, question: str, answer: str) -> Encoded:
         image = [] if image_ids is None else [self.boi, *image_ids.tolist(), self.eoi]
