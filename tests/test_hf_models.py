@@ -135,10 +135,7 @@ def test_a_hugging_face_model_reads_vqa_v2_and_hateful_memes_files(
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "vqa" / "results.json").read_text())["data"]["vqa"]
     assert data["train_samples"] == 34 and len(data["skipped_images"]) == 1
-    # VQA v2's images stay on disk: the samples keep references, decoded per batch
-    cfg = load_config("configs/quickstart.yaml", [*TINY_RUN, *TWO_CLIENTS, *vqa,
-                      f"model.name_or_path={tiny_models['paligemma']}"])  # fmt: skip
-    fl = build_federation(cfg)
+    fl = _federation(tiny_models["paligemma"], *vqa)
     kept = [e.inputs["images"] for e in fl.tasks["vqa"].train]
     assert all(isinstance(k, ImageFile) and k.shape == (32, 32, 3) for k in kept)
     assert fl.processor.collate(fl.tasks["vqa"].train[:4])["pixel_values"].shape == (4, 3, 32, 32)
@@ -150,3 +147,12 @@ def test_a_hugging_face_model_reads_vqa_v2_and_hateful_memes_files(
     results = json.loads((tmp_path / "memes" / "results.json").read_text())
     assert results["data"]["classification"]["skipped_images"] == ["img/bad.png"]
     assert 0 <= results["final"]["metrics"]["classification_auc"] <= 100
+    task = _federation(tiny_models["smolvlm"], *memes).tasks["classification"]
+    assert all(isinstance(k, ImageFile) for k in task.images + task.test_images)
+
+
+def _federation(model_path, *overrides):
+    """The federation a tiny two-client run builds: its images stay on disk as references,
+    decoded per batch."""
+    items = [*TINY_RUN, *TWO_CLIENTS, *overrides, f"model.name_or_path={model_path}"]
+    return build_federation(load_config("configs/quickstart.yaml", items))

@@ -263,9 +263,12 @@ def _classification(cfg: RunConfig, processor: Processor) -> ClassificationTask:
         train = reports.report_dataset(spec.train_samples, "train", cfg.seed)
         test = reports.report_dataset(spec.test_samples, "test", cfg.seed)
         classes = list(reports.CLASSES)
-    else:
-        train_split, test_split = _classification_files(spec, processor.image_size)
+        images = [processor.encode_images(np.stack([s.image for s in split]))
+                  for split in (train, test)]  # fmt: skip
+    else:  # the readers encode each image as they read it
+        train_split, test_split = _classification_files(spec, processor)
         train, test = train_split.samples, test_split.samples
+        images = [[s.image for s in split] for split in (train, test)]
         skipped = train_split.skipped_images + test_split.skipped_images
         if not train or not test:
             raise ValueError(f"{spec.root or spec.hf_dataset.path}: no decodable samples in the "
@@ -274,10 +277,10 @@ def _classification(cfg: RunConfig, processor: Processor) -> ClassificationTask:
     return ClassificationTask(
         processor,
         classes,
-        processor.encode_images(np.stack([s.image for s in train])),
+        images[0],
         [s.message for s in train],
         [s.label for s in train],
-        processor.encode_images(np.stack([s.image for s in test])),
+        images[1],
         [s.message for s in test],
         [s.label for s in test],
         spec.agnostic_prompt,
@@ -286,16 +289,19 @@ def _classification(cfg: RunConfig, processor: Processor) -> ClassificationTask:
     )
 
 
-def _classification_files(spec, size: int) -> tuple[classification_files.Split, ...]:
-    """(train, test) of a public dataset's files or of a Hugging Face data set."""
-    limits = (spec.train_samples, spec.test_samples)
+def _classification_files(spec, processor: Processor) -> tuple[classification_files.Split, ...]:
+    """(train, test) of a public dataset's files or of a Hugging Face data set, each image
+    encoded by `processor` as it is read."""
+    limits, size = (spec.train_samples, spec.test_samples), processor.image_size
+    encode = processor.encode_image_file
     if spec.source == "hf_dataset":
         data = spec.hf_dataset
         splits = (data.train_split, data.test_split)
-        return tuple(hf_datasets.read_classification(data, split, size, limit)
+        return tuple(hf_datasets.read_classification(data, split, size, limit, encode)
                      for split, limit in zip(splits, limits))  # fmt: skip
     defaults = classification_files.DEFAULT_FILES[spec.source]
     return tuple(
-        classification_files.read_split(spec.source, spec.root, name or default, size, limit)
+        classification_files.read_split(spec.source, spec.root, name or default, size, limit,
+                                        encode)
         for name, default, limit in zip((spec.train_file, spec.test_file), defaults, limits)
-    )
+    )  # fmt: skip

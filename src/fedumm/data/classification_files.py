@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +33,10 @@ DEFAULT_FILES = {
 }  # fmt: skip
 HATEFUL_MEMES_CLASSES = {0: "benign", 1: "hateful"}
 CRISISMMD_COLUMNS = ("event_name", "tweet_id", "image_id", "tweet_text", "image", "label")
+
+
+# (the image's file, or None if it has none, its decoded array) -> what a sample keeps
+Encode = Callable[[Path | None, np.ndarray], object]
 
 
 @dataclass
@@ -55,8 +60,12 @@ def load_image(source: Path | BinaryIO, size: int) -> np.ndarray | None:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def read_split(fmt: str, root: str | Path, file: str, size: int, limit: int) -> Split:
-    """At most `limit` samples of `file` (relative to `root`) in format `fmt`."""
+def read_split(
+    fmt: str, root: str | Path, file: str, size: int, limit: int, encode: Encode | None = None
+) -> Split:
+    """At most `limit` samples of `file` (relative to `root`) in format `fmt`; with `encode`,
+    each sample keeps `encode(image file, image)` as its image instead of the decoded array,
+    so the decoded images are never all in memory."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
@@ -77,7 +86,8 @@ def read_split(fmt: str, root: str | Path, file: str, size: int, limit: int) -> 
         if image is None:
             split.skipped_images.append(image_file)
             continue
-        split.samples.append(ReportSample(image, text, label))
+        kept = image if encode is None else encode(root / image_file, image)
+        split.samples.append(ReportSample(kept, text, label))
     return split
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fedumm.config import HFDatasetSpec
-from fedumm.data.classification_files import Split, load_image
+from fedumm.data.classification_files import Encode, Split, load_image
 from fedumm.data.reports import ReportSample
 
 
@@ -113,9 +113,12 @@ def read_vqa(spec: HFDatasetSpec, split: str, size: int, limit: int) -> VQARows:
     return out
 
 
-def read_classification(spec: HFDatasetSpec, split: str, size: int, limit: int) -> Split:
+def read_classification(
+    spec: HFDatasetSpec, split: str, size: int, limit: int, encode: Encode | None = None
+) -> Split:
     """Classification rows: `columns` maps image, text and label (a class name, or an integer
-    of a ClassLabel column, named by it)."""
+    of a ClassLabel column, named by it); with `encode`, each sample keeps `encode(file or
+    None, image)` as its image (see classification_files.read_split)."""
     where = "data.classification.hf_dataset"
     dataset = load_split(spec, split, where)
     wanted = {k: spec.columns[k] for k in ("image", "text", "label")}
@@ -127,6 +130,7 @@ def read_classification(spec: HFDatasetSpec, split: str, size: int, limit: int) 
         if image is None:
             out.skipped_images.append(f"{split} row {number}")
             continue
-        out.samples.append(ReportSample(image, str(row[wanted["text"]] or ""),
+        kept = image if encode is None else encode(None, image)
+        out.samples.append(ReportSample(kept, str(row[wanted["text"]] or ""),
                                         name(row[wanted["label"]])))  # fmt: skip
     return out

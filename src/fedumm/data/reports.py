@@ -37,7 +37,7 @@ NO_HELP = ("no help at the {thing}", "all fine at the {thing}", "not trapped by 
 
 @dataclass(frozen=True)
 class ReportSample:
-    image: np.ndarray  # uint8, (CANVAS, CANVAS, 3)
+    image: np.ndarray  # uint8, (CANVAS, CANVAS, 3); a file reader may keep its encoding instead
     message: str
     label: str  # one of CLASSES
 

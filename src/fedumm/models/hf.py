@@ -179,8 +179,11 @@ class HFProcessor:
         float pixel values (at 336 px, 0.34 MB instead of 1.35 MB; a ShapesWorld image 3 KB)."""
         return [torch.from_numpy(np.ascontiguousarray(image))[None] for image in images]
 
-    def encode_image_file(self, path: Path, image: np.ndarray) -> ImageFile:
-        """One image read from `path`: only the reference is kept, decoded again per batch."""
+    def encode_image_file(self, path: Path | None, image: np.ndarray) -> ImageFile | torch.Tensor:
+        """One image read from `path`: only the reference is kept, decoded again per batch (an
+        image without a file, e.g. bytes inside a data set, is kept as its bytes)."""
+        if path is None:
+            return self.encode_images(image[None])[0]
         return ImageFile(path, image.shape)
 
     def pixel_inputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
