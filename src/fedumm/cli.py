@@ -281,8 +281,7 @@ def tiny_model(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")],
     seed: Annotated[int, typer.Option(help="Seeds the random weights.")] = 0,
 ) -> None:  # fmt: skip
-    """Save a tiny random Hugging Face model of FAMILY (no download): try the Hugging Face
-    path with --set model.name_or_path=OUT."""
+    """Save a tiny random Hugging Face model of FAMILY, built offline, to run by path."""
     from fedumm.models.hf_tiny import build_tiny
 
     with _exit_on(ValueError, code=2):
