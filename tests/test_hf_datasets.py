@@ -93,6 +93,15 @@ def test_vqa_rows_from_save_to_disk_keep_every_human_answer(vqa_on_disk):
     assert len(read_vqa(spec, "test", 32, limit=5).questions) == 5  # the first N
 
 
+def test_a_kept_row_reference_decodes_to_the_same_image(vqa_on_disk, classification_parquet):
+    for path, columns, reader in ((vqa_on_disk, VQA_COLUMNS, read_vqa),
+                                  (classification_parquet, {}, read_classification)):  # fmt: skip
+        spec = HFDatasetSpec(path=str(path), **({"columns": columns} if columns else {}))
+        rows = reader(spec, "train", 32, 6, lambda stored, image: (stored, image))
+        kept = rows.images if reader is read_vqa else [s.image for s in rows.samples]
+        assert len(kept) >= 5 and all(np.array_equal(s.load(), i) for s, i in kept)
+
+
 def test_parquet_class_labels_are_named_by_their_feature(classification_parquet):
     split = read_classification(HFDatasetSpec(path=str(classification_parquet)), "test", 32, 100)
     assert [s.label for s in split.samples[:2]] == CLASSES and len(split.samples) == 8

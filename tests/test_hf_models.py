@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
+from fedumm.data.images import ImageFile
 from safetensors.torch import load_file
 
 from fedumm.config import ModelConfig, load_config
 from fedumm.experiment import build_federation
 from fedumm.models import load
-from fedumm.models.hf import FAMILIES, HFProcessor, ImageFile
+from fedumm.models.hf import FAMILIES, HFProcessor
 from fedumm.models.hf_tiny import BUILDERS, build_tiny
 from fedumm.models.lora import add_lora, get_adapter
 from tests.test_classification_end_to_end import CLASSIFICATION
@@ -137,7 +138,7 @@ def test_a_hugging_face_model_reads_vqa_v2_and_hateful_memes_files(
     assert data["train_samples"] == 34 and len(data["skipped_images"]) == 1
     fl = _federation(tiny_models["paligemma"], *vqa)
     kept = [e.inputs["images"] for e in fl.tasks["vqa"].train]
-    assert all(isinstance(k, ImageFile) and k.shape == (32, 32, 3) for k in kept)
+    assert all(isinstance(k, ImageFile) and k.size == 32 for k in kept)
     assert fl.processor.collate(fl.tasks["vqa"].train[:4])["pixel_values"].shape == (4, 3, 32, 32)
 
     memes = ["data.tasks=[classification]", "data.classification.source=hateful_memes",

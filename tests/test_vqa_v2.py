@@ -22,8 +22,9 @@ def test_each_image_is_decoded_once_and_a_corrupt_one_is_skipped(vqa_root):
     questions = vqa_v2.read_questions(vqa_root, "train2014", limit=100)
     calls = []
 
-    def encode(path, image):
-        calls.append((path.name, image.shape))
+    def encode(stored, image):
+        calls.append((stored.path.name, image.shape))
+        assert np.array_equal(stored.load(), image)  # the reference decodes to the same image
         return np.zeros(4, dtype=np.int64)
 
     codes, skipped = vqa_v2.encode_images(questions, vqa_root, "train2014", 32, encode)

@@ -193,7 +193,7 @@ def _vqa_v2(cfg: RunConfig, processor: Processor) -> VQATask:
                            (spec.test_subtype, cfg.data.test_samples)):  # fmt: skip
         questions = vqa_v2.read_questions(root, subtype, limit)
         codes, missing = vqa_v2.encode_images(questions, root, subtype, processor.image_size,
-                                              processor.encode_image_file)  # fmt: skip
+                                              processor.encode_stored)  # fmt: skip
         skipped += missing
         kept = [q for q in questions if q.image_id in codes]
         if not kept:
@@ -217,13 +217,15 @@ def _vqa_hf_dataset(cfg: RunConfig, processor: Processor) -> VQATask:
     """A Hugging Face data set's rows: trained on the most common answer, scored against all
     of a row's answers (one answer: exact match after normalisation)."""
     spec = cfg.data.hf_dataset
-    train, test = (hf_datasets.read_vqa(spec, split, processor.image_size, limit)
+    train, test = (hf_datasets.read_vqa(spec, split, processor.image_size, limit,
+                                        processor.encode_stored)
                    for split, limit in ((spec.train_split, cfg.data.train_samples),
                                         (spec.test_split, cfg.data.test_samples)))  # fmt: skip
     for rows, split in ((train, spec.train_split), (test, spec.test_split)):
         if not rows.questions:
             raise ValueError(f"{spec.path}: no row of split {split!r} has a decodable image")
-    encoded = [encode_vqa(processor, np.stack(rows.images), rows.questions, rows.targets)
+    encoded = [[processor.understanding(*sample)
+                for sample in zip(rows.images, rows.questions, rows.targets)]
                for rows in (train, test)]  # fmt: skip
     return VQATask(
         train=encoded[0],
@@ -293,7 +295,7 @@ def _classification_files(spec, processor: Processor) -> tuple[classification_fi
     """(train, test) of a public dataset's files or of a Hugging Face data set, each image
     encoded by `processor` as it is read."""
     limits, size = (spec.train_samples, spec.test_samples), processor.image_size
-    encode = processor.encode_image_file
+    encode = processor.encode_stored
     if spec.source == "hf_dataset":
         data = spec.hf_dataset
         splits = (data.train_split, data.test_split)

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
-import numpy as np
-
+from fedumm.data.images import Encode, ImageFile, load_image
 from fedumm.data.reports import ReportSample
 
 FORMATS = ("hateful_memes", "crisismmd")
@@ -35,10 +32,6 @@ HATEFUL_MEMES_CLASSES = {0: "benign", 1: "hateful"}
 CRISISMMD_COLUMNS = ("event_name", "tweet_id", "image_id", "tweet_text", "image", "label")
 
 
-# (the image's file, or None if it has none, its decoded array) -> what a sample keeps
-Encode = Callable[[Path | None, np.ndarray], object]
-
-
 @dataclass
 class Split:
     """The samples of one file, and the images that could not be decoded."""
@@ -47,25 +40,12 @@ class Split:
     skipped_images: list[str] = field(default_factory=list)
 
 
-def load_image(source: Path | BinaryIO, size: int) -> np.ndarray | None:
-    """An RGB uint8 (size, size, 3) array from a file or its bytes, or None if they cannot be
-    decoded."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(source) as image:
-            rgb = image.convert("RGB").resize((size, size), Image.BILINEAR)
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None
-    return np.asarray(rgb, dtype=np.uint8)
-
-
 def read_split(
     fmt: str, root: str | Path, file: str, size: int, limit: int, encode: Encode | None = None
 ) -> Split:
     """At most `limit` samples of `file` (relative to `root`) in format `fmt`; with `encode`,
-    each sample keeps `encode(image file, image)` as its image instead of the decoded array,
-    so the decoded images are never all in memory."""
+    each sample keeps `encode(its ImageFile, image)` instead of the decoded array, so the
+    decoded images are never all in memory."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
@@ -86,7 +66,7 @@ def read_split(
         if image is None:
             split.skipped_images.append(image_file)
             continue
-        kept = image if encode is None else encode(root / image_file, image)
+        kept = image if encode is None else encode(ImageFile(root / image_file, size), image)
         split.samples.append(ReportSample(kept, text, label))
     return split
 

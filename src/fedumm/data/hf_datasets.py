@@ -6,21 +6,24 @@ its columns to what a task reads.
 
 Rows are read one at a time and each image is decoded (by PIL, from the bytes or the file the
 data set holds) and resized as it is read; one that cannot be decoded is skipped and counted by
-its row, not a crash. A missing folder, split or column is an error that names it.
+its row, not a crash. A Hugging Face model keeps only an `ImageRow` and decodes it again per
+batch from the memory-mapped table. A missing folder, split or column is an error that names
+it.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fedumm.config import HFDatasetSpec
-from fedumm.data.classification_files import Encode, Split, load_image
+from fedumm.data.classification_files import Split
+from fedumm.data.images import Encode, load_image
 from fedumm.data.reports import ReportSample
 
 
@@ -28,7 +31,7 @@ from fedumm.data.reports import ReportSample
 class VQARows:
     """Questions with their images, answers (one, or the humans') and families."""
 
-    images: list[np.ndarray] = field(default_factory=list)
+    images: list = field(default_factory=list)  # arrays, or what `encode` kept of them
     questions: list[str] = field(default_factory=list)
     answers: list[list[str]] = field(default_factory=list)
     families: list[str] = field(default_factory=list)
@@ -48,40 +51,89 @@ def _format(path: Path, fmt: str) -> str:
     return "parquet" if any(path.rglob("*.parquet")) else "imagefolder"
 
 
-def load_split(spec: HFDatasetSpec, split: str, where: str):
-    """One split of the data set `spec` names; `where` is its config key, for errors."""
-    import datasets
-
+def _location(spec: HFDatasetSpec, where: str) -> tuple[str, str]:
+    """(folder, storage format) of the data set `spec` names; `where` is its config key."""
     path = Path(spec.path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"{where}.path: no data set at {path}")
-    fmt = _format(path, spec.format)
+    return str(path), _format(path, spec.format)
+
+
+@functools.lru_cache(maxsize=8)
+def _open(path: str, fmt: str, split: str):
+    """A split, opened once per process (Arrow tables are memory-mapped, not read into RAM)."""
+    import datasets
+
     if fmt == "disk":
-        loaded = datasets.load_from_disk(str(path))
+        loaded = datasets.load_from_disk(path)
         if isinstance(loaded, datasets.Dataset):
             loaded = datasets.DatasetDict({"train": loaded})
     else:
-        loaded = datasets.load_dataset(fmt, data_dir=str(path))
+        loaded = datasets.load_dataset(fmt, data_dir=path)
     if split not in loaded:
         raise ValueError(f"{path} ({fmt}): no split {split!r}; it has {', '.join(loaded)}")
     return loaded[split]
 
 
-def _rows(dataset, columns: dict[str, str], limit: int, path: str, where: str) -> Iterator:
-    """(row number, row) for the first `limit` rows, images left undecoded."""
+@dataclass(frozen=True)
+class ImageRow:
+    """An image in row `index` of a data set's split, decoded again on each `load`."""
+
+    path: str
+    fmt: str
+    split: str
+    column: str
+    index: int
+    size: int
+
+    def load(self) -> np.ndarray:
+        cell = _undecoded(_open(self.path, self.fmt, self.split), self.column)[self.index]
+        image = _image(cell[self.column], Path(self.path), self.size)
+        if image is None:
+            raise OSError(f"{self.path} {self.split} row {self.index}: no longer decodes")
+        return image
+
+
+def _undecoded(dataset, column: str):
+    """`dataset` with an Image `column` giving its stored bytes or path, not a PIL image."""
     import datasets
 
-    missing = {k: c for k, c in columns.items() if c not in dataset.column_names}
+    if isinstance(dataset.features[column], datasets.Image):
+        return dataset.cast_column(column, datasets.Image(decode=False))
+    return dataset
+
+
+def _read(
+    spec: HFDatasetSpec,
+    split: str,
+    roles: dict[str, str],
+    size: int,
+    limit: int,
+    where: str,
+    encode: Encode | None,
+) -> tuple[list[tuple[dict, object]], list[str]]:
+    """The first `limit` rows of `split` whose image decodes, each with what it keeps of its
+    image (the array, or `encode(its ImageRow, array)`), and the rows whose image did not."""
+    path, fmt = _location(spec, where)
+    dataset = _open(path, fmt, split)
+    missing = {k: c for k, c in roles.items() if c not in dataset.column_names}
     if missing:
         key, column = next(iter(missing.items()))
         raise ValueError(
             f"{path}: no column {column!r} ({where}.columns.{key}); it has "
             f"{', '.join(dataset.column_names)}"
         )
-    image = columns["image"]
-    if isinstance(dataset.features[image], datasets.Image):
-        dataset = dataset.cast_column(image, datasets.Image(decode=False))
-    yield from enumerate(dataset.select(range(min(limit, len(dataset)))))
+    column = roles["image"]
+    dataset = _undecoded(dataset, column)
+    kept, skipped = [], []
+    for index, row in enumerate(dataset.select(range(min(limit, len(dataset))))):
+        image = _image(row[column], Path(path), size)
+        if image is None:
+            skipped.append(f"{split} row {index}")
+            continue
+        stored = ImageRow(path, fmt, split, column, index, size)
+        kept.append((row, image if encode is None else encode(stored, image)))
+    return kept, skipped
 
 
 def _image(value, root: Path, size: int) -> np.ndarray | None:
@@ -93,23 +145,21 @@ def _image(value, root: Path, size: int) -> np.ndarray | None:
     return load_image(root / value, size) if value else None
 
 
-def read_vqa(spec: HFDatasetSpec, split: str, size: int, limit: int) -> VQARows:
+def read_vqa(
+    spec: HFDatasetSpec, split: str, size: int, limit: int, encode: Encode | None = None
+) -> VQARows:
     """VQA rows: `columns` maps image, question, answer (a string, or the humans' list) and
-    optionally family."""
-    dataset = load_split(spec, split, "data.hf_dataset")
-    wanted = {k: spec.columns[k] for k in ("image", "question", "answer", "family")
-              if k in spec.columns}  # fmt: skip
-    out = VQARows()
-    for number, row in _rows(dataset, wanted, limit, spec.path, "data.hf_dataset"):
-        image = _image(row[wanted["image"]], Path(spec.path), size)
-        if image is None:
-            out.skipped_images.append(f"{split} row {number}")
-            continue
-        answer = row[wanted["answer"]]
+    optionally family; with `encode`, `images` holds what `encode` keeps of each."""
+    roles = {k: spec.columns[k] for k in ("image", "question", "answer", "family")
+             if k in spec.columns}  # fmt: skip
+    rows, skipped = _read(spec, split, roles, size, limit, "data.hf_dataset", encode)
+    out = VQARows(skipped_images=skipped)
+    for row, image in rows:
+        answer = row[roles["answer"]]
         out.images.append(image)
-        out.questions.append(str(row[wanted["question"]]))
+        out.questions.append(str(row[roles["question"]]))
         out.answers.append([str(a) for a in answer] if isinstance(answer, list) else [str(answer)])
-        out.families.append(str(row[wanted["family"]]) if "family" in wanted else "all")
+        out.families.append(str(row[roles["family"]]) if "family" in roles else "all")
     return out
 
 
@@ -117,20 +167,12 @@ def read_classification(
     spec: HFDatasetSpec, split: str, size: int, limit: int, encode: Encode | None = None
 ) -> Split:
     """Classification rows: `columns` maps image, text and label (a class name, or an integer
-    of a ClassLabel column, named by it); with `encode`, each sample keeps `encode(file or
-    None, image)` as its image (see classification_files.read_split)."""
+    of a ClassLabel column, named by it); with `encode`, each sample keeps what `encode` keeps
+    of its image."""
     where = "data.classification.hf_dataset"
-    dataset = load_split(spec, split, where)
-    wanted = {k: spec.columns[k] for k in ("image", "text", "label")}
-    feature = dataset.features.get(wanted["label"])
+    roles = {k: spec.columns[k] for k in ("image", "text", "label")}
+    rows, skipped = _read(spec, split, roles, size, limit, where, encode)
+    feature = _open(*_location(spec, where), split).features.get(roles["label"])
     name = feature.int2str if hasattr(feature, "int2str") else str
-    out = Split([])
-    for number, row in _rows(dataset, wanted, limit, spec.path, where):
-        image = _image(row[wanted["image"]], Path(spec.path), size)
-        if image is None:
-            out.skipped_images.append(f"{split} row {number}")
-            continue
-        kept = image if encode is None else encode(None, image)
-        out.samples.append(ReportSample(kept, str(row[wanted["text"]] or ""),
-                                        name(row[wanted["label"]])))  # fmt: skip
-    return out
+    return Split([ReportSample(image, str(row[roles["text"]] or ""), name(row[roles["label"]]))
+                  for row, image in rows], skipped)  # fmt: skip

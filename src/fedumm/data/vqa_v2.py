@@ -17,13 +17,12 @@ leaves its questions out, counted.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fedumm.data.classification_files import load_image
+from fedumm.data.images import Encode, ImageFile, load_image
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def encode_images(
     root: str | Path,
     subtype: str,
     size: int,
-    encode: Callable[[Path, np.ndarray], object],
+    encode: Encode,
 ) -> tuple[dict[int, object], list[str]]:
     """Each distinct image decoded once, resized to `size`, and handed to `encode` (with its
     file) right away; returns the encodings by image id and the files that could not be
@@ -108,5 +107,5 @@ def encode_images(
         if image is None:
             skipped.append(str(path.relative_to(root)))
             continue
-        codes[image_id] = encode(path, image)
+        codes[image_id] = encode(ImageFile(path, size), image)
     return codes, skipped

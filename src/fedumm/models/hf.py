@@ -28,6 +28,7 @@ from transformers import (
     PretrainedConfig,
 )
 
+from fedumm.data.images import StoredImage
 from fedumm.models.processor import IGNORE, Encoded, collate
 
 # transformers 5 warns each time peft asks a model about gradient checkpointing: not ours to fix.
@@ -131,29 +132,14 @@ FAMILIES: dict[str, Family] = {
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-@dataclass(frozen=True)
-class ImageFile:
-    """An image kept as its file: decoded and resized again each time a batch needs it, so a
-    large data set's images are never all in memory."""
-
-    path: Path
-    shape: tuple[int, int, int]  # (H, W, 3) once decoded and resized
-
-    def load(self) -> torch.Tensor:
-        from fedumm.data.classification_files import load_image
-
-        image = load_image(self.path, self.shape[0])
-        if image is None:
-            raise OSError(f"{self.path}: could be decoded when the data was read, not now")
-        return torch.from_numpy(image)[None]
-
-
 def _loaded(e: Encoded) -> Encoded:
-    """`e` with an image kept as a file decoded into its inputs."""
+    """`e` with an image kept as a reference decoded into its inputs."""
     image = e.inputs.get("images")
-    if not isinstance(image, ImageFile):
+    if not isinstance(image, StoredImage):
         return e
-    return Encoded(e.input_ids, e.labels, {**e.inputs, "images": image.load()})
+    return Encoded(
+        e.input_ids, e.labels, {**e.inputs, "images": torch.from_numpy(image.load())[None]}
+    )
 
 
 class HFProcessor:
@@ -179,27 +165,25 @@ class HFProcessor:
         float pixel values (at 336 px, 0.34 MB instead of 1.35 MB; a ShapesWorld image 3 KB)."""
         return [torch.from_numpy(np.ascontiguousarray(image))[None] for image in images]
 
-    def encode_image_file(self, path: Path | None, image: np.ndarray) -> ImageFile | torch.Tensor:
-        """One image read from `path`: only the reference is kept, decoded again per batch (an
-        image without a file, e.g. bytes inside a data set, is kept as its bytes)."""
-        if path is None:
-            return self.encode_images(image[None])[0]
-        return ImageFile(path, image.shape)
+    def encode_stored(self, stored: StoredImage, image: np.ndarray) -> StoredImage:
+        """An image read from storage: only the reference is kept, decoded again per batch."""
+        return stored
 
     def pixel_inputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """(N, H, W, 3) uint8 -> the model's image inputs (pixel values, grids, masks)."""
         return dict(self.image_processor(images=list(images.numpy()), return_tensors="pt"))
 
-    def image_segment(self, image: torch.Tensor | ImageFile) -> list[int]:
+    def image_segment(self, image: torch.Tensor | StoredImage) -> list[int]:
         """The placeholder tokens of one image; they depend only on its size."""
-        shape = tuple(image.shape[-3:])
+        shape = (image.size, image.size, 3) if isinstance(image, StoredImage) else image.shape[-3:]
+        shape = tuple(shape)
         if shape not in self._segments:
             blank = torch.zeros((1, *shape), dtype=torch.uint8)
             self._segments[shape] = self.family.image_segment(self, self.pixel_inputs(blank))
         return self._segments[shape]
 
     def understanding(
-        self, image: torch.Tensor | ImageFile | None, question: str, answer: str
+        self, image: torch.Tensor | StoredImage | None, question: str, answer: str
     ) -> Encoded:
         segment = [] if image is None else self.image_segment(image)
         bos = [] if self.bos is None else [self.bos]

@@ -10,13 +10,13 @@ Captioning (pretraining) is understanding with an empty question.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from fedumm.data.images import StoredImage
 from fedumm.models.image_tokenizer import PatchVQ
 from fedumm.models.umm import UMMConfig, UMMForCausalLM
 
@@ -66,7 +66,7 @@ class Processor(Protocol):
 
     def text_ids(self, text: str) -> list[int]: ...
     def encode_images(self, images: np.ndarray) -> list | np.ndarray: ...
-    def encode_image_file(self, path: Path | None, image: np.ndarray): ...
+    def encode_stored(self, stored: StoredImage, image: np.ndarray): ...
     def understanding(self, image, question: str, answer: str) -> Encoded: ...
     def collate(self, batch: list[Encoded], left: bool = False) -> dict[str, torch.Tensor]: ...
     def answer(self, model, prompts: list[Encoded], max_new_tokens: int) -> list[list[int]]: ...
@@ -110,8 +110,8 @@ class UMMProcessor:
         """(N, H, W, 3) uint8 -> (N, tokens_per_image) ids in the joint vocabulary."""
         return self.vq.encode(images) + self.text_vocab_size
 
-    def encode_image_file(self, path: Path | None, image: np.ndarray) -> np.ndarray:
-        """One image read from `path` (decoded as `image`): its codes, 16 ints, are all kept."""
+    def encode_stored(self, stored: StoredImage, image: np.ndarray) -> np.ndarray:
+        """An image read from storage (decoded as `image`): its codes, 16 ints, are kept."""
         return self.encode_images(image[None])[0]
 
     def understanding(self, image_ids: np.ndarray | None, question: str, answer: str) -> Encoded:
