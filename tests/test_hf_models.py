@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
-from fedumm.data.images import ImageFile
 from safetensors.torch import load_file
 
 from fedumm.config import ModelConfig, load_config
+from fedumm.data.images import ImageFile
 from fedumm.experiment import build_federation
 from fedumm.models import load
 from fedumm.models.hf import FAMILIES, HFProcessor
@@ -157,3 +157,22 @@ def _federation(model_path, *overrides):
     decoded per batch."""
     items = [*TINY_RUN, *TWO_CLIENTS, *overrides, f"model.name_or_path={model_path}"]
     return build_federation(load_config("configs/quickstart.yaml", items))
+
+
+def test_partition_reads_only_the_processor(tiny_models, tmp_path):
+    """`fedumm partition` needs the data as the model reads it, not the model's weights."""
+    import shutil
+
+    from fedumm.cli import app
+    from tests.tiny import runner
+
+    folder = tmp_path / "no-weights"
+    shutil.copytree(tiny_models["qwen2_vl"], folder)
+    (folder / "model.safetensors").unlink()
+    args = ["partition", "configs/quickstart.yaml", "-o", str(tmp_path / "part")]
+    for item in [*TINY_RUN, *TWO_CLIENTS, f"model.name_or_path={folder}"]:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "part" / "partition.json").read_text())
+    assert sum(c["samples"] for c in summary["clients"]) == 96

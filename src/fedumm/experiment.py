@@ -32,6 +32,7 @@ from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models import load as load_model
+from fedumm.models import load_processor
 from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
 from fedumm.models.processor import Encoded, Processor
 from fedumm.report import plot_partitions, write_report
@@ -405,7 +406,7 @@ def write_partition(cfg: RunConfig, out_dir: Path) -> dict:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = build_tasks(cfg, load_model(cfg.model).processor)
+    tasks = build_tasks(cfg, load_processor(cfg.model))
     summary = _partition_summary(cfg, tasks, split_clients(cfg, tasks))
     (out_dir / "partition.json").write_text(json.dumps(summary, indent=2))
     plot_partitions(summary, out_dir)

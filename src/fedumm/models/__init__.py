@@ -37,3 +37,15 @@ def load(spec: ModelConfig) -> LoadedModel:
 
     model, processor = foundation.load(spec.foundation)
     return LoadedModel(model, processor, "", BUILTIN_TARGETS, model.config.num_hidden_layers)
+
+
+def load_processor(spec: ModelConfig) -> Processor:
+    """Only the processor of the model `spec` names: what reading data needs (a Hugging Face
+    model's weights stay on disk; the built-in model is small and carries its codebook)."""
+    if spec.name_or_path is not None:
+        from fedumm.models import hf
+
+        return hf.load_processor(spec.name_or_path, spec.family)
+    from fedumm.models import foundation
+
+    return foundation.load(spec.foundation)[1]

@@ -231,21 +231,33 @@ def infer_family(config: PretrainedConfig, where: str) -> str:
     return family
 
 
-def load(name_or_path: str, family: str = "auto", dtype: str = "float32"):
-    """(model, processor) from a local folder or a hub id; the model frozen, in eval mode."""
+def _source(name_or_path: str) -> str:
+    """A local folder (resolved) or a hub id; anything else is a missing folder."""
     local = Path(name_or_path).expanduser()
     hub_id = name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~"))
     if not local.is_dir() and not hub_id:
         raise FileNotFoundError(f"model.name_or_path: no model folder at {name_or_path}")
-    source = str(local) if local.is_dir() else name_or_path
+    return str(local) if local.is_dir() else name_or_path
+
+
+def load_processor(name_or_path: str, family: str = "auto") -> HFProcessor:
+    """The processor of a local folder or hub id, without loading the model's weights."""
+    source = _source(name_or_path)
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as err:
         raise FileNotFoundError(f"model.name_or_path: cannot load {name_or_path}: {err}") from err
     family = infer_family(config, source) if family == "auto" else family
-    model = AutoModelForImageTextToText.from_pretrained(source, dtype=DTYPES[dtype])
     tokenizer = AutoTokenizer.from_pretrained(source)
     image_processor = AutoImageProcessor.from_pretrained(source, **FAMILIES[family].image_processor)
+    return HFProcessor(family, config, tokenizer, image_processor)
+
+
+def load(name_or_path: str, family: str = "auto", dtype: str = "float32"):
+    """(model, processor) from a local folder or a hub id; the model frozen, in eval mode."""
+    processor = load_processor(name_or_path, family)
+    model = AutoModelForImageTextToText.from_pretrained(_source(name_or_path),
+                                                        dtype=DTYPES[dtype])  # fmt: skip
     model.requires_grad_(False)
     model.eval()
-    return model, HFProcessor(family, model.config, tokenizer, image_processor)
+    return model, processor
