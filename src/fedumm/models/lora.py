@@ -58,19 +58,31 @@ def _adapter_name(r: int, default_r: int) -> str:
     return "default" if r == default_r else f"rank{r}"
 
 
+def linear_modules(model: torch.nn.Module, scope: str = "") -> dict[str, torch.nn.Linear]:
+    """The linear modules LoRA may adapt: inside `scope` (a multimodal model's language model:
+    `q_proj` also names vision-tower layers in some families) or the top-level lm_head."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+            and (n.startswith(scope) or n == "lm_head")}  # fmt: skip
+
+
+def lora_targets(
+    model: torch.nn.Module, target_modules: list[str], scope: str = ""
+) -> dict[str, torch.nn.Linear]:
+    """module path -> module, for the linear modules in `scope` named one of `target_modules`."""
+    return {n: m for n, m in linear_modules(model, scope).items()
+            if n.rsplit(".", 1)[-1] in target_modules}  # fmt: skip
+
+
 def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
              target_modules: list[str], seed: int,
              extra_ranks: tuple[int, ...] = (), scope: str = "") -> PeftModel:  # fmt: skip
     """Freeze `model` and attach LoRA adapters; the seed fixes A's random init for everyone.
 
-    Targets are linear modules by name, inside `scope` (a multimodal model's language model:
-    `q_proj` also names vision-tower layers in some families) or the top-level lm_head.
-    `extra_ranks` adds one more adapter per rank (for clients that train another rank); the
-    adapter of rank `r` is the active one."""
-    linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-              and (n.startswith(scope) or n == "lm_head")}  # fmt: skip
-    targeted = {n: m for n, m in linear.items() if n.rsplit(".", 1)[-1] in target_modules}
-    known = sorted({n.rsplit(".", 1)[-1] for n in linear})
+    Targets are linear modules by name (see `lora_targets`). `extra_ranks` adds one more
+    adapter per rank (for clients that train another rank); the adapter of rank `r` is the
+    active one."""
+    targeted = lora_targets(model, target_modules, scope)
+    known = sorted({n.rsplit(".", 1)[-1] for n in linear_modules(model, scope)})
     missing = [t for t in target_modules if t not in known]
     if missing:
         where = f" in {scope}" if scope else ""

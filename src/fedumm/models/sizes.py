@@ -109,30 +109,20 @@ PUBLISHED: dict[str, tuple[Callable[[], nn.Module], str]] = {
 }  # fmt: skip
 
 
-def lora_parameters(model: nn.Module, r: int, targets: tuple[str, ...], scope: str) -> int:
-    """Parameters of rank-r LoRA on every Linear named `*.<target>` inside module path `scope`:
-    A is r x in, B is out x r."""
-    return sum(
-        r * (module.in_features + module.out_features)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-        and name.rsplit(".", 1)[-1] in targets
-        and name.startswith(f"{scope}.")
-    )
-
-
 def published_sizes(ranks: tuple[int, ...] = (8, 16)) -> list[dict]:
     """Per published model: total parameters, and LoRA parameters on the language model's
     attention projections (q, k, v, o) at each rank."""
     from fedumm.models.hf import DEFAULT_TARGETS, FAMILIES
+    from fedumm.models.lora import lora_targets
 
     rows = []
     for name, (build, family) in PUBLISHED.items():
         with torch.device("meta"):
             model = build()
         total = sum(p.numel() for p in model.parameters())
+        targets = lora_targets(model, DEFAULT_TARGETS, FAMILIES[family].language_model)
+        per_rank = sum(m.in_features + m.out_features for m in targets.values())  # A, B
         for r in ranks:
-            scope = FAMILIES[family].language_model
-            lora = lora_parameters(model, r, tuple(DEFAULT_TARGETS), scope)
-            rows.append({"model": name, "parameters": total, "r": r, "lora_parameters": lora})
+            rows.append({"model": name, "parameters": total, "r": r,
+                         "lora_parameters": r * per_rank})  # fmt: skip
     return rows
