@@ -82,7 +82,7 @@ class ClassificationTask:
 
     processor: Processor
     classes: list[str]
-    images: list  # train images as the model reads them (tokens, or pixel values)
+    images: list  # train images as the model keeps them (codes, bytes, or a stored reference)
     messages: list[str]
     labels: list[str]  # the class, per train sample: what a label skew is over
     test_images: list

@@ -87,17 +87,20 @@ class ImageRow:
     size: int
 
     def load(self) -> np.ndarray:
-        cell = _undecoded(_open(self.path, self.fmt, self.split), self.column)[self.index]
+        cell = _undecoded(self.path, self.fmt, self.split, self.column)[self.index]
         image = _image(cell[self.column], Path(self.path), self.size)
         if image is None:
             raise OSError(f"{self.path} {self.split} row {self.index}: no longer decodes")
         return image
 
 
-def _undecoded(dataset, column: str):
-    """`dataset` with an Image `column` giving its stored bytes or path, not a PIL image."""
+@functools.lru_cache(maxsize=8)
+def _undecoded(path: str, fmt: str, split: str, column: str):
+    """A split whose Image `column` gives its stored bytes or path, not a PIL image (once per
+    process: every kept ImageRow reads through it)."""
     import datasets
 
+    dataset = _open(path, fmt, split)
     if isinstance(dataset.features[column], datasets.Image):
         return dataset.cast_column(column, datasets.Image(decode=False))
     return dataset
@@ -111,8 +114,8 @@ def _read(
     limit: int,
     where: str,
     encode: Encode | None,
-) -> tuple[list[tuple[dict, object]], list[str]]:
-    """The first `limit` rows of `split` whose image decodes, each with what it keeps of its
+) -> tuple[object, list[tuple[dict, object]], list[str]]:
+    """The split, its first `limit` rows whose image decodes, each with what it keeps of its
     image (the array, or `encode(its ImageRow, array)`), and the rows whose image did not."""
     path, fmt = _location(spec, where)
     dataset = _open(path, fmt, split)
@@ -124,16 +127,16 @@ def _read(
             f"{', '.join(dataset.column_names)}"
         )
     column = roles["image"]
-    dataset = _undecoded(dataset, column)
     kept, skipped = [], []
-    for index, row in enumerate(dataset.select(range(min(limit, len(dataset))))):
+    rows = _undecoded(path, fmt, split, column).select(range(min(limit, len(dataset))))
+    for index, row in enumerate(rows):
         image = _image(row[column], Path(path), size)
         if image is None:
             skipped.append(f"{split} row {index}")
             continue
         stored = ImageRow(path, fmt, split, column, index, size)
         kept.append((row, image if encode is None else encode(stored, image)))
-    return kept, skipped
+    return dataset, kept, skipped
 
 
 def _image(value, root: Path, size: int) -> np.ndarray | None:
@@ -152,7 +155,7 @@ def read_vqa(
     optionally family; with `encode`, `images` holds what `encode` keeps of each."""
     roles = {k: spec.columns[k] for k in ("image", "question", "answer", "family")
              if k in spec.columns}  # fmt: skip
-    rows, skipped = _read(spec, split, roles, size, limit, "data.hf_dataset", encode)
+    _, rows, skipped = _read(spec, split, roles, size, limit, "data.hf_dataset", encode)
     out = VQARows(skipped_images=skipped)
     for row, image in rows:
         answer = row[roles["answer"]]
@@ -171,8 +174,8 @@ def read_classification(
     of its image."""
     where = "data.classification.hf_dataset"
     roles = {k: spec.columns[k] for k in ("image", "text", "label")}
-    rows, skipped = _read(spec, split, roles, size, limit, where, encode)
-    feature = _open(*_location(spec, where), split).features.get(roles["label"])
+    dataset, rows, skipped = _read(spec, split, roles, size, limit, where, encode)
+    feature = dataset.features.get(roles["label"])
     name = feature.int2str if hasattr(feature, "int2str") else str
     return Split([ReportSample(image, str(row[roles["text"]] or ""), name(row[roles["label"]]))
                   for row, image in rows], skipped)  # fmt: skip
