@@ -193,16 +193,22 @@ def fedmllm(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
     these numbers: federated beats local-only everywhere, local-only degrades most under skew."""
     down, across = list(sweep.cells[0].values)
     columns = list(dict.fromkeys(r[across] for r in rows))
+
+    def scores(metric: str) -> tuple[dict, dict]:
+        """(method, column) -> federated score; column -> local-only score where it ran."""
+        local = f"local_{metric}"
+        return ({(r[down], r[across]): r[metric] for r in rows},
+                {r[across]: r[local] for r in rows if local in r})  # fmt: skip
+
     lines = []
     for metric in headlines(rows[0]):
-        score = {(r[down], r[across]): r[metric] for r in rows}
-        local = {r[across]: r[f"local_{metric}"] for r in rows if f"local_{metric}" in r}
+        score, local = scores(metric)
         table = [["Local", *(_num(local.get(c)) for c in columns)]] if local else []
         for method in dict.fromkeys(r[down] for r in rows):
             table.append([method, *(_num(score.get((method, c))) for c in columns)])
         lines += [f"## {HEADLINES[metric][0]}", "", *_table([down, *columns], table), ""]
     metric = headlines(rows[0])[0]
-    local = {r[across]: r[f"local_{metric}"] for r in rows if f"local_{metric}" in r}
+    score, local = scores(metric)
     if not local:
         return lines
     name = HEADLINES[metric][0].removesuffix(" (%)").lower()
@@ -216,7 +222,6 @@ def fedmllm(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
     skews = [c for c in columns if str(c).startswith("alpha=") and c in local]
     if len(skews) > 1:
         first, last = skews[0], skews[-1]
-        score = {(r[down], r[across]): r[metric] for r in rows}
         drops = {m: score[m, first] - score[m, last] for m, c in score if c == first}
         worst = max(drops.values())
         lines.append(

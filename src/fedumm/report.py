@@ -47,7 +47,8 @@ def write_report(results: dict, out_dir: Path) -> None:
     cfg = results["config"]
     fed = cfg["federation"]
     rows = method_rows(results)
-    model, family = cfg["model"], results.get("model", {}).get("family", "fedumm_umm")
+    model = cfg["model"]
+    family = results.get("model", {}).get("family", model["family"])
     base = (f"{model['name_or_path']} ({family}, {model['dtype']})"
             if model.get("name_or_path") else f"foundation {model['foundation']}")  # fmt: skip
     lines = [
