@@ -78,16 +78,27 @@ def test_compute_communication_bench_draws_accuracy_against_bytes(tiny_foundatio
     assert (out / "curve.png").stat().st_size > 0 and "![accuracy against bytes" in text
 
 
-def test_robustness_and_privacy_tables_from_rows(tmp_path):
-    rows = [
-        {"attack.kind": kind, "federation.strategy": rule, "vqa_accuracy": acc}
-        for kind, rule, acc in [("none", "name=fedavg", 40.0), ("none", "name=median", 38.0),
-                                ("sign_flip", "name=fedavg", 2.5),
-                                ("sign_flip", "name=median", 37.0)]
-    ]  # fmt: skip
-    table = "\n".join(robustness(None, rows, tmp_path))
-    assert "| sign_flip | 2.5 (-37.5) | 37.0 (-1.0) |" in table
+def test_robustness_tables_per_client_setting_and_the_3_point_check(tmp_path):
+    from types import SimpleNamespace
 
+    axes = {"clients": None, "attack.kind": None, "federation.strategy": None}
+    sweep = SimpleNamespace(cells=[SimpleNamespace(values=axes)])
+    scores = {("IID", "none", "name=fedavg"): 40.0, ("IID", "none", "name=median"): 38.0,
+              ("IID", "sign_flip", "name=fedavg"): 2.5, ("IID", "sign_flip", "name=median"): 37.0,
+              ("skew", "none", "name=fedavg"): 30.0, ("skew", "none", "name=median"): 30.0,
+              ("skew", "sign_flip", "name=fedavg"): 1.0,
+              ("skew", "sign_flip", "name=median"): 26.9}  # fmt: skip
+    rows = [{"clients": c, "attack.kind": k, "federation.strategy": r, "vqa_accuracy": a}
+            for (c, k, r), a in scores.items()]  # fmt: skip
+    text = "\n".join(robustness(sweep, rows, tmp_path))
+    iid, skew = text.split("(skew)")
+    assert "(IID)" in iid and "| sign_flip | 2.5 (-37.5) | 37.0 (-1.0) |" in iid
+    assert "every attack: name=median." in iid
+    assert "| sign_flip | 1.0 (-29.0) | 26.9 (-3.1) |" in skew and "every attack: none." in skew
+    assert (tmp_path / "attacks.png").stat().st_size > 0 and "(attacks.png)" in skew
+
+
+def test_privacy_table_from_rows(tmp_path):
     rows = [
         {"federation.strategy.noise_multiplier": z, "epsilon": e, "delta": 1e-5, "vqa_accuracy": a}
         for z, e, a in [(0.0, None, 33.0), (1.0, 12.71, 20.0)]

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedumm.config import ConfigError
 from fedumm.evaluation.metrics import HEADLINES, headlines
-from fedumm.sweep import Sweep, load_sweep
+from fedumm.sweep import Sweep, load_sweep, plot_grid
 
 SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
 
@@ -155,20 +155,34 @@ def compute_communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str
 
 
 def robustness(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
-    """Each aggregator's accuracy under each attack, and its change against the clean run."""
+    """Each aggregator's accuracy under each attack and its change against the same rule's clean
+    run, one table per setting of the other grid axes (e.g. IID and skewed clients); then which
+    rules stay within 3 points of their clean run under every attack (issue #8's target)."""
     metric = headlines(rows[0])[0]
-    rules = list(dict.fromkeys(r["federation.strategy"] for r in rows))
-    score = {(r["attack.kind"], r["federation.strategy"]): r[metric] for r in rows}
-    table = [
-        [kind] + [f"{score[kind, rule]:.1f} ({score[kind, rule] - score['none', rule]:+.1f})"
-                  for rule in rules]
-        for kind in dict.fromkeys(r["attack.kind"] for r in rows)
-    ]  # fmt: skip
-    return [
-        f"## {HEADLINES[metric][0]} under attack; in brackets the change against no attack",
-        "",
-        *_table(["attack", *rules], table),
-    ]
+    name = HEADLINES[metric][0]
+    axes = [k for k in sweep.cells[0].values if k not in ("attack.kind", "federation.strategy")]
+    lines = []
+    for setting in dict.fromkeys(tuple(r[k] for k in axes) for r in rows):
+        part = [r for r in rows if tuple(r[k] for k in axes) == setting]
+        rules = list(dict.fromkeys(r["federation.strategy"] for r in part))
+        kinds = list(dict.fromkeys(r["attack.kind"] for r in part))
+        score = {(r["attack.kind"], r["federation.strategy"]): r[metric] for r in part}
+        change = {(k, rule): score[k, rule] - score["none", rule] for k in kinds for rule in rules}
+        table = [[k] + [f"{score[k, rule]:.1f} ({change[k, rule]:+.1f})" for rule in rules]
+                 for k in kinds]  # fmt: skip
+        held = [rule for rule in rules if min(change[k, rule] for k in kinds) >= -3.0]
+        where = ", ".join(str(v) for v in setting)
+        lines += [
+            f"## {name} under attack{f' ({where})' if where else ''}; in brackets the change "
+            "against no attack",
+            "",
+            *_table(["attack", *rules], table),
+            "",
+            f"Within 3 points of their clean run under every attack: {', '.join(held) or 'none'}.",
+            "",
+        ]
+    plot_grid(rows, ["federation.strategy", "attack.kind", *axes], [metric], out / "attacks.png")
+    return [*lines, "![accuracy by aggregator and attack](attacks.png)"]
 
 
 def privacy(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:

@@ -240,7 +240,7 @@ def write_sweep_report(rows: list[dict], keys: list[str], out_dir: Path) -> None
         writer = csv.DictWriter(f, fields)
         writer.writeheader()
         writer.writerows(rows)
-    short = {k: k.rsplit(".", 1)[-1] for k in keys}
+    short = short_names(keys)
     metrics = headlines(rows[0])
     columns = {}  # row key -> column label
     for m in metrics:
@@ -266,7 +266,12 @@ def write_sweep_report(rows: list[dict], keys: list[str], out_dir: Path) -> None
         )  # fmt: skip
     lines += ["", "![accuracy](sweep.png)", ""]
     (out_dir / "sweep.md").write_text("\n".join(lines))
-    _plot(rows, keys, short, metrics, out_dir / "sweep.png")
+    plot_grid(rows, keys, metrics, out_dir / "sweep.png")
+
+
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Axis labels for tables and plots: the last part of each dotted key."""
+    return {k: k.rsplit(".", 1)[-1] for k in keys}
 
 
 def _number(value: float | None) -> str:
@@ -292,35 +297,47 @@ def _pivot(
     return lines
 
 
-def _plot(
-    rows: list[dict], keys: list[str], short: dict[str, str], metrics: list[str], path: Path
-) -> None:
+def plot_grid(rows: list[dict], keys: list[str], metrics: list[str], path: Path) -> None:
+    """Bars: the first axis along x, the second as series, one panel per value of the rest."""
     from fedumm.report import plt
 
-    groups = list(dict.fromkeys(r[keys[0]] for r in rows)) if keys else ["run"]
-    series = list(dict.fromkeys(r[keys[1]] for r in rows)) if len(keys) > 1 else [None]
+    short = short_names(keys)
+
+    def values(rows: list[dict], key: str) -> list:
+        return list(dict.fromkeys(r[key] for r in rows))
+
+    groups = values(rows, keys[0]) if keys else ["run"]
+    series = values(rows, keys[1]) if len(keys) > 1 else [None]
+    panels = list(dict.fromkeys(tuple(r[k] for k in keys[2:]) for r in rows))
     width = max(6, 0.8 * len(groups) * len(series) ** 0.5)
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(width, 4 * len(metrics)), squeeze=False)
+    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(width * len(panels),
+                             4 * len(metrics)), squeeze=False)  # fmt: skip
     bar = 0.8 / len(series)
-    for ax, metric in zip(axes[:, 0], metrics):
-        for j, s in enumerate(series):
-            heights = [
-                next((r[metric] for r in rows
-                      if (not keys or r[keys[0]] == g) and (s is None or r[keys[1]] == s)), 0.0)
-                for g in groups
-            ]  # fmt: skip
-            label = f"{short[keys[1]]}={s}" if s is not None else None
-            ax.bar(np.arange(len(groups)) + j * bar, heights, bar, label=label)
-        ax.set_xticks(np.arange(len(groups)) + 0.4 - bar / 2)
-        ax.set_xticklabels([str(g) for g in groups], rotation=30, ha="right")
-        ax.set_ylabel(HEADLINES[metric][0])
-        reference = f"{metric}{OF_CENTRAL}" in rows[0]  # one centralized run for all cells
-        if reference:
-            ax.axhline(rows[0][f"centralized_{metric}"], color="black", linestyle="--",
-                       label="centralized")  # fmt: skip
-        if len(keys) > 1 or reference:
-            ax.legend()
-        ax.grid(axis="y", alpha=0.3)
+    for row_axes, metric in zip(axes, metrics):
+        for ax, panel in zip(row_axes, panels):
+            part = [r for r in rows if tuple(r[k] for k in keys[2:]) == panel]
+            for j, s in enumerate(series):
+                heights = [
+                    next((r[metric] for r in part
+                          if (not keys or r[keys[0]] == g) and (s is None or r[keys[1]] == s)),
+                         0.0)
+                    for g in groups
+                ]  # fmt: skip
+                label = f"{short[keys[1]]}={s}" if s is not None else None
+                ax.bar(np.arange(len(groups)) + j * bar, heights, bar, label=label)
+            ax.set_xticks(np.arange(len(groups)) + 0.4 - bar / 2)
+            ax.set_xticklabels([str(g) for g in groups], rotation=30, ha="right")
+            ax.set_ylabel(HEADLINES[metric][0])
+            if panel:
+                ax.set_title(", ".join(f"{short[k]}={v}" for k, v in zip(keys[2:], panel)))
+            reference = f"{metric}{OF_CENTRAL}" in rows[0]  # one centralized run for all cells
+            if reference:
+                ax.axhline(rows[0][f"centralized_{metric}"], color="black", linestyle="--",
+                           label="centralized")  # fmt: skip
+            if len(keys) > 1 or reference:
+                ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # room for the legend above the bars
+                ax.legend(ncol=min(len(series) + reference, 4), fontsize="small", loc="upper left")
+            ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
