@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,8 @@ def test_defaults_and_shipped_configs_validate():
     assert isinstance(load_config(None), RunConfig)
     cfg = load_config("configs/quickstart.yaml")
     assert cfg.federation.num_clients == 8 and cfg.partition.alpha == 0.5
+    shipped = sorted(set(Path("configs").glob("*.yaml")) - {Path("configs/pretrain.yaml")})
+    assert len(shipped) >= 3 and all(isinstance(load_config(p), RunConfig) for p in shipped)
 
 
 def test_overrides_are_parsed_as_yaml():
