@@ -16,7 +16,7 @@ import numpy as np
 
 from fedumm.config import ConfigError
 from fedumm.evaluation.metrics import HEADLINES, headlines
-from fedumm.sweep import Sweep, load_sweep, plot_grid
+from fedumm.sweep import Sweep, grouped, load_sweep, plot_grid
 
 SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
 
@@ -162,8 +162,7 @@ def robustness(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
     name = HEADLINES[metric][0]
     axes = [k for k in sweep.cells[0].values if k not in ("attack.kind", "federation.strategy")]
     lines = []
-    for setting in dict.fromkeys(tuple(r[k] for k in axes) for r in rows):
-        part = [r for r in rows if tuple(r[k] for k in axes) == setting]
+    for setting, part in grouped(rows, axes).items():
         rules = list(dict.fromkeys(r["federation.strategy"] for r in part))
         kinds = list(dict.fromkeys(r["attack.kind"] for r in part))
         score = {(r["attack.kind"], r["federation.strategy"]): r[metric] for r in part}

@@ -269,6 +269,14 @@ def write_sweep_report(rows: list[dict], keys: list[str], out_dir: Path) -> None
     plot_grid(rows, keys, metrics, out_dir / "sweep.png")
 
 
+def grouped(rows: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:
+    """Rows by their values of `keys`, in first-seen order: one table or plot panel per group."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return groups
+
+
 def short_names(keys: list[str]) -> dict[str, str]:
     """Axis labels for tables and plots: the last part of each dotted key."""
     return {k: k.rsplit(".", 1)[-1] for k in keys}
@@ -302,20 +310,16 @@ def plot_grid(rows: list[dict], keys: list[str], metrics: list[str], path: Path)
     from fedumm.report import plt
 
     short = short_names(keys)
-
-    def values(rows: list[dict], key: str) -> list:
-        return list(dict.fromkeys(r[key] for r in rows))
-
-    groups = values(rows, keys[0]) if keys else ["run"]
-    series = values(rows, keys[1]) if len(keys) > 1 else [None]
-    panels = list(dict.fromkeys(tuple(r[k] for k in keys[2:]) for r in rows))
+    groups = list(dict.fromkeys(r[keys[0]] for r in rows)) if keys else ["run"]
+    series = list(dict.fromkeys(r[keys[1]] for r in rows)) if len(keys) > 1 else [None]
+    panels = grouped(rows, keys[2:])
     width = max(6, 0.8 * len(groups) * len(series) ** 0.5)
     fig, axes = plt.subplots(len(metrics), len(panels), figsize=(width * len(panels),
                              4 * len(metrics)), squeeze=False)  # fmt: skip
     bar = 0.8 / len(series)
     for row_axes, metric in zip(axes, metrics):
-        for ax, panel in zip(row_axes, panels):
-            part = [r for r in rows if tuple(r[k] for k in keys[2:]) == panel]
+        reference = f"{metric}{OF_CENTRAL}" in rows[0]  # one centralized run for all cells
+        for ax, (panel, part) in zip(row_axes, panels.items()):
             for j, s in enumerate(series):
                 heights = [
                     next((r[metric] for r in part
@@ -330,7 +334,6 @@ def plot_grid(rows: list[dict], keys: list[str], metrics: list[str], path: Path)
             ax.set_ylabel(HEADLINES[metric][0])
             if panel:
                 ax.set_title(", ".join(f"{short[k]}={v}" for k, v in zip(keys[2:], panel)))
-            reference = f"{metric}{OF_CENTRAL}" in rows[0]  # one centralized run for all cells
             if reference:
                 ax.axhline(rows[0][f"centralized_{metric}"], color="black", linestyle="--",
                            label="centralized")  # fmt: skip
