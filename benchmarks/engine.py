@@ -27,7 +27,8 @@ def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
 
     overrides = [
         f"federation.num_clients={num_clients}", f"federation.clients_per_round={num_clients}",
-        f"federation.rounds={rounds}", f"data.train_samples={num_clients * per_client}",
+        f"federation.rounds={rounds}", "federation.local_steps=20", "eval.every=1",
+        f"data.train_samples={num_clients * per_client}",
         "partition.scheme=iid", "baselines.zero_shot=false", "baselines.local=false",
         "baselines.centralized=false", f"threads={threads}",
     ]  # fmt: skip

@@ -123,7 +123,7 @@ def test_config_command_prints_a_valid_annotated_config(tmp_path):
     result = runner.invoke(app, ["config"])
     assert result.exit_code == 0 and "# LoRA rank." in result.output
     (tmp_path / "c.yaml").write_text(result.output)
-    assert load_config(tmp_path / "c.yaml") == RunConfig() == load_config("configs/quickstart.yaml")
+    assert load_config(tmp_path / "c.yaml") == RunConfig()
     assert "steps: 2500  # Optimizer steps." in runner.invoke(app, ["config", "--pretrain"]).output
 
 

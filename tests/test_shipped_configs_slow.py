@@ -21,7 +21,7 @@ def test_quickstart_tells_the_true_story(tmp_path):
     acc = {k: v["metrics"]["vqa_accuracy"] for k, v in res["baselines"].items()}
     fed = res["final"]["metrics"]["vqa_accuracy"]
     assert acc["zero_shot"] + 5 <= acc["local"] and acc["local"] + 5 <= fed
-    assert fed <= acc["centralized"]
+    assert 0.85 * acc["centralized"] <= fed <= acc["centralized"]  # 90.6% measured
     assert res["communication"]["ratio"] >= 20
     assert sum(r["seconds"] for r in res["rounds"]) <= 300
 

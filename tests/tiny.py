@@ -11,7 +11,7 @@ TINY_RUN = [
     "federation.num_clients=3", "federation.clients_per_round=2", "federation.rounds=2",
     "federation.local_steps=2", "federation.batch_size=8", "lora.r=2", "eval.batch_size=24",
     "data.generation.train_samples=48", "data.generation.test_prompts_per_tag=2",
-    "eval.images_per_prompt=2",
+    "eval.images_per_prompt=2", "eval.every=1",
 ]  # fmt: skip
 
 
