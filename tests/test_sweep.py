@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from fedumm.cli import app
+from fedumm.models import BUILTIN_TARGETS
 from fedumm.sweep import Cell, summarize
 from tests.tiny import TINY_RUN, runner
 
@@ -58,10 +59,13 @@ def test_grid_table_and_resume(tiny_foundation, tmp_path):
     assert "| name | alpha=0.1 | alpha=1.0 |" in table and (out / "sweep.png").stat().st_size > 0
 
     # Resume: delete one cell; only that one runs again, the others are reused unchanged, also
-    # one written before a config key existed (it takes the key's default).
+    # one written before a config key existed (it takes the key's default) and spelling out the
+    # model's default LoRA targets where the config now leaves them null.
     first = out / "cells" / rows[0]["cell"] / "results.json"
     older = json.loads(first.read_text())
     del older["config"]["federation"]["lr_decay"]
+    assert older["config"]["lora"]["target_modules"] is None
+    older["config"]["lora"]["target_modules"] = BUILTIN_TARGETS
     first.write_text(json.dumps(older))
     stamp = first.stat().st_mtime_ns
     (out / "cells" / rows[3]["cell"] / "results.json").unlink()

@@ -31,6 +31,7 @@ from fedumm.config import (
     validate,
 )
 from fedumm.evaluation.metrics import HEADLINES, headlines
+from fedumm.models import default_targets
 
 OF_CENTRAL = "_pct_of_centralized"  # suffix of a headline given as % of the reference's
 
@@ -149,9 +150,18 @@ def _same_config(stored: dict, cell: Cell) -> bool:
     """Whether a finished run had this cell's config. Keys added to the schema since it ran
     take their defaults, which by contract reproduce the behaviour from before they existed."""
     try:
-        return RunConfig.model_validate(stored).model_dump() == cell.config.model_dump()
+        return _resolved(RunConfig.model_validate(stored)) == _resolved(cell.config)
     except ValueError:  # a key since removed or changed: not the same run
         return False
+
+
+def _resolved(cfg: RunConfig) -> dict:
+    """The config with defaults that depend on the model spelled out: LoRA targets left null
+    and the model's default list name the same adapters."""
+    dump = cfg.model_dump()
+    if cfg.lora is not None and cfg.lora.target_modules is None:
+        dump["lora"]["target_modules"] = default_targets(cfg.model)
+    return dump
 
 
 def run_sweep(

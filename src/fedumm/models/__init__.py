@@ -24,6 +24,15 @@ class LoadedModel:
     num_layers: int  # of the language model
 
 
+def default_targets(spec: ModelConfig) -> list[str]:
+    """The LoRA target modules of the model `spec` names, used when a config names none."""
+    if spec.name_or_path is not None:
+        from fedumm.models import hf
+
+        return hf.DEFAULT_TARGETS
+    return BUILTIN_TARGETS
+
+
 def load(spec: ModelConfig) -> LoadedModel:
     """The model a run's `model` section names: a Hugging Face model or a fedumm foundation."""
     if spec.name_or_path is not None:
@@ -32,11 +41,11 @@ def load(spec: ModelConfig) -> LoadedModel:
         model, processor = hf.load(spec.name_or_path, spec.family, spec.dtype)
         layers = model.config.get_text_config().num_hidden_layers
         return LoadedModel(model, processor, processor.family.language_model,
-                           hf.DEFAULT_TARGETS, layers)  # fmt: skip
+                           default_targets(spec), layers)  # fmt: skip
     from fedumm.models import foundation
 
     model, processor = foundation.load(spec.foundation)
-    return LoadedModel(model, processor, "", BUILTIN_TARGETS, model.config.num_hidden_layers)
+    return LoadedModel(model, processor, "", default_targets(spec), model.config.num_hidden_layers)
 
 
 def load_processor(spec: ModelConfig) -> Processor:
