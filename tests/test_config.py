@@ -18,6 +18,7 @@ def test_defaults_and_shipped_configs_validate():
     assert cfg.federation.num_clients == 8 and cfg.partition.alpha == 0.5
     shipped = sorted(set(Path("configs").glob("*.yaml")) - {Path("configs/pretrain.yaml")})
     assert len(shipped) >= 3 and all(isinstance(load_config(p), RunConfig) for p in shipped)
+    assert load_config("configs/pretrain.yaml", schema=PretrainConfig) == PretrainConfig()
 
 
 def test_overrides_are_parsed_as_yaml():

@@ -70,6 +70,22 @@ def test_caption_and_relation():
     assert sw.relation(sw.Obj("circle", "red", 1, 1), sw.Obj("circle", "red", 2, 2)) is None
 
 
+def test_caption_matching_pairs_half_true_half_one_attribute_off():
+    pairs = sw.caption_matching_dataset(40, "train", seed=0)
+    scenes = sw._scenes(0, "train", 40, stream=7)
+    assert [p.answer for p in pairs] == ["yes", "no"] * 20
+    for pair, scene in zip(pairs, scenes):
+        truth = sw.caption(scene)
+        if pair.answer == "yes":
+            assert pair.question == truth
+        else:  # the same words but for colours or shapes
+            said, true = (
+                text.replace(",", "").replace(".", "").split() for text in (pair.question, truth)
+            )
+            assert pair.question != truth and len(said) == len(true)
+            assert {w for w, t in zip(said, true) if w != t} <= {*sw.COLORS, *sw.SHAPES}
+
+
 def test_unknown_family_is_refused():
     with pytest.raises(ValueError, match="unknown question family 'colour'"):
         sw.make_question(

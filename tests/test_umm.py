@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
@@ -69,6 +71,17 @@ def test_pretraining_is_reproducible(tiny_foundation, tmp_path):
     a, _ = foundation.load(tiny_foundation)
     b, _ = foundation.load(tmp_path)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_pretraining_with_caption_matching_reports_its_accuracy(tmp_path):
+    from fedumm.config import PretrainConfig
+    from tests.conftest import TINY_PRETRAIN
+
+    metrics = foundation.pretrain(PretrainConfig(**TINY_PRETRAIN, matching_samples=32), tmp_path)
+    card = json.loads((tmp_path / "pretraining.json").read_text())
+    assert card["config"]["matching_samples"] == 32
+    assert card["metrics"]["caption_matching_accuracy"] == metrics["caption_matching_accuracy"]
+    assert 0.0 <= metrics["caption_matching_accuracy"] <= 100.0
 
 
 def test_missing_foundation_is_a_clear_error(tmp_path):

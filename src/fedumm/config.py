@@ -636,6 +636,9 @@ class PretrainConfig(Section):
     codebook_images: int = Field(3000, ge=10, description="Images the codebook is fit on.")
     train_samples: int = Field(20000, ge=1, description="Caption scenes for pretraining.")
     test_samples: int = Field(300, ge=1, description="Held-out caption scenes for evaluation.")
+    matching_samples: int = Field(
+        0, ge=0, description="Image-caption matching pairs (yes/no, as BLIP's ITM); 0 = none."
+    )
     steps: int = Field(2500, ge=1, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Batch size.")
     lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate.")

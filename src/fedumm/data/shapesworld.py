@@ -13,7 +13,7 @@ object in which cell), not of the seed, so no test scene can ever appear in trai
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -271,6 +271,32 @@ def vqa_dataset(
 def caption_dataset(n: int, split: str, seed: int) -> list[CaptionSample]:
     """`n` image-caption pairs: the pretraining distribution (no questions, no prompt templates)."""
     return [CaptionSample(render(s), caption(s)) for s in _scenes(seed, split, n, stream=3)]
+
+
+def altered(scene: Scene, rng: np.random.Generator) -> Scene:
+    """`scene` with one object's colour or shape changed: its caption is false of `scene`."""
+    i = int(rng.integers(len(scene.objects)))
+    o = scene.objects[i]
+    if rng.random() < 0.5:
+        colors = [c for c in COLORS if c != o.color]
+        new = replace(o, color=colors[int(rng.integers(len(colors)))])
+    else:
+        shapes = [s for s in SHAPES if s != o.shape]
+        new = replace(o, shape=shapes[int(rng.integers(len(shapes)))])
+    return Scene(scene.objects[:i] + (new,) + scene.objects[i + 1 :])
+
+
+def caption_matching_dataset(n: int, split: str, seed: int) -> list[VQASample]:
+    """`n` image-text matching pairs, as in BLIP's ITM objective: the image with its own caption
+    ('yes') or with the caption of the scene with one attribute altered ('no'), in equal shares.
+    The caption stands where a question would; no question template is ever shown."""
+    rng = np.random.default_rng([seed, 6, 0 if split == "train" else 1])
+    out = []
+    for k, scene in enumerate(_scenes(seed, split, n, stream=7)):
+        match = k % 2 == 0
+        text = caption(scene if match else altered(scene, rng))
+        out.append(VQASample(render(scene), text, "yes" if match else "no", "caption_matching"))
+    return out
 
 
 def text_corpus(seed: int, n: int = 3000) -> list[str]:

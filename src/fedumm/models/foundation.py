@@ -1,9 +1,9 @@
 """The foundation checkpoint: the UMM pretrained centrally on ShapesWorld's pretraining formats.
 
-Pretraining sees only captions (image -> caption) and caption-to-image; never a question or a
-GenEval-style prompt. Downstream tasks are what federated LoRA has to teach. The default foundation
-ships inside the package (`assets/foundation`, about 4 MB) and `fedumm pretrain` rebuilds it
-bit for bit from its seed.
+Pretraining sees only captions (image -> caption) and caption-to-image, optionally image-caption
+matching (yes/no); never a question or a GenEval-style prompt. Downstream tasks are what
+federated LoRA has to teach. The default foundation ships inside the package
+(`assets/foundation`, about 4 MB) and `fedumm pretrain` rebuilds it bit for bit from its seed.
 """
 
 from __future__ import annotations
@@ -58,34 +58,53 @@ def build(cfg: PretrainConfig) -> tuple[UMMForCausalLM, UMMProcessor]:
 
 
 def pretraining_data(
-    processor: UMMProcessor, n: int, split: str, seed: int
-) -> tuple[list[Encoded], list[Encoded]]:
-    """(captioning, caption-to-image) sequences, each from half of `n` scenes."""
+    processor: UMMProcessor, n: int, split: str, seed: int, matching: int = 0
+) -> tuple[list[Encoded], list[Encoded], list[Encoded]]:
+    """(captioning, caption-to-image, caption matching) sequences: the first two each from half
+    of `n` scenes, plus `matching` image-caption matching pairs."""
     samples = sw.caption_dataset(n, split, seed)
     image_ids = processor.encode_images(np.stack([s.image for s in samples]))
     captioning = [processor.understanding(ids, "", s.caption)
                   for s, ids in zip(samples[0::2], image_ids[0::2])]  # fmt: skip
     generation = [processor.generation(s.caption, ids)
                   for s, ids in zip(samples[1::2], image_ids[1::2])]  # fmt: skip
-    return captioning, generation
+    pairs = sw.caption_matching_dataset(matching, split, seed) if matching else []
+    pair_ids = processor.encode_images(np.stack([s.image for s in pairs])) if pairs else []
+    matched = [processor.understanding(ids, s.question, s.answer)
+               for s, ids in zip(pairs, pair_ids)]  # fmt: skip
+    return captioning, generation, matched
 
 
 def evaluate_pretraining(
-    model, processor: UMMProcessor, captioning: list[Encoded], generation: list[Encoded]
+    model,
+    processor: UMMProcessor,
+    captioning: list[Encoded],
+    generation: list[Encoded],
+    matching: list[Encoded],
 ) -> dict:
-    """Greedy caption exact match, and held-out caption-to-image loss per image token.
+    """Greedy caption exact match, held-out caption-to-image loss per image token, and greedy
+    caption-matching accuracy (when pretraining had matching pairs).
 
     Captions do not fix every cell or pixel offset, so a generated image can be right without
     matching the held-out one token for token: the loss, not exact match, measures generation.
     """
     pred = generate(model, [e.prompt for e in captioning], 32, processor.text_id_range,
                     processor.pad, stop_id=processor.eos)  # fmt: skip
-    hits = [processor.decode_text(p) == processor.decode_text(e.target)
-            for p, e in zip(pred, captioning)]  # fmt: skip
-    return {
-        "caption_exact_match": 100.0 * float(np.mean(hits)),
+    metrics = {
+        "caption_exact_match": _exact_match(processor, pred, captioning),
         "caption_to_image_loss": evaluation_loss(model, generation, processor.collate),
     }
+    if matching:
+        pred = generate(model, [e.prompt for e in matching], 2, processor.text_id_range,
+                        processor.pad, stop_id=processor.eos)  # fmt: skip
+        metrics["caption_matching_accuracy"] = _exact_match(processor, pred, matching)
+    return metrics
+
+
+def _exact_match(processor: UMMProcessor, pred: list[list[int]], truth: list[Encoded]) -> float:
+    hits = [processor.decode_text(p) == processor.decode_text(e.target)
+            for p, e in zip(pred, truth)]  # fmt: skip
+    return 100.0 * float(np.mean(hits))
 
 
 def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
@@ -94,8 +113,11 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     model, processor = build(cfg)
-    train = sum(pretraining_data(processor, cfg.train_samples, "train", cfg.seed), [])
-    test = pretraining_data(processor, cfg.test_samples, "test", cfg.seed)
+    matching = cfg.matching_samples
+    train = sum(pretraining_data(processor, cfg.train_samples, "train", cfg.seed, matching), [])
+    test = pretraining_data(
+        processor, cfg.test_samples, "test", cfg.seed, cfg.test_samples if matching else 0
+    )
     stats = train_steps(
         model, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.seed,
         processor.collate, lr_schedule=_cosine(cfg.steps, cfg.lr), on_step=on_step,
