@@ -88,22 +88,23 @@ def evaluate_pretraining(
     Captions do not fix every cell or pixel offset, so a generated image can be right without
     matching the held-out one token for token: the loss, not exact match, measures generation.
     """
-    pred = generate(model, [e.prompt for e in captioning], 32, processor.text_id_range,
-                    processor.pad, stop_id=processor.eos)  # fmt: skip
     metrics = {
-        "caption_exact_match": _exact_match(processor, pred, captioning),
+        "caption_exact_match": _greedy_exact_match(model, processor, captioning, 32),
         "caption_to_image_loss": evaluation_loss(model, generation, processor.collate),
     }
     if matching:
-        pred = generate(model, [e.prompt for e in matching], 2, processor.text_id_range,
-                        processor.pad, stop_id=processor.eos)  # fmt: skip
-        metrics["caption_matching_accuracy"] = _exact_match(processor, pred, matching)
+        metrics["caption_matching_accuracy"] = _greedy_exact_match(model, processor, matching, 2)
     return metrics
 
 
-def _exact_match(processor: UMMProcessor, pred: list[list[int]], truth: list[Encoded]) -> float:
+def _greedy_exact_match(
+    model, processor: UMMProcessor, encoded: list[Encoded], max_new_tokens: int
+) -> float:
+    """Share (%) of prompts whose greedy continuation is exactly the target text."""
+    pred = generate(model, [e.prompt for e in encoded], max_new_tokens, processor.text_id_range,
+                    processor.pad, stop_id=processor.eos)  # fmt: skip
     hits = [processor.decode_text(p) == processor.decode_text(e.target)
-            for p, e in zip(pred, truth)]  # fmt: skip
+            for p, e in zip(pred, encoded)]  # fmt: skip
     return 100.0 * float(np.mean(hits))
 
 
