@@ -185,3 +185,15 @@ def test_a_named_axis_sets_several_keys_and_shows_its_label(tmp_path):
         assert "grid.method is not a config key" in str(e) and "'fedavg'" in str(e)
     else:
         raise AssertionError("a named axis with a plain value was accepted")
+
+
+def test_local_steps_under_local_epochs_do_not_make_another_run():
+    from fedumm.config import load_config
+    from fedumm.sweep import _same_config
+
+    cell = Cell("c", {}, load_config("configs/quickstart.yaml", ["federation.local_epochs=0.5"]))
+    stored = cell.config.model_dump()
+    stored["federation"]["local_steps"] = 99  # unused: the epochs set the steps
+    assert _same_config(stored, cell)
+    stored["federation"]["local_epochs"] = None  # now the 99 steps are what ran
+    assert not _same_config(stored, cell)

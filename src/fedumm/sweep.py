@@ -31,7 +31,6 @@ from fedumm.config import (
     validate,
 )
 from fedumm.evaluation.metrics import HEADLINES, headlines
-from fedumm.models import default_targets
 
 OF_CENTRAL = "_pct_of_centralized"  # suffix of a headline given as % of the reference's
 
@@ -156,11 +155,15 @@ def _same_config(stored: dict, cell: Cell) -> bool:
 
 
 def _resolved(cfg: RunConfig) -> dict:
-    """The config with defaults that depend on the model spelled out: LoRA targets left null
-    and the model's default list name the same adapters."""
+    """The config as the run used it: LoRA targets left null and the model's default list name
+    the same adapters, and local_steps means nothing once local_epochs sets the steps."""
+    from fedumm.models import default_targets  # imports torch: only when comparing runs
+
     dump = cfg.model_dump()
     if cfg.lora is not None and cfg.lora.target_modules is None:
         dump["lora"]["target_modules"] = default_targets(cfg.model)
+    if cfg.federation.local_epochs is not None:
+        del dump["federation"]["local_steps"]
     return dump
 
 
