@@ -23,7 +23,7 @@ import tempfile
 
 def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
     from fedumm.config import load_config
-    from fedumm.experiment import run_experiment
+    from fedumm.engines import run_federation
 
     overrides = [
         f"federation.num_clients={num_clients}", f"federation.clients_per_round={num_clients}",
@@ -34,7 +34,7 @@ def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
     ]  # fmt: skip
     cfg = load_config("configs/quickstart.yaml", overrides)
     with tempfile.TemporaryDirectory() as out:
-        results = run_experiment(cfg, out, progress=False)
+        results = run_federation(cfg, out, progress=False)
     rounds_ = results["rounds"][1:]  # round 1 pays one-off warm-up costs
     clients = [m for r in rounds_ for m in r["client_metrics"].values()]
     train = sum(m["train_seconds"] for m in clients)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from fedumm.config import load_config
-from fedumm.experiment import run_experiment
+from fedumm.engines import run_federation
 from fedumm.models.hf_tiny import BUILDERS, build_tiny
 
 
@@ -43,7 +43,7 @@ def main() -> None:
             cfg = load_config("configs/quickstart.yaml",
                               [*overrides, f"model.name_or_path={path}"])  # fmt: skip
             start = time.perf_counter()
-            results = run_experiment(cfg, Path(tmp) / f"run-{family}", progress=False)
+            results = run_federation(cfg, Path(tmp) / f"run-{family}", progress=False)
             seconds = time.perf_counter() - start
             comm, base = results["communication"], results["baselines"]
             accuracy = [base["zero_shot"]["metrics"]["vqa_accuracy"],

@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fedumm.cli import app
-from fedumm.federation.flare_client import CRASH_ENV
+from fedumm.engines.flare_client import CRASH_ENV
 from tests.tiny import run_tiny, runner
 
 TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2", "threads=1",
@@ -83,7 +83,7 @@ def test_export_writes_a_job_a_deployment_can_run(tmp_path):
     assert meta["deploy_map"] == {"app_server": ["server"], **sites}
     server = json.loads((job / "app_server" / "config" / "config_fed_server.json").read_text())
     controller = server["workflows"][0]
-    assert controller["path"] == "fedumm.federation.flare.FedummController"
+    assert controller["path"] == "fedumm.engines.flare.FedummController"
     assert controller["args"]["out_dir"] == "/srv/fedumm/run1"
     shipped = json.loads(controller["args"]["config"])
     assert shipped["federation"]["num_clients"] == 3 and shipped["engine"] == "flare"

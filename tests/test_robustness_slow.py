@@ -4,7 +4,7 @@ cells of the shipped robustness sweep, clean and with 20% sign-flipping clients.
 import pytest
 
 from fedumm.bench import SWEEPS
-from fedumm.experiment import run_experiment
+from fedumm.engines import run_federation
 from fedumm.sweep import label, load_sweep
 
 RULES = ("name=fedavg", "name=median", "name=trimmed_mean",
@@ -19,7 +19,7 @@ def test_robust_rules_stay_within_3_points_under_sign_flipping_where_fedavg_coll
              and label(c.values["federation.strategy"]) in RULES]  # fmt: skip
     acc = {}
     for cell in cells:
-        results = run_experiment(cell.config, tmp_path / cell.name, progress=False)
+        results = run_federation(cell.config, tmp_path / cell.name, progress=False)
         key = (cell.values["attack.kind"], label(cell.values["federation.strategy"]))
         acc[key] = results["final"]["metrics"]["vqa_accuracy"]
     assert len(acc) == 2 * len(RULES), acc

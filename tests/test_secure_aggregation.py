@@ -6,10 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedumm.config import ConfigError, load_config
-from fedumm.federation.engine import EmbeddedEngine
 from fedumm.federation.secure_aggregation import MODULUS, SCALE, mask, unmask_sum
-from fedumm.federation.strategies import build_strategy
-from tests.test_engine import CLIENTS, _train
+from tests.test_server import _train, server
 
 
 @given(st.integers(2, 6), st.integers(0, 10_000))
@@ -31,10 +29,8 @@ def test_masked_sum_is_the_plain_weighted_sum(k, seed):
 
 
 def test_secure_engine_matches_the_plain_one():
-    plain, _ = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 3,
-                              seed=4).run({"w": torch.zeros(3)}, rounds=2)  # fmt: skip
-    engine = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 3, seed=4,
-                            secure=True)  # fmt: skip
+    plain, _ = server(_train(), 3, seed=4).run({"w": torch.zeros(3)}, rounds=2)
+    engine = server(_train(), 3, seed=4, secure=True)
     secure, records = engine.run({"w": torch.zeros(3)}, rounds=2)
     assert torch.allclose(secure["w"], plain["w"], atol=1e-5)
     assert records[0].bytes_up > 0
@@ -52,5 +48,4 @@ def test_incompatible_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["federation.secure_aggregation=true", *overrides])
     with pytest.raises(ValueError, match="cannot aggregate from"):
-        EmbeddedEngine(CLIENTS, build_strategy("krum"), _train(), lambda p: {}, 3, seed=0,
-                       secure=True)  # fmt: skip
+        server(_train(), 3, strategy="krum", secure=True)

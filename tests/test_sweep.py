@@ -197,3 +197,14 @@ def test_local_steps_under_local_epochs_do_not_make_another_run():
     assert _same_config(stored, cell)
     stored["federation"]["local_epochs"] = None  # now the 99 steps are what ran
     assert not _same_config(stored, cell)
+
+
+def test_a_sweep_runs_every_cell_on_the_engine_its_config_names(tiny_foundation, tmp_path):
+    path = _write_sweep(tmp_path, tiny_foundation, "  partition.alpha: [1.0]\n")
+    out = tmp_path / "out"
+    result = _sweep(path, out, "--set", "engine=flare", "--set", "baselines.centralized=false",
+                    "--set", "federation.num_clients=2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cell = json.loads((out / "cells" / "alpha=1.0" / "results.json").read_text())
+    assert cell["flare"]["env"] == "sim" and cell["config"]["engine"] == "flare"
+    assert (out / "cells" / "alpha=1.0" / "flare" / "fedumm" / "server" / "log.txt").is_file()

@@ -52,11 +52,11 @@ def _load(config: Path | None, overrides: list[str] | None, schema):
 
 
 def _stored_config(run_dir: Path, overrides: list[str] | None) -> RunConfig:
-    from fedumm.config import apply_overrides, validate
+    from fedumm.config import apply_overrides, validate, without_retired
     from fedumm.federation.checkpoint import CheckpointError, read_manifest
 
     with _exit_on(CheckpointError):
-        stored = read_manifest(run_dir)["config"]
+        stored = without_retired(read_manifest(run_dir)["config"])
     with _exit_on(ConfigError, code=2):
         return validate(apply_overrides(stored, overrides or []), RunConfig, str(run_dir))
 
@@ -98,24 +98,17 @@ def run(
         cfg = _stored_config(resume, set_)  # the config the run was started with
     else:
         cfg = _load(config, set_, RunConfig)
-    if resume is not None and cfg.engine == "flare":
-        typer.secho("--resume: the FLARE engine cannot resume a run yet (client state lives in "
-                    "the client processes)", fg="red", err=True)  # fmt: skip
-        raise typer.Exit(2)
     out = resume or out
     _setup_logging()
+    from fedumm.engines import run_federation
     from fedumm.evaluation.metrics import HEADLINES, headlines
-    from fedumm.experiment import run_experiment
-    from fedumm.federation.engine import RoundFailed
+    from fedumm.federation.server import RoundFailed
     from fedumm.report import method_rows
 
-    with _exit_on(FileNotFoundError, ValueError, RoundFailed, RuntimeError):
-        if cfg.engine == "flare":
-            from fedumm.federation.flare import run_flare
-
-            results = run_flare(cfg, out)
-        else:
-            results = run_experiment(cfg, out, not quiet, resume is not None, force)
+    # ConfigError is a ValueError: the inner manager gives it its own exit code.
+    with _exit_on(FileNotFoundError, ValueError, RoundFailed, RuntimeError), \
+            _exit_on(ConfigError, code=2):  # fmt: skip
+        results = run_federation(cfg, out, not quiet, resume is not None, force)
     typer.echo("")
     for label, m in method_rows(results):
         scores = ", ".join(f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%"
@@ -190,7 +183,7 @@ def bench(
 
 
 def _run_sweep(plan, out: Path, progress: bool, overwrite: bool, jobs: int) -> list[dict]:
-    from fedumm.federation.engine import RoundFailed
+    from fedumm.federation.server import RoundFailed
     from fedumm.sweep import run_sweep
 
     _setup_logging()
@@ -217,7 +210,7 @@ def flare_export(
 ) -> None:
     """Write a FLARE job folder to submit to a deployment (nvflare job submit -j JOB)."""
     cfg = _load(config, [*(set_ or []), "engine=flare"], RunConfig)
-    from fedumm.federation.flare import export_job
+    from fedumm.engines.flare import export_job
 
     job = export_job(cfg, out, results)
     k = cfg.federation.num_clients

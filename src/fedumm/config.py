@@ -7,6 +7,7 @@ work starts, with the dotted name of the key.
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -422,7 +423,6 @@ class FederationConfig(Section):
         False, description="Clients upload pairwise-masked updates; the server sees only the sum."
     )
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="Aggregation.")
-    engine: Literal["embedded"] = Field("embedded", description="Where the federation runs.")
 
     @property
     def sampled_per_round(self) -> int:
@@ -652,6 +652,24 @@ class PretrainConfig(Section):
                 f"num_heads ({self.num_heads})"
             )
         return self
+
+
+# Keys that earlier versions wrote into results.json and checkpoints and that have since been
+# removed (they never changed a run): dropped when an old run's config is read back.
+RETIRED_KEYS = ("federation.engine",)
+
+
+def without_retired(raw: dict) -> dict:
+    """A copy of a stored config without RETIRED_KEYS."""
+    raw = copy.deepcopy(raw)
+    for key in RETIRED_KEYS:
+        *path, last = key.split(".")
+        node = raw
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return raw
 
 
 def annotated_defaults(schema: type[Section], indent: int = 0) -> str:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from fedumm.federation import checkpoint, wire
 from fedumm.federation.adaptive_regularization import middle_layer_keys
 from fedumm.federation.attacks import poison
 from fedumm.federation.client import ClientData, local_update, site_names
-from fedumm.federation.engine import EmbeddedEngine, RemoteTransport
+from fedumm.federation.server import Server, Transport
 from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
@@ -146,6 +147,12 @@ class Federation:
         grid = image_grid if "generation" in self.tasks else None
         return evaluate_tasks(self.tasks, self.model, self.processor, self.cfg.eval, grid)
 
+    def evaluate_personal(self, params: Params, client: ClientData) -> dict:
+        """Metrics of `client`'s own model (personalized strategies: part of it is the
+        client's state) built from the global `params`."""
+        state = self.client_states[client.client_id]
+        return self.evaluate(self.strategy.personal_adapter(params, state))
+
     def number(self, client: ClientData) -> int:
         """site-k's k: with the round, what seeds a client's training."""
         return self.clients.index(client) + 1
@@ -204,19 +211,33 @@ def build_federation(cfg: RunConfig) -> Federation:
                       {cid: {} for cid in ids}, malicious, ranks)  # fmt: skip
 
 
+Connect = Callable[[Federation], Transport]
+
+
 def run_experiment(
-    cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False,
-    force: bool = False, transport: RemoteTransport | None = None,
+    cfg: RunConfig, out_dir: Path, connect: Connect, progress: bool = True,
+    resume: bool = False, force: bool = False,
 ) -> dict:  # fmt: skip
     """Run zero-shot, federated, local-only and centralized, write results; return them.
 
-    With `resume`, continue from the checkpoint in `out_dir` (its config must equal `cfg` unless
-    `force`); the results are those an uninterrupted run would have written. With `transport`,
-    the clients are reached through it (NVIDIA FLARE) instead of trained in this process."""
+    `connect` gives the transport through which the server reaches the clients (the engine:
+    `fedumm.engines`). With `resume`, continue from the checkpoint in `out_dir` (its config
+    must equal `cfg` unless `force`); the results are those an uninterrupted run would have
+    written."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fl = build_federation(cfg)
+    transport = connect(fl)
+    try:
+        return _run(fl, out_dir, transport, progress, resume, force, start)
+    finally:
+        transport.close()
+
+
+def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, resume: bool,
+         force: bool, start: float) -> dict:  # fmt: skip
+    cfg = fl.cfg
     model, processor, tasks, clients = fl.model, fl.processor, fl.tasks, fl.clients
     strategy, client_states, initial = fl.strategy, fl.client_states, fl.initial
     fed = cfg.federation
@@ -236,12 +257,7 @@ def run_experiment(
         if not strategy.personalized:
             return evaluate_adapter(params)
         # Each client's own model on the test set, averaged: what a personalized method delivers.
-        if transport is not None:  # the personal parts live in the client processes
-            return spread([{"metrics": m} for m in transport.evaluate_personal(params, clients)])
-        return spread([
-            {"metrics": evaluate_adapter(strategy.personal_adapter(params, state))}
-            for state in client_states.values()
-        ])  # fmt: skip
+        return spread([{"metrics": m} for m in transport.evaluate_personal(params, clients)])
 
     def train_alone(client: ClientData, steps: int, seed: int, bar, grid=None) -> dict:
         """Plain local training from the fresh adapter (the baselines do not federate)."""
@@ -281,12 +297,10 @@ def run_experiment(
                 rounds, {"baselines": results["baselines"]},
             ))  # fmt: skip
 
-    engine = EmbeddedEngine(clients, strategy, transport or fl.train_client, evaluate,
-                            fed.sampled_per_round,
-                            cfg.seed, cfg.eval.every, progress, fed.dropout, fed.min_clients,
-                            fed.max_update_norm, fed.secure_aggregation, fed.round_deadline,
-                            duration)  # fmt: skip
-    final_params, _ = engine.run(global_params, fed.rounds, first_round, after_round)
+    server = Server(clients, strategy, transport, evaluate, fed.sampled_per_round, cfg.seed,
+                    cfg.eval.every, progress, fed.dropout, fed.min_clients, fed.max_update_norm,
+                    fed.secure_aggregation, fed.round_deadline, duration)  # fmt: skip
+    final_params, _ = server.run(global_params, fed.rounds, first_round, after_round)
     if "generation" in tasks:  # the federated model's pictures, next to the baselines'
         set_adapter(model, final_params)
         tasks["generation"].evaluate(

@@ -29,6 +29,7 @@ from fedumm.config import (
     apply_overrides,
     read_yaml,
     validate,
+    without_retired,
 )
 from fedumm.evaluation.metrics import HEADLINES, headlines
 
@@ -149,7 +150,9 @@ def _same_config(stored: dict, cell: Cell) -> bool:
     """Whether a finished run had this cell's config. Keys added to the schema since it ran
     take their defaults, which by contract reproduce the behaviour from before they existed."""
     try:
-        return _resolved(RunConfig.model_validate(stored)) == _resolved(cell.config)
+        return _resolved(RunConfig.model_validate(without_retired(stored))) == _resolved(
+            cell.config
+        )
     except ValueError:  # a key since removed or changed: not the same run
         return False
 
@@ -172,11 +175,14 @@ def run_sweep(
 ) -> list[dict]:
     """Run (or reuse) the reference and every cell; return one summary row per cell. With
     `jobs` > 1 the unfinished runs go first, that many at a time in separate processes."""
-    from fedumm.experiment import run_experiment
+    from fedumm.engines import run_federation
 
     out_dir = Path(out_dir)
-    _check_folder(sweep, out_dir, overwrite)
     todo = [*filter(None, [sweep.reference]), *sweep.cells]
+    if jobs > 1 and any(c.config.engine == "flare" and c.config.flare.env == "poc" for c in todo):
+        raise ConfigError("--jobs > 1 with flare.env poc: POC servers of parallel cells would "
+                          "take the same ports; run the sweep with --jobs 1")  # fmt: skip
+    _check_folder(sweep, out_dir, overwrite)
     if jobs > 1:
         folders = [(c.config, _folder(out_dir, c, sweep)) for c in todo]
         _run_in_parallel([(cfg, f) for cfg, f in folders if not (f / "results.json").is_file()],
@@ -191,7 +197,7 @@ def run_sweep(
             print(f"[{i}/{len(todo)}] {cell.name}: finished earlier, reused", flush=True)
         else:
             print(f"[{i}/{len(todo)}] {cell.name}", flush=True)
-            results = run_experiment(cell.config, folder, progress=progress)
+            results = run_federation(cell.config, folder, progress=progress)
         if cell is sweep.reference:
             central = results["baselines"]["centralized"]["metrics"]
             continue
@@ -215,11 +221,11 @@ def _run_in_parallel(runs: list[tuple[RunConfig, Path]], jobs: int) -> None:
 def _run_cell(args: tuple[RunConfig, Path, int]) -> Path:
     import torch
 
-    from fedumm.experiment import run_experiment
+    from fedumm.engines import run_federation
 
     cfg, folder, threads = args
-    torch.set_num_threads(threads)  # a config's own `threads` still wins in run_experiment
-    run_experiment(cfg, folder, progress=False)
+    torch.set_num_threads(threads)  # a config's own `threads` still wins in the run
+    run_federation(cfg, folder, progress=False)
     return folder
 
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from peft import PeftModel
 
 from fedumm.config import FederationConfig
+from fedumm.federation import secure_aggregation, wire
 from fedumm.federation.adaptive_regularization import Both, middle_layer_proximal
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models.lora import adapter_parameters, get_adapter, set_adapter
 from fedumm.models.processor import Encoded
+from fedumm.seeding import derive_seed
 from fedumm.training import train_steps
 
 
@@ -93,3 +95,14 @@ def local_update(
         num_steps=stats.steps,
         metrics={"loss": stats.loss, "train_seconds": stats.seconds},
     )
+
+
+def upload(update: ClientUpdate, secure: bool, seed: int, rnd: int, me: int,
+           cohort: list[int]) -> bytes:  # fmt: skip
+    """What leaves a client: its update serialized, pairwise-masked first under secure
+    aggregation (`me` and `cohort` are positions in the federation's client list)."""
+    params = update.params
+    if secure:
+        params = secure_aggregation.mask(params, update.num_samples, me, cohort,
+                                         derive_seed(seed, rnd, 0x5A))  # fmt: skip
+    return wire.pack(params)

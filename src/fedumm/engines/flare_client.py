@@ -19,7 +19,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from fedumm.config import RunConfig
 from fedumm.experiment import build_federation
 from fedumm.federation import wire
-from fedumm.federation.engine import client_side
+from fedumm.federation.client import upload
 
 CONFIG_NAME = "fedumm_config.json"
 # Fault injection for tests and drills: "site-2@3" makes site-2's process die at round 3.
@@ -45,17 +45,16 @@ def main() -> None:
         if task is None:
             break
         if flare.is_evaluate():  # a personalized strategy's own model, scored here
-            personal = fl.strategy.personal_adapter(wire.unpack(task.params["message"]),
-                                                    fl.client_states[client.client_id])  # fmt: skip
-            flare.send(FLModel(params={}, meta={"metrics": fl.evaluate(personal)}))
+            metrics = fl.evaluate_personal(wire.unpack(task.params["message"]), client)
+            flare.send(FLModel(params={}, meta={"metrics": metrics}))
             continue
         rnd = task.current_round
         if os.environ.get(CRASH_ENV) == f"{client.client_id}@{rnd}":
             os._exit(3)  # as abrupt as a crash: no answer, no goodbye
         cohort = [fl.clients.index(fl.client(site)) for site in task.meta["cohort"]]
         update = fl.train_client(client, wire.unpack(task.params["message"]), rnd)
-        upload = client_side(update, cfg.federation.secure_aggregation, cfg.seed, rnd, me, cohort)
-        flare.send(FLModel(params={"upload": upload}, meta={
+        up = upload(update, cfg.federation.secure_aggregation, cfg.seed, rnd, me, cohort)
+        flare.send(FLModel(params={"upload": up}, meta={
             "num_samples": update.num_samples, "num_steps": update.num_steps,
             "metrics": {**update.metrics, "pid": os.getpid()},
         }))  # fmt: skip

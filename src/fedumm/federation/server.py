@@ -1,11 +1,11 @@
-"""The server side of a federation, and the embedded engine: all of it in one process.
+"""The server side of a federation: the round loop every engine runs.
 
-Per round: sample clients, send each what the strategy broadcasts, let it train, receive its
-upload, validate it against the strategy's template, aggregate with the strategy, evaluate.
+Per round: sample clients, send each what the strategy broadcasts, let them train, receive their
+uploads, validate each against the strategy's template, aggregate with the strategy, evaluate.
 Every message is really serialized (`wire.pack`), so the byte counts are measured, not estimated.
-The engine knows nothing about models or algorithms: it calls the strategy and `evaluate`, and a
-`Transport` carries the bytes to the clients and back: `InProcess` calls `train_client` here
-(the embedded engine); `fedumm.federation.flare` sends them through NVIDIA FLARE.
+The server knows nothing about models or where clients run: it calls the strategy and
+`evaluate`, and a `Transport` carries the bytes to the clients and back (`fedumm.engines`: in
+this process, on device workers, through NVIDIA FLARE).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from fedumm.seeding import derive_seed
 
 log = logging.getLogger("fedumm")
 
-TrainClient = Callable[[ClientData, Params, int], ClientUpdate]
-
 
 class Transport(Protocol):
+    """How the server reaches its clients; the one seam between the round loop and an engine."""
+
     def exchange(
         self, rnd: int, down: bytes, clients: list[ClientData], cohort: list[ClientData]
     ) -> list[tuple[ClientUpdate, bytes]]:
@@ -40,48 +40,14 @@ class Transport(Protocol):
         the uploaded bytes. A client that fails is simply missing."""
         ...
 
-
-class RemoteTransport(Transport, Protocol):
-    """A transport to clients in other processes, where state a personalized strategy keeps on
-    a client also lives: they score their own models (the embedded engine does it in place)."""
-
     def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
-        """Each of `clients`' metrics for its own model built from the global `params`."""
+        """Each of `clients`' metrics for its own model built from the global `params`
+        (personalized strategies keep part of the model on the client)."""
         ...
 
-
-def client_side(update: ClientUpdate, secure: bool, seed: int, rnd: int, me: int,
-                cohort: list[int]) -> bytes:  # fmt: skip
-    """What leaves a client: its upload, pairwise-masked first under secure aggregation
-    (`me` and `cohort` are positions in the federation's client list)."""
-    params = update.params
-    if secure:
-        params = secure_aggregation.mask(params, update.num_samples, me, cohort,
-                                         derive_seed(seed, rnd, 0x5A))  # fmt: skip
-    return wire.pack(params)
-
-
-class InProcess:
-    """The embedded engine's transport: every client trains in this process, in turn."""
-
-    def __init__(self, train_client: TrainClient, all_clients: list[ClientData], secure: bool,
-                 seed: int):  # fmt: skip
-        self.train_client = train_client
-        self.all_clients = all_clients
-        self.secure = secure
-        self.seed = seed
-
-    def exchange(
-        self, rnd: int, down: bytes, clients: list[ClientData], cohort: list[ClientData]
-    ) -> list[tuple[ClientUpdate, bytes]]:
-        peers = [self.all_clients.index(c) for c in cohort]
-        answers = []
-        for client in clients:
-            update = self.train_client(client, wire.unpack(down), rnd)
-            me = self.all_clients.index(client)
-            answers.append((update, client_side(update, self.secure, self.seed, rnd, me, peers)))
-            update.params = {}
-        return answers
+    def close(self) -> None:
+        """Release what the transport holds (worker processes, connections)."""
+        ...
 
 
 class RoundFailed(RuntimeError):
@@ -107,12 +73,14 @@ class RoundRecord:
         return asdict(self)
 
 
-class EmbeddedEngine:
+class Server:
+    """The round loop: sampling, validation, aggregation, evaluation, fault handling."""
+
     def __init__(
         self,
         clients: list[ClientData],
         strategy: Strategy,
-        train_client: TrainClient | Transport,
+        transport: Transport,
         evaluate: Callable[[Params], dict],
         clients_per_round: int,
         seed: int,
@@ -125,9 +93,8 @@ class EmbeddedEngine:
         deadline: float | None = None,
         duration: Callable[[ClientData], float] | None = None,
     ):
-        """`train_client`: a client's local work, called in this process; or a `Transport`
-        that reaches the clients elsewhere. `dropout`: share of the sampled clients that fail
-        each round (seeded simulation);
+        """`transport`: how the clients are reached. `dropout`: share of the sampled clients
+        that fail each round (seeded simulation);
         `min_clients`: fewest valid updates a round may aggregate; `max_update_norm`: updates
         further than this from the global adapter are rejected; `secure`: clients upload
         pairwise-masked updates and the server only sees their sum (secure_aggregation.py);
@@ -144,11 +111,7 @@ class EmbeddedEngine:
             raise ValueError(f"clients_per_round ({clients_per_round}) > clients ({len(clients)})")
         self.clients = clients
         self.strategy = strategy
-        self.transport = (
-            train_client
-            if hasattr(train_client, "exchange")
-            else InProcess(train_client, clients, secure, seed)
-        )
+        self.transport = transport
         self.evaluate = evaluate
         self.clients_per_round = clients_per_round
         self.seed = seed

@@ -1,13 +1,14 @@
-"""The embedded engine on plain tensors: no model needed to check what it moves and counts."""
+"""The server's round loop on plain tensors: no model needed to check what it moves and counts."""
 
 import logging
 
 import pytest
 import torch
 
+from fedumm.engines.embedded import InProcess
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData
-from fedumm.federation.engine import EmbeddedEngine, RoundFailed
+from fedumm.federation.server import RoundFailed, Server
 from fedumm.federation.strategies import build_strategy
 from fedumm.federation.update import ClientUpdate
 
@@ -25,15 +26,21 @@ def _train(bad=()):
     return train_client
 
 
-def _engine(train_client, per_round=4, evaluate=lambda p: {"w0": float(p["w"][0])}):
-    return EmbeddedEngine(
-        CLIENTS, build_strategy("fedavg"), train_client, evaluate, per_round, seed=0
-    )
+def _first(params):
+    return {"w0": float(params["w"][0])}
+
+
+def server(train_client, per_round=4, evaluate=lambda p: {}, strategy="fedavg", secure=False,
+           seed=0, **options):  # fmt: skip
+    """A server reaching CLIENTS in this process, each training by `train_client`."""
+    transport = InProcess(train_client, CLIENTS, secure, seed)
+    return Server(CLIENTS, build_strategy(strategy), transport, evaluate, per_round, seed,
+                  secure=secure, **options)  # fmt: skip
 
 
 def test_one_round_moves_serialized_tensors_and_aggregates():
     start = {"w": torch.zeros(3)}
-    final, records = _engine(_train()).run(start, rounds=1)
+    final, records = server(_train(), evaluate=_first).run(start, rounds=1)
     # FedAvg of +1, +2, +3, +4 weighted by 10, 20, 30, 40 samples = 3.0
     assert torch.allclose(final["w"], torch.full((3,), 3.0))
     r = records[0]
@@ -44,7 +51,7 @@ def test_one_round_moves_serialized_tensors_and_aggregates():
 
 def test_a_nan_update_is_rejected_logged_and_never_aggregated(caplog):
     with caplog.at_level(logging.WARNING, logger="fedumm"):
-        final, records = _engine(_train(bad={"site-4"})).run({"w": torch.zeros(3)}, rounds=2)
+        final, records = server(_train(bad={"site-4"})).run({"w": torch.zeros(3)}, rounds=2)
     # Each round averages +1, +2, +3 with weights 10, 20, 30 = 14/6; site-4 never counts.
     assert torch.allclose(final["w"], torch.full((3,), 2 * 14 / 6), atol=1e-6)
     assert [r.rejected[0]["client_id"] for r in records] == ["site-4", "site-4"]
@@ -54,37 +61,25 @@ def test_a_nan_update_is_rejected_logged_and_never_aggregated(caplog):
 def test_too_few_valid_updates_stop_the_run_clearly():
     bad = {c.client_id for c in CLIENTS}
     with pytest.raises(RoundFailed, match=r"round 1: 0 valid update\(s\) of 4 sampled"):
-        _engine(_train(bad=bad)).run({"w": torch.ones(3)}, rounds=1)
+        server(_train(bad=bad)).run({"w": torch.ones(3)}, rounds=1)
 
 
 def test_dropout_aggregates_what_arrived_and_is_seeded():
-    engine = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 4, seed=0,
-                            dropout=0.3, min_clients=2)  # fmt: skip
+    engine = server(_train(), 4, dropout=0.3, min_clients=2)
     final, records = engine.run({"w": torch.zeros(1)}, rounds=5)
     for r in records:
         assert len(r.dropped) == 1 and r.dropped[0] not in r.client_metrics  # round(0.3 * 4)
         assert r.bytes_up == 3 * len(wire.pack({"w": torch.zeros(1)}))
     assert len({r.dropped[0] for r in records}) > 1
-    again = EmbeddedEngine(
-        CLIENTS,
-        build_strategy("fedavg"),
-        _train(),
-        lambda p: {},
-        4,
-        seed=0,
-        dropout=0.3,
-        min_clients=2,
-    ).run({"w": torch.zeros(1)}, rounds=5)
+    again = server(_train(), 4, dropout=0.3, min_clients=2).run({"w": torch.zeros(1)}, rounds=5)
     assert torch.equal(again[0]["w"], final["w"])
-    strict = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 4, seed=0,
-                            dropout=0.3, min_clients=4)  # fmt: skip
+    strict = server(_train(), 4, dropout=0.3, min_clients=4)
     with pytest.raises(RoundFailed, match="1 dropped out"):
         strict.run({"w": torch.zeros(1)}, rounds=1)
 
 
 def test_update_norm_bound_rejects_large_updates(caplog):
-    engine = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 4, seed=0,
-                            max_update_norm=3.5)  # fmt: skip
+    engine = server(_train(), 4, max_update_norm=3.5)
     with caplog.at_level(logging.WARNING, logger="fedumm"):
         _, records = engine.run({"w": torch.zeros(3)}, rounds=1)
     # site-k moves every coordinate by k: norm k * sqrt(3); only sites 1 and 2 are within 3.5
@@ -93,14 +88,13 @@ def test_update_norm_bound_rejects_large_updates(caplog):
 
 
 def test_client_sampling_is_seeded_and_partial():
-    a = [[c.client_id for c in _engine(_train(), per_round=2).sample(r)] for r in range(1, 6)]
-    b = [[c.client_id for c in _engine(_train(), per_round=2).sample(r)] for r in range(1, 6)]
+    a = [[c.client_id for c in server(_train(), 2).sample(r)] for r in range(1, 6)]
+    b = [[c.client_id for c in server(_train(), 2).sample(r)] for r in range(1, 6)]
     assert a == b and all(len(s) == 2 for s in a) and len({tuple(s) for s in a}) > 1
 
 
 def test_evaluation_cadence():
-    engine = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {"x": 1}, 4,
-                            seed=0, eval_every=2)  # fmt: skip
+    engine = server(_train(), 4, lambda p: {"x": 1}, eval_every=2)
     _, records = engine.run({"w": torch.zeros(1)}, rounds=3)
     assert [bool(r.metrics) for r in records] == [False, True, True]  # every 2nd and the last
 
@@ -108,14 +102,12 @@ def test_evaluation_cadence():
 def test_stragglers_past_the_deadline_are_left_out():
     # Simulated time: site-k needs 10k; the server waits 25, so sites 3 and 4 are late.
     duration = lambda c: float(len(c.data))  # noqa: E731
-    engine = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 4, seed=0,
-                            deadline=25.0, duration=duration)  # fmt: skip
+    engine = server(_train(), 4, deadline=25.0, duration=duration)
     final, records = engine.run({"w": torch.zeros(1)}, rounds=2)
     assert [r.late for r in records] == [["site-3", "site-4"]] * 2
     assert all(set(r.client_metrics) == {"site-1", "site-2"} for r in records)
     # FedAvg of +1 and +2 weighted 10 and 20 = 5/3 per round
     assert torch.allclose(final["w"], torch.tensor([10 / 3]), atol=1e-6)
-    strict = EmbeddedEngine(CLIENTS, build_strategy("fedavg"), _train(), lambda p: {}, 4, seed=0,
-                            deadline=5.0, duration=duration)  # fmt: skip
+    strict = server(_train(), 4, deadline=5.0, duration=duration)
     with pytest.raises(RoundFailed, match="4 too late"):
         strict.run({"w": torch.zeros(1)}, rounds=1)

@@ -2,9 +2,10 @@
 as a job for a provisioned deployment.
 
 Server: `FedummController`, a FLARE `ModelController` whose `run()` is our `run_experiment`
-with a `FlareTransport`: each round's broadcast goes out as one FLARE task to the round's
-clients and their uploads come back as the task's results. Clients: `flare_client.py`, a Client
-API script that builds the same `Federation` from the config and trains its own site's share.
+with a `FlareTransport` (the round loop's `Transport`): each round's broadcast goes out as one
+FLARE task to the round's clients and their uploads come back as the task's results. Clients:
+`flare_client.py`, a Client API script that builds the same `Federation` from the config and
+trains its own site's share.
 Both sides therefore run our code (strategy, validation, local training); FLARE only moves the
 bytes. A message is our serialized tensors (`wire.pack`) inside `FLModel.params`, so only the
 adapter travels, from the first round on, and bytes are counted as in the embedded engine.
@@ -25,9 +26,10 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedumm.config import RunConfig
+from fedumm.engines.flare_client import CONFIG_NAME  # beside the script on every site
+from fedumm.experiment import run_experiment
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, site_names
-from fedumm.federation.flare_client import CONFIG_NAME  # beside the script on every site
 from fedumm.federation.update import ClientUpdate, Params
 
 CLIENT_SCRIPT = Path(__file__).with_name("flare_client.py")
@@ -78,6 +80,9 @@ class FlareTransport:
             raise RuntimeError(f"no evaluation from {', '.join(missing)}")
         return [answers[c.client_id].meta["metrics"] for c in clients]
 
+    def close(self) -> None:
+        return None  # FLARE ends the job; nothing of ours to release
+
 
 class FedummController(ModelController):
     """FLARE's server workflow running fedumm's recipe; `config` is the resolved RunConfig as
@@ -90,13 +95,11 @@ class FedummController(ModelController):
         self.round_timeout = round_timeout
 
     def run(self) -> None:
-        from fedumm.experiment import run_experiment
-
         cfg = RunConfig.model_validate_json(self.config)
         transport = FlareTransport(self, self.round_timeout)
         out = Path(self.out_dir)
         try:
-            results = run_experiment(cfg, out, progress=False, transport=transport)
+            results = run_experiment(cfg, out, lambda fl: transport, progress=False)
         except Exception as e:  # the command that started the job reports it
             (out / FAILURE).write_text(f"{type(e).__name__}: {e}")
             raise

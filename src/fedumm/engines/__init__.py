@@ -1,0 +1,28 @@
+"""Engines: where the clients of a federation run. Each is a `Transport` (how the server's round
+loop reaches the clients) plus a launcher; `run_federation` picks the one a config names, and
+`fedumm run`, `fedumm sweep` and `fedumm bench` all go through it.
+
+- `embedded`: every client in this process, sharing one frozen base model.
+- `flare`: NVIDIA FLARE's simulator or POC mode (real processes), or an exported job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedumm.config import ConfigError, RunConfig
+
+
+def run_federation(cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False,
+                   force: bool = False) -> dict:  # fmt: skip
+    """Run `cfg` (federation and baselines) on the engine it names; return the results."""
+    if cfg.engine == "flare":
+        if resume:
+            raise ConfigError("--resume: the FLARE engine cannot resume a run yet (client state "
+                              "lives in the client processes)")  # fmt: skip
+        from fedumm.engines.flare import run_flare
+
+        return run_flare(cfg, Path(out_dir))
+    from fedumm.engines.embedded import run
+
+    return run(cfg, Path(out_dir), progress, resume, force)
