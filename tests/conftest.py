@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fedumm.config import PretrainConfig
-from fedumm.models import foundation
+from fedumm.pretraining import pretrain
 from tests.official_formats import crisismmd, hateful_memes, vqa_root  # noqa: F401 (fixtures)
 
 TINY_PRETRAIN = dict(
@@ -24,5 +24,5 @@ def _one_thread():
 def tiny_foundation(tmp_path_factory):
     """Path of a tiny foundation checkpoint written by the real pretraining code."""
     out = tmp_path_factory.mktemp("foundation")
-    foundation.pretrain(PretrainConfig(**TINY_PRETRAIN), out)
+    pretrain(PretrainConfig(**TINY_PRETRAIN), out)
     return out

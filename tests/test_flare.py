@@ -8,10 +8,12 @@ import socket
 
 import psutil
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from fedumm.cli import app
-from fedumm.engines.flare_client import CRASH_ENV
+from fedumm.config import RunConfig
+from fedumm.engines.flare_client import CRASH_ENV, site_config
 from tests.tiny import run_tiny, runner
 
 TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2", "threads=1",
@@ -24,7 +26,9 @@ def test_flare_simulator_matches_the_embedded_engine(tiny_foundation, tmp_path, 
     for engine in ("embedded", "flare"):
         out = tmp_path / engine
         name = f"federation.strategy.name={strategy}"
-        result = run_tiny(out, tiny_foundation, *TWO_CLIENTS, name, cli=["--engine", engine])
+        where = ["flare.site_devices={site-1: cpu, site-2: cpu}"] if engine == "flare" else []
+        result = run_tiny(out, tiny_foundation, *TWO_CLIENTS, name, *where,
+                          cli=["--engine", engine])  # fmt: skip
         assert result.exit_code == 0, result.output
         runs[engine] = (json.loads((out / "results.json").read_text()),
                         load_file(out / "global_adapter.safetensors"))  # fmt: skip
@@ -38,6 +42,7 @@ def test_flare_simulator_matches_the_embedded_engine(tiny_foundation, tmp_path, 
         assert mine["bytes_up"] == theirs["bytes_up"] and mine["bytes_down"] == theirs["bytes_down"]
         for site, metrics in mine["client_metrics"].items():
             assert theirs["client_metrics"][site]["loss"] == pytest.approx(metrics["loss"], 1e-6)
+            assert theirs["client_metrics"][site]["device"] == "cpu"  # flare.site_devices
     # Only adapters travel, from round 1 on: no message carries the base model.
     full = flare["communication"]["full_model_message_bytes"]
     assert all(r["bytes_down"] < full for r in flare["rounds"])
@@ -75,6 +80,7 @@ def test_export_writes_a_job_a_deployment_can_run(tmp_path):
     result = runner.invoke(app, ["flare", "export", "configs/quickstart.yaml", "-o",
                                  str(tmp_path), "--set", "federation.num_clients=3",
                                  "--set", "federation.clients_per_round=3",
+                                 "--set", "flare.site_devices=[cuda:0, cuda:1]",
                                  "--results", "/srv/fedumm/run1"])  # fmt: skip
     assert result.exit_code == 0, result.output
     job = tmp_path / "fedumm"
@@ -87,6 +93,10 @@ def test_export_writes_a_job_a_deployment_can_run(tmp_path):
     assert controller["args"]["out_dir"] == "/srv/fedumm/run1"
     shipped = json.loads(controller["args"]["config"])
     assert shipped["federation"]["num_clients"] == 3 and shipped["engine"] == "flare"
+    # Each site's device travels in the job; sites take them in turn (site-3 shares cuda:0).
+    cfg = RunConfig.model_validate(shipped)
+    devices = [site_config(cfg, f"site-{i}").runtime.device for i in (1, 2, 3)]
+    assert devices == ["cuda:0", "cuda:1", "cuda:0"]
     for i in (1, 2, 3):
         custom = job / f"app_site-{i}" / "custom"
         assert (custom / "flare_client.py").is_file()
@@ -121,3 +131,27 @@ def test_poc_refuses_a_port_in_use(tiny_foundation, tmp_path):
     assert result.exit_code == 1
     assert "port 8002 (fed_learn_port of the FLARE POC server" in result.output
     assert "already in use" in result.output
+
+
+def test_site_devices_are_checked_and_named(tiny_foundation, tmp_path):
+    from fedumm.config import ConfigError, load_config
+
+    cfg = load_config(None, ["flare.site_devices={site-2: cuda:7}", "engine=flare"])
+    assert site_config(cfg, "site-1").runtime.device == "auto"  # unnamed: runtime.device
+    assert site_config(cfg, "site-2").runtime.device == "cuda:7"
+    with pytest.raises(ConfigError, match="flare.site_devices names site-9, which is not a site"):
+        load_config(None, ["flare.site_devices={site-9: cpu}"])
+    with pytest.raises(ConfigError, match="flare.site_devices: Value error, unknown device 'gpu0'"):
+        load_config(None, ["flare.site_devices=[gpu0]"])
+    # A simulator site on a GPU this machine lacks: refused before FLARE starts.
+    missing = f"cuda:{torch.cuda.device_count()}"
+    result = run_tiny(
+        tmp_path / "sim",
+        tiny_foundation,
+        *TWO_CLIENTS,
+        f"flare.site_devices={{site-2: '{missing}'}}",
+        cli=["--engine", "flare"],
+    )
+    assert result.exit_code == 2
+    assert f"flare.site_devices (site-2): '{missing}' asked for" in result.output
+    assert not (tmp_path / "sim" / "flare").exists()

@@ -9,6 +9,7 @@ from fedumm.models import foundation
 from fedumm.models.generate import generate
 from fedumm.models.processor import IGNORE, collate
 from fedumm.models.umm import UMMForCausalLM
+from fedumm.pretraining import pretrain
 
 
 def test_save_and_from_pretrained_round_trip_everything(tiny_foundation, tmp_path):
@@ -67,7 +68,7 @@ def test_pretraining_is_reproducible(tiny_foundation, tmp_path):
     from fedumm.config import PretrainConfig
     from tests.conftest import TINY_PRETRAIN
 
-    foundation.pretrain(PretrainConfig(**TINY_PRETRAIN), tmp_path)
+    pretrain(PretrainConfig(**TINY_PRETRAIN), tmp_path)
     a, _ = foundation.load(tiny_foundation)
     b, _ = foundation.load(tmp_path)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -77,7 +78,7 @@ def test_pretraining_with_caption_matching_reports_its_accuracy(tmp_path):
     from fedumm.config import PretrainConfig
     from tests.conftest import TINY_PRETRAIN
 
-    metrics = foundation.pretrain(PretrainConfig(**TINY_PRETRAIN, matching_samples=32), tmp_path)
+    metrics = pretrain(PretrainConfig(**TINY_PRETRAIN, matching_samples=32), tmp_path)
     card = json.loads((tmp_path / "pretraining.json").read_text())
     assert card["config"]["matching_samples"] == 32
     assert card["metrics"]["caption_matching_accuracy"] == metrics["caption_matching_accuracy"]

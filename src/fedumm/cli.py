@@ -40,6 +40,8 @@ def _exit_on(*errors: type[Exception], code: int = 1) -> Iterator[None]:
     config or usage, 1: the work failed), instead of a traceback."""
     try:
         yield
+    except typer.Exit:  # an inner manager's verdict (typer.Exit is a RuntimeError)
+        raise
     except errors as e:
         message = str(e) if isinstance(e, ConfigError) else f"error: {e}"
         typer.secho(message, fg="red", err=True)
@@ -188,7 +190,8 @@ def _run_sweep(plan, out: Path, progress: bool, overwrite: bool, jobs: int) -> l
 
     _setup_logging()
     # ConfigError is a ValueError: the inner manager gives it its own exit code.
-    with _exit_on(FileNotFoundError, ValueError, RoundFailed), _exit_on(ConfigError, code=2):
+    with _exit_on(FileNotFoundError, ValueError, RoundFailed, RuntimeError), \
+            _exit_on(ConfigError, code=2):  # fmt: skip
         return run_sweep(plan, out, progress, overwrite, jobs)
 
 
@@ -253,16 +256,17 @@ def pretrain(
     cfg: PretrainConfig = _load(config, set_, PretrainConfig)
     from tqdm.auto import tqdm
 
-    from fedumm.models.foundation import pretrain as run_pretraining
+    from fedumm.pretraining import pretrain as run_pretraining
 
     with tqdm(total=cfg.steps, desc="pretraining", unit="step") as bar:
 
         def on_step(step: int, loss: float) -> None:
             bar.update()
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss:.3f}")
+                bar.set_postfix(loss=f"{float(loss):.3f}")
 
-        metrics = run_pretraining(cfg, out, on_step=on_step)
+        with _exit_on(RuntimeError), _exit_on(ConfigError, code=2):
+            metrics = run_pretraining(cfg, out, on_step=on_step)
     typer.echo(json.dumps(metrics, indent=2))
     typer.echo(f"foundation saved to {out}; use it with --set model.foundation={out}")
 

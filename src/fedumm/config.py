@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -502,6 +503,60 @@ class EvalConfig(Section):
     )
 
 
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _check_device(name: str, allow_auto: bool = True) -> str:
+    if not _DEVICE.match(name) or (name == "auto" and not allow_auto):
+        names = DEVICE_NAMES if allow_auto else DEVICE_NAMES.removeprefix("auto, ")
+        raise ValueError(f"unknown device {name!r}; expected {names}")
+    return name
+
+
+class RuntimeConfig(Section):
+    """Where and in what precision models run. None of it changes what a run computes except
+    `precision` (and micro-batching, at the level of float rounding)."""
+
+    device: str = Field(
+        "auto", description="auto (the first GPU if there is one, else the CPU), cpu, cuda, cuda:N."
+    )
+    devices: list[str] | Literal["all"] | None = Field(
+        None,
+        description="Devices that train a round's clients in parallel, one worker each holding "
+        "a base model ([cuda:0, cuda:1], or all GPUs); null = only `device`.",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="fp32, or autocast to bf16 / fp16 (fp16 with loss scaling, CUDA only); "
+        "LoRA weights and optimizer state stay fp32.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, more compute."
+    )
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Split each batch into micro-batches of this many samples and accumulate "
+        "their gradients; null = the whole batch at once.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        return _check_device(device)
+
+    @field_validator("devices")
+    @classmethod
+    def _known_devices(cls, devices: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(devices, list):
+            if not devices:
+                raise ValueError("name at least one device, or null")
+            for name in devices:
+                _check_device(name, allow_auto=False)
+        return devices
+
+
 class FlareConfig(Section):
     env: Literal["sim", "poc"] = Field(
         "sim", description="FLARE's simulator, or POC mode (real server and client processes)."
@@ -509,12 +564,37 @@ class FlareConfig(Section):
     round_timeout: int = Field(
         600, ge=1, description="Seconds the server waits for a round's answers before going on."
     )
+    site_devices: list[str] | dict[str, str] | None = Field(
+        None,
+        description="Each site's device: a list dealt to site-1, site-2, ... in turn ([cuda:0, "
+        "cuda:1]; [cuda:0]: all share one), or {site-k: device}; null = runtime.device.",
+    )
+
+    @field_validator("site_devices")
+    @classmethod
+    def _known_devices(cls, devices: list[str] | dict[str, str] | None):
+        if devices is not None:
+            if not devices:
+                raise ValueError("name at least one device, or null")
+            names = devices.values() if isinstance(devices, dict) else devices
+            for name in names:
+                _check_device(name)
+        return devices
+
+    def site_device(self, site: str, index: int, default: str) -> str:
+        """The device site `site` (the `index`-th, from 0) trains on."""
+        if isinstance(self.site_devices, list):
+            return self.site_devices[index % len(self.site_devices)]
+        return (self.site_devices or {}).get(site, default)
 
 
 class RunConfig(Section):
     seed: int = Field(0, description="Seeds data, partition, LoRA init and training.")
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads; null = torch's default (all cores)."
+    )
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="Device, precision and memory savers."
     )
     data: DataConfig = Field(default_factory=DataConfig, description="Data set.")
     partition: PartitionConfig = Field(
@@ -587,6 +667,21 @@ class RunConfig(Section):
                 f"partition.client_tasks names {', '.join(sorted(missing - set(self.data.tasks)))}"
                 f" but data.tasks is {self.data.tasks}"
             )
+        named = self.flare.site_devices
+        if isinstance(named, dict):
+            sites = {f"site-{i}" for i in range(1, self.federation.num_clients + 1)}
+            unknown = sorted(set(named) - sites)
+            if unknown:
+                raise ValueError(
+                    f"flare.site_devices names {', '.join(unknown)}, which is not a site: the "
+                    f"sites are site-1..site-{self.federation.num_clients}"
+                )
+        micro = self.runtime.micro_batch_size
+        if self.federation.dp_sgd.enabled and micro and micro < self.federation.batch_size:
+            raise ValueError(
+                f"runtime.micro_batch_size ({micro}) with federation.dp_sgd: DP-SGD clips each "
+                "sample's gradient over the whole batch at once; unset micro_batch_size"
+            )
         strategy = self.federation.strategy
         if strategy.name == "krum":
             f = strategy.num_byzantine if strategy.num_byzantine is not None else 1
@@ -626,6 +721,9 @@ class PretrainConfig(Section):
     seed: int = Field(0, description="Seeds tokenizers, codebook, data and initialisation.")
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads; null = torch's default (all cores)."
+    )
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="Device, precision and memory savers."
     )
     text_vocab_size: int = Field(400, ge=300, description="Byte-level BPE vocabulary size.")
     codebook_size: int = Field(256, ge=2, description="VQ image codebook size (upper bound).")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedumm.config import PartitionConfig, RunConfig
+from fedumm.config import PartitionConfig, RunConfig, without_retired
 from fedumm.data import partition
 from fedumm.data.modality import IMAGE_TEXT, assign_modalities, modality_counts
 from fedumm.evaluation.metrics import spread
@@ -37,6 +37,7 @@ from fedumm.models import load_processor
 from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
 from fedumm.models.processor import Encoded, Processor
 from fedumm.report import plot_partitions, write_report
+from fedumm.runtime import Runtime, resolve, worker_devices
 from fedumm.seeding import derive_seed, draw_share
 from fedumm.tasks import ClassificationTask, Task, build_tasks
 from fedumm.tasks import evaluate as evaluate_tasks
@@ -125,6 +126,7 @@ class Federation:
     client_states: dict[str, dict]  # stays on each client (e.g. SCAFFOLD's control variate)
     malicious: list[str]
     ranks: dict[str, int]  # client -> its own LoRA rank, where ranks differ
+    runtime: Runtime  # where the model runs, in what precision
 
     @property
     def clients(self) -> list[ClientData]:
@@ -145,7 +147,8 @@ class Federation:
         generated images (generation runs)."""
         set_adapter(self.model, params)
         grid = image_grid if "generation" in self.tasks else None
-        return evaluate_tasks(self.tasks, self.model, self.processor, self.cfg.eval, grid)
+        return evaluate_tasks(self.tasks, self.model, self.processor, self.cfg.eval, grid,
+                              self.runtime)  # fmt: skip
 
     def evaluate_personal(self, params: Params, client: ClientData) -> dict:
         """Metrics of `client`'s own model (personalized strategies: part of it is the
@@ -164,7 +167,8 @@ class Federation:
         update = local_update(self.model, client, message, fed, seed, self.processor.collate,
                               self.strategy, self.client_states[cid],
                               self.fresh[self.ranks.get(cid, self.rank)],
-                              lr=fed.lr_at((rnd - 1) / fed.rounds))  # fmt: skip
+                              lr=fed.lr_at((rnd - 1) / fed.rounds),
+                              runtime=self.runtime)  # fmt: skip
         if cid in self.malicious:
             attack = cfg.attack
             update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)
@@ -174,10 +178,11 @@ class Federation:
 def build_federation(cfg: RunConfig) -> Federation:
     """Foundation + LoRA, tasks, the clients' partition, the strategy: all from `cfg` and its
     seed, so every process that builds it gets the same."""
+    runtime = resolve(cfg.runtime)  # a device that is not there: refused before any work
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    loaded = load_model(cfg.model)
+    loaded = load_model(cfg.model, runtime)
     base, processor, lora = loaded.model, loaded.processor, cfg.lora
     if lora is None:  # federated full fine-tuning: every weight trains and travels
         model, rank = base.requires_grad_(True), 0
@@ -208,7 +213,7 @@ def build_federation(cfg: RunConfig) -> Federation:
     if cfg.attack.kind != "none":
         malicious = draw_share(ids, cfg.attack.fraction, derive_seed(cfg.seed, 0xBAD))
     return Federation(cfg, model, processor, rank, fresh, tasks, split, strategy,
-                      {cid: {} for cid in ids}, malicious, ranks)  # fmt: skip
+                      {cid: {} for cid in ids}, malicious, ranks, runtime)  # fmt: skip
 
 
 Connect = Callable[[Federation], Transport]
@@ -263,11 +268,14 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
         """Plain local training from the fresh adapter (the baselines do not federate)."""
         update = local_update(model, client, initial, fed, seed, processor.collate, steps=steps,
                               on_step=lambda step, loss: bar.update(),
-                              lr=lambda step: fed.lr_at(step / steps))  # fmt: skip
+                              lr=lambda step: fed.lr_at(step / steps),
+                              runtime=fl.runtime)  # fmt: skip
         return evaluate_adapter(update.params, grid)
 
     results: dict = {"config": cfg.model_dump(), "model": {"family": processor.family_name},
-                     "baselines": {}}  # fmt: skip
+                     "runtime": fl.runtime.describe(), "baselines": {}}  # fmt: skip
+    if cfg.runtime.devices is not None:  # the round's clients trained in parallel on these
+        results["runtime"]["devices"] = [str(d) for d in worker_devices(cfg.runtime)]
     if fl.malicious:
         results["attack"] = {"kind": cfg.attack.kind, "magnitude": cfg.attack.magnitude,
                              "clients": fl.malicious}  # fmt: skip
@@ -275,7 +283,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
     global_params, first_round = initial, 1
     if resume:
         ck = checkpoint.load(out_dir)
-        if ck.config != results["config"] and not force:
+        if not _same_run(ck.config, cfg) and not force:
             raise checkpoint.CheckpointError(
                 f"{out_dir} was run with another config; resume with the same config (or force it)"
             )
@@ -303,9 +311,10 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
     final_params, _ = server.run(global_params, fed.rounds, first_round, after_round)
     if "generation" in tasks:  # the federated model's pictures, next to the baselines'
         set_adapter(model, final_params)
-        tasks["generation"].evaluate(
-            model, processor, cfg.eval, out_dir / "generated_federated.png"
-        )
+        with fl.runtime.autocast():
+            tasks["generation"].evaluate(
+                model, processor, cfg.eval, out_dir / "generated_federated.png"
+            )
     results["rounds"] = rounds
     results["final"] = {"metrics": rounds[-1]["metrics"]}
     if fed.dp_sgd.enabled:
@@ -348,6 +357,16 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))
     write_report(results, out_dir)
     return results
+
+
+def _same_run(stored: dict, cfg: RunConfig) -> bool:
+    """Whether a checkpoint's config is `cfg`, up to where and how the model runs (`runtime`):
+    a run stopped for lack of memory resumes with settings that need less."""
+    try:
+        before = RunConfig.model_validate(without_retired(stored))
+    except ValueError:
+        return False
+    return before.model_dump(exclude={"runtime"}) == cfg.model_dump(exclude={"runtime"})
 
 
 def _sample_level_privacy(fed, clients: list[ClientData], records: list[dict]) -> dict:

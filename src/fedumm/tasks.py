@@ -19,6 +19,7 @@ from fedumm.evaluation.geneval import Detector, geneval_scores, judge, load_dete
 from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
 from fedumm.models.generate import text_to_image
 from fedumm.models.processor import Encoded, Processor, UMMProcessor, encode_vqa
+from fedumm.runtime import CPU, Runtime
 from fedumm.seeding import derive_seed
 
 
@@ -151,11 +152,14 @@ def build_tasks(cfg: RunConfig, processor: Processor) -> dict[str, Task]:
     return tasks
 
 
-def evaluate(tasks: dict[str, Task], model, processor, cfg: EvalConfig, grid=None) -> dict:
-    """Every task's metrics in one flat dict (their keys do not collide)."""
+def evaluate(tasks: dict[str, Task], model, processor, cfg: EvalConfig, grid=None,
+             runtime: Runtime = CPU) -> dict:  # fmt: skip
+    """Every task's metrics in one flat dict (their keys do not collide), computed in the
+    runtime's precision on the model's device."""
     out: dict = {}
-    for task in tasks.values():
-        out.update(task.evaluate(model, processor, cfg, grid))
+    with runtime.autocast():
+        for task in tasks.values():
+            out.update(task.evaluate(model, processor, cfg, grid))
     return out
 
 

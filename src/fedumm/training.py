@@ -1,5 +1,6 @@
 """The one optimisation loop every part of fedumm uses: pretraining, a client's local update,
-and the local-only and centralized baselines. Same code, so the comparisons are fair."""
+and the local-only and centralized baselines. Same code, so the comparisons are fair; the same
+on every device (`Runtime`: placement, mixed precision, micro-batches)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from fedumm.federation.dp_sgd import DPSGD
 from fedumm.models.processor import IGNORE, Encoded
+from fedumm.runtime import CPU, Runtime, model_device, prefetched, to_device
 from fedumm.seeding import derive_seed
 
 
@@ -29,6 +31,7 @@ class TrainingHooks:
     """
 
     def loss(self, model: torch.nn.Module, task_loss: torch.Tensor) -> torch.Tensor:
+        """The loss to minimise given the task's; terms added here are added once per step."""
         return task_loss
 
     def before_step(self, model: torch.nn.Module) -> None:
@@ -51,6 +54,11 @@ def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
         pos += size
 
 
+def target_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens the loss is taken on (labels are shifted by one inside the models)."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
 def train_steps(
     model: torch.nn.Module,
     data: list[Encoded],
@@ -64,13 +72,16 @@ def train_steps(
     lr_schedule: Callable[[int], float] | None = None,
     max_grad_norm: float | None = 1.0,
     optimizer: str = "adamw",
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
     dp_sgd: tuple[float, float] | None = None,
+    runtime: Runtime = CPU,
 ) -> TrainStats:
     """Run `steps` optimizer steps (AdamW or plain SGD) on the trainable parameters of `model`
     over `data` (batched by `collate`, the processor's), clipping the gradient norm to
     `max_grad_norm` unless it is None. With `dp_sgd` = (per-sample clip norm, noise
-    multiplier) the steps are DP-SGD steps instead."""
+    multiplier) the steps are DP-SGD steps instead. `model` is on `runtime.device`; a step
+    whose batch is split into micro-batches weights each by its share of the target tokens,
+    so its gradient is the whole batch's. `on_step(step, loss)` gets the loss as a tensor."""
     if not data:
         raise ValueError("cannot train on an empty data set")
     hooks = hooks or TrainingHooks()
@@ -79,34 +90,61 @@ def train_steps(
     generator = torch.Generator().manual_seed(seed)
     private = DPSGD(model, *dp_sgd, derive_seed(seed, 0xD5)) if dp_sgd else None
     forward = private.module if private else model
+    scaler = runtime.grad_scaler()
+    device = model_device(model)
+
+    def build(idx: list[int]) -> tuple[int, list[tuple[dict, int]]]:
+        """A step's micro-batches on the device, each with its count of target tokens."""
+        pieces = [collate([data[i] for i in part]) for part in runtime.micro_batches(idx)]
+        return len(idx), [(to_device(b, device), target_tokens(b)) for b in pieces]
+
+    order = batches(len(data), batch_size, steps, generator)
+    stream = prefetched(order, build) if runtime.prefetch else map(build, order)
     model.train()
     start, losses, samples = time.perf_counter(), [], 0
     try:
-        for step, idx in enumerate(batches(len(data), batch_size, steps, generator)):
+        for step, (size, pieces) in enumerate(stream):
             if lr_schedule is not None:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_schedule(step)
-            batch = collate([data[i] for i in idx])
-            task_loss = forward(**batch).loss
-            loss = hooks.loss(model, task_loss)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            total = sum(tokens for _, tokens in pieces)
+            task_loss = None
+            for i, (batch, tokens) in enumerate(pieces):
+                with runtime.autocast():
+                    part = forward(**batch).loss
+                if len(pieces) > 1:
+                    part = part * (tokens / max(total, 1))
+                loss = hooks.loss(model, part) if i == 0 else part
+                (scaler.scale(loss) if scaler else loss).backward()
+                task_loss = part.detach() if task_loss is None else task_loss + part.detach()
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             if private is not None:
                 private.privatize()  # per-sample clipping replaces the batch clipping
             elif max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            hooks.before_step(model)
-            optimizer.step()
-            losses.append(task_loss.item())
-            samples += len(idx)
+            if scaler is None or _finite(params):  # fp16 skips a step that overflowed
+                hooks.before_step(model)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            losses.append(task_loss)
+            samples += size
             if on_step is not None:
-                on_step(step, losses[-1])
+                on_step(step, task_loss)
     finally:
         if private is not None:
             private.close()
     model.eval()
-    tail = losses[-10:]
+    tail = [float(x) for x in losses[-10:]]
     return TrainStats(steps, samples, time.perf_counter() - start, sum(tail) / len(tail))
+
+
+def _finite(params: list[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
 
 
 @torch.no_grad()
@@ -115,13 +153,16 @@ def evaluation_loss(
     data: list[Encoded],
     collate: Callable[[list[Encoded]], dict[str, torch.Tensor]],
     batch_size: int = 256,
+    runtime: Runtime = CPU,
 ) -> float:
     """Mean next-token loss over the target tokens of `data` (teacher forcing)."""
     model.eval()
+    device = model_device(model)
     total, count = 0.0, 0
     for i in range(0, len(data), batch_size):
         batch = collate(data[i : i + batch_size])
-        n = int((batch["labels"][:, 1:] != IGNORE).sum())
-        total += model(**batch).loss.item() * n
+        n = target_tokens(batch)
+        with runtime.autocast():
+            total += model(**to_device(batch, device)).loss.item() * n
         count += n
     return total / max(count, 1)

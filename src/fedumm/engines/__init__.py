@@ -10,19 +10,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from fedumm.config import ConfigError, RunConfig
+from fedumm.runtime import OutOfMemory, resolve, worker_devices
 
 
 def run_federation(cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False,
                    force: bool = False) -> dict:  # fmt: skip
-    """Run `cfg` (federation and baselines) on the engine it names; return the results."""
-    if cfg.engine == "flare":
-        if resume:
-            raise ConfigError("--resume: the FLARE engine cannot resume a run yet (client state "
-                              "lives in the client processes)")  # fmt: skip
-        from fedumm.engines.flare import run_flare
+    """Run `cfg` (federation and baselines) on the engine it names; return the results.
+    Devices the config names that this machine lacks are refused before any work."""
+    resolve(cfg.runtime)
+    worker_devices(cfg.runtime)
+    out_dir = Path(out_dir)
+    try:
+        if cfg.engine == "flare":
+            if resume:
+                raise ConfigError("--resume: the FLARE engine cannot resume a run yet (client "
+                                  "state lives in the client processes)")  # fmt: skip
+            from fedumm.engines.flare import run_flare
 
-        return run_flare(cfg, Path(out_dir))
-    from fedumm.engines.embedded import run
+            return run_flare(cfg, out_dir)
+        from fedumm.engines.embedded import run
 
-    return run(cfg, Path(out_dir), progress, resume, force)
+        return run(cfg, out_dir, progress, resume, force)
+    except torch.OutOfMemoryError as e:
+        raise OutOfMemory.after(e, out_dir) from None

@@ -1,17 +1,29 @@
 """The embedded engine: every client of the federation in this process, one after another, on
-the one frozen base model they all share (clients differ only by their adapter)."""
+the one frozen base model they all share (clients differ only by their adapter); or, with
+`runtime.devices`, a round's clients in parallel, one worker per device, each holding one base.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import multiprocessing
+import traceback
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
 
+import torch
+
 from fedumm.config import RunConfig
-from fedumm.experiment import Federation, run_experiment
+from fedumm.experiment import Federation, build_federation, run_experiment
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, upload
 from fedumm.federation.server import Transport
 from fedumm.federation.update import ClientUpdate, Params
+from fedumm.runtime import worker_devices
+
+log = logging.getLogger("fedumm")
 
 TrainClient = Callable[[ClientData, Params, int], ClientUpdate]
 
@@ -55,10 +67,123 @@ class InProcess:
         return None
 
 
-def connect(fl: Federation) -> Transport:
-    """The embedded engine's transport for a built federation."""
+def _in_process(fl: Federation) -> InProcess:
     return InProcess(fl.train_client, fl.clients, fl.cfg.federation.secure_aggregation,
                      fl.cfg.seed, fl.evaluate_personal)  # fmt: skip
+
+
+class DevicePool:
+    """A round's clients trained in parallel: this process trains on the first device, one
+    worker process on each other device, each worker holding its own base model. Clients are
+    dealt to the devices in turn, in the round's order. A client's training depends only on
+    what the server sent, its state and its seed (round, client), so the federation ends as on
+    one device. Client state (SCAFFOLD's c_i, FedSA-LoRA's B) stays in this process and
+    travels with the task to whichever worker trains the client."""
+
+    def __init__(self, fl: Federation, devices: list[torch.device]):
+        self.fl = fl
+        self.local = _in_process(fl)
+        context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+        threads = fl.cfg.threads or torch.get_num_threads()
+        self.workers: list[tuple[torch.device, Connection, multiprocessing.Process]] = []
+        for device in devices[1:]:
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_serve, daemon=True, name=f"fedumm-{device}",
+                                      args=(fl.cfg.model_dump_json(), str(device), threads,
+                                            theirs))  # fmt: skip
+            process.start()
+            theirs.close()
+            self.workers.append((device, mine, process))
+        self.ready = False
+
+    def _answer(self, device: torch.device, conn: Connection):
+        """The worker's next message, or its failure raised here."""
+        try:
+            kind, *payload = conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the worker on {device} died (see its output above)") from None
+        if kind == "error":
+            name, message, trace = payload
+            log.error("worker on %s:\n%s", device, trace)
+            if name == "OutOfMemoryError":
+                raise torch.OutOfMemoryError(f"on {device}: {message}")
+            raise RuntimeError(f"the worker on {device} failed: {name}: {message}")
+        return payload
+
+    def exchange(
+        self, rnd: int, down: bytes, clients: list[ClientData], cohort: list[ClientData]
+    ) -> list[tuple[ClientUpdate, bytes]]:
+        if not self.ready:  # workers build their federation while this process starts
+            for device, conn, _ in self.workers:
+                self._answer(device, conn)
+            self.ready = True
+        shares = [clients[i :: len(self.workers) + 1] for i in range(len(self.workers) + 1)]
+        states = self.fl.client_states
+        for (_, conn, _), share in zip(self.workers, shares[1:]):
+            conn.send(("train", rnd, down, [c.client_id for c in share],
+                       [c.client_id for c in cohort],
+                       {c.client_id: wire.pack(states[c.client_id]) for c in share}))  # fmt: skip
+        answers = dict(zip((c.client_id for c in shares[0]),
+                           self.local.exchange(rnd, down, shares[0], cohort)))  # fmt: skip
+        for device, conn, _ in self.workers:
+            (results,) = self._answer(device, conn)
+            for (cid, samples, steps, metrics), up, state in results:
+                states[cid] = wire.unpack(state)
+                answers[cid] = (ClientUpdate(cid, {}, samples, steps, metrics), up)
+        return [answers[c.client_id] for c in clients]
+
+    def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
+        return self.local.evaluate_personal(params, clients)
+
+    def close(self) -> None:
+        for _, conn, process in self.workers:
+            with contextlib.suppress(BrokenPipeError, OSError):  # a worker already gone
+                conn.send(("stop",))
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+        self.workers = []
+
+
+def _serve(config: str, device: str, threads: int, conn: Connection) -> None:
+    """A device worker: builds the federation on `device`, then trains the clients it is sent
+    until told to stop. Failures go back to the main process, which raises them."""
+    try:
+        torch.set_num_threads(threads)
+        cfg = RunConfig.model_validate_json(config)
+        cfg.runtime.device, cfg.runtime.devices = device, None
+        fl = build_federation(cfg)
+        everyone = fl.clients
+        conn.send(("ready",))
+        while True:
+            task = conn.recv()
+            if task[0] == "stop":
+                return
+            _, rnd, down, ids, cohort, states = task
+            peers = [everyone.index(fl.client(cid)) for cid in cohort]
+            results = []
+            for cid in ids:
+                client = fl.client(cid)
+                fl.client_states[cid] = wire.unpack(states[cid])
+                update = fl.train_client(client, wire.unpack(down), rnd)
+                up = upload(update, cfg.federation.secure_aggregation, cfg.seed, rnd,
+                            everyone.index(client), peers)  # fmt: skip
+                meta = (cid, update.num_samples, update.num_steps, update.metrics)
+                results.append((meta, up, wire.pack(fl.client_states[cid])))
+            conn.send(("ok", results))
+    except (EOFError, KeyboardInterrupt):
+        return
+    except BaseException as e:
+        conn.send(("error", type(e).__name__, str(e), traceback.format_exc()))
+
+
+def connect(fl: Federation) -> Transport:
+    """The embedded engine's transport for a built federation: in this process, or on a pool
+    of device workers when `runtime.devices` names several."""
+    devices = worker_devices(fl.cfg.runtime)
+    if len(devices) > 1:
+        return DevicePool(fl, devices)
+    return _in_process(fl)
 
 
 def run(cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False,

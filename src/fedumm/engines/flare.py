@@ -26,11 +26,12 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedumm.config import RunConfig
-from fedumm.engines.flare_client import CONFIG_NAME  # beside the script on every site
+from fedumm.engines.flare_client import CONFIG_NAME, site_config
 from fedumm.experiment import run_experiment
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, site_names
 from fedumm.federation.update import ClientUpdate, Params
+from fedumm.runtime import resolve_device
 
 CLIENT_SCRIPT = Path(__file__).with_name("flare_client.py")
 TASK = "train"
@@ -145,7 +146,10 @@ def _write_config(cfg: RunConfig, folder: Path) -> Path:
 
 def run_flare(cfg: RunConfig, out_dir: Path) -> dict:
     """Run the federation under FLARE (cfg.flare.env); return the results the server wrote.
-    The FLARE workspace (logs of every site) is OUT/flare."""
+    The FLARE workspace (logs of every site) is OUT/flare. Simulator and POC sites run on this
+    machine: the devices they are given must be here."""
+    for site in site_names(cfg.federation.num_clients):
+        resolve_device(site_config(cfg, site).runtime.device, f"flare.site_devices ({site})")
     out_dir = Path(out_dir).resolve()
     workspace = out_dir / "flare"
     if workspace.exists():

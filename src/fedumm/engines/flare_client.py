@@ -19,7 +19,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from fedumm.config import RunConfig
 from fedumm.experiment import build_federation
 from fedumm.federation import wire
-from fedumm.federation.client import upload
+from fedumm.federation.client import site_names, upload
 
 CONFIG_NAME = "fedumm_config.json"
 # Fault injection for tests and drills: "site-2@3" makes site-2's process die at round 3.
@@ -34,9 +34,19 @@ def shipped_config() -> RunConfig:
     raise FileNotFoundError(f"{CONFIG_NAME} is in none of: the working folder, sys.path")
 
 
+def site_config(cfg: RunConfig, site: str) -> RunConfig:
+    """The config as `site` runs it: on its own device (flare.site_devices)."""
+    sites = site_names(cfg.federation.num_clients)
+    if site not in sites:
+        raise ValueError(f"site {site!r} is not one of this job's sites: site-1..{sites[-1]}")
+    device = cfg.flare.site_device(site, sites.index(site), cfg.runtime.device)
+    return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
+        update={"device": device, "devices": None})})  # fmt: skip
+
+
 def main() -> None:
-    cfg = shipped_config()
     flare.init()
+    cfg = site_config(shipped_config(), flare.get_site_name())
     fl = build_federation(cfg)
     client = fl.client(flare.get_site_name())
     me = fl.clients.index(client)
@@ -56,7 +66,7 @@ def main() -> None:
         up = upload(update, cfg.federation.secure_aggregation, cfg.seed, rnd, me, cohort)
         flare.send(FLModel(params={"upload": up}, meta={
             "num_samples": update.num_samples, "num_steps": update.num_steps,
-            "metrics": {**update.metrics, "pid": os.getpid()},
+            "metrics": {**update.metrics, "pid": os.getpid(), "device": str(fl.runtime.device)},
         }))  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import torch
 from scipy.stats import rankdata
 
 from fedumm.models.processor import IGNORE, Encoded
+from fedumm.runtime import model_device, to_device
 
 
 @torch.no_grad()
@@ -27,8 +28,9 @@ def class_scores(
     log_p = []
     was_training = model.training
     model.eval()
+    device = model_device(model)
     for i in range(0, len(sequences), batch_size):
-        batch = processor.collate(sequences[i : i + batch_size])
+        batch = to_device(processor.collate(sequences[i : i + batch_size]), device)
         targets = batch.pop("labels")[:, 1:]
         logits = model(**batch).logits
         token_lp = torch.log_softmax(logits[:, :-1].float(), -1)
@@ -36,7 +38,7 @@ def class_scores(
         log_p.append((picked * (targets != IGNORE)).sum(-1))
     model.train(was_training)
     joint = torch.cat(log_p).view(len(prompts), len(classes))
-    return torch.softmax(joint, -1).numpy()
+    return torch.softmax(joint, -1).cpu().numpy()
 
 
 def one_vs_rest_auc(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -2,7 +2,8 @@
 
 Clients own their data and a small `state` (what an algorithm keeps on the client, e.g. SCAFFOLD's
 control variate); the frozen base model is shared by every simulated client and the adapter is
-swapped in and out, so memory does not grow with the number of clients.
+swapped in and out, so memory does not grow with the number of clients. The client's side of
+the strategy computes on the model's device; what it keeps and what it sends is on the CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models.lora import adapter_parameters, get_adapter, set_adapter
 from fedumm.models.processor import Encoded
+from fedumm.runtime import CPU, Runtime, model_device
 from fedumm.seeding import derive_seed
 from fedumm.training import train_steps
 
@@ -63,11 +65,15 @@ def local_update(
     steps: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
     lr: float | Callable[[int], float] | None = None,
+    runtime: Runtime = CPU,
 ) -> ClientUpdate:
     """Local training as `strategy` asks (plain training without one): `steps` steps, else
     cfg's local schedule. `state` is this client's persistent dict, `initial` its fresh adapter;
     `lr` a rate or a schedule over the steps (default cfg.lr)."""
     state = {} if state is None else state
+    device = model_device(model)
+    message, initial = _on(message, device), _on(initial, device)
+    state.update(_on(state, device))
     start = strategy.client_start(message, state, initial) if strategy else message
     set_adapter(model, start)
     hooks = strategy.client_hooks(model, message, state) if strategy else None
@@ -84,17 +90,23 @@ def local_update(
             model, client.data, steps, cfg.batch_size, lr if not callable(lr) else lr(0),
             cfg.weight_decay, seed, collate, hooks=hooks, max_grad_norm=cfg.max_grad_norm,
             optimizer=cfg.optimizer, on_step=on_step,
-            lr_schedule=lr if callable(lr) else None, dp_sgd=dp_sgd,
+            lr_schedule=lr if callable(lr) else None, dp_sgd=dp_sgd, runtime=runtime,
         )  # fmt: skip
     trained = get_adapter(model)
     upload = strategy.client_finish(message, trained, state, hooks) if strategy else trained
+    state.update(_on(state, "cpu"))
     return ClientUpdate(
         client_id=client.client_id,
-        params=upload,
+        params=_on(upload, "cpu"),
         num_samples=len(client.data),
         num_steps=stats.steps,
         metrics={"loss": stats.loss, "train_seconds": stats.seconds},
     )
+
+
+def _on(params: Params | None, device) -> Params | None:
+    """`params` on `device` (the same tensors where they are there already)."""
+    return None if params is None else {k: v.to(device) for k, v in params.items()}
 
 
 def upload(update: ClientUpdate, secure: bool, seed: int, rnd: int, me: int,

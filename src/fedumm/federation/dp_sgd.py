@@ -49,7 +49,8 @@ class DPSGD:
         std = self.noise_multiplier * self.clip_norm
         for p, g in zip(self.params, samples):
             data_free = p.grad - g.mean(0)  # e.g. a proximal term: no sample in it
-            noise = torch.normal(0.0, std, p.shape, generator=self.generator)
+            # drawn on the CPU: the same noise whatever device trains
+            noise = torch.normal(0.0, std, p.shape, generator=self.generator).to(p.device)
             clipped = torch.einsum("b,b...->...", scale, g)
             p.grad = (clipped + noise) / batch + data_free
             p.grad_sample = None

@@ -9,6 +9,9 @@ import torch
 
 from fedumm.config import ModelConfig
 from fedumm.models.processor import Processor
+from fedumm.runtime import CPU, Runtime
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # The built-in model learns new answer words, so its adapters reach lm_head and the MLPs too.
 BUILTIN_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -33,19 +36,38 @@ def default_targets(spec: ModelConfig) -> list[str]:
     return BUILTIN_TARGETS
 
 
-def load(spec: ModelConfig) -> LoadedModel:
-    """The model a run's `model` section names: a Hugging Face model or a fedumm foundation."""
+def load(spec: ModelConfig, runtime: Runtime = CPU) -> LoadedModel:
+    """The model a run's `model` section names, a Hugging Face model or a fedumm foundation,
+    frozen, its weights in `spec.dtype` on `runtime.device`."""
     if spec.name_or_path is not None:
         from fedumm.models import hf
 
-        model, processor = hf.load(spec.name_or_path, spec.family, spec.dtype)
-        layers = model.config.get_text_config().num_hidden_layers
-        return LoadedModel(model, processor, processor.family.language_model,
-                           default_targets(spec), layers)  # fmt: skip
-    from fedumm.models import foundation
+        model, processor = hf.load(spec.name_or_path, spec.family, DTYPES[spec.dtype])
+        scope, layers = processor.family.language_model, model.config.get_text_config()
+        loaded = LoadedModel(model, processor, scope, default_targets(spec),
+                             layers.num_hidden_layers)  # fmt: skip
+    else:
+        from fedumm.models import foundation
 
-    model, processor = foundation.load(spec.foundation)
-    return LoadedModel(model, processor, "", default_targets(spec), model.config.num_hidden_layers)
+        model, processor = foundation.load(spec.foundation)
+        model.to(DTYPES[spec.dtype])
+        loaded = LoadedModel(model, processor, "", default_targets(spec),
+                             model.config.num_hidden_layers)  # fmt: skip
+    place(loaded.model, runtime)
+    return loaded
+
+
+def place(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
+    """`model` moved to the runtime's device, with gradient checkpointing if it asks for it
+    (non-reentrant: frozen inputs need no gradient, and LoRA's gradients stay exact)."""
+    model.to(runtime.device)
+    if runtime.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
 
 
 def load_processor(spec: ModelConfig) -> Processor:

@@ -2,14 +2,17 @@
 
 Restricting the band is what makes one model two tools: answers are sampled from text tokens only,
 images from image codes only. Greedy by default; temperature and top-k sample with a seeded
-generator so generation is reproducible. Classifier-free guidance (Ho & Salimans 2022) decodes
-each prompt next to an unconditional one and extrapolates: logits = u + g * (c - u).
+CPU generator so generation is reproducible, and the same on any device the model runs on.
+Classifier-free guidance (Ho & Salimans 2022) decodes each prompt next to an unconditional one
+and extrapolates: logits = u + g * (c - u).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from fedumm.runtime import model_device
 
 
 @torch.no_grad()
@@ -37,11 +40,13 @@ def generate(
     for i, p in enumerate(prompts):  # left padding keeps every prompt's last token aligned
         ids[i, length - len(p) :] = torch.tensor(p)
         mask[i, length - len(p) :] = 1
+    device = model_device(model)
+    ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    band = torch.full((model.config.vocab_size,), float("-inf"))
+    band = torch.full((model.config.vocab_size,), float("-inf"), device=device)
     band[allowed[0] : allowed[1]] = 0.0
-    out = torch.empty((n, 0), dtype=torch.long)
-    done = torch.zeros(n, dtype=torch.bool)
+    out = torch.empty((n, 0), dtype=torch.long, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
     past, step_ids = None, ids
     for _ in range(max_new_tokens):
         result = model(
@@ -62,7 +67,8 @@ def generate(
             if top_k is not None:
                 kth = logits.topk(top_k, dim=-1).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            probs = logits.softmax(-1).cpu()  # the seeded generator lives on the CPU
+            token = torch.multinomial(probs, 1, generator=generator).to(device)
         else:
             token = logits.argmax(-1, keepdim=True)
         out = torch.cat([out, token], dim=1)
@@ -71,7 +77,7 @@ def generate(
             if done.all():
                 break
         step_ids = token if guidance is None else token.repeat(2, 1)
-        mask = torch.cat([mask, torch.ones((len(mask), 1), dtype=torch.long)], dim=1)
+        mask = torch.cat([mask, torch.ones((len(mask), 1), dtype=torch.long, device=device)], 1)
         positions = positions[:, -1:] + 1
     return out.tolist()
 

@@ -30,11 +30,10 @@ from transformers import (
 
 from fedumm.data.images import StoredImage
 from fedumm.models.processor import IGNORE, Encoded, collate
+from fedumm.runtime import model_device, to_device
 
 # transformers 5 warns each time peft asks a model about gradient checkpointing: not ours to fix.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _llava_segment(p: HFProcessor, image: dict) -> list[int]:
@@ -206,7 +205,7 @@ class HFProcessor:
     @torch.no_grad()
     def answer(self, model, prompts: list[Encoded], max_new_tokens: int) -> list[list[int]]:
         """Greedy continuations through the model's own `generate` (it knows its inputs)."""
-        batch = self.collate(prompts, left=True)
+        batch = to_device(self.collate(prompts, left=True), model_device(model))
         batch.pop("labels")
         was_training = model.training
         model.eval()
@@ -253,11 +252,10 @@ def load_processor(name_or_path: str, family: str = "auto") -> HFProcessor:
     return HFProcessor(family, config, tokenizer, image_processor)
 
 
-def load(name_or_path: str, family: str = "auto", dtype: str = "float32"):
+def load(name_or_path: str, family: str = "auto", dtype: torch.dtype = torch.float32):
     """(model, processor) from a local folder or a hub id; the model frozen, in eval mode."""
     processor = load_processor(name_or_path, family)
-    model = AutoModelForImageTextToText.from_pretrained(_source(name_or_path),
-                                                        dtype=DTYPES[dtype])  # fmt: skip
+    model = AutoModelForImageTextToText.from_pretrained(_source(name_or_path), dtype=dtype)
     model.requires_grad_(False)
     model.eval()
     return model, processor

@@ -113,14 +113,16 @@ def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
 
 
 def get_adapter(model: torch.nn.Module) -> Params:
-    """A detached copy of the active adapter's tensors: exactly what a client sends. A plain
-    (non-peft) model is fully fine-tuned: its trainable state is every weight."""
+    """A detached copy of the active adapter's tensors, on the CPU wherever the model runs:
+    exactly what a client sends. A plain (non-peft) model is fully fine-tuned: its trainable
+    state is every weight."""
     if not isinstance(model, PeftModel):
-        return {k: v.detach().clone() for k, v in model.named_parameters()}
-    state = get_peft_model_state_dict(
-        model, adapter_name=model.active_adapter, save_embedding_layers=False
-    )
-    return {k: v.detach().clone() for k, v in state.items()}
+        state = dict(model.named_parameters())
+    else:
+        state = get_peft_model_state_dict(
+            model, adapter_name=model.active_adapter, save_embedding_layers=False
+        )
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def initial_adapters(model: torch.nn.Module) -> dict[int, Params]:
@@ -190,7 +192,8 @@ def _set_folds(model: PeftModel, folds: dict[str, torch.Tensor]) -> None:
             base[module] = model.get_submodule(module).base_layer.weight.detach().clone()
         for module, weight in base.items():
             target = model.get_submodule(module).base_layer.weight
-            target.copy_(weight + folds[module] if module in folds else weight)
+            fold = folds.get(module)
+            target.copy_(weight if fold is None else weight + fold.to(weight.device))
 
 
 def full_state(model: torch.nn.Module) -> Params:

@@ -1,0 +1,181 @@
+"""Where and in what precision models run: the config's `runtime` section made concrete.
+
+One `Runtime` is resolved per process before any work (a device that is not there is refused
+then, naming the key) and handed to every part that runs a model: training (autocast, loss
+scaling, micro-batches), evaluation and generation (autocast), and loading (placement,
+gradient checkpointing). Batches are built on the CPU and moved by `to_device`; on a GPU the
+next batches are built in a background thread while the current one trains (`prefetch`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from fedumm.config import ConfigError, RuntimeConfig
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MEMORY_ADVICE = (
+    "settings that need less memory: runtime.micro_batch_size (accumulate the batch in "
+    "smaller pieces), runtime.gradient_checkpointing=true, runtime.precision=bf16 and "
+    "model.dtype=bfloat16, or a smaller federation.batch_size"
+)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    micro_batch_size: int | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the forward passes inside (nothing under fp32)."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler | None:
+        """fp16 needs its loss scaled so small gradients do not flush to zero."""
+        return torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+
+    def micro_batches(self, indices: list[int]) -> list[list[int]]:
+        """One optimizer step's samples in the pieces that go through the model at once."""
+        size = self.micro_batch_size or len(indices)
+        return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+    @property
+    def prefetch(self) -> bool:
+        """Build batches in a background thread (on a GPU the CPU is otherwise idle)."""
+        return self.device.type == "cuda"
+
+    def describe(self) -> dict:
+        """What results.json records of where a run ran."""
+        out = {"device": str(self.device), "precision": self.precision,
+               "gradient_checkpointing": self.gradient_checkpointing,
+               "micro_batch_size": self.micro_batch_size}  # fmt: skip
+        if self.device.type == "cuda":
+            out["device_name"] = torch.cuda.get_device_name(self.device)
+        return out
+
+
+CPU = Runtime()
+
+
+class OutOfMemory(RuntimeError):
+    """A run stopped for lack of device memory; the message says what needs less, and how to
+    continue from the last checkpoint."""
+
+    @classmethod
+    def after(cls, error: BaseException, out_dir=None) -> OutOfMemory:
+        """From torch's error; `out_dir`: a federation's run folder, whose checkpoint resumes."""
+        from fedumm.federation.checkpoint import CheckpointError, read_manifest
+
+        what = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if out_dir is None:
+            return cls(f"out of memory ({what}); {MEMORY_ADVICE}")
+        try:
+            done = read_manifest(out_dir)["round"]
+            resume = (f"the checkpoint of round {done} is in {out_dir}: continue with `fedumm "
+                      f"run --resume {out_dir} --set runtime.micro_batch_size=N` (or the "
+                      f"other settings)")  # fmt: skip
+        except CheckpointError:
+            resume = "no round had finished, so there is no checkpoint to resume from"
+        return cls(f"out of memory ({what}); {MEMORY_ADVICE}; {resume}")
+
+
+def resolve_device(name: str, key: str) -> torch.device:
+    """The device `name` stands for on this machine; one that is not here is a ConfigError
+    naming `key` and what exists."""
+    if name == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = 0 if device.index is None else device.index
+        if count == 0:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU build"
+            raise ConfigError(f"{key}: {name!r} asked for, but this machine has no CUDA device "
+                              f"(torch {torch.__version__}, {build}); available: cpu")  # fmt: skip
+        if index >= count:
+            names = ", ".join(f"cuda:{i}" for i in range(count))
+            raise ConfigError(f"{key}: {name!r} asked for, but this machine has {count} CUDA "
+                              f"device(s): {names}")  # fmt: skip
+        return torch.device("cuda", index)
+    return device
+
+
+def resolve(cfg: RuntimeConfig, key: str = "runtime") -> Runtime:
+    """The runtime a config asks for, checked against this machine before any work."""
+    device = resolve_device(cfg.device, f"{key}.device")
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"{key}.precision: fp16 needs a CUDA device (loss-scaled half "
+                          f"precision); {key}.device is {device}: use bf16 or fp32")  # fmt: skip
+    return Runtime(device, cfg.precision, cfg.gradient_checkpointing, cfg.micro_batch_size)
+
+
+def worker_devices(cfg: RuntimeConfig, key: str = "runtime") -> list[torch.device]:
+    """The devices whose workers train a round's clients in parallel (`devices`), checked;
+    just the main device when none are named."""
+    if cfg.devices is None:
+        return [resolve_device(cfg.device, f"{key}.device")]
+    if cfg.devices == "all":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"{key}.devices: 'all' GPUs asked for, but this machine has none")
+        return [torch.device("cuda", i) for i in range(count)]
+    return [resolve_device(name, f"{key}.devices") for name in cfg.devices]
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on `device` (from pinned memory, without waiting, on a GPU)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor)
+            else v for k, v in batch.items()}  # fmt: skip
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def prefetched(items: Iterable, build: Callable, depth: int = 2) -> Iterator:
+    """`build(item)` for each item, computed up to `depth` items ahead in a background thread;
+    results in order, and an exception in `build` re-raised here."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                results.put((build(item), None))
+        except BaseException as e:  # handed to the consumer, which raises it
+            results.put((None, e))
+        results.put((done, None))
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while True:
+            value, error = results.get()
+            if error is not None:
+                raise error
+            if value is done:
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                results.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
