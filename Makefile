@@ -9,7 +9,7 @@ $(BIN)/fedumm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,all]'
 	touch $@
 
 demo: $(BIN)/fedumm  ## run the default federation; results in runs/quickstart/

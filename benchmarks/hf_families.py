@@ -18,12 +18,12 @@ from pathlib import Path
 
 from fedumm.config import load_config
 from fedumm.engines import run_federation
-from fedumm.models.hf_tiny import BUILDERS, build_tiny
+from fedumm.models.architectures import TINY, build_random
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", nargs="+", default=list(BUILDERS), choices=list(BUILDERS))
+    parser.add_argument("--families", nargs="+", default=list(TINY), choices=list(TINY))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -39,7 +39,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:
-            path = build_tiny(family, Path(tmp) / family)
+            path = build_random(family, Path(tmp) / family)
             cfg = load_config("configs/quickstart.yaml",
                               [*overrides, f"model.name_or_path={path}"])  # fmt: skip
             start = time.perf_counter()

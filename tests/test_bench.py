@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 
 from fedumm.bench import available, fedmllm, load_bench, privacy, robustness
 from fedumm.cli import app
@@ -129,3 +131,17 @@ def test_fedmllm_table_puts_local_first_and_checks_the_papers_findings(tmp_path)
     # local-only loses 13.0, FedAvg 20.0 and FedProx 64.0: local-only does not degrade most
     assert "local-only loses 13.0 points; the federated methods lose 20.0 to 64.0" in text
     assert "does not degrade most" in text
+
+
+def test_the_gpu_benchmark_runs_at_tiny_scale_on_the_cpu(tmp_path):
+    """benchmarks/gpu.py is measured on a GPU; here it must run end to end at tiny scale."""
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--preset",
+                           "tiny", "--seq", "40", "--batch", "2", "--steps", "2", "--out",
+                           str(out)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    for line in ("(a) plain torch + peft:", "(b) fedumm client training:", "(c) 8-client round:"):
+        assert line in done.stdout
+    figures = json.loads(out.read_text())
+    assert figures["plain_samples_per_s"] > 0 and figures["fedumm_samples_per_s"] > 0
+    assert figures["round_overhead"] >= 1.0  # a round includes the clients' work

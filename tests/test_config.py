@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from fedumm.config import ConfigError, PretrainConfig, RunConfig, load_config
+from fedumm.validation import load_run_config
 
 
 def _write(tmp_path, text):
@@ -17,7 +18,7 @@ def test_defaults_and_shipped_configs_validate():
     cfg = load_config("configs/quickstart.yaml")
     assert cfg.federation.num_clients == 8 and cfg.partition.alpha == 0.5
     shipped = sorted(set(Path("configs").glob("*.yaml")) - {Path("configs/pretrain.yaml")})
-    assert len(shipped) >= 3 and all(isinstance(load_config(p), RunConfig) for p in shipped)
+    assert len(shipped) >= 3 and all(isinstance(load_run_config(p), RunConfig) for p in shipped)
     assert load_config("configs/pretrain.yaml", schema=PretrainConfig) == PretrainConfig()
 
 
@@ -58,7 +59,7 @@ def test_overrides_are_parsed_as_yaml():
 )  # fmt: skip
 def test_bad_configs_are_refused_naming_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
-        load_config(_write(tmp_path, text))
+        load_run_config(_write(tmp_path, text))
     assert message in str(err.value)
     assert str(tmp_path / "c.yaml") in str(err.value)
 

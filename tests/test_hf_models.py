@@ -12,8 +12,8 @@ from fedumm.config import ModelConfig, load_config
 from fedumm.data.images import ImageFile
 from fedumm.experiment import build_federation
 from fedumm.models import load
+from fedumm.models.architectures import TINY, build_random
 from fedumm.models.hf import FAMILIES, HFProcessor
-from fedumm.models.hf_tiny import BUILDERS, build_tiny
 from fedumm.models.lora import add_lora, get_adapter
 from tests.test_classification_end_to_end import CLASSIFICATION
 from tests.tiny import TINY_RUN, run_tiny
@@ -24,21 +24,22 @@ TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2"]
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
-    return {family: build_tiny(family, root / family) for family in BUILDERS}
+    return {family: build_random(family, root / family) for family in TINY}
 
 
 def _run(out, model_path, *overrides):
     return run_tiny(out, "builtin", f"model.name_or_path={model_path}", *TWO_CLIENTS, *overrides)
 
 
-@pytest.mark.parametrize("family", list(BUILDERS))
+@pytest.mark.parametrize("family", list(TINY))
 def test_each_family_federates_vqa_and_classification_through_fedumm_run(
     family, tiny_models, tmp_path
 ):
     result = _run(tmp_path / "vqa", tiny_models[family])
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "vqa" / "results.json").read_text())
-    assert len(results["rounds"]) == 2 and results["model"] == {"family": family}
+    assert len(results["rounds"]) == 2
+    assert results["model"] == {"family": family, "random_weights": f"tiny-{family}"}
     assert f"({family}, float32)" in (tmp_path / "vqa" / "report.md").read_text()
     assert 0 <= results["final"]["metrics"]["vqa_accuracy"] <= 100
     comm = results["communication"]
@@ -52,7 +53,7 @@ def test_each_family_federates_vqa_and_classification_through_fedumm_run(
     assert 0 <= metrics["classification_auc"] <= 100
 
 
-@pytest.mark.parametrize("family", list(BUILDERS))
+@pytest.mark.parametrize("family", list(TINY))
 def test_default_lora_targets_the_language_models_attention_only(family, tiny_models):
     loaded = load(ModelConfig(name_or_path=str(tiny_models[family])))
     assert isinstance(loaded.processor, HFProcessor) and loaded.processor.family_name == family

@@ -5,8 +5,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedumm.config import ConfigError, load_config
+from fedumm.config import ConfigError
 from fedumm.federation.secure_aggregation import MODULUS, SCALE, mask, unmask_sum
+from fedumm.validation import load_run_config
 from tests.test_server import _train, server
 
 
@@ -46,6 +47,6 @@ def test_secure_engine_matches_the_plain_one():
 )
 def test_incompatible_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, ["federation.secure_aggregation=true", *overrides])
+        load_run_config(None, ["federation.secure_aggregation=true", *overrides])
     with pytest.raises(ValueError, match="cannot aggregate from"):
         server(_train(), 3, strategy="krum", secure=True)

@@ -55,7 +55,7 @@ def _traffic(rounds: list[dict]) -> np.ndarray:
 def communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
     """Per adapter: bytes per round, the ratio to full fine-tuning, final accuracy, and the
     round and bytes at which the global model first reaches the accuracy every cell reaches."""
-    from fedumm.models.sizes import published_sizes
+    from fedumm.models.architectures import published_sizes
 
     metric = headlines(rows[0])[0]
     target = min(r[metric] for r in rows)

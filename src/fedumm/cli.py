@@ -49,18 +49,26 @@ def _exit_on(*errors: type[Exception], code: int = 1) -> Iterator[None]:
 
 
 def _load(config: Path | None, overrides: list[str] | None, schema):
+    """The config file with `--set` overrides, validated (a run config also by its algorithm
+    and model family); a bad one ends the command with exit code 2."""
     with _exit_on(ConfigError, code=2):
+        if schema is RunConfig:
+            from fedumm.validation import load_run_config
+
+            return load_run_config(config, overrides or [])
         return load_config(config, overrides or [], schema)
 
 
 def _stored_config(run_dir: Path, overrides: list[str] | None) -> RunConfig:
     from fedumm.config import apply_overrides, validate, without_retired
     from fedumm.federation.checkpoint import CheckpointError, read_manifest
+    from fedumm.validation import check
 
     with _exit_on(CheckpointError):
         stored = without_retired(read_manifest(run_dir)["config"])
     with _exit_on(ConfigError, code=2):
-        return validate(apply_overrides(stored, overrides or []), RunConfig, str(run_dir))
+        raw = apply_overrides(stored, overrides or [])
+        return check(validate(raw, RunConfig, str(run_dir)), str(run_dir))
 
 
 def _setup_logging() -> None:
@@ -213,6 +221,10 @@ def flare_export(
 ) -> None:
     """Write a FLARE job folder to submit to a deployment (nvflare job submit -j JOB)."""
     cfg = _load(config, [*(set_ or []), "engine=flare"], RunConfig)
+    from fedumm.extras import require
+
+    with _exit_on(ConfigError, code=2):
+        require("flare", "fedumm flare export")
     from fedumm.engines.flare import export_job
 
     job = export_job(cfg, out, results)
@@ -271,19 +283,46 @@ def pretrain(
     typer.echo(f"foundation saved to {out}; use it with --set model.foundation={out}")
 
 
-@app.command("tiny-model")
-def tiny_model(
-    family: Annotated[str, typer.Argument(help="llava, qwen2_vl, qwen2_5_vl, idefics3, smolvlm, "
-                                          "paligemma, chameleon or janus.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")],
-    seed: Annotated[int, typer.Option(help="Seeds the random weights.")] = 0,
-) -> None:  # fmt: skip
-    """Save a tiny random Hugging Face model of FAMILY, built offline, to run by path."""
-    from fedumm.models.hf_tiny import build_tiny
+FamilyArgument = Annotated[
+    str, typer.Argument(help="llava, qwen2_vl, qwen2_5_vl, idefics3, smolvlm, paligemma, "
+                        "chameleon or janus.")
+]  # fmt: skip
+ModelOutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")]
+SeedOption = Annotated[int, typer.Option(help="Seeds the random weights.")]
 
-    with _exit_on(ValueError, code=2):
-        build_tiny(family, out, seed)
-    typer.echo(f"tiny {family} saved to {out}; use it with --set model.name_or_path={out}")
+
+@app.command("random-model")
+def random_model(
+    family: FamilyArgument,
+    out: ModelOutOption,
+    preset: Annotated[str, typer.Option(help="tiny, or a published architecture of FAMILY: "
+                                        "llava-1.5-7b, qwen2-vl-2b, qwen2.5-vl-3b, "
+                                        "qwen2.5-vl-7b, paligemma-3b, smolvlm-256m, "
+                                        "chameleon-7b, janus-pro-1b, janus-pro-7b.")] = "tiny",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 weights (bfloat16 "
+                                       "halves the folder of a published size).")] = "float32",
+    seed: SeedOption = 0,
+) -> None:  # fmt: skip
+    """Save a Hugging Face model of FAMILY with RANDOM weights, built offline at a preset's
+    size, to run by path: for measuring memory and speed where no weights can be fetched."""
+    from fedumm.models import DTYPES
+    from fedumm.models.architectures import build_random
+
+    with _exit_on(ValueError, KeyError, code=2):
+        if dtype not in DTYPES:
+            raise ValueError(f"--dtype {dtype!r}; expected {', '.join(DTYPES)}")
+        build_random(family, out, preset, seed, DTYPES[dtype])
+    typer.secho(f"UNTRAINED: {out} holds a {preset} {family} architecture with random weights; "
+                "it measures memory and speed, and its scores mean nothing.", fg="yellow",
+                err=True)  # fmt: skip
+    typer.echo(f"saved to {out}; use it with --set model.name_or_path={out}")
+
+
+@app.command("tiny-model")
+def tiny_model(family: FamilyArgument, out: ModelOutOption, seed: SeedOption = 0) -> None:
+    """Save a tiny random Hugging Face model of FAMILY, built offline, to run by path (the
+    same as `random-model FAMILY --preset tiny`)."""
+    random_model(family, out, "tiny", "float32", seed)
 
 
 @app.command()

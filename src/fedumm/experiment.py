@@ -34,6 +34,7 @@ from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models import load as load_model
 from fedumm.models import load_processor
+from fedumm.models.hf import RANDOM_MARK
 from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
 from fedumm.models.processor import Encoded, Processor
 from fedumm.report import plot_partitions, write_report
@@ -274,6 +275,9 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
 
     results: dict = {"config": cfg.model_dump(), "model": {"family": processor.family_name},
                      "runtime": fl.runtime.describe(), "baselines": {}}  # fmt: skip
+    random = getattr(model.config, RANDOM_MARK, None)
+    if random:  # `fedumm random-model`: the report says so
+        results["model"]["random_weights"] = random
     if cfg.runtime.devices is not None:  # the round's clients trained in parallel on these
         results["runtime"]["devices"] = [str(d) for d in worker_devices(cfg.runtime)]
     if fl.malicious:

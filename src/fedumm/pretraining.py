@@ -101,7 +101,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
         with runtime.autocast():
             metrics = evaluate_pretraining(model, processor, *test, runtime=runtime)
     except torch.OutOfMemoryError as e:
-        raise OutOfMemory.after(e) from None
+        raise OutOfMemory(e) from None
     metrics.update(
         train_loss=stats.loss,
         seconds=time.perf_counter() - start,

@@ -40,6 +40,16 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} PB"
 
 
+def _where(runtime: dict | None) -> str:
+    """' on cuda:0 (NVIDIA H100, bf16)': where the run ran, from results.json."""
+    if not runtime:
+        return ""
+    device = runtime.get("device_name") or runtime["device"]
+    if runtime.get("devices"):
+        device = f"{len(runtime['devices'])} workers ({', '.join(runtime['devices'])})"
+    return f" on {device}, {runtime['precision']}"
+
+
 def write_report(results: dict, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     plot_accuracy(results, out_dir / "accuracy.png")
@@ -63,8 +73,15 @@ def write_report(results: dict, out_dir: Path) -> None:
         + PartitionConfig(**cfg["partition"]).describe()
         + (f", LoRA r={cfg['lora']['r']}" if cfg["lora"] else ", full fine-tuning")
         + f", seed {cfg['seed']}. "
-        f"Wall time {results['wall_seconds']:.0f} s.",
+        f"Wall time {results['wall_seconds']:.0f} s" + _where(results.get("runtime")) + ".",
     ]  # fmt: skip
+    random = results.get("model", {}).get("random_weights")
+    if random:
+        lines += [
+            "",
+            f"**The model has random weights** (`fedumm random-model`, {random}): "
+            "these numbers measure the pipeline's speed and memory, not a model.",
+        ]
     for key in headlines(rows[-1][1]):
         lines += ["", *_metric_table(results, rows, key)]
     lines += _privacy_lines(results)

@@ -69,25 +69,12 @@ CPU = Runtime()
 
 
 class OutOfMemory(RuntimeError):
-    """A run stopped for lack of device memory; the message says what needs less, and how to
-    continue from the last checkpoint."""
+    """A run stopped for lack of device memory; the message says what needs less."""
 
-    @classmethod
-    def after(cls, error: BaseException, out_dir=None) -> OutOfMemory:
-        """From torch's error; `out_dir`: a federation's run folder, whose checkpoint resumes."""
-        from fedumm.federation.checkpoint import CheckpointError, read_manifest
-
-        what = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if out_dir is None:
-            return cls(f"out of memory ({what}); {MEMORY_ADVICE}")
-        try:
-            done = read_manifest(out_dir)["round"]
-            resume = (f"the checkpoint of round {done} is in {out_dir}: continue with `fedumm "
-                      f"run --resume {out_dir} --set runtime.micro_batch_size=N` (or the "
-                      f"other settings)")  # fmt: skip
-        except CheckpointError:
-            resume = "no round had finished, so there is no checkpoint to resume from"
-        return cls(f"out of memory ({what}); {MEMORY_ADVICE}; {resume}")
+    def __init__(self, error: BaseException, then: str = ""):
+        text = str(error).strip()
+        what = text.splitlines()[0] if text else type(error).__name__
+        super().__init__(f"out of memory ({what}); {MEMORY_ADVICE}" + (f"; {then}" if then else ""))
 
 
 def resolve_device(name: str, key: str) -> torch.device:

@@ -32,6 +32,7 @@ from fedumm.config import (
     without_retired,
 )
 from fedumm.evaluation.metrics import HEADLINES, headlines
+from fedumm.validation import check
 
 OF_CENTRAL = "_pct_of_centralized"  # suffix of a headline given as % of the reference's
 
@@ -107,7 +108,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         for more in extra:
             raw = apply_overrides(raw, more)
         raw = apply_overrides(raw, overrides or [])
-        return Cell(name, values, validate(raw, RunConfig, f"{path} (cell {name})"))
+        source = f"{path} (cell {name})"
+        return Cell(name, values, check(validate(raw, RunConfig, source), source))
 
     cells = []
     for combo in itertools.product(*sweep.grid.values()):

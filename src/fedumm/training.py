@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedumm.federation.dp_sgd import DPSGD
+from fedumm.dp_sgd import DPSGD
 from fedumm.models.processor import IGNORE, Encoded
 from fedumm.runtime import CPU, Runtime, model_device, prefetched, to_device
 from fedumm.seeding import derive_seed

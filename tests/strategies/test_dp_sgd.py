@@ -5,7 +5,7 @@ import json
 
 import torch
 
-from fedumm.federation.dp_sgd import DPSGD
+from fedumm.dp_sgd import DPSGD
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.models.lora import get_adapter, set_adapter
 from fedumm.training import TrainingHooks, train_steps

@@ -13,13 +13,19 @@ from pathlib import Path
 import torch
 
 from fedumm.config import ConfigError, RunConfig
+from fedumm.extras import check_installed
+from fedumm.federation.checkpoint import CheckpointError, read_manifest
 from fedumm.runtime import OutOfMemory, resolve, worker_devices
+from fedumm.validation import check
 
 
 def run_federation(cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False,
                    force: bool = False) -> dict:  # fmt: skip
     """Run `cfg` (federation and baselines) on the engine it names; return the results.
-    Devices the config names that this machine lacks are refused before any work."""
+    Devices the config names that this machine lacks, and optional parts it needs that are
+    not installed, are refused before any work."""
+    check(cfg, "the run's config")
+    check_installed(cfg)
     resolve(cfg.runtime)
     worker_devices(cfg.runtime)
     out_dir = Path(out_dir)
@@ -35,4 +41,16 @@ def run_federation(cfg: RunConfig, out_dir: Path, progress: bool = True, resume:
 
         return run(cfg, out_dir, progress, resume, force)
     except torch.OutOfMemoryError as e:
-        raise OutOfMemory.after(e, out_dir) from None
+        raise OutOfMemory(e, _resumable(out_dir)) from None
+
+
+def _resumable(out_dir: Path) -> str:
+    """How a run stopped mid-way continues: from its last checkpoint, if it has one."""
+    try:
+        done = read_manifest(out_dir)["round"]
+    except CheckpointError:
+        return "no round had finished, so there is no checkpoint to resume from"
+    return (
+        f"the checkpoint of round {done} is in {out_dir}: continue with `fedumm run --resume "
+        f"{out_dir} --set runtime.micro_batch_size=N` (or the other settings)"
+    )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from fedumm.models.processor import IGNORE, Encoded
 from fedumm.runtime import model_device, to_device
@@ -39,6 +38,16 @@ def class_scores(
     model.train(was_training)
     joint = torch.cat(log_p).view(len(prompts), len(classes))
     return torch.softmax(joint, -1).cpu().numpy()
+
+
+def rankdata(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties given the mean of the ranks they span."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
 
 
 def one_vs_rest_auc(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -103,10 +103,7 @@ class Server:
         if deadline is not None and duration is None:
             raise ValueError("a round deadline needs a duration for each client's local work")
         if secure and not strategy.aggregates_weighted_mean:
-            raise ValueError(
-                f"secure aggregation reveals only the weighted mean of the updates, which "
-                f"{strategy.name} cannot aggregate from"
-            )
+            raise ValueError(strategy.secure_aggregation_refusal())
         if clients_per_round > len(clients):
             raise ValueError(f"clients_per_round ({clients_per_round}) > clients ({len(clients)})")
         self.clients = clients

@@ -27,6 +27,16 @@ class LoadedModel:
     num_layers: int  # of the language model
 
 
+def config_problems(spec: ModelConfig) -> list[tuple[str, str]]:
+    """(config key, why) for what the model section asks that no model offers."""
+    from fedumm.models.hf import FAMILIES
+
+    if spec.family != "auto" and spec.family not in FAMILIES:
+        return [("model.family", f"unknown family {spec.family!r}; supported: auto, "
+                                 f"{', '.join(FAMILIES)}")]  # fmt: skip
+    return []
+
+
 def default_targets(spec: ModelConfig) -> list[str]:
     """The LoRA target modules of the model `spec` names, used when a config names none."""
     if spec.name_or_path is not None:

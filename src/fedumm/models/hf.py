@@ -12,6 +12,7 @@ plain, not chat templates:  [<bos>] <image segment> question \\n | answer <eos>.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from collections.abc import Callable
@@ -31,6 +32,9 @@ from transformers import (
 from fedumm.data.images import StoredImage
 from fedumm.models.processor import IGNORE, Encoded, collate
 from fedumm.runtime import model_device, to_device
+
+log = logging.getLogger("fedumm")
+RANDOM_MARK = "fedumm_random_weights"  # config.json key of `fedumm random-model` models
 
 # transformers 5 warns each time peft asks a model about gradient checkpointing: not ours to fix.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
@@ -256,6 +260,10 @@ def load(name_or_path: str, family: str = "auto", dtype: torch.dtype = torch.flo
     """(model, processor) from a local folder or a hub id; the model frozen, in eval mode."""
     processor = load_processor(name_or_path, family)
     model = AutoModelForImageTextToText.from_pretrained(_source(name_or_path), dtype=dtype)
+    random = getattr(model.config, RANDOM_MARK, None)
+    if random:
+        log.warning("%s has random weights (fedumm random-model, %s): it measures memory and "
+                    "speed; its scores mean nothing", name_or_path, random)  # fmt: skip
     model.requires_grad_(False)
     model.eval()
     return model, processor

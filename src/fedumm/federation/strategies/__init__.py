@@ -31,6 +31,25 @@ STRATEGIES: dict[str, type[Strategy]] = {
 }  # fmt: skip
 
 
+def config_problems(cfg) -> list[tuple[str, str]]:
+    """(config key, why) for what `cfg`'s algorithm cannot do, with the algorithms that can."""
+    name = cfg.federation.strategy.name
+    if name not in STRATEGIES:
+        return [("federation.strategy.name",
+                 f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")]  # fmt: skip
+    problems = STRATEGIES[name].config_problems(cfg)
+    able = {"federation.secure_aggregation": ("strategies that can", "aggregates_weighted_mean"),
+            "lora.client_ranks": ("use a strategy that mixes ranks", "mixed_ranks")}  # fmt: skip
+    out = []
+    for key, why in problems:
+        if key in able:
+            label, flag = able[key]
+            names = sorted(n for n, c in STRATEGIES.items() if getattr(c, flag))
+            why += f"; {label}: {', '.join(names)}"
+        out.append((key, why))
+    return out
+
+
 def build_strategy(
     name: str, context: FederationContext | None = None, **hyperparameters: float
 ) -> Strategy:

@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 
+from fedumm.config import RunConfig
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models.lora import is_fold
 from fedumm.training import TrainingHooks
@@ -55,6 +56,45 @@ class Strategy(ABC):
             raise ValueError(f"{self.name} does not use {', '.join(unknown)} (it uses: {uses})")
         self.context = context or FederationContext()
         self.hp = {**self.defaults, **hyperparameters}
+
+    @classmethod
+    def config_problems(cls, cfg: RunConfig) -> list[tuple[str, str]]:
+        """(config key, why) for each thing `cfg` asks that this algorithm cannot do; an
+        algorithm with rules of its own extends the list."""
+        problems = []
+        unused = sorted(cfg.federation.strategy.hyperparameters().keys() - cls.defaults.keys())
+        if unused:
+            uses = ", ".join(sorted(cls.defaults)) or "none"
+            problems.append(
+                (
+                    "federation.strategy",
+                    f"{', '.join(unused)} not used by {cls.name} (it uses: {uses})",
+                )
+            )
+        if cfg.federation.secure_aggregation and not cls.aggregates_weighted_mean:
+            problems.append(("federation.secure_aggregation", cls.secure_aggregation_refusal()))
+        if cfg.lora is None and cls.needs_lora:
+            problems.append(
+                (
+                    "lora",
+                    f"{cls.name} aggregates LoRA factors; with lora: null (full "
+                    "fine-tuning) choose a strategy that does not",
+                )
+            )
+        ranks = cfg.lora.client_ranks if cfg.lora else None
+        if ranks is not None and set(ranks) != {cfg.lora.r} and not cls.mixed_ranks:
+            problems.append(
+                (
+                    "lora.client_ranks",
+                    f"they differ from lora.r but {cls.name} averages factors of one shape",
+                )
+            )
+        return problems  # fmt: skip
+
+    @classmethod
+    def secure_aggregation_refusal(cls) -> str:
+        return (f"secure aggregation reveals only the weighted mean of the updates, which "
+                f"{cls.name} cannot aggregate from")  # fmt: skip
 
     def state_dict(self) -> Params:
         """The server state as flat tensors ('<attr>/<key>'), for checkpoints."""

@@ -29,6 +29,18 @@ class Krum(Strategy):
     paper = "Blanchard et al., NeurIPS 2017"
     defaults = {"num_byzantine": 1, "multi_krum": 1}
 
+    @classmethod
+    def config_problems(cls, cfg):
+        problems = super().config_problems(cfg)
+        f = cfg.federation.strategy.num_byzantine
+        f = cls.defaults["num_byzantine"] if f is None else f
+        sampled = cfg.federation.sampled_per_round
+        if sampled <= 2 * f + 2:
+            problems.append(("federation.strategy.num_byzantine",
+                             f"krum with {f} Byzantine clients needs more than {2 * f + 2} "
+                             f"clients per round; {sampled} are sampled"))  # fmt: skip
+        return problems
+
     def aggregate(self, global_params, updates):
         keys = list(global_params)
         flat = torch.stack([torch.cat([u.params[k].flatten().double() for k in keys])
