@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedumm.federation.strategies import STRATEGIES
-from tests.tiny import run_tiny
+from tests.tiny import assert_trained, client_losses, run_tiny
 
 NO_BASELINES = ["baselines.zero_shot=false", "baselines.local=false",
                 "baselines.centralized=false"]  # fmt: skip
@@ -43,6 +43,11 @@ def test_each_algorithm_runs_end_to_end(runs, name):
     assert res["config"]["federation"]["strategy"]["name"] == name
     assert 0 <= res["final"]["metrics"]["vqa_accuracy"] <= 100
     assert all(r["bytes_up"] > 0 and not r["rejected"] for r in res["rounds"])
+    if name == "dp_fedavg":  # its noise (z = 1) moves the model, and not down the loss
+        losses = client_losses(res)
+        assert losses[-1] != losses[0]
+    else:
+        assert_trained(res)
 
 
 def _per_round(res, direction):

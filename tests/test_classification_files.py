@@ -7,7 +7,7 @@ import pytest
 
 from fedumm.data.classification_files import read_split
 from tests.official_formats import CRISIS_LABELS
-from tests.tiny import run_tiny
+from tests.tiny import assert_trained, run_tiny
 
 
 def test_hateful_memes_are_read_resized_and_a_bad_image_is_counted(hateful_memes):
@@ -72,6 +72,7 @@ def test_a_federation_runs_on_the_files_with_missing_modalities(
     final = results["final"]["metrics"]
     assert set(final["per_class_auc"]) == set(expected)
     assert 0 <= final["classification_auc"] <= 100
+    assert_trained(results)
 
 
 def test_a_file_source_without_a_root_is_refused_before_work(tiny_foundation, tmp_path):

@@ -4,7 +4,10 @@ adapter, for FedAvg, SCAFFOLD (control variates live in the client processes) an
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -14,7 +17,7 @@ from safetensors.torch import load_file
 from fedumm.cli import app
 from fedumm.config import RunConfig
 from fedumm.engines.flare_client import CRASH_ENV, site_config
-from tests.tiny import run_tiny, runner
+from tests.tiny import TINY_RUN, run_tiny, runner, wait_for_checkpoint
 
 TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2", "threads=1",
                "baselines.local=false", "baselines.centralized=false"]  # fmt: skip
@@ -57,17 +60,25 @@ def test_an_unknown_engine_is_refused(tiny_foundation, tmp_path):
 
 
 def test_poc_mode_runs_real_processes_and_stops_them(tiny_foundation, tmp_path):
-    name = "federation.strategy.name=scaffold"
+    """FedAvg through POC (a server and a client per site, as separate processes): the
+    embedded engine's adapter, bytes, client losses and scores; nothing left running."""
     runs = {}
     for engine, env in (("embedded", []), ("flare", ["--flare-env", "poc"])):
         out = tmp_path / engine
-        result = run_tiny(out, tiny_foundation, *TWO_CLIENTS, name, cli=["--engine", engine, *env])
+        result = run_tiny(out, tiny_foundation, *TWO_CLIENTS, cli=["--engine", engine, *env])
         assert result.exit_code == 0, result.output
         runs[engine] = json.loads((out / "results.json").read_text())
     a = load_file(tmp_path / "embedded" / "global_adapter.safetensors")
     b = load_file(tmp_path / "flare" / "global_adapter.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
-    flare = runs["flare"]
+    embedded, flare = runs["embedded"], runs["flare"]
+    assert flare["final"]["metrics"] == embedded["final"]["metrics"]
+    assert flare["baselines"]["zero_shot"] == embedded["baselines"]["zero_shot"]
+    for mine, theirs in zip(embedded["rounds"], flare["rounds"]):
+        assert (mine["bytes_up"], mine["bytes_down"]) == (theirs["bytes_up"], theirs["bytes_down"])
+        assert mine["metrics"] == theirs["metrics"]
+        for site, metrics in mine["client_metrics"].items():
+            assert theirs["client_metrics"][site]["loss"] == pytest.approx(metrics["loss"], 1e-6)
     clients = {site: m["pid"] for r in flare["rounds"] for site, m in r["client_metrics"].items()}
     server = flare["flare"]["server_pid"]
     assert flare["flare"]["env"] == "poc" and len({*clients.values(), server, os.getpid()}) == 4
@@ -107,7 +118,7 @@ def test_export_writes_a_job_a_deployment_can_run(tmp_path):
 
 def test_a_crashed_client_does_not_hang_the_job(tiny_foundation, tmp_path, monkeypatch):
     monkeypatch.setenv(CRASH_ENV, "site-2@2")  # site-2's process dies when round 2 starts
-    crash = [*TWO_CLIENTS, "flare.round_timeout=30", "federation.min_clients=1"]
+    crash = [*TWO_CLIENTS, "flare.round_timeout=12", "federation.min_clients=1"]
     result = run_tiny(tmp_path / "on", tiny_foundation, *crash, cli=["--engine", "flare"])
     assert result.exit_code == 0, result.output
     rounds = json.loads((tmp_path / "on" / "results.json").read_text())["rounds"]
@@ -124,6 +135,7 @@ def test_a_crashed_client_does_not_hang_the_job(tiny_foundation, tmp_path, monke
 
 def test_poc_refuses_a_port_in_use(tiny_foundation, tmp_path):
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past an old TIME_WAIT
         squatter.bind(("127.0.0.1", 8002))  # the POC server's port
         squatter.listen()
         result = run_tiny(tmp_path / "poc", tiny_foundation, *TWO_CLIENTS,
@@ -155,3 +167,109 @@ def test_site_devices_are_checked_and_named(tiny_foundation, tmp_path):
     assert result.exit_code == 2
     assert f"flare.site_devices (site-2): '{missing}' asked for" in result.output
     assert not (tmp_path / "sim" / "flare").exists()
+
+
+def test_secure_aggregation_across_flare_processes(tiny_foundation, tmp_path, monkeypatch):
+    """The key protocol as FLARE tasks between processes: the embedded engine's adapter and
+    bytes; then a site that dies after masking (before it hands over its shares): its update
+    still counts, unmasked from the others' shares."""
+    secure = [*TWO_CLIENTS, "federation.num_clients=3", "federation.clients_per_round=3",
+              "federation.secure_aggregation.enabled=true",
+              "federation.secure_aggregation.threshold=2"]  # fmt: skip
+    runs = {}
+    for engine in ("embedded", "flare"):
+        result = run_tiny(tmp_path / engine, tiny_foundation, *secure, cli=["--engine", engine])
+        assert result.exit_code == 0, result.output
+        runs[engine] = (json.loads((tmp_path / engine / "results.json").read_text()),
+                        load_file(tmp_path / engine / "global_adapter.safetensors"))  # fmt: skip
+    (embedded, a), (flare, b) = runs["embedded"], runs["flare"]
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    for mine, theirs in zip(embedded["rounds"], flare["rounds"]):
+        assert theirs["secagg_bytes"] == mine["secagg_bytes"] > 0
+        assert (theirs["bytes_up"], theirs["bytes_down"]) == (mine["bytes_up"], mine["bytes_down"])
+
+    monkeypatch.setenv(CRASH_ENV, "site-2@2:secagg_unmask")
+    crash = [*secure, "flare.round_timeout=12", "federation.rounds=3"]
+    result = run_tiny(tmp_path / "crash", tiny_foundation, *crash, cli=["--engine", "flare"])
+    assert result.exit_code == 0, result.output
+    rounds = json.loads((tmp_path / "crash" / "results.json").read_text())["rounds"]
+    assert "site-2" in rounds[1]["client_metrics"] and rounds[1]["aborted"] is None
+    assert rounds[2]["dropped"] == ["site-2"] and rounds[2]["aborted"] is None  # gone
+
+
+def _flare_command(out, foundation, *overrides):
+    args = [sys.executable, "-m", "fedumm.cli", "run", "configs/quickstart.yaml", "-o", str(out),
+            "--quiet", "--engine", "flare"]  # fmt: skip
+    for item in [*TINY_RUN, f"model.foundation={foundation}", *overrides]:
+        args += ["--set", item]
+    return args
+
+
+def test_a_killed_flare_run_resumes_to_the_uninterrupted_result(tiny_foundation, tmp_path):
+    """SIGKILL to the whole simulator (server and site processes) after round 2 of 4; then
+    `fedumm run --resume`: the server continues from its checkpoint, each site (SCAFFOLD's
+    control variate) from its own state of that round; the adapter is the one of a run never
+    interrupted."""
+    longer = [*TWO_CLIENTS, "federation.rounds=4", "federation.strategy.name=scaffold"]
+    clean = run_tiny(tmp_path / "clean", tiny_foundation, *longer)
+    assert clean.exit_code == 0, clean.output
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_flare_command(killed, tiny_foundation, *longer), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    wait_for_checkpoint(proc, killed, 2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in tree:  # the simulator's server and sites run in sessions of their own
+        p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(tree, timeout=30)
+    proc.wait()
+    assert not (killed / "results.json").exists()
+    assert json.loads((killed / "checkpoint.json").read_text())["round"] < 4
+    assert list((killed / "flare" / "state" / "site-1").glob("state-*.safetensors"))
+
+    result = runner.invoke(app, ["run", "--resume", str(killed), "--quiet"])
+    assert result.exit_code == 0, result.output
+    a = load_file(tmp_path / "clean" / "global_adapter.safetensors")
+    b = load_file(killed / "global_adapter.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    resumed = json.loads((killed / "results.json").read_text())
+    reference = json.loads((tmp_path / "clean" / "results.json").read_text())
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
+    for mine, theirs in zip(reference["rounds"], resumed["rounds"]):
+        for site, m in mine["client_metrics"].items():
+            assert theirs["client_metrics"][site]["loss"] == pytest.approx(m["loss"], 1e-6)
+
+
+@pytest.mark.slow
+def test_a_killed_poc_server_resumes_to_the_uninterrupted_result(tiny_foundation, tmp_path):
+    """POC: the FLARE server process killed after round 2 of 4; the job fails, fedumm stops
+    every POC process; `fedumm run --resume` provisions again and continues from the
+    server's checkpoint and each site's state."""
+    longer = [*TWO_CLIENTS, "federation.rounds=4", "federation.strategy.name=scaffold",
+              "flare.round_timeout=20"]  # fmt: skip
+    clean = run_tiny(tmp_path / "clean", tiny_foundation, *longer)
+    assert clean.exit_code == 0, clean.output
+    killed = tmp_path / "killed"
+    command = _flare_command(killed, tiny_foundation, *longer, "flare.env=poc")
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(proc, killed, 2)
+    servers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "nvflare.private.fed.app.server" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert servers, f"no POC server process found; the run said: {proc.communicate()[1][-2000:]}"
+    for p in servers:
+        p.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1 and "FLARE job failed" in err
+    assert not (killed / "results.json").exists()
+
+    result = runner.invoke(app, ["run", "--resume", str(killed), "--quiet"])
+    assert result.exit_code == 0, result.output
+    a = load_file(tmp_path / "clean" / "global_adapter.safetensors")
+    b = load_file(killed / "global_adapter.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    assert not [p for p in psutil.process_iter(["cmdline"])
+                if "nvflare" in " ".join(p.info["cmdline"] or [])]  # fmt: skip

@@ -16,7 +16,7 @@ from fedumm.models.architectures import TINY, build_random
 from fedumm.models.hf import FAMILIES, HFProcessor
 from fedumm.models.lora import add_lora, get_adapter
 from tests.test_classification_end_to_end import CLASSIFICATION
-from tests.tiny import TINY_RUN, run_tiny
+from tests.tiny import TINY_RUN, assert_trained, run_tiny
 
 TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2"]
 
@@ -42,6 +42,7 @@ def test_each_family_federates_vqa_and_classification_through_fedumm_run(
     assert results["model"] == {"family": family, "random_weights": f"tiny-{family}"}
     assert f"({family}, float32)" in (tmp_path / "vqa" / "report.md").read_text()
     assert 0 <= results["final"]["metrics"]["vqa_accuracy"] <= 100
+    assert_trained(results)
     comm = results["communication"]
     assert comm["trainable_parameters"] < comm["total_parameters"] / 10
     assert comm["ratio"] > 10  # adapters only: the frozen base never travels
@@ -49,8 +50,9 @@ def test_each_family_federates_vqa_and_classification_through_fedumm_run(
     missing = ["partition.modality.scenario=missing", "partition.modality.drop_probability=0.5"]
     result = _run(tmp_path / "cls", tiny_models[family], *CLASSIFICATION, *missing)
     assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "cls" / "results.json").read_text())["final"]["metrics"]
-    assert 0 <= metrics["classification_auc"] <= 100
+    classified = json.loads((tmp_path / "cls" / "results.json").read_text())
+    assert 0 <= classified["final"]["metrics"]["classification_auc"] <= 100
+    assert_trained(classified)
 
 
 @pytest.mark.parametrize("family", list(TINY))
@@ -149,6 +151,7 @@ def test_a_hugging_face_model_reads_vqa_v2_and_hateful_memes_files(
     results = json.loads((tmp_path / "memes" / "results.json").read_text())
     assert results["data"]["classification"]["skipped_images"] == ["img/bad.png"]
     assert 0 <= results["final"]["metrics"]["classification_auc"] <= 100
+    assert_trained(results)
     task = _federation(tiny_models["smolvlm"], *memes).tasks["classification"]
     assert all(isinstance(k, ImageFile) for k in task.images + task.test_images)
 

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import torch
 from fedumm.cli import app
 from fedumm.federation import checkpoint
 from fedumm.federation.strategies import build_strategy
-from tests.tiny import TINY_RUN, run_tiny, runner
+from tests.tiny import TINY_RUN, run_tiny, runner, wait_for_checkpoint
 
 from .strategies.conftest import update
 
@@ -43,12 +42,7 @@ def test_sigkill_then_resume_gives_identical_results(tiny_foundation, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_command(killed, tiny_foundation), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)  # fmt: skip
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        manifest = killed / checkpoint.MANIFEST
-        if manifest.is_file() and json.loads(manifest.read_text())["round"] >= 2:
-            break
-        time.sleep(0.01)
+    wait_for_checkpoint(proc, killed, 2)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

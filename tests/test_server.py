@@ -8,7 +8,7 @@ import torch
 from fedumm.engines.embedded import InProcess
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData
-from fedumm.federation.server import RoundFailed, Server
+from fedumm.federation.server import RoundFailed, RoundRules, Server
 from fedumm.federation.strategies import build_strategy
 from fedumm.federation.update import ClientUpdate
 
@@ -30,12 +30,13 @@ def _first(params):
     return {"w0": float(params["w"][0])}
 
 
-def server(train_client, per_round=4, evaluate=lambda p: {}, strategy="fedavg", secure=False,
-           seed=0, **options):  # fmt: skip
-    """A server reaching CLIENTS in this process, each training by `train_client`."""
-    transport = InProcess(train_client, CLIENTS, secure, seed)
-    return Server(CLIENTS, build_strategy(strategy), transport, evaluate, per_round, seed,
-                  secure=secure, **options)  # fmt: skip
+def server(train_client, per_round=4, evaluate=lambda p: {}, strategy="fedavg", seed=0,
+           clients=CLIENTS, **rules):  # fmt: skip
+    """A server reaching `clients` in this process, each training by `train_client`;
+    `rules`: RoundRules' fields."""
+    transport = InProcess(train_client, clients)
+    return Server(clients, build_strategy(strategy), transport, evaluate, per_round, seed,
+                  RoundRules(**rules), progress=False)  # fmt: skip
 
 
 def test_one_round_moves_serialized_tensors_and_aggregates():
@@ -94,7 +95,8 @@ def test_client_sampling_is_seeded_and_partial():
 
 
 def test_evaluation_cadence():
-    engine = server(_train(), 4, lambda p: {"x": 1}, eval_every=2)
+    engine = server(_train(), 4, lambda p: {"x": 1})
+    engine.eval_every = 2
     _, records = engine.run({"w": torch.zeros(1)}, rounds=3)
     assert [bool(r.metrics) for r in records] == [False, True, True]  # every 2nd and the last
 

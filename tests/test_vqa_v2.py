@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fedumm.data import vqa_v2
-from tests.tiny import run_tiny
+from tests.tiny import assert_trained, run_tiny
 
 
 def test_index_joins_questions_and_their_ten_answers(vqa_root):
@@ -65,6 +65,7 @@ def test_a_federation_trains_and_scores_on_vqa_v2_files(vqa_root, tiny_foundatio
     final = results["final"]["metrics"]
     assert set(final["per_family"]) == {"yes/no", "number"}
     assert 0 <= final["vqa_accuracy"] <= 100  # the official score itself: test_vqa_metric.py
+    assert_trained(results)
 
 
 def test_vqa_v2_without_a_root_is_refused(tiny_foundation, tmp_path):

@@ -21,3 +21,28 @@ def run_tiny(out, foundation, *overrides, cli=()):
     for item in [*TINY_RUN, f"model.foundation={foundation}", *overrides]:
         args += ["--set", item]
     return runner.invoke(app, args)
+
+
+def client_losses(results: dict) -> list[float]:
+    """The clients' mean training loss in each round of a run's results."""
+    return [sum(m["loss"] for m in r["client_metrics"].values()) / len(r["client_metrics"])
+            for r in results["rounds"]]  # fmt: skip
+
+
+def assert_trained(results: dict) -> None:
+    """Training moved the model: the clients' loss fell from the first round to the last."""
+    losses = client_losses(results)
+    assert losses[-1] < losses[0], f"the clients' loss did not fall: {losses}"
+
+
+def wait_for_checkpoint(proc, out, at_least: int, timeout: float = 300) -> None:
+    """Wait until the run `proc` writes to `out` has checkpointed round `at_least` (or ended)."""
+    import json
+    import time
+    from pathlib import Path
+
+    manifest, deadline = Path(out) / "checkpoint.json", time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.is_file() and json.loads(manifest.read_text())["round"] >= at_least:
+            return
+        time.sleep(0.05)

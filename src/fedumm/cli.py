@@ -225,6 +225,11 @@ def flare_export(
 
     with _exit_on(ConfigError, code=2):
         require("flare", "fedumm flare export")
+        if cfg.federation.seeded_privacy_noise:
+            raise ConfigError(
+                "federation.seeded_privacy_noise: an exported job is a deployment, "
+                "where noise anyone can regenerate protects nothing; unset it"
+            )
     from fedumm.engines.flare import export_job
 
     job = export_job(cfg, out, results)

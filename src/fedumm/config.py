@@ -330,6 +330,28 @@ class DPSGDConfig(Section):
     target_delta: float = Field(1e-5, gt=0, lt=1, description="delta the epsilon is reported for.")
 
 
+class SecureAggregationConfig(Section):
+    """Bonawitz et al.'s protocol (federation/secure_aggregation.py): keys agreed by X25519,
+    masks from AES-CTR, self-masks, and Shamir shares that recover the dropped clients' masks."""
+
+    enabled: bool = Field(False, description="Clients upload masked updates.")
+    threshold: int | None = Field(
+        None,
+        ge=2,
+        description="Survivors a round needs to unmask (Shamir's t); fewer abort the round. "
+        "null = a majority of the round's sampled clients.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+    def survivors_needed(self, sampled: int) -> int:
+        """t for a round of `sampled` clients."""
+        return self.threshold if self.threshold is not None else max(2, sampled // 2 + 1)
+
+
 class FederationConfig(Section):
     num_clients: int = Field(8, ge=1, description="Number of clients the data is split over.")
     clients_per_round: int = Field(8, ge=1, description="Clients sampled each round.")
@@ -389,8 +411,22 @@ class FederationConfig(Section):
     max_update_norm: float | None = Field(
         None, gt=0, description="Reject updates further than this (L2) from the global adapter."
     )
-    secure_aggregation: bool = Field(
-        False, description="Clients upload pairwise-masked updates; the server sees only the sum."
+    secure_aggregation: SecureAggregationConfig = Field(
+        default_factory=lambda: SecureAggregationConfig(),
+        description="Masked uploads whose sum alone the server learns (true/false or a section).",
+    )
+    client_weights: Literal["partition", "capped", "equal"] = Field(
+        "partition",
+        description="What an update weighs: its client's partition size (a claim must equal it), "
+        "the client's claim up to max_claimed_samples, or the same for every client.",
+    )
+    max_claimed_samples: int | None = Field(
+        None, gt=0, description="client_weights capped: the most samples a client may claim."
+    )
+    seeded_privacy_noise: bool = Field(
+        False,
+        description="Simulations only: DP noise from the run seed (reproducible, but whoever holds "
+        "the config can subtract it); false = from the operating system.",
     )
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="Aggregation.")
 
@@ -408,12 +444,21 @@ class FederationConfig(Section):
 
     @model_validator(mode="after")
     def _secure_aggregation_compatible(self) -> FederationConfig:
-        if not self.secure_aggregation:
+        if self.client_weights == "capped" and self.max_claimed_samples is None:
+            raise ValueError("client_weights capped needs max_claimed_samples (the cap)")
+        secure = self.secure_aggregation
+        if not secure.enabled:
             return self
-        if self.dropout > 0:
+        sampled = self.sampled_per_round
+        if sampled < 2:
             raise ValueError(
-                "secure_aggregation cannot recover the masks of clients that drop out "
-                "(seed recovery is not simulated); set dropout to 0"
+                "secure_aggregation needs at least 2 clients per round (one client's sum is its "
+                f"update); {sampled} is sampled (clients_per_round / sample_fraction)"
+            )
+        if secure.threshold is not None and secure.threshold > sampled:
+            raise ValueError(
+                f"secure_aggregation.threshold ({secure.threshold}) exceeds the {sampled} "
+                "clients sampled per round (clients_per_round / sample_fraction)"
             )
         if self.max_update_norm is not None:
             raise ValueError("max_update_norm cannot be checked on masked updates; unset it")
@@ -525,6 +570,11 @@ class FlareConfig(Section):
     round_timeout: int = Field(
         600, ge=1, description="Seconds the server waits for a round's answers before going on."
     )
+    state_dir: str | None = Field(
+        None,
+        description="Where each site keeps its own state after every round (site-k/ under it), "
+        "to resume; null = OUT/flare/state (simulator, POC), fedumm_state (an exported job).",
+    )
     site_devices: list[str] | dict[str, str] | None = Field(
         None,
         description="Each site's device: a list dealt to site-1, site-2, ... in turn ([cuda:0, "
@@ -627,6 +677,15 @@ class RunConfig(Section):
             raise ValueError(
                 f"partition.client_tasks names {', '.join(sorted(missing - set(self.data.tasks)))}"
                 f" but data.tasks is {self.data.tasks}"
+            )
+        if (
+            self.federation.seeded_privacy_noise
+            and self.engine == "flare"
+            and (self.flare.env == "poc")
+        ):
+            raise ValueError(
+                "federation.seeded_privacy_noise with flare.env poc: real processes are a "
+                "deployment, where noise anyone can regenerate protects nothing; unset it"
             )
         named = self.flare.site_devices
         if isinstance(named, dict):

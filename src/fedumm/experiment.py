@@ -27,11 +27,11 @@ from fedumm.federation import checkpoint, wire
 from fedumm.federation.adaptive_regularization import middle_layer_keys
 from fedumm.federation.attacks import poison
 from fedumm.federation.client import ClientData, local_update, site_names
-from fedumm.federation.server import Server, Transport
+from fedumm.federation.server import RoundRules, Server, Transport
 from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
-from fedumm.federation.update import ClientUpdate, Params
+from fedumm.federation.update import Claims, ClientUpdate, Params
 from fedumm.models import load as load_model
 from fedumm.models import load_processor
 from fedumm.models.hf import RANDOM_MARK
@@ -208,7 +208,8 @@ def build_federation(cfg: RunConfig) -> Federation:
     ids = [c.client_id for c in clients]
     ranks = dict(zip(ids, (lora and lora.client_ranks) or ()))
     fed = cfg.federation
-    context = FederationContext(len(clients), lora.alpha if lora else 1.0, ranks, cfg.seed)
+    context = FederationContext(len(clients), lora.alpha if lora else 1.0, ranks, cfg.seed,
+                                fed.seeded_privacy_noise)  # fmt: skip
     strategy = build_strategy(fed.strategy.name, context, **fed.strategy.hyperparameters())
     malicious = []
     if cfg.attack.kind != "none":
@@ -309,9 +310,16 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
                 rounds, {"baselines": results["baselines"]},
             ))  # fmt: skip
 
+    secure = fed.secure_aggregation
+    rules = RoundRules(
+        dropout=fed.dropout, min_clients=fed.min_clients, max_update_norm=fed.max_update_norm,
+        deadline=fed.round_deadline, duration=duration, claims=_claims(fed, clients),
+        equal_weights=fed.client_weights == "equal",
+        secure_threshold=secure.survivors_needed(fed.sampled_per_round) if secure.enabled
+        else None,
+    )  # fmt: skip
     server = Server(clients, strategy, transport, evaluate, fed.sampled_per_round, cfg.seed,
-                    cfg.eval.every, progress, fed.dropout, fed.min_clients, fed.max_update_norm,
-                    fed.secure_aggregation, fed.round_deadline, duration)  # fmt: skip
+                    rules, cfg.eval.every, progress)  # fmt: skip
     final_params, _ = server.run(global_params, fed.rounds, first_round, after_round)
     if "generation" in tasks:  # the federated model's pictures, next to the baselines'
         set_adapter(model, final_params)
@@ -361,6 +369,18 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))
     write_report(results, out_dir)
     return results
+
+
+def _claims(fed, clients: list[ClientData]) -> Claims:
+    """What a client may claim of its work (federation.client_weights): the server knows the
+    partition, or caps the claims, or weighs every client the same."""
+    sizes = {c.client_id: len(c.data) for c in clients}
+    if fed.client_weights == "partition":
+        return Claims(samples=sizes.__getitem__, max_steps=lambda cid: fed.steps_for(sizes[cid]))
+    if fed.client_weights == "capped":
+        most = fed.steps_for(fed.max_claimed_samples)
+        return Claims(max_samples=fed.max_claimed_samples, max_steps=lambda cid: most)
+    return Claims(max_steps=None if fed.local_epochs else lambda cid: fed.local_steps)
 
 
 def _same_run(stored: dict, cfg: RunConfig) -> bool:

@@ -167,6 +167,10 @@ def _privacy_lines(results: dict) -> list[str]:
         if p:
             eps = "infinite (no noise)" if p["epsilon"] is None else f"{p['epsilon']:.2f}"
             out.append(f"Privacy, {what}: epsilon {eps} at delta {p['delta']:g}.")
+    if out and results["config"]["federation"].get("seeded_privacy_noise"):
+        out.append("**Epsilon is a simulation figure**: the noise was drawn from the run seed "
+                   "(`federation.seeded_privacy_noise`), so whoever holds the config can "
+                   "regenerate and subtract it.")  # fmt: skip
     return ["", *out] if out else []
 
 

@@ -13,7 +13,7 @@ import torch
 from fedumm.dp_sgd import DPSGD
 from fedumm.models.processor import IGNORE, Encoded
 from fedumm.runtime import CPU, Runtime, model_device, prefetched, to_device
-from fedumm.seeding import derive_seed
+from fedumm.seeding import privacy_seed
 
 
 @dataclass
@@ -73,22 +73,26 @@ def train_steps(
     max_grad_norm: float | None = 1.0,
     optimizer: str = "adamw",
     on_step: Callable[[int, torch.Tensor], None] | None = None,
-    dp_sgd: tuple[float, float] | None = None,
+    dp_sgd: tuple[float, float, bool] | None = None,
     runtime: Runtime = CPU,
 ) -> TrainStats:
     """Run `steps` optimizer steps (AdamW or plain SGD) on the trainable parameters of `model`
     over `data` (batched by `collate`, the processor's), clipping the gradient norm to
     `max_grad_norm` unless it is None. With `dp_sgd` = (per-sample clip norm, noise
-    multiplier) the steps are DP-SGD steps instead. `model` is on `runtime.device`; a step
-    whose batch is split into micro-batches weights each by its share of the target tokens,
-    so its gradient is the whole batch's. `on_step(step, loss)` gets the loss as a tensor."""
+    multiplier, noise from the seed) the steps are DP-SGD steps instead. `model` is on
+    `runtime.device`; a step whose batch is split into micro-batches weights each by its share
+    of the target tokens, so its gradient is the whole batch's. `on_step(step, loss)` gets the
+    loss as a tensor."""
     if not data:
         raise ValueError("cannot train on an empty data set")
     hooks = hooks or TrainingHooks()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    private = DPSGD(model, *dp_sgd, derive_seed(seed, 0xD5)) if dp_sgd else None
+    private = None
+    if dp_sgd:
+        clip, noise, seeded = dp_sgd
+        private = DPSGD(model, clip, noise, privacy_seed(seeded, seed, 0xD5))
     forward = private.module if private else model
     scaler = runtime.grad_scaler()
     device = model_device(model)

@@ -26,10 +26,19 @@ def test_noise_has_the_stated_standard_deviation():
     expected = 1.2 * 0.5 / 4  # z * C / |S|
     assert out["w"].std().item() == pytest.approx(expected, rel=0.01)
     assert abs(out["w"].mean().item()) < 5 * expected / math.sqrt(200_000)
-    again = build_strategy("dp_fedavg", FederationContext(num_clients=10, seed=7),
-                           clip_norm=0.5, noise_multiplier=1.2)  # fmt: skip
-    same = again.aggregate(start, [update(str(i), {"w": [0.0] * 200_000}, 1) for i in range(4)])
-    assert torch.equal(out["w"], same["w"])  # seeded
+
+
+def _noise(seeded: bool) -> torch.Tensor:
+    s = build_strategy("dp_fedavg", FederationContext(num_clients=10, seed=7, seeded_noise=seeded),
+                       clip_norm=0.5, noise_multiplier=1.2)  # fmt: skip
+    return s.aggregate({"w": torch.zeros(1000)}, [update("a", {"w": [0.0] * 1000}, 1)])["w"]
+
+
+def test_noise_comes_from_the_operating_system_unless_a_simulation_asks_for_the_seed():
+    """Whoever has the config (the run seed) must not be able to regenerate the noise: by
+    default two runs with the same seed draw different noise; seeded only when asked."""
+    assert not torch.equal(_noise(seeded=False), _noise(seeded=False))
+    assert torch.equal(_noise(seeded=True), _noise(seeded=True))
 
 
 def test_epsilon_is_the_accountants():

@@ -71,7 +71,8 @@ def test_training_with_dp_sgd_leaves_the_shared_model_unhooked(tiny):
     model = tiny.model
     hooks_before = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
     set_adapter(model, tiny.initial)
-    train_steps(model, tiny.client.data, 3, 4, 1e-3, 0.0, 0, tiny.collate, dp_sgd=(1.0, 1.0))
+    train_steps(model, tiny.client.data, 3, 4, 1e-3, 0.0, 0, tiny.collate,
+                dp_sgd=(1.0, 1.0, True))  # fmt: skip
     moved = get_adapter(model)
     assert any(not torch.equal(moved[k], tiny.initial[k]) for k in moved)
     hooks_after = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
@@ -94,3 +95,22 @@ def test_a_run_reports_each_clients_epsilon_from_the_accountant(tiny_foundation,
             assert mine["epsilon"] == expected
     assert dp["epsilon"] == max(c["epsilon"] for c in dp["per_client"].values())
     assert "Privacy, sample-level (DP-SGD): epsilon" in (out / "report.md").read_text()
+
+
+def test_dp_sgd_noise_is_not_the_run_seeds_unless_asked(tiny_foundation, tmp_path):
+    """Two runs with one config: different noise (from the OS), so different adapters; with
+    federation.seeded_privacy_noise the same, and the report says epsilon is a simulation's."""
+    from safetensors.torch import load_file
+
+    adapters = {}
+    for name, seeded in (("a", "false"), ("b", "false"), ("c", "true"), ("d", "true")):
+        result = run_tiny(tmp_path / name, tiny_foundation, "federation.dp_sgd.enabled=true",
+                          f"federation.seeded_privacy_noise={seeded}", "threads=1",
+                          "baselines.local=false", "baselines.centralized=false")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        adapters[name] = load_file(tmp_path / name / "global_adapter.safetensors")
+    same = {pair: all(torch.equal(adapters[pair[0]][k], adapters[pair[1]][k])
+                      for k in adapters["a"]) for pair in ("ab", "cd")}  # fmt: skip
+    assert same == {"ab": False, "cd": True}
+    assert "Epsilon is a simulation figure" in (tmp_path / "c" / "report.md").read_text()
+    assert "simulation figure" not in (tmp_path / "a" / "report.md").read_text()

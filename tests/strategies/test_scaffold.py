@@ -60,15 +60,33 @@ def test_the_correction_is_applied_at_every_step(tiny):
     assert any(not torch.allclose(plain[k], corrected[k], atol=1e-4) for k in plain)
 
 
-@given(st.lists(st.floats(-2, 2), min_size=2, max_size=4), st.integers(1, 100))
-@settings(max_examples=30, deadline=None)
-def test_zero_controls_one_step_equals_fedavg(values, n):
-    """With c = c_i = 0 local training is plain, and with equal data the server step is FedAvg's."""
-    start = {"w": torch.zeros(len(values))}
-    ups = [update("a", {"w": values}, n), update("b", {"w": [-v for v in values]}, n)]
-    zero = {CONTROL + "w": [0.0] * len(values)}
-    scaffold = build_strategy("scaffold", FederationContext(num_clients=2)).aggregate(
-        start, [update(u.client_id, {"w": u.params["w"].tolist(), **zero}, n) for u in ups]
+@given(
+    st.lists(st.floats(0.5, 2.0), min_size=1, max_size=4),
+    st.integers(1, 50),
+    st.integers(1, 50),
+    st.floats(0.1, 1.0),
+    st.floats(-1.0, 1.0),
+)
+@settings(max_examples=40, deadline=None)
+def test_the_server_step_is_scaffolds_not_fedavgs_nor_a_no_op(values, n, extra, eta, dc):
+    """x + eta * uniform mean of the client moves, c moved by sum(dc) / N: computed by hand and
+    told apart from FedAvg (sample-weighted) and from an aggregator that ignores its input."""
+    a = torch.tensor(values)
+    b = a + 1.0  # two clients that moved differently...
+    x = torch.zeros_like(a)
+    ups = [
+        update("a", {"w": a.tolist(), CONTROL + "w": [dc] * len(a)}, n),
+        update("b", {"w": b.tolist(), CONTROL + "w": [2 * dc] * len(a)}, n + extra),
+    ]  # ...with
+    s = build_strategy("scaffold", FederationContext(num_clients=4), server_lr=eta)  # unequal data
+    out = s.aggregate({"w": x}, ups)["w"]
+    assert torch.allclose(out, x + eta * ((a - x) + (b - x)) / 2, atol=1e-6)
+    assert torch.allclose(s.c["w"], torch.full_like(a, 3 * dc / 4), atol=1e-6)
+    assert not torch.allclose(out, x, atol=1e-3)  # not a no-op
+    full_step = build_strategy("scaffold", FederationContext(num_clients=4)).aggregate(
+        {"w": x}, ups
     )
-    assert torch.allclose(scaffold["w"], build_strategy("fedavg").aggregate(start, ups)["w"],
-                          atol=1e-6)  # fmt: skip
+    fedavg = build_strategy("fedavg").aggregate({"w": x}, ups)["w"]
+    # uniform over the clients (a + 0.5), not weighted by their samples (FedAvg)
+    assert torch.allclose(full_step["w"], a + 0.5, atol=1e-6)
+    assert not torch.allclose(full_step["w"], fedavg, atol=1e-4)

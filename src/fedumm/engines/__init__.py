@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fedumm.config import ConfigError, RunConfig
+from fedumm.config import RunConfig
 from fedumm.extras import check_installed
 from fedumm.federation.checkpoint import CheckpointError, read_manifest
 from fedumm.runtime import OutOfMemory, resolve, worker_devices
@@ -31,12 +31,9 @@ def run_federation(cfg: RunConfig, out_dir: Path, progress: bool = True, resume:
     out_dir = Path(out_dir)
     try:
         if cfg.engine == "flare":
-            if resume:
-                raise ConfigError("--resume: the FLARE engine cannot resume a run yet (client "
-                                  "state lives in the client processes)")  # fmt: skip
             from fedumm.engines.flare import run_flare
 
-            return run_flare(cfg, out_dir)
+            return run_flare(cfg, out_dir, resume)
         from fedumm.engines.embedded import run
 
         return run(cfg, out_dir, progress, resume, force)

@@ -19,6 +19,7 @@ from fedumm.config import RunConfig
 from fedumm.experiment import Federation, build_federation, run_experiment
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, upload
+from fedumm.federation.secure_aggregation import ClientSession, ProtocolError, client_answer
 from fedumm.federation.server import Transport
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.runtime import worker_devices
@@ -29,33 +30,49 @@ TrainClient = Callable[[ClientData, Params, int], ClientUpdate]
 
 
 class InProcess:
-    """The clients train here, in turn, by `train_client`; under secure aggregation each
-    masks its upload as it would on its own machine."""
+    """The clients train here, in turn, by `train_client`; under secure aggregation each keeps
+    its session (keys, shares) here and masks its upload as it would on its own machine."""
 
     def __init__(
         self,
         train_client: TrainClient,
         clients: list[ClientData],
-        secure: bool = False,
-        seed: int = 0,
+        equal_weights: bool = False,
         evaluate_personal: Callable[[Params, ClientData], dict] | None = None,
     ):
         self.train_client = train_client
         self.all_clients = clients
-        self.secure = secure
-        self.seed = seed
+        self.equal_weights = equal_weights
         self._evaluate_personal = evaluate_personal
+        self.sessions: dict[str, ClientSession] = {}  # each client's secure-aggregation state
+
+    def finish(self, update: ClientUpdate, inboxes: dict[str, bytes] | None) -> bytes:
+        """The client's upload of its trained `update` (masked under secure aggregation)."""
+        weight = 1 if self.equal_weights else update.num_samples
+        if inboxes is None:
+            return upload(update, weight)
+        cid = update.client_id
+        return upload(update, weight, self.sessions[cid], inboxes[cid])
 
     def exchange(
-        self, rnd: int, down: bytes, clients: list[ClientData], cohort: list[ClientData]
-    ) -> list[tuple[ClientUpdate, bytes]]:
-        peers = [self.all_clients.index(c) for c in cohort]
+        self, rnd: int, down: bytes, clients: list[ClientData],
+        inboxes: dict[str, bytes] | None = None,
+    ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
         answers = []
         for client in clients:
             update = self.train_client(client, wire.unpack(down), rnd)
-            me = self.all_clients.index(client)
-            answers.append((update, upload(update, self.secure, self.seed, rnd, me, peers)))
+            answers.append((update, self.finish(update, inboxes)))
             update.params = {}
+        return answers
+
+    def secagg(self, rnd: int, phase: str, payloads: dict[str, bytes]) -> dict[str, bytes]:
+        answers = {}
+        for cid, payload in payloads.items():
+            try:
+                answers[cid] = client_answer(self.sessions, cid, rnd, phase, payload)
+            except ProtocolError as e:  # the client refuses the request: it counts as dropped
+                log.warning("secure aggregation round %d: %s did not answer %s: %s", rnd, cid,
+                            phase, e)  # fmt: skip
         return answers
 
     def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
@@ -64,12 +81,12 @@ class InProcess:
         return [self._evaluate_personal(params, c) for c in clients]
 
     def close(self) -> None:
-        return None
+        self.sessions.clear()
 
 
 def _in_process(fl: Federation) -> InProcess:
-    return InProcess(fl.train_client, fl.clients, fl.cfg.federation.secure_aggregation,
-                     fl.cfg.seed, fl.evaluate_personal)  # fmt: skip
+    return InProcess(fl.train_client, fl.clients, fl.cfg.federation.client_weights == "equal",
+                     fl.evaluate_personal)  # fmt: skip
 
 
 class DevicePool:
@@ -111,8 +128,9 @@ class DevicePool:
         return payload
 
     def exchange(
-        self, rnd: int, down: bytes, clients: list[ClientData], cohort: list[ClientData]
-    ) -> list[tuple[ClientUpdate, bytes]]:
+        self, rnd: int, down: bytes, clients: list[ClientData],
+        inboxes: dict[str, bytes] | None = None,
+    ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
         if not self.ready:  # workers build their federation while this process starts
             for device, conn, _ in self.workers:
                 self._answer(device, conn)
@@ -121,16 +139,20 @@ class DevicePool:
         states = self.fl.client_states
         for (_, conn, _), share in zip(self.workers, shares[1:]):
             conn.send(("train", rnd, down, [c.client_id for c in share],
-                       [c.client_id for c in cohort],
                        {c.client_id: wire.pack(states[c.client_id]) for c in share}))  # fmt: skip
         answers = dict(zip((c.client_id for c in shares[0]),
-                           self.local.exchange(rnd, down, shares[0], cohort)))  # fmt: skip
-        for device, conn, _ in self.workers:
-            (results,) = self._answer(device, conn)
-            for (cid, samples, steps, metrics), up, state in results:
+                           self.local.exchange(rnd, down, shares[0], inboxes)))  # fmt: skip
+        for device, conn, _ in self.workers:  # a worker is its clients' accelerator: the
+            (results,) = self._answer(device, conn)  # client masks here, where its keys are
+            for (cid, samples, steps, metrics), params, state in results:
                 states[cid] = wire.unpack(state)
-                answers[cid] = (ClientUpdate(cid, {}, samples, steps, metrics), up)
+                update = ClientUpdate(cid, wire.unpack(params), samples, steps, metrics)
+                answers[cid] = (update, self.local.finish(update, inboxes))
+                update.params = {}
         return [answers[c.client_id] for c in clients]
+
+    def secagg(self, rnd: int, phase: str, payloads: dict[str, bytes]) -> dict[str, bytes]:
+        return self.local.secagg(rnd, phase, payloads)
 
     def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
         return self.local.evaluate_personal(params, clients)
@@ -153,23 +175,18 @@ def _serve(config: str, device: str, threads: int, conn: Connection) -> None:
         cfg = RunConfig.model_validate_json(config)
         cfg.runtime.device, cfg.runtime.devices = device, None
         fl = build_federation(cfg)
-        everyone = fl.clients
         conn.send(("ready",))
         while True:
             task = conn.recv()
             if task[0] == "stop":
                 return
-            _, rnd, down, ids, cohort, states = task
-            peers = [everyone.index(fl.client(cid)) for cid in cohort]
+            _, rnd, down, ids, states = task
             results = []
             for cid in ids:
-                client = fl.client(cid)
                 fl.client_states[cid] = wire.unpack(states[cid])
-                update = fl.train_client(client, wire.unpack(down), rnd)
-                up = upload(update, cfg.federation.secure_aggregation, cfg.seed, rnd,
-                            everyone.index(client), peers)  # fmt: skip
+                update = fl.train_client(fl.client(cid), wire.unpack(down), rnd)
                 meta = (cid, update.num_samples, update.num_steps, update.metrics)
-                results.append((meta, up, wire.pack(fl.client_states[cid])))
+                results.append((meta, wire.pack(update.params), wire.pack(fl.client_states[cid])))
             conn.send(("ok", results))
     except (EOFError, KeyboardInterrupt):
         return

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedumm.config import RunConfig
-from fedumm.engines.flare_client import CONFIG_NAME, site_config
+from fedumm.engines.flare_client import CONFIG_NAME, SECAGG, site_config
 from fedumm.experiment import run_experiment
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, site_names
@@ -40,29 +41,49 @@ FAILURE = "flare_failure.txt"  # written by the server when the federation fails
 
 
 class FlareTransport:
-    """Exchange through the controller: one FLARE task per round, answers from its results."""
+    """Exchange through the controller: a round's task goes to its clients (one task for all,
+    or one each when each gets its own secure-aggregation inbox); answers come back as the
+    tasks' results."""
 
     def __init__(self, controller: ModelController, timeout: int):
         self.controller = controller
         self.timeout = timeout
 
-    def _ask(self, task_name: str, task: FLModel, clients: list[ClientData]) -> dict[str, FLModel]:
-        """Send one task to `clients`; their answers by site (a silent site is missing)."""
-        results = self.controller.send_model_and_wait(
-            task_name=task_name, targets=[c.client_id for c in clients], data=task,
-            timeout=self.timeout,
-        )  # fmt: skip
-        return {result.meta["client_name"]: result for result in results}
+    def _ask(self, task_name: str, tasks: dict[str, FLModel]) -> dict[str, FLModel]:
+        """Send each site its task; the answers by site (a silent site is missing)."""
+        if not tasks:
+            return {}
+        first = next(iter(tasks.values()))
+        if all(task is first for task in tasks.values()):  # the same task for all: one send
+            results = self.controller.send_model_and_wait(
+                task_name=task_name, targets=list(tasks), data=first, timeout=self.timeout
+            )
+            return {result.meta["client_name"]: result for result in results}
+        results, lock = {}, threading.Lock()
+
+        def collect(result: FLModel) -> None:
+            with lock:
+                results[result.meta["client_name"]] = result
+
+        for site, task in tasks.items():
+            self.controller.send_model(task_name=task_name, data=task, targets=[site],
+                                       timeout=self.timeout, callback=collect)  # fmt: skip
+        deadline = time.monotonic() + self.timeout + 10
+        while self.controller.get_num_standing_tasks() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with lock:
+            return dict(results)
 
     def exchange(
-        self, rnd: int, down: bytes, clients: list[ClientData], cohort: list[ClientData]
-    ) -> list[tuple[ClientUpdate, bytes]]:
-        if not clients:
-            return []
-        task = FLModel(params={"message": down}, current_round=rnd,
-                       meta={"cohort": [c.client_id for c in cohort]})  # fmt: skip
+        self, rnd: int, down: bytes, clients: list[ClientData],
+        inboxes: dict[str, bytes] | None = None,
+    ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
+        shared = FLModel(params={"message": down}, current_round=rnd)
+        tasks = {c.client_id: shared if inboxes is None else FLModel(
+            params={"message": down, "inbox": inboxes[c.client_id]}, current_round=rnd)
+            for c in clients}  # fmt: skip
         answers = {}
-        for site, result in self._ask(TASK, task, clients).items():
+        for site, result in self._ask(TASK, tasks).items():
             meta = result.meta
             try:
                 update = ClientUpdate(site, {}, int(meta["num_samples"]), int(meta["num_steps"]),
@@ -72,10 +93,21 @@ class FlareTransport:
                 self.controller.warning(f"round {rnd}: unusable answer from {site}: {e!r}")
         return [answers[c.client_id] for c in clients if c.client_id in answers]
 
+    def secagg(self, rnd: int, phase: str, payloads: dict[str, bytes]) -> dict[str, bytes]:
+        tasks = {site: FLModel(params={"payload": payload}, current_round=rnd)
+                 for site, payload in payloads.items()}  # fmt: skip
+        answers = {}
+        for site, result in self._ask(SECAGG + phase, tasks).items():
+            answer = result.params.get("answer") if result.params else None
+            if answer:  # an empty answer: the site refused the request
+                answers[site] = bytes(answer)
+        return answers
+
     def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
         """Each client's metrics for its own model (personalized strategies: a part of it
         never leaves the client), from one evaluation task."""
-        answers = self._ask(EVALUATE, FLModel(params={"message": wire.pack(params)}), clients)
+        task = FLModel(params={"message": wire.pack(params)})
+        answers = self._ask(EVALUATE, {c.client_id: task for c in clients})
         missing = [c.client_id for c in clients if c.client_id not in answers]
         if missing:
             raise RuntimeError(f"no evaluation from {', '.join(missing)}")
@@ -89,18 +121,21 @@ class FedummController(ModelController):
     """FLARE's server workflow running fedumm's recipe; `config` is the resolved RunConfig as
     JSON (so the job carries it), `out_dir` where results.json and the report are written."""
 
-    def __init__(self, config: str, out_dir: str, round_timeout: int = 600):
+    def __init__(self, config: str, out_dir: str, round_timeout: int = 600,
+                 resume: bool = False):  # fmt: skip
         super().__init__()
         self.config = config
         self.out_dir = out_dir
         self.round_timeout = round_timeout
+        self.resume = resume
 
     def run(self) -> None:
         cfg = RunConfig.model_validate_json(self.config)
         transport = FlareTransport(self, self.round_timeout)
         out = Path(self.out_dir)
         try:
-            results = run_experiment(cfg, out, lambda fl: transport, progress=False)
+            results = run_experiment(cfg, out, lambda fl: transport, progress=False,
+                                     resume=self.resume)  # fmt: skip
         except Exception as e:  # the command that started the job reports it
             (out / FAILURE).write_text(f"{type(e).__name__}: {e}")
             raise
@@ -120,15 +155,17 @@ def _beside_client_script() -> Iterator[None]:
         os.chdir(here)
 
 
-def build_job(cfg: RunConfig, out_dir: str, config_file: Path):
+def build_job(cfg: RunConfig, out_dir: str, config_file: Path, resume: bool = False):
     """A FLARE FedJob: our controller on the server, the client script and the config on every
-    site. Build and package it (deploy, export) inside `_beside_client_script()`."""
+    site. Build and package it (deploy, export) inside `_beside_client_script()`. With `resume`
+    the server continues from the checkpoint in `out_dir` (and the sites from their state)."""
     from nvflare.job_config.api import FedJob
     from nvflare.job_config.script_runner import FrameworkType, ScriptRunner
 
     sites = site_names(cfg.federation.num_clients)
     job = FedJob(name="fedumm", min_clients=len(sites))  # every site joins before the start
-    controller = FedummController(cfg.model_dump_json(), out_dir, cfg.flare.round_timeout)
+    controller = FedummController(cfg.model_dump_json(), out_dir, cfg.flare.round_timeout,
+                                  resume)  # fmt: skip
     job.to_server(controller)
     for site in sites:
         # Relative: FLARE copies the script into each site's custom folder and runs that copy.
@@ -144,45 +181,57 @@ def _write_config(cfg: RunConfig, folder: Path) -> Path:
     return path
 
 
-def run_flare(cfg: RunConfig, out_dir: Path) -> dict:
+def run_flare(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     """Run the federation under FLARE (cfg.flare.env); return the results the server wrote.
-    The FLARE workspace (logs of every site) is OUT/flare. Simulator and POC sites run on this
-    machine: the devices they are given must be here."""
+    The FLARE workspace (logs of every site) is OUT/flare; the sites keep their state in
+    OUT/flare/state (unless flare.state_dir says otherwise). With `resume`, a killed run
+    continues: the server from its checkpoint, each site from its state of that round.
+    Simulator and POC sites run on this machine: the devices they are given must be here."""
     for site in site_names(cfg.federation.num_clients):
         resolve_device(site_config(cfg, site).runtime.device, f"flare.site_devices ({site})")
     out_dir = Path(out_dir).resolve()
     workspace = out_dir / "flare"
-    if workspace.exists():
-        shutil.rmtree(workspace)
+    if cfg.flare.state_dir is None:
+        cfg = cfg.model_copy(update={"flare": cfg.flare.model_copy(
+            update={"state_dir": str(workspace / "state")})})  # fmt: skip
+    if resume:
+        from fedumm.federation.checkpoint import read_manifest
+
+        read_manifest(out_dir)  # a missing checkpoint is refused before FLARE starts
+    for old in workspace.glob("*") if workspace.exists() else []:
+        if not (resume and old == Path(cfg.flare.state_dir)):  # what the sites kept stays
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
     config_file = _write_config(cfg, workspace / "job_input")
     sites = site_names(cfg.federation.num_clients)
     for stale in ("results.json", FAILURE):
         (out_dir / stale).unlink(missing_ok=True)
     with _beside_client_script():
-        job = build_job(cfg, str(out_dir), config_file)
+        job = build_job(cfg, str(out_dir), config_file, resume)
         try:
             if cfg.flare.env == "sim":
                 _run_simulator(job, sites, workspace)
             else:
-                _run_poc(job, sites, workspace / "poc", cfg)
-        except RuntimeError:  # FLARE's own "failed" says less than the server's failure file
+                _run_poc(job, sites, workspace / "poc", cfg, out_dir)
+        except RuntimeError as e:  # the server's failure file says more than FLARE's "failed"
             if not (out_dir / FAILURE).is_file():
-                raise
+                raise RuntimeError(_failure_report(out_dir, workspace, str(e))) from None
     results = out_dir / "results.json"
     if not results.is_file():
         raise RuntimeError(_failure_report(out_dir, workspace))
     return json.loads(results.read_text())
 
 
-def _failure_report(out_dir: Path, workspace: Path) -> str:
-    """Why a FLARE job left no results, and what it left: the last good checkpoint."""
+def _failure_report(out_dir: Path, workspace: Path, why: str | None = None) -> str:
+    """Why a FLARE job left no results (the server's failure file, or `why`), and what it
+    left: the last good checkpoint, which `fedumm run --resume` continues."""
     from fedumm.federation.checkpoint import CheckpointError, read_manifest
 
     failure = out_dir / FAILURE
-    why = failure.read_text() if failure.is_file() else "the job ended without results"
+    if why is None:
+        why = failure.read_text() if failure.is_file() else "the job ended without results"
     try:
         kept = f"the last good global adapter (round {read_manifest(out_dir)['round']}) is " \
-               f"in the checkpoint in {out_dir}"  # fmt: skip
+               f"in the checkpoint in {out_dir} (fedumm run --resume {out_dir})"  # fmt: skip
     except CheckpointError:
         kept = "no round finished, so there is no global adapter to keep"
     return f"FLARE job failed: {why}; {kept}; the sites' logs: {workspace}"
@@ -197,9 +246,10 @@ def _run_simulator(job, sites: list[str], workspace: Path) -> None:
     SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace)).deploy(job)
 
 
-def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig) -> None:
+def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig, out_dir: Path) -> None:
     """FLARE's POC mode: provision a server and one client per site on this machine, start
-    them as separate processes, submit the job through the admin API, wait, stop them all."""
+    them as separate processes, submit the job through the admin API, wait for the server's
+    results (or its death: POC restarts a dead server without the job), stop them all."""
     from nvflare.recipe import poc_env
 
     os.environ["NVFLARE_POC_WORKSPACE"] = str(workspace)
@@ -213,11 +263,41 @@ def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig) -> None:
         poc_env._start_poc(poc_workspace=env.poc_workspace, gpu_ids=[],
                            excluded=[env.username], services_list=[])  # fmt: skip
         time.sleep(poc_env.SERVICE_START_TIMEOUT)
-        job_id = env._get_session_manager().submit_job(job)
+        server = next(workspace.glob("*/prod_00/server"))
+        env._get_session_manager().submit_job(job)
         budget = cfg.flare.round_timeout * (cfg.federation.rounds + 2)
-        env.get_job_result(job_id, timeout=budget)
+        deadline, first = time.monotonic() + budget, _server_pid(server)
+        while not any((out_dir / name).is_file() for name in ("results.json", FAILURE)):
+            now = _server_pid(server)
+            first = first or now
+            if now and now != first:  # POC's daemon restarts a dead server, without the job
+                raise RuntimeError(f"the FLARE server process ({first}) died during the job")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the FLARE job wrote no results within {budget} s "
+                                   "(flare.round_timeout x (rounds + 2))")  # fmt: skip
+            time.sleep(0.5)
     finally:
         env.stop()
+        _wait_gone(workspace)
+
+
+def _wait_gone(workspace: Path, timeout: float = 60) -> None:
+    """Every process of this POC (its workspace in its command line) ended; what lingers past
+    `timeout` is killed."""
+    import psutil
+
+    mine = []
+    for p in psutil.process_iter(["cmdline"]):
+        if str(workspace) in " ".join(p.info["cmdline"] or []):
+            mine.append(p)
+    _, alive = psutil.wait_procs(mine, timeout=timeout)
+    for p in alive:
+        p.kill()
+
+
+def _server_pid(server: Path) -> str:
+    pid = server / "pid.fl"
+    return pid.read_text().strip() if pid.is_file() else ""
 
 
 def _check_ports_free(project_file: Path) -> None:
@@ -230,6 +310,8 @@ def _check_ports_free(project_file: Path) -> None:
         if key not in server:
             continue
         with socket.socket() as probe:
+            # a port left in TIME_WAIT by a POC that just stopped is free for the next server
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", int(server[key])))
             except OSError:

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from peft import PeftModel
 
 from fedumm.config import FederationConfig
-from fedumm.federation import secure_aggregation, wire
+from fedumm.federation import wire
 from fedumm.federation.adaptive_regularization import Both, middle_layer_proximal
+from fedumm.federation.secure_aggregation import ClientSession
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models.lora import adapter_parameters, get_adapter, set_adapter
 from fedumm.models.processor import Encoded
 from fedumm.runtime import CPU, Runtime, model_device
-from fedumm.seeding import derive_seed
 from fedumm.training import train_steps
 
 
@@ -84,7 +84,9 @@ def local_update(
     steps = steps or cfg.steps_for(len(client.data))
     lr = cfg.lr if lr is None else lr
     dp = cfg.dp_sgd
-    dp_sgd = (dp.clip_norm, dp.noise_multiplier) if strategy and dp.enabled else None
+    dp_sgd = None
+    if strategy and dp.enabled:
+        dp_sgd = (dp.clip_norm, dp.noise_multiplier, cfg.seeded_privacy_noise)
     with frozen_factors(model, strategy.frozen if strategy else ()):
         stats = train_steps(
             model, client.data, steps, cfg.batch_size, lr if not callable(lr) else lr(0),
@@ -109,12 +111,12 @@ def _on(params: Params | None, device) -> Params | None:
     return None if params is None else {k: v.to(device) for k, v in params.items()}
 
 
-def upload(update: ClientUpdate, secure: bool, seed: int, rnd: int, me: int,
-           cohort: list[int]) -> bytes:  # fmt: skip
-    """What leaves a client: its update serialized, pairwise-masked first under secure
-    aggregation (`me` and `cohort` are positions in the federation's client list)."""
+def upload(update: ClientUpdate, weight: float, session: ClientSession | None = None,
+           inbox: bytes | None = None) -> bytes:  # fmt: skip
+    """What leaves a client: its update serialized; under secure aggregation (`session`, with
+    the `inbox` the task brought) masked first, as weight * update in fixed point."""
     params = update.params
-    if secure:
-        params = secure_aggregation.mask(params, update.num_samples, me, cohort,
-                                         derive_seed(seed, rnd, 0x5A))  # fmt: skip
+    if session is not None:
+        session.receive(inbox)
+        params = session.mask(params, weight)
     return wire.pack(params)

@@ -17,13 +17,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from fedumm.evaluation.metrics import headlines
-from fedumm.federation import secure_aggregation, wire
+from fedumm.federation import wire
 from fedumm.federation.client import ClientData
+from fedumm.federation.secure_aggregation import ProtocolError, ServerSession
 from fedumm.federation.strategies.base import Strategy
-from fedumm.federation.update import ClientUpdate, Params, UpdateRejected, validate_update
+from fedumm.federation.update import (
+    Claims,
+    ClientUpdate,
+    Params,
+    UpdateRejected,
+    validate_update,
+)
 from fedumm.seeding import derive_seed
 
 log = logging.getLogger("fedumm")
@@ -33,11 +41,18 @@ class Transport(Protocol):
     """How the server reaches its clients; the one seam between the round loop and an engine."""
 
     def exchange(
-        self, rnd: int, down: bytes, clients: list[ClientData], cohort: list[ClientData]
-    ) -> list[tuple[ClientUpdate, bytes]]:
-        """Send `down` to each of `clients` (the members of `cohort`, the round's sample, that
-        do not drop out); return each answer that arrived: its update (without params) and
-        the uploaded bytes. A client that fails is simply missing."""
+        self, rnd: int, down: bytes, clients: list[ClientData],
+        inboxes: dict[str, bytes] | None = None,
+    ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
+        """Send `down` to each of `clients` (with its secure-aggregation inbox, if any); return
+        each answer that arrived: its update (without params) and the uploaded bytes (masked
+        under secure aggregation). A client that fails is simply missing."""
+        ...
+
+    def secagg(self, rnd: int, phase: str, payloads: dict[str, bytes]) -> dict[str, bytes]:
+        """One round trip of secure aggregation's key protocol ('advertise', 'share',
+        'unmask'): each client gets its payload and answers with bytes; one that fails, or
+        whose answer is refused, is missing."""
         ...
 
     def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
@@ -68,9 +83,26 @@ class RoundRecord:
     rejected: list[dict] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     late: list[str] = field(default_factory=list)
+    aborted: str | None = None  # why the round left the global model as it was
+    secagg_bytes: int = 0  # of bytes_up + bytes_down: secure aggregation's key protocol
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RoundRules:
+    """How the server treats a round besides sampling: simulated faults, what it admits, and
+    secure aggregation."""
+
+    dropout: float = 0.0  # share of the sampled clients that fail (seeded simulation)
+    min_clients: int = 1  # fewest valid updates a round may aggregate; fewer stops the run
+    max_update_norm: float | None = None  # reject updates further than this from the global
+    deadline: float | None = None  # how long the server waits, on the simulated clock...
+    duration: Callable[[ClientData], float] | None = None  # ...of a client's local work
+    claims: Claims = field(default_factory=Claims)  # what a client may claim of its work
+    equal_weights: bool = False  # weigh every client the same, whatever it claims
+    secure_threshold: int | None = None  # secure aggregation, with this many survivors needed
 
 
 class Server:
@@ -84,25 +116,16 @@ class Server:
         evaluate: Callable[[Params], dict],
         clients_per_round: int,
         seed: int,
+        rules: RoundRules | None = None,
         eval_every: int = 1,
         progress: bool = True,
-        dropout: float = 0.0,
-        min_clients: int = 1,
-        max_update_norm: float | None = None,
-        secure: bool = False,
-        deadline: float | None = None,
-        duration: Callable[[ClientData], float] | None = None,
     ):
-        """`transport`: how the clients are reached. `dropout`: share of the sampled clients
-        that fail each round (seeded simulation);
-        `min_clients`: fewest valid updates a round may aggregate; `max_update_norm`: updates
-        further than this from the global adapter are rejected; `secure`: clients upload
-        pairwise-masked updates and the server only sees their sum (secure_aggregation.py);
-        `deadline`: how long the server waits for uploads, on the simulated clock `duration`
-        (a client's time for its local work): later ones are stragglers and are left out."""
-        if deadline is not None and duration is None:
+        """`transport`: how the clients are reached; `rules`: faults, admission and secure
+        aggregation (secure_aggregation.py: the server then learns only the sum)."""
+        rules = rules or RoundRules()
+        if rules.deadline is not None and rules.duration is None:
             raise ValueError("a round deadline needs a duration for each client's local work")
-        if secure and not strategy.aggregates_weighted_mean:
+        if rules.secure_threshold is not None and not strategy.aggregates_weighted_mean:
             raise ValueError(strategy.secure_aggregation_refusal())
         if clients_per_round > len(clients):
             raise ValueError(f"clients_per_round ({clients_per_round}) > clients ({len(clients)})")
@@ -112,14 +135,13 @@ class Server:
         self.evaluate = evaluate
         self.clients_per_round = clients_per_round
         self.seed = seed
+        self.rules = rules
         self.eval_every = eval_every
         self.progress = progress
-        self.dropout = dropout
-        self.min_clients = min_clients
-        self.max_update_norm = max_update_norm
-        self.secure = secure
-        self.deadline = deadline
-        self.duration = duration
+
+    @property
+    def secure(self) -> bool:
+        return self.rules.secure_threshold is not None
 
     def sample(self, rnd: int) -> list[ClientData]:
         rng = np.random.default_rng(derive_seed(self.seed, rnd, 0xC11E))
@@ -128,7 +150,7 @@ class Server:
 
     def failing(self, rnd: int, sampled: list[ClientData]) -> set[str]:
         """The sampled clients that drop out of round `rnd` (after receiving the model)."""
-        count = round(self.dropout * len(sampled))
+        count = round(self.rules.dropout * len(sampled))
         rng = np.random.default_rng(derive_seed(self.seed, rnd, 0xD0))
         return {sampled[i].client_id for i in rng.choice(len(sampled), count, replace=False)}
 
@@ -136,64 +158,83 @@ class Server:
         self, rnd: int, global_params: Params, evaluate: bool = True
     ) -> tuple[Params, RoundRecord]:
         start = time.perf_counter()
+        rules = self.rules
         sampled = self.sample(rnd)
+        record = RoundRecord(rnd, [c.client_id for c in sampled], {}, 0, 0, 0.0, 0.0, 0.0)
         dropped = self.failing(rnd, sampled)
         late = set()
-        if self.deadline is not None:  # stragglers: their uploads would arrive after the deadline
-            late = {c.client_id for c in sampled
-                    if c.client_id not in dropped and self.duration(c) > self.deadline}  # fmt: skip
+        if rules.deadline is not None:  # stragglers: their uploads would come after the deadline
+            late = {c.client_id for c in sampled if c.client_id not in dropped
+                    and rules.duration(c) > rules.deadline}  # fmt: skip
             if late:
                 log.info("round %d: %s missed the deadline", rnd, ", ".join(sorted(late)))
+        secagg = inboxes = None
+        if self.secure:  # keys and shares before the task: dropping out later is recoverable
+            secagg, inboxes = self._secure_setup(rnd, sampled, record)
+            dropped |= {c.client_id for c in sampled} - set(inboxes)
         down = wire.pack(self.strategy.broadcast(global_params))
         working = [c for c in sampled if c.client_id not in dropped | late]
         t0 = time.perf_counter()
-        answers = self.transport.exchange(rnd, down, working, sampled)
-        train_seconds = time.perf_counter() - t0
+        answers = self.transport.exchange(rnd, down, working, inboxes)
+        record.train_seconds = time.perf_counter() - t0
+        record.bytes_down += len(down) * len(sampled)
         arrived = {update.client_id for update, _ in answers}
         failed = [c.client_id for c in working if c.client_id not in arrived]
         if failed:
             log.warning("round %d: no answer from %s", rnd, ", ".join(failed))
             dropped |= set(failed)
-        accepted, rejected, client_metrics, bytes_up = [], [], {}, 0
+        accepted = []
         for update, up in answers:
-            client_metrics[update.client_id] = {**update.metrics, "steps": update.num_steps}
-            bytes_up += len(up)
+            record.client_metrics[update.client_id] = {**update.metrics,
+                                                       "steps": update.num_steps}  # fmt: skip
+            record.bytes_up += len(up)
             try:
                 update.params = self._receive(update, up)  # the server works on what it got
                 self._validate(update, global_params)
             except UpdateRejected as e:
                 log.warning("round %d: rejected update: %s", rnd, e)
-                rejected.append({"client_id": update.client_id, "reason": str(e)})
+                record.rejected.append({"client_id": update.client_id, "reason": str(e)})
                 continue
+            if rules.equal_weights:
+                update.num_samples = 1
             accepted.append(update)
-        if len(accepted) < self.min_clients:
+        record.dropped, record.late = sorted(dropped), sorted(late)
+        if len(accepted) < rules.min_clients:
             raise RoundFailed(
                 f"round {rnd}: {len(accepted)} valid update(s) of {len(sampled)} sampled "
-                f"({len(dropped)} dropped out, {len(late)} too late, {len(rejected)} rejected), "
-                f"fewer than "
-                f"min_clients={self.min_clients}; the global model is unchanged"
+                f"({len(dropped)} dropped out, {len(late)} too late, {len(record.rejected)} "
+                f"rejected), fewer than min_clients={rules.min_clients}; the global model is "
+                "unchanged"
             )
-        if self.secure:
-            accepted = [self._unmasked_mean(accepted, rejected, global_params, rnd)]
-        global_params = self.strategy.aggregate(global_params, accepted)
+        try:
+            if secagg is not None:
+                accepted = [self._unmasked_mean(secagg, accepted, global_params, rnd, record)]
+            new_params = self.strategy.aggregate(global_params, accepted)
+            self._check_finite(new_params)
+            global_params = new_params
+        except (ProtocolError, UpdateRejected) as e:
+            record.aborted = str(e)
+            log.error("round %d aborted, the global model stays as it was: %s", rnd, e)
         t0 = time.perf_counter()
-        metrics = self.evaluate(global_params) if evaluate else {}
-        eval_seconds = time.perf_counter() - t0
-        record = RoundRecord(
-            round=rnd,
-            clients=[c.client_id for c in sampled],
-            metrics=metrics,
-            bytes_up=bytes_up,
-            bytes_down=len(down) * len(sampled),
-            seconds=time.perf_counter() - start,
-            train_seconds=train_seconds,
-            eval_seconds=eval_seconds,
-            client_metrics=client_metrics,
-            rejected=rejected,
-            dropped=sorted(dropped),
-            late=sorted(late),
-        )
+        record.metrics = self.evaluate(global_params) if evaluate else {}
+        record.eval_seconds = time.perf_counter() - t0
+        record.seconds = time.perf_counter() - start
         return global_params, record
+
+    def _secure_setup(self, rnd: int, sampled: list[ClientData], record: RoundRecord):
+        """Rounds 0 and 1 of the protocol: keys advertised, shares routed. Returns the session
+        and each sharing client's inbox (who is missing from it dropped before masking)."""
+        secagg = ServerSession(rnd, self.rules.secure_threshold)
+        ids = [c.client_id for c in sampled]
+        adverts = self.transport.secagg(rnd, "advertise", {cid: b"" for cid in ids})
+        roster, listed = secagg.roster(adverts)
+        shares = self.transport.secagg(rnd, "share", {cid: roster for cid in listed})
+        inboxes = secagg.route(shares)  # they travel with the task
+        up = sum(map(len, adverts.values())) + sum(map(len, shares.values()))
+        down = len(roster) * len(listed) + sum(map(len, inboxes.values()))
+        record.bytes_up, record.bytes_down = record.bytes_up + up, record.bytes_down + down
+        record.secagg_bytes += up + down
+        return secagg, inboxes
 
     @staticmethod
     def _receive(update: ClientUpdate, up: bytes) -> Params:
@@ -208,16 +249,32 @@ class Server:
         template = self.strategy.upload_template(global_params, update.client_id)
         if self.secure:  # masked uploads are fixed-point integers
             template = {k: v.long() for k, v in template.items()}
-        validate_update(update, template, self.max_update_norm)
+        validate_update(update, template, self.rules.max_update_norm, self.rules.claims)
 
-    def _unmasked_mean(self, masked: list[ClientUpdate], rejected: list, global_params: Params,
-                       rnd: int) -> ClientUpdate:  # fmt: skip
-        """The server's one view of a securely aggregated round: the weighted mean."""
-        if rejected:
-            raise RoundFailed(f"round {rnd}: a masked update was rejected, so the masks of the "
-                              "others no longer cancel; the global model is unchanged")  # fmt: skip
+    @staticmethod
+    def _check_finite(params: Params) -> None:
+        bad = [k for k, v in params.items() if not torch.isfinite(v).all()]
+        if bad:
+            raise UpdateRejected(f"the aggregate has NaN or infinite values in {len(bad)} "
+                                 f"tensor(s), e.g. {bad[0]!r}")  # fmt: skip
+
+    def _unmasked_mean(
+        self, secagg: ServerSession, masked: list[ClientUpdate], global_params: Params, rnd: int,
+        record: RoundRecord,
+    ) -> ClientUpdate:  # fmt: skip
+        """Round 3 of the protocol: the survivors' shares remove every mask; the server's one
+        view of the round is the weighted mean of the survivors' updates."""
+        survivors = [u.client_id for u in masked]
+        if len(survivors) < secagg.threshold:
+            raise ProtocolError(f"{len(survivors)} masked uploads survived, fewer than the "
+                                f"threshold {secagg.threshold}")  # fmt: skip
+        request = secagg.unmask_request(survivors)
+        answers = self.transport.secagg(rnd, "unmask", {cid: request for cid in survivors})
+        up, down = sum(map(len, answers.values())), len(request) * len(survivors)
+        record.bytes_up, record.bytes_down = record.bytes_up + up, record.bytes_down + down
+        record.secagg_bytes += up + down
+        summed = secagg.unmask({u.client_id: u.params for u in masked}, answers)
         total = sum(u.num_samples for u in masked)
-        summed = secure_aggregation.unmask_sum([u.params for u in masked])
         mean = {k: (summed[k] / total).to(global_params[k].dtype) for k in summed}
         steps = round(sum(u.num_steps for u in masked) / len(masked))
         return ClientUpdate("secure-aggregate", mean, total, steps)

@@ -271,7 +271,8 @@ _SIGLIP_L_384 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers
 
 def _janus_pro(hidden: int, intermediate: int, layers: int, heads: int):
     text = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=heads, vocab_size=102400)  # fmt: skip
+                num_attention_heads=heads, num_key_value_heads=heads,
+                vocab_size=102400)  # fmt: skip
     vision = {k: v for k, v in _SIGLIP_L_384.items() if k != "intermediate_size"}
     return _janus(
         text,

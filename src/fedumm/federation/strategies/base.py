@@ -33,7 +33,8 @@ class FederationContext:
     num_clients: int = 1
     lora_alpha: float = 1.0  # LoRA scale of a rank-r factor pair is lora_alpha / r
     client_ranks: dict[str, int] = field(default_factory=dict)  # only where ranks differ
-    seed: int = 0  # for server-side randomness (DP noise)
+    seed: int = 0  # the run seed
+    seeded_noise: bool = False  # DP noise from the run seed (simulations that ask for it only)
 
 
 class Strategy(ABC):
@@ -71,7 +72,7 @@ class Strategy(ABC):
                     f"{', '.join(unused)} not used by {cls.name} (it uses: {uses})",
                 )
             )
-        if cfg.federation.secure_aggregation and not cls.aggregates_weighted_mean:
+        if cfg.federation.secure_aggregation.enabled and not cls.aggregates_weighted_mean:
             problems.append(("federation.secure_aggregation", cls.secure_aggregation_refusal()))
         if cfg.lora is None and cls.needs_lora:
             problems.append(

@@ -19,7 +19,7 @@ import torch
 
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.strategies.norm_clipping import clip_to_norm
-from fedumm.seeding import derive_seed
+from fedumm.seeding import privacy_seed
 
 
 def privacy_spent(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
@@ -52,7 +52,8 @@ class DPFedAvg(Strategy):
     def aggregate(self, global_params, updates):
         self.progress["rounds"] += 1
         clip, z = self.hp["clip_norm"], self.hp["noise_multiplier"]
-        seed = derive_seed(self.context.seed, int(self.progress["rounds"]), 0xD9)
+        seed = privacy_seed(self.context.seeded_noise, self.context.seed,
+                            int(self.progress["rounds"]), 0xD9)  # fmt: skip
         generator = torch.Generator().manual_seed(seed)
         total = {k: torch.zeros_like(v) for k, v in global_params.items()}
         for u in updates:
