@@ -169,7 +169,7 @@ class Federation:
                               self.strategy, self.client_states[cid],
                               self.fresh[self.ranks.get(cid, self.rank)],
                               lr=fed.lr_at((rnd - 1) / fed.rounds),
-                              runtime=self.runtime)  # fmt: skip
+                              runtime=self.runtime, loss_fn=self.processor.loss)  # fmt: skip
         if cid in self.malicious:
             attack = cfg.attack
             update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)
@@ -271,7 +271,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
         update = local_update(model, client, initial, fed, seed, processor.collate, steps=steps,
                               on_step=lambda step, loss: bar.update(),
                               lr=lambda step: fed.lr_at(step / steps),
-                              runtime=fl.runtime)  # fmt: skip
+                              runtime=fl.runtime, loss_fn=processor.loss)  # fmt: skip
         return evaluate_adapter(update.params, grid)
 
     results: dict = {"config": cfg.model_dump(), "model": {"family": processor.family_name},

@@ -96,7 +96,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
         stats = train_steps(
             model, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.seed,
             processor.collate, lr_schedule=_cosine(cfg.steps, cfg.lr), on_step=on_step,
-            runtime=runtime,
+            runtime=runtime, loss_fn=processor.loss,
         )  # fmt: skip
         with runtime.autocast():
             metrics = evaluate_pretraining(model, processor, *test, runtime=runtime)

@@ -13,12 +13,12 @@ import numpy as np
 
 from fedumm.config import EvalConfig, RunConfig
 from fedumm.data import classification_files, geneval, hf_datasets, reports, shapesworld, vqa_v2
+from fedumm.data.images import resize
 from fedumm.data.modality import IMAGE, IMAGE_TEXT, TEXT
 from fedumm.evaluation.classification import class_scores, classification_metrics
 from fedumm.evaluation.geneval import Detector, geneval_scores, judge, load_detector
 from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
-from fedumm.models.generate import text_to_image
-from fedumm.models.processor import Encoded, Processor, UMMProcessor, encode_vqa
+from fedumm.models.processor import Encoded, Processor, encode_vqa
 from fedumm.runtime import CPU, Runtime
 from fedumm.seeding import derive_seed
 
@@ -62,11 +62,14 @@ class GenerationTask:
                 "test_prompts": len(self.test)}  # fmt: skip
 
     def evaluate(self, model, processor: Processor, cfg: EvalConfig, grid=None) -> dict:
-        """GenEval scores; with `grid` (a path), also a PNG of images per tag, framed by verdict."""
+        """GenEval scores; with `grid` (a path), also a PNG of images per tag, framed by verdict.
+        Images are judged at the size the detector reads, if it reads one size only."""
         prompts = [p for p in self.test for _ in range(cfg.images_per_prompt)]
-        images = text_to_image(model, processor, [p.prompt for p in prompts], self.seed,
-                               cfg.temperature, cfg.top_k, cfg.guidance_scale,
-                               cfg.batch_size)  # fmt: skip
+        images = processor.draw(model, [p.prompt for p in prompts], self.seed, cfg.temperature,
+                                cfg.top_k, cfg.guidance_scale, cfg.batch_size)  # fmt: skip
+        side = getattr(self.detector, "image_size", None)
+        if side is not None and images.shape[1] != side:
+            images = np.stack([resize(image, side) for image in images])
         verdicts = [judge(p, self.detector(image))[0] for p, image in zip(prompts, images)]
         if grid is not None:
             from fedumm.report import generation_grid
@@ -141,10 +144,18 @@ def build_tasks(cfg: RunConfig, processor: Processor) -> dict[str, Task]:
     if "vqa" in cfg.data.tasks:
         tasks["vqa"] = _vqa(cfg, processor)
     if "generation" in cfg.data.tasks:
-        if not isinstance(processor, UMMProcessor):
+        if not processor.draws:
             raise ValueError(
                 f"data.tasks: generation needs a model that draws images; {cfg.model.name_or_path}"
-                " only reads them (generation runs use the built-in model)"
+                f" is a {processor.family_name} model, which only reads them (the families that "
+                "draw: the built-in model, janus)"
+            )
+        missing = getattr(processor, "missing_for_generation", [])
+        if missing:
+            raise ValueError(
+                f"data.tasks: generation needs the {', '.join(missing)} of "
+                f"{cfg.model.name_or_path}, which its checkpoint does not hold (an "
+                "understanding-only export?)"
             )
         tasks["generation"] = _generation(cfg, processor)
     if "classification" in cfg.data.tasks:
@@ -242,7 +253,7 @@ def _vqa_hf_dataset(cfg: RunConfig, processor: Processor) -> VQATask:
     )
 
 
-def _generation(cfg: RunConfig, processor: UMMProcessor) -> GenerationTask:
+def _generation(cfg: RunConfig, processor: Processor) -> GenerationTask:
     gen = cfg.data.generation
     if gen.metadata is not None:
         test = geneval.read_metadata(gen.metadata)
@@ -250,11 +261,11 @@ def _generation(cfg: RunConfig, processor: UMMProcessor) -> GenerationTask:
     else:
         test = geneval.evaluation_prompts(gen.test_prompts_per_tag, cfg.seed)
     samples = geneval.generation_dataset(gen.train_samples, cfg.seed)
-    image_ids = processor.encode_images(np.stack([s.image for s in samples]))
+    codes = processor.encode_generation_images(np.stack([s.image for s in samples]))
     rng = np.random.default_rng(derive_seed(cfg.seed, 0xD0))
-    dropped = rng.random(len(samples)) < gen.prompt_dropout  # empty prompt: learns p(image)
-    train = [processor.generation("" if drop else s.prompt.prompt, ids)
-             for s, ids, drop in zip(samples, image_ids, dropped)]  # fmt: skip
+    dropped = rng.random(len(samples)) < gen.prompt_dropout  # no prompt: learns p(image)
+    train = [processor.generation(s.prompt.prompt, ids, unconditional=drop)
+             for s, ids, drop in zip(samples, codes, dropped)]  # fmt: skip
     labels = [s.prompt.tag if cfg.partition.generation_key == "tag" else s.prompt.label
               for s in samples]  # fmt: skip
     source = gen.metadata or "shapesworld"

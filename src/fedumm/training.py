@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from fedumm.dp_sgd import DPSGD
+from fedumm.models.janus import CODES
 from fedumm.models.processor import IGNORE, Encoded
 from fedumm.runtime import CPU, Runtime, model_device, prefetched, to_device
 from fedumm.seeding import privacy_seed
@@ -55,8 +56,15 @@ def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
 
 
 def target_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Tokens the loss is taken on (labels are shifted by one inside the models)."""
-    return int((batch["labels"][:, 1:] != IGNORE).sum())
+    """Tokens the loss is taken on (labels are shifted by one inside the models), and image
+    codes a drawing model predicts beside them."""
+    codes = batch.get(CODES)
+    return int((batch["labels"][:, 1:] != IGNORE).sum()) + (0 if codes is None else codes.numel())
+
+
+def model_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own loss on a batch (a processor's `loss` may compute it otherwise)."""
+    return model(**batch).loss
 
 
 def train_steps(
@@ -75,6 +83,7 @@ def train_steps(
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     dp_sgd: tuple[float, float, bool] | None = None,
     runtime: Runtime = CPU,
+    loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] = model_loss,
 ) -> TrainStats:
     """Run `steps` optimizer steps (AdamW or plain SGD) on the trainable parameters of `model`
     over `data` (batched by `collate`, the processor's), clipping the gradient norm to
@@ -82,7 +91,7 @@ def train_steps(
     multiplier, noise from the seed) the steps are DP-SGD steps instead. `model` is on
     `runtime.device`; a step whose batch is split into micro-batches weights each by its share
     of the target tokens, so its gradient is the whole batch's. `on_step(step, loss)` gets the
-    loss as a tensor."""
+    loss as a tensor; `loss_fn(model, batch)` is the task loss (the processor's)."""
     if not data:
         raise ValueError("cannot train on an empty data set")
     hooks = hooks or TrainingHooks()
@@ -116,7 +125,7 @@ def train_steps(
             task_loss = None
             for i, (batch, tokens) in enumerate(pieces):
                 with runtime.autocast():
-                    part = forward(**batch).loss
+                    part = loss_fn(forward, batch)
                 if len(pieces) > 1:
                     part = part * (tokens / max(total, 1))
                 loss = hooks.loss(model, part) if i == 0 else part
@@ -158,6 +167,7 @@ def evaluation_loss(
     collate: Callable[[list[Encoded]], dict[str, torch.Tensor]],
     batch_size: int = 256,
     runtime: Runtime = CPU,
+    loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] = model_loss,
 ) -> float:
     """Mean next-token loss over the target tokens of `data` (teacher forcing)."""
     model.eval()
@@ -167,6 +177,6 @@ def evaluation_loss(
         batch = collate(data[i : i + batch_size])
         n = target_tokens(batch)
         with runtime.autocast():
-            total += model(**to_device(batch, device)).loss.item() * n
+            total += loss_fn(model, to_device(batch, device)).item() * n
         count += n
     return total / max(count, 1)

@@ -25,6 +25,15 @@ def load_image(source: Path | BinaryIO, size: int) -> np.ndarray | None:
     return np.asarray(rgb, dtype=np.uint8)
 
 
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """An RGB uint8 array resized to (size, size, 3): nearest neighbour when it grows (a
+    ShapesWorld cell stays a sharp block), box averaging when it shrinks."""
+    from PIL import Image
+
+    method = Image.NEAREST if size >= image.shape[0] else Image.BOX
+    return np.asarray(Image.fromarray(image).resize((size, size), method), dtype=np.uint8)
+
+
 @runtime_checkable
 class StoredImage(Protocol):
     """Where an image that decoded once can be decoded again, at the same size."""

@@ -38,6 +38,7 @@ CLIENT_SCRIPT = Path(__file__).with_name("flare_client.py")
 TASK = "train"
 EVALUATE = "validate"  # FLARE's default name for an evaluation task
 FAILURE = "flare_failure.txt"  # written by the server when the federation fails
+SHUTDOWN_GRACE = 60  # seconds FLARE may take to end after the server wrote its results
 
 
 class FlareTransport:
@@ -209,11 +210,12 @@ def run_flare(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
         job = build_job(cfg, str(out_dir), config_file, resume)
         try:
             if cfg.flare.env == "sim":
-                _run_simulator(job, sites, workspace)
+                _run_simulator(job, sites, workspace, out_dir)
             else:
                 _run_poc(job, sites, workspace / "poc", cfg, out_dir)
-        except RuntimeError as e:  # the server's failure file says more than FLARE's "failed"
-            if not (out_dir / FAILURE).is_file():
+        except RuntimeError as e:  # the server's own files say more than FLARE's "failed"
+            ended = [name for name in ("results.json", FAILURE) if (out_dir / name).is_file()]
+            if not ended:
                 raise RuntimeError(_failure_report(out_dir, workspace, str(e))) from None
     results = out_dir / "results.json"
     if not results.is_file():
@@ -237,13 +239,26 @@ def _failure_report(out_dir: Path, workspace: Path, why: str | None = None) -> s
     return f"FLARE job failed: {why}; {kept}; the sites' logs: {workspace}"
 
 
-def _run_simulator(job, sites: list[str], workspace: Path) -> None:
+def _run_simulator(job, sites: list[str], workspace: Path, out_dir: Path) -> None:
     from nvflare.recipe.sim_env import SIMULATOR_WORKSPACE_ROOT_ENV_VAR, SimEnv
 
     os.environ.pop(SIMULATOR_WORKSPACE_ROOT_ENV_VAR, None)
-    # One simulator thread per client: with fewer, FLARE restarts a client's script whenever
-    # another client takes its turn, and state kept on the client (SCAFFOLD's c_i) is lost.
-    SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace)).deploy(job)
+    done = threading.Event()
+
+    def watchdog() -> None:  # the simulator has been seen to hang at its own shutdown
+        while not done.wait(1.0):
+            if any((out_dir / name).is_file() for name in ("results.json", FAILURE)):
+                if not done.wait(SHUTDOWN_GRACE):
+                    _wait_gone(workspace, timeout=0)
+                return
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        # One simulator thread per client: with fewer, FLARE restarts a client's script whenever
+        # another client takes its turn, and state kept on the client (SCAFFOLD's c_i) is lost.
+        SimEnv(clients=sites, num_threads=len(sites), workspace_root=str(workspace)).deploy(job)
+    finally:
+        done.set()
 
 
 def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig, out_dir: Path) -> None:
@@ -281,9 +296,9 @@ def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig, out_dir: Pa
         _wait_gone(workspace)
 
 
-def _wait_gone(workspace: Path, timeout: float = 60) -> None:
-    """Every process of this POC (its workspace in its command line) ended; what lingers past
-    `timeout` is killed."""
+def _wait_gone(workspace: Path, timeout: float = SHUTDOWN_GRACE) -> None:
+    """Every process of this FLARE run (its workspace in its command line) ended; what lingers
+    past `timeout` is killed."""
     import psutil
 
     mine = []

@@ -45,6 +45,8 @@ class Detector(Protocol):
 class ShapesWorldParser:
     """Nearest-template scene parser for 32x32 ShapesWorld images (exact on renderings)."""
 
+    image_size = sw.CANVAS  # a model that draws larger is judged on its images scaled down
+
     def __init__(self) -> None:
         names: list[tuple[str, str, int, int] | None] = [None]  # None: an empty cell
         patches = [np.full((sw.CELL, sw.CELL, 3), sw.BACKGROUND, dtype=np.uint8)]

@@ -23,7 +23,7 @@ from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models.lora import adapter_parameters, get_adapter, set_adapter
 from fedumm.models.processor import Encoded
 from fedumm.runtime import CPU, Runtime, model_device
-from fedumm.training import train_steps
+from fedumm.training import model_loss, train_steps
 
 
 @dataclass
@@ -66,10 +66,12 @@ def local_update(
     on_step: Callable[[int, float], None] | None = None,
     lr: float | Callable[[int], float] | None = None,
     runtime: Runtime = CPU,
+    loss_fn: Callable = model_loss,
 ) -> ClientUpdate:
     """Local training as `strategy` asks (plain training without one): `steps` steps, else
     cfg's local schedule. `state` is this client's persistent dict, `initial` its fresh adapter;
-    `lr` a rate or a schedule over the steps (default cfg.lr)."""
+    `lr` a rate or a schedule over the steps (default cfg.lr); `loss_fn(model, batch)` the
+    task loss (the processor's)."""
     state = {} if state is None else state
     device = model_device(model)
     message, initial = _on(message, device), _on(initial, device)
@@ -93,6 +95,7 @@ def local_update(
             cfg.weight_decay, seed, collate, hooks=hooks, max_grad_norm=cfg.max_grad_norm,
             optimizer=cfg.optimizer, on_step=on_step,
             lr_schedule=lr if callable(lr) else None, dp_sgd=dp_sgd, runtime=runtime,
+            loss_fn=loss_fn,
         )  # fmt: skip
     trained = get_adapter(model)
     upload = strategy.client_finish(message, trained, state, hooks) if strategy else trained

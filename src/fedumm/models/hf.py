@@ -1,7 +1,7 @@
 """Hugging Face image-text-to-text models as foundations: LLaVA, Qwen2-VL / Qwen2.5-VL,
-Idefics3 / SmolVLM, PaliGemma, and two unified models, Chameleon and Janus. Both federate
-understanding only: Chameleon's transformers port has no image decoder, and Janus draws through
-a separate generation head and embedding that its `forward` (the loss fedumm trains) never uses.
+Idefics3 / SmolVLM, PaliGemma, and two unified models, Chameleon and Janus. Janus also draws:
+its generation half (VQ-VAE codes, generation head) is trained and sampled by models/janus.py;
+Chameleon's transformers port has no image decoder, so it federates understanding only.
 
 fedumm feeds each model with its own tokenizer and image processor and writes the image
 placeholder tokens itself, one short rule per family. The families' `ProcessorMixin` classes
@@ -29,7 +29,8 @@ from transformers import (
     PretrainedConfig,
 )
 
-from fedumm.data.images import StoredImage
+from fedumm.data.images import StoredImage, resize
+from fedumm.models import janus
 from fedumm.models.processor import IGNORE, Encoded, collate
 from fedumm.runtime import model_device, to_device
 
@@ -113,6 +114,7 @@ class Family:
     batch_inputs: Callable[[HFProcessor, dict], dict] | None = None  # per-token extra inputs
     image_side: Callable[[object], int] = _square_side
     image_processor: dict = field(default_factory=dict)  # overrides when loading it
+    draws: bool = False  # it generates images too (text-to-image, models/janus.py)
 
 
 FAMILIES: dict[str, Family] = {
@@ -128,7 +130,7 @@ FAMILIES: dict[str, Family] = {
     "paligemma": Family("model.language_model", _paligemma_segment, bos_after_image=True,
                         batch_inputs=_paligemma_suffix),
     "chameleon": Family("model.layers", _chameleon_segment),
-    "janus": Family("model.language_model", _janus_segment),
+    "janus": Family("model.language_model", _janus_segment, draws=True),
 }  # fmt: skip
 
 # LoRA on the language model's attention projections unless the config names others.
@@ -158,6 +160,10 @@ class HFProcessor:
         self.bos = tokenizer.bos_token_id
         self.image_size = self.family.image_side(image_processor)
         self._segments: dict[tuple[int, ...], list[int]] = {}  # image shape -> its tokens
+        self.vqmodel = None  # drawing families: the model's VQ-VAE, set when the model loads
+        self.missing_for_generation: list[str] = []  # parts of it the checkpoint lacked
+        if self.family.draws:
+            self.boi = tokenizer.convert_tokens_to_ids("<begin_of_image>")
 
     def text_ids(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
@@ -196,9 +202,64 @@ class HFProcessor:
         inputs = {} if image is None else {"images": image}
         return Encoded(prompt + target, [IGNORE] * len(prompt) + target, inputs)
 
+    # ---------------------------------------------------------------- drawing (Janus)
+
+    @property
+    def draws(self) -> bool:
+        return self.family.draws
+
+    def generation_prompt(self, prompt_text: str) -> list[int]:
+        """What the model is given to draw `prompt_text`: <bos> prompt <begin_of_image>."""
+        return [self.bos, *self.text_ids(prompt_text), self.boi]
+
+    def generation(self, prompt_text: str, codes: np.ndarray, unconditional: bool = False
+                   ) -> Encoded:  # fmt: skip
+        """A text-to-image training sample: the prompt, one slot per image code, the codes
+        beside it. `unconditional`: the prompt padded out as the sampler's guidance branch
+        sees it (classifier-free guidance training)."""
+        prompt = self.generation_prompt(prompt_text)
+        if unconditional:
+            prompt = [t if t in (self.bos, self.boi) else self.pad for t in prompt]
+        slots = [self.pad] * len(codes)
+        codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)[None]
+        return Encoded(prompt + slots, [IGNORE] * (len(prompt) + len(slots)), {janus.CODES: codes})
+
+    def encode_generation_images(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 -> (N, codes) by the model's VQ-VAE, at the side it reads."""
+        if self.vqmodel is None:
+            raise ValueError(f"the {self.family_name} model was loaded without its VQ-VAE")
+        side = self.vq_image_size
+        if images.shape[1] != side:
+            images = np.stack([resize(image, side) for image in images])
+        return janus.encode_images(self.vqmodel, images)
+
+    @property
+    def vq_image_size(self) -> int:
+        """The side of the images Janus's VQ-VAE codes (and draws)."""
+        vq = self.config.vq_config
+        return vq.num_patches * 2 ** (len(vq.channel_multiplier) - 1)
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return janus.loss(model, batch) if self.draws else model(**batch).loss
+
+    def draw(self, model, prompts: list[str], seed: int, temperature: float, top_k: int | None,
+             guidance_scale: float, batch_size: int) -> np.ndarray:  # fmt: skip
+        """One image per prompt, (N, H, W, 3) uint8, through the model's own sampler."""
+        images = []
+        for i in range(0, len(prompts), batch_size):
+            chunk = [self.generation_prompt(p) for p in prompts[i : i + batch_size]]
+            images.append(janus.draw(model, chunk, self.pad, self.bos, self.boi, seed + i,
+                                     temperature, top_k, guidance_scale))  # fmt: skip
+        return np.concatenate(images)
+
+    # ---------------------------------------------------------------- batches
+
     def collate(self, batch: list[Encoded], left: bool = False) -> dict[str, torch.Tensor]:
         batch = [_loaded(e) for e in batch]
         out = collate(batch, self.pad, left)
+        rows = [i for i, e in enumerate(batch) if janus.CODES in e.inputs]
+        if rows:
+            out[janus.ROWS] = torch.tensor(rows)
         images = out.pop("images", None)
         if images is not None:
             out.update(self.pixel_inputs(images))
@@ -257,9 +318,15 @@ def load_processor(name_or_path: str, family: str = "auto") -> HFProcessor:
 
 
 def load(name_or_path: str, family: str = "auto", dtype: torch.dtype = torch.float32):
-    """(model, processor) from a local folder or a hub id; the model frozen, in eval mode."""
+    """(model, processor) from a local folder or a hub id; the model frozen, in eval mode. A
+    family that draws gets its VQ-VAE in the processor (what its images are coded by)."""
     processor = load_processor(name_or_path, family)
-    model = AutoModelForImageTextToText.from_pretrained(_source(name_or_path), dtype=dtype)
+    model, info = AutoModelForImageTextToText.from_pretrained(
+        _source(name_or_path), dtype=dtype, output_loading_info=True
+    )
+    if processor.draws:
+        processor.vqmodel = janus.janus(model).model.vqmodel
+        processor.missing_for_generation = janus.missing_for_generation(info["missing_keys"])
     random = getattr(model.config, RANDOM_MARK, None)
     if random:
         log.warning("%s has random weights (fedumm random-model, %s): it measures memory and "

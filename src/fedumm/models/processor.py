@@ -61,6 +61,7 @@ class Processor(Protocol):
     model reads; a sample is an `Encoded` whatever the model."""
 
     family_name: str  # the model's family (a Hugging Face model_type, or the built-in model's)
+    draws: bool  # it generates images too
     eos: int
     image_size: int
 
@@ -71,6 +72,9 @@ class Processor(Protocol):
     def collate(self, batch: list[Encoded], left: bool = False) -> dict[str, torch.Tensor]: ...
     def answer(self, model, prompts: list[Encoded], max_new_tokens: int) -> list[list[int]]: ...
     def decode_text(self, ids: list[int]) -> str: ...
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    # models that draw (draws = True) also have: generation, encode_generation_images, draw
 
 
 class UMMProcessor:
@@ -124,13 +128,32 @@ class UMMProcessor:
         """What the model is given to draw `prompt_text` ('' = unconditional, for guidance)."""
         return [self.bos, *self.text_ids(prompt_text), self.sep, self.boi]
 
-    def generation(self, prompt_text: str, image_ids: np.ndarray) -> Encoded:
-        prompt = self.generation_prompt(prompt_text)
+    def generation(self, prompt_text: str, image_ids: np.ndarray, unconditional: bool = False
+                   ) -> Encoded:  # fmt: skip
+        """A text-to-image sample; `unconditional`: with the empty prompt (guidance training)."""
+        prompt = self.generation_prompt("" if unconditional else prompt_text)
         target = [*image_ids.tolist(), self.eoi, self.eos]
         return Encoded(prompt + target, [IGNORE] * len(prompt) + target)
 
     def collate(self, batch: list[Encoded], left: bool = False) -> dict[str, torch.Tensor]:
         return collate(batch, self.pad, left)
+
+    # ---------------------------------------------------------------- drawing
+
+    draws = True  # image tokens share the vocabulary: one next-token loss draws too
+
+    def encode_generation_images(self, images: np.ndarray) -> np.ndarray:
+        return self.encode_images(images)
+
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**batch).loss
+
+    def draw(self, model, prompts: list[str], seed: int, temperature: float, top_k: int | None,
+             guidance_scale: float, batch_size: int) -> np.ndarray:  # fmt: skip
+        from fedumm.models.generate import text_to_image
+
+        return text_to_image(model, self, prompts, seed, temperature, top_k, guidance_scale,
+                             batch_size)  # fmt: skip
 
     def answer(self, model, prompts: list[Encoded], max_new_tokens: int) -> list[list[int]]:
         """Greedy continuations of understanding prompts, from text tokens only."""
