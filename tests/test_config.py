@@ -17,9 +17,12 @@ def test_defaults_and_shipped_configs_validate():
     assert isinstance(load_config(None), RunConfig)
     cfg = load_config("configs/quickstart.yaml")
     assert cfg.federation.num_clients == 8 and cfg.partition.alpha == 0.5
-    shipped = sorted(set(Path("configs").glob("*.yaml")) - {Path("configs/pretrain.yaml")})
+    pretraining = set(Path("configs").glob("pretrain*.yaml"))
+    shipped = sorted(set(Path("configs").glob("*.yaml")) - pretraining)
     assert len(shipped) >= 3 and all(isinstance(load_run_config(p), RunConfig) for p in shipped)
     assert load_config("configs/pretrain.yaml", schema=PretrainConfig) == PretrainConfig()
+    janus = load_config("configs/pretrain_janus.yaml", schema=PretrainConfig)
+    assert janus.architecture == "janus" and len(pretraining) == 2
 
 
 def test_overrides_are_parsed_as_yaml():

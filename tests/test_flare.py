@@ -189,7 +189,7 @@ def test_secure_aggregation_across_flare_processes(tiny_foundation, tmp_path, mo
         assert (theirs["bytes_up"], theirs["bytes_down"]) == (mine["bytes_up"], mine["bytes_down"])
 
     monkeypatch.setenv(CRASH_ENV, "site-2@2:secagg_unmask")
-    crash = [*secure, "flare.round_timeout=12", "federation.rounds=3"]
+    crash = [*secure, "flare.round_timeout=20", "federation.rounds=3"]
     result = run_tiny(tmp_path / "crash", tiny_foundation, *crash, cli=["--engine", "flare"])
     assert result.exit_code == 0, result.output
     rounds = json.loads((tmp_path / "crash" / "results.json").read_text())["rounds"]

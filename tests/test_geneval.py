@@ -8,7 +8,8 @@ import pytest
 from fedumm.data import geneval
 from fedumm.data import shapesworld as sw
 from fedumm.data.geneval import GenEvalPrompt, MetadataError
-from fedumm.evaluation.geneval import Detection, ShapesWorldParser, judge, relative_position
+from fedumm.evaluation.detection import Detection
+from fedumm.evaluation.geneval import ShapesWorldParser, judge, relative_position
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -143,6 +144,9 @@ def test_malformed_metadata_names_the_line(tmp_path, line, message):
 class SeesNothing:
     """A stand-in for a real detector plugged in by name: it finds no object."""
 
+    classes = frozenset(sw.SHAPES)
+    colors = frozenset(sw.COLORS)
+
     def __call__(self, image):
         return []
 
@@ -159,7 +163,7 @@ def test_a_detector_plugs_in_by_name_and_a_bad_one_is_named(tiny_foundation, tmp
     assert result.exit_code == 0, result.output
     final = json.loads((out / "results.json").read_text())["final"]["metrics"]
     assert final["geneval_overall"] == 0.0  # nothing detected: every include entry fails
-    for spec, message in [("nope", "expected 'shapesworld' or 'package.module:Name'"),
+    for spec, message in [("nope", "expected 'shapesworld', 'photo' or 'package.module:Name'"),
                           ("tests.test_geneval:Missing", "cannot be loaded"),
                           ("no_such_module:X", "cannot be loaded")]:  # fmt: skip
         result = run_tiny(tmp_path / spec, tiny_foundation, "data.tasks=[generation]",

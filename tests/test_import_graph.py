@@ -21,7 +21,9 @@ def _graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+                # `from pkg import mod` imports pkg.mod; `from mod import name`, mod
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files
+                           else node.module for a in node.names]  # fmt: skip
             for target in targets:
                 while target and target not in files:  # `from pkg import name`: the package
                     target = target.rpartition(".")[0]

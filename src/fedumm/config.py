@@ -259,6 +259,11 @@ class LoraSection(Section):
     client_ranks: list[int] | None = Field(
         None, description="Per-client ranks, site-1 first (only flora mixes ranks); null = r."
     )
+    modules_to_save: list[str] | None = Field(
+        None,
+        description="Modules trained in full and sent with the adapter (peft's modules_to_save), "
+        "e.g. Janus's [generation_head, generation_aligner]; null = LoRA only.",
+    )
 
     @field_validator("client_ranks")
     @classmethod
@@ -496,8 +501,14 @@ class EvalConfig(Section):
     images_per_prompt: int = Field(4, ge=1, description="Images drawn per GenEval prompt.")
     detector: str = Field(
         "shapesworld",
-        description="GenEval detector: the ShapesWorld parser, or 'package.module:Name' (a factory "
-        "of a callable image -> detections).",
+        description="GenEval detector: the ShapesWorld parser, 'photo' (detector_model + "
+        "color_model), or 'package.module:Name' (a factory of a callable image -> detections).",
+    )
+    detector_model: str | None = Field(
+        None, description="detector photo: a transformers object detector's folder (e.g. DETR)."
+    )
+    color_model: str | None = Field(
+        None, description="detector photo: a CLIP folder, for each object's colour."
     )
     modality_ablation: bool = Field(
         False, description="Classification: also score with the image only and the text only."
@@ -712,6 +723,11 @@ class RunConfig(Section):
 
 
 class PretrainConfig(Section):
+    architecture: Literal["umm", "janus"] = Field(
+        "umm",
+        description="The built-in unified model, or a small Janus (vision tower to read, VQ-VAE "
+        "and generation head to draw) saved as a Hugging Face folder.",
+    )
     seed: int = Field(0, description="Seeds tokenizers, codebook, data and initialisation.")
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads; null = torch's default (all cores)."
@@ -730,6 +746,9 @@ class PretrainConfig(Section):
     test_samples: int = Field(300, ge=1, description="Held-out caption scenes for evaluation.")
     matching_samples: int = Field(
         0, ge=0, description="Image-caption matching pairs (yes/no, as BLIP's ITM); 0 = none."
+    )
+    vq_steps: int = Field(
+        1500, ge=1, description="janus: steps fitting its VQ-VAE to the patch codebook."
     )
     steps: int = Field(2500, ge=1, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Batch size.")

@@ -192,7 +192,8 @@ def build_federation(cfg: RunConfig) -> Federation:
         model = add_lora(base, rank, lora.alpha, lora.dropout,
                          lora.target_modules or loaded.default_targets, cfg.seed,
                          extra_ranks=tuple(lora.client_ranks or ()),
-                         scope=loaded.lora_scope)  # fmt: skip
+                         scope=loaded.lora_scope,
+                         modules_to_save=lora.modules_to_save)  # fmt: skip
     fresh = initial_adapters(model)
     reg = cfg.federation.adaptive_regularization
     if reg.enabled:  # refuse a layer range the model does not have before any work

@@ -1,41 +1,51 @@
-"""`fedumm pretrain`: the foundation UMM pretrained centrally on ShapesWorld's pretraining
-formats, from its config and seed (the shipped foundation is rebuilt bit for bit).
+"""`fedumm pretrain`: a foundation pretrained centrally on ShapesWorld's pretraining formats,
+from its config and seed (the shipped foundation is rebuilt bit for bit).
 
-Pretraining sees only captions (image -> caption) and caption-to-image, optionally image-caption
-matching (yes/no); never a question or a GenEval-style prompt. Downstream tasks are what
-federated LoRA has to teach.
+Two architectures: the built-in UMM (`architecture: umm`, the shipped foundation), or a small
+Janus (`architecture: janus`): a Hugging Face unified model with a vision tower to read images
+and a VQ-VAE and generation head to draw them, saved as an ordinary model folder for
+`model.name_or_path`. Pretraining sees only captions (image -> caption) and caption-to-image,
+optionally image-caption matching (yes/no); never a question or a GenEval-style prompt.
+Downstream tasks are what federated LoRA has to teach.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModelForImageTextToText
 
 from fedumm.config import PretrainConfig
 from fedumm.data import shapesworld as sw
-from fedumm.models import place
+from fedumm.models import janus, place
+from fedumm.models.architectures import Tokens, janus_foundation
 from fedumm.models.foundation import build, save
-from fedumm.models.generate import generate
-from fedumm.models.processor import Encoded, UMMProcessor
+from fedumm.models.hf import HFProcessor
+from fedumm.models.image_tokenizer import PatchVQ, fit_codebook
+from fedumm.models.processor import Encoded, Processor
+from fedumm.models.text_tokenizer import train_text_tokenizer
 from fedumm.runtime import CPU, OutOfMemory, Runtime, resolve
 from fedumm.training import evaluation_loss, train_steps
 
 
 def pretraining_data(
-    processor: UMMProcessor, n: int, split: str, seed: int, matching: int = 0
+    processor: Processor, n: int, split: str, seed: int, matching: int = 0
 ) -> tuple[list[Encoded], list[Encoded], list[Encoded]]:
     """(captioning, caption-to-image, caption matching) sequences: the first two each from half
     of `n` scenes, plus `matching` image-caption matching pairs."""
     samples = sw.caption_dataset(n, split, seed)
-    image_ids = processor.encode_images(np.stack([s.image for s in samples]))
+    images = np.stack([s.image for s in samples])
+    read = processor.encode_images(images[0::2])
+    drawn = processor.encode_generation_images(images[1::2])
     captioning = [processor.understanding(ids, "", s.caption)
-                  for s, ids in zip(samples[0::2], image_ids[0::2])]  # fmt: skip
+                  for s, ids in zip(samples[0::2], read)]  # fmt: skip
     generation = [processor.generation(s.caption, ids)
-                  for s, ids in zip(samples[1::2], image_ids[1::2])]  # fmt: skip
+                  for s, ids in zip(samples[1::2], drawn)]  # fmt: skip
     pairs = sw.caption_matching_dataset(matching, split, seed) if matching else []
     pair_ids = processor.encode_images(np.stack([s.image for s in pairs])) if pairs else []
     matched = [processor.understanding(ids, s.question, s.answer)
@@ -45,7 +55,7 @@ def pretraining_data(
 
 def evaluate_pretraining(
     model,
-    processor: UMMProcessor,
+    processor: Processor,
     captioning: list[Encoded],
     generation: list[Encoded],
     matching: list[Encoded],
@@ -60,7 +70,7 @@ def evaluate_pretraining(
     metrics = {
         "caption_exact_match": _greedy_exact_match(model, processor, captioning, 32),
         "caption_to_image_loss": evaluation_loss(
-            model, generation, processor.collate, runtime=runtime
+            model, generation, processor.collate, runtime=runtime, loss_fn=processor.loss
         ),
     }
     if matching:
@@ -69,11 +79,10 @@ def evaluate_pretraining(
 
 
 def _greedy_exact_match(
-    model, processor: UMMProcessor, encoded: list[Encoded], max_new_tokens: int
+    model, processor: Processor, encoded: list[Encoded], max_new_tokens: int
 ) -> float:
     """Share (%) of prompts whose greedy continuation is exactly the target text."""
-    pred = generate(model, [e.prompt for e in encoded], max_new_tokens, processor.text_id_range,
-                    processor.pad, stop_id=processor.eos)  # fmt: skip
+    pred = processor.answer(model, [e.prompt_only() for e in encoded], max_new_tokens)
     hits = [processor.decode_text(p) == processor.decode_text(e.target)
             for p, e in zip(pred, encoded)]  # fmt: skip
     return 100.0 * float(np.mean(hits))
@@ -85,7 +94,12 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
-    model, processor = build(cfg)
+    vq_fit = {}
+    if cfg.architecture == "janus":
+        model, processor, vq_fit = build_janus(cfg)
+        model.model.vqmodel.requires_grad_(False)  # fitted first; codes stay what they are
+    else:
+        model, processor = build(cfg)
     place(model, runtime)
     matching = cfg.matching_samples
     train = sum(pretraining_data(processor, cfg.train_samples, "train", cfg.seed, matching), [])
@@ -103,12 +117,48 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
     except torch.OutOfMemoryError as e:
         raise OutOfMemory(e) from None
     metrics.update(
+        vq_fit,
         train_loss=stats.loss,
         seconds=time.perf_counter() - start,
         parameters=sum(p.numel() for p in model.parameters()),
     )
-    save(model.cpu(), processor, out_dir, {"config": cfg.model_dump(), "metrics": metrics})
+    card = {"config": cfg.model_dump(), "metrics": metrics}
+    if cfg.architecture == "janus":
+        save_janus(model.cpu(), processor, out_dir, card)
+    else:
+        save(model.cpu(), processor, out_dir, card)
     return metrics
+
+
+def build_janus(cfg: PretrainConfig):
+    """(model, processor, VQ fit metrics): a small Janus (architectures.janus_foundation) with
+    fedumm's byte-level BPE, its VQ-VAE fitted to a k-means patch codebook of ShapesWorld
+    images, as the built-in model's image tokenizer is."""
+    torch.manual_seed(cfg.seed)
+    arch = janus_foundation(cfg.hidden_size, cfg.intermediate_size, cfg.num_layers,
+                            cfg.num_heads, cfg.codebook_size)  # fmt: skip
+    tokenizer = train_text_tokenizer(sw.text_corpus(cfg.seed), cfg.text_vocab_size)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(arch.special)})
+    config = arch.config(Tokens(tokenizer))
+    model = AutoModelForImageTextToText.from_config(config)
+    images = np.stack([s.image for s in sw.caption_dataset(cfg.codebook_images, "train",
+                                                            cfg.seed)])  # fmt: skip
+    book = fit_codebook(images, sw.CELL, cfg.codebook_size, cfg.seed)
+    patches = PatchVQ(torch.from_numpy(book), sw.CELL, sw.GRID).encode(images)
+    fitted = janus.fit_vq(model.model.vqmodel, images, patches, cfg.vq_steps, 32, 3e-3, cfg.seed)
+    model.requires_grad_(True).eval()
+    processor = HFProcessor("janus", config, tokenizer, arch.image_processor())
+    processor.vqmodel = model.model.vqmodel
+    return model, processor, fitted
+
+
+def save_janus(model, processor: HFProcessor, out_dir: Path, card: dict) -> None:
+    """An ordinary Hugging Face model folder (model, tokenizer, image processor)."""
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    processor.tokenizer.save_pretrained(out_dir)
+    processor.image_processor.save_pretrained(out_dir)
+    (out_dir / "pretraining.json").write_text(json.dumps(card, indent=2))
 
 
 def _cosine(steps: int, peak: float, warmup: int = 50):

@@ -16,10 +16,11 @@ from fedumm.data import classification_files, geneval, hf_datasets, reports, sha
 from fedumm.data.images import resize
 from fedumm.data.modality import IMAGE, IMAGE_TEXT, TEXT
 from fedumm.evaluation.classification import class_scores, classification_metrics
-from fedumm.evaluation.geneval import Detector, geneval_scores, judge, load_detector
+from fedumm.evaluation.detection import Detector, check_covered
+from fedumm.evaluation.geneval import ShapesWorldParser, geneval_scores, judge, load_detector
 from fedumm.evaluation.vqa import answer_questions, vqa_accuracy
 from fedumm.models.processor import Encoded, Processor, encode_vqa
-from fedumm.runtime import CPU, Runtime
+from fedumm.runtime import CPU, Runtime, resolve
 from fedumm.seeding import derive_seed
 
 
@@ -157,7 +158,7 @@ def build_tasks(cfg: RunConfig, processor: Processor) -> dict[str, Task]:
                 f"{cfg.model.name_or_path}, which its checkpoint does not hold (an "
                 "understanding-only export?)"
             )
-        tasks["generation"] = _generation(cfg, processor)
+        tasks["generation"] = _generation(cfg, processor, str(resolve(cfg.runtime).device))
     if "classification" in cfg.data.tasks:
         tasks["classification"] = _classification(cfg, processor)
     return tasks
@@ -253,11 +254,17 @@ def _vqa_hf_dataset(cfg: RunConfig, processor: Processor) -> VQATask:
     )
 
 
-def _generation(cfg: RunConfig, processor: Processor) -> GenerationTask:
-    gen = cfg.data.generation
+def _generation(cfg: RunConfig, processor: Processor, device: str = "cpu") -> GenerationTask:
+    """Prompt-image pairs from ShapesWorld to train on; GenEval prompts (generated, or a
+    metadata file) to be judged by the detector, which must tell every class and colour they
+    name (checked, with the detector loaded, before any training)."""
+    gen, ev = cfg.data.generation, cfg.eval
+    detector = load_detector(ev.detector, ev.detector_model, ev.color_model, device)
     if gen.metadata is not None:
         test = geneval.read_metadata(gen.metadata)
-        geneval.check_drawable(test)
+        if isinstance(detector, ShapesWorldParser):  # its images are ShapesWorld's
+            geneval.check_drawable(test)
+        check_covered(test, detector, ev.detector)
     else:
         test = geneval.evaluation_prompts(gen.test_prompts_per_tag, cfg.seed)
     samples = geneval.generation_dataset(gen.train_samples, cfg.seed)
@@ -269,7 +276,6 @@ def _generation(cfg: RunConfig, processor: Processor) -> GenerationTask:
     labels = [s.prompt.tag if cfg.partition.generation_key == "tag" else s.prompt.label
               for s in samples]  # fmt: skip
     source = gen.metadata or "shapesworld"
-    detector = load_detector(cfg.eval.detector)  # a bad spec fails before any training
     return GenerationTask(train, labels, test, derive_seed(cfg.seed, 0x6E), source, detector)
 
 

@@ -6,46 +6,37 @@ prompt's metadata. Here the detector is a `Detector`: anything that maps an imag
 scene lies inside one 8x8 grid cell, so each cell is matched to its nearest template (empty, or a
 shape x colour x pixel offset). A detector for real photos plugs in through the same interface.
 
-The rules are GenEval's (`evaluate_images.py`): each include entry needs `count` objects of its
-class; with a colour, that many of them in that colour; with a position, each of them in that
-relation to each object of the referenced entry, by GenEval's box-centre test with its 0.1
-margin; an exclude entry fails the image if `count` or more of its class are present. GenEval
-takes the detector's most confident boxes; a parser has no confidences, so among objects of a
-class those of the asked colour are taken first.
+The rules are GenEval's (`evaluate_images.py`): detections above a confidence of 0.3 count (0.9
+for counting prompts), at most 16 per class, most confident first; each include entry needs
+`count` objects of its class; with a colour, that many of them in that colour; with a position,
+each of them in that relation to each object of the referenced entry, by GenEval's box-centre
+test with its 0.1 margin; an exclude entry fails the image if `count` or more of its class are
+present. A parser's detections are all certain (score 1), so among objects of a class those of
+the asked colour are taken first.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from fedumm.data import shapesworld as sw
 from fedumm.data.geneval import TAGS, GenEvalPrompt
+from fedumm.evaluation.detection import Detection, Detector
 from fedumm.models.image_tokenizer import to_patches
 
 POSITION_THRESHOLD = 0.1  # GenEval's margin, as a share of the two boxes' sizes
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One object found in an image: class, colour name (None if unknown), box (x0, y0, x1, y1)."""
-
-    cls: str
-    color: str | None
-    box: tuple[float, float, float, float]
-
-
-class Detector(Protocol):
-    def __call__(self, image: np.ndarray) -> list[Detection]: ...
+THRESHOLD, COUNTING_THRESHOLD = 0.3, 0.9  # GenEval's confidence thresholds
+MAX_OBJECTS = 16  # per class
 
 
 class ShapesWorldParser:
     """Nearest-template scene parser for 32x32 ShapesWorld images (exact on renderings)."""
 
     image_size = sw.CANVAS  # a model that draws larger is judged on its images scaled down
+    classes = frozenset(sw.SHAPES)
+    colors = frozenset(sw.COLORS)
 
     def __init__(self) -> None:
         names: list[tuple[str, str, int, int] | None] = [None]  # None: an empty cell
@@ -79,16 +70,27 @@ class ShapesWorldParser:
         return found
 
 
-def load_detector(spec: str) -> Detector:
-    """'shapesworld' (the built-in parser) or 'package.module:Name', a class or function that,
-    called without arguments, gives a Detector (e.g. a wrapper around a real object detector)."""
+def load_detector(spec: str, detector_model: str | None = None, color_model: str | None = None,
+                  device: str = "cpu") -> Detector:  # fmt: skip
+    """'shapesworld' (the built-in parser); 'photo' (a transformers object detector and CLIP
+    from the folders `detector_model` and `color_model`); or 'package.module:Name', a class or
+    function that, called without arguments, gives a Detector."""
     if spec == "shapesworld":
         return ShapesWorldParser()
+    if spec == "photo":
+        from fedumm.evaluation.photo_detector import PhotoDetector
+
+        if detector_model is None or color_model is None:
+            raise ValueError("eval.detector 'photo' needs eval.detector_model (an object "
+                             "detector's folder) and eval.color_model (a CLIP folder)")  # fmt: skip
+        return PhotoDetector(detector_model, color_model, device)
     import importlib
 
     module_name, _, name = spec.partition(":")
     if not name:
-        raise ValueError(f"detector {spec!r}: expected 'shapesworld' or 'package.module:Name'")
+        raise ValueError(
+            f"detector {spec!r}: expected 'shapesworld', 'photo' or 'package.module:Name'"
+        )
     try:
         factory = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as e:
@@ -96,6 +98,9 @@ def load_detector(spec: str) -> Detector:
     detector = factory()
     if not callable(detector):
         raise ValueError(f"detector {spec!r}: {name}() is not callable on an image")
+    for what in ("classes", "colors"):
+        if not hasattr(detector, what):
+            raise ValueError(f"detector {spec!r}: {name}() has no `{what}` (the set it can tell)")
     return detector
 
 
@@ -122,16 +127,18 @@ def relative_position(a: Detection, b: Detection) -> set[str]:
 
 def judge(prompt: GenEvalPrompt, detections: list[Detection]) -> tuple[bool, str]:
     """GenEval's verdict for one image: (correct, reason if not)."""
+    threshold = COUNTING_THRESHOLD if prompt.tag == "counting" else THRESHOLD
     by_class: dict[str, list[Detection]] = defaultdict(list)
-    for det in detections:
-        by_class[det.cls].append(det)
+    for det in sorted(detections, key=lambda d: -d.score):
+        if det.score > threshold and len(by_class[det.cls]) < MAX_OBJECTS:
+            by_class[det.cls].append(det)
     matched: list[list[Detection] | None] = []
     reasons = []
     for item in prompt.include:
         cls, count, color = item["class"], item["count"], item.get("color")
-        candidates = (
-            sorted(by_class[cls], key=lambda d: d.color != color) if color else by_class[cls]
-        )
+        candidates = by_class[cls]  # most confident first; among equals, the asked colour
+        if color:
+            candidates = sorted(candidates, key=lambda d: (-d.score, d.color != color))
         found = candidates[:count]
         ok = len(found) >= count
         if not ok:

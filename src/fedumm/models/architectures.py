@@ -331,6 +331,24 @@ PUBLISHED: dict[str, Architecture] = {
                                  _square("janus", 384), JANUS_TOKENS, "Janus-Pro-7B (unified)"),
 }  # fmt: skip
 
+
+def janus_foundation(hidden: int, intermediate: int, layers: int, heads: int,
+                     codes: int) -> Architecture:  # fmt: skip
+    """A small Janus for ShapesWorld (`fedumm pretrain` with architecture janus): the language
+    model sized like the built-in foundation's, a 2-layer vision tower reading 32x32 images in
+    8x8 patches, and a VQ-VAE coding each 8x8 cell as one of `codes` codes (4x4 per image)."""
+    text = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=heads)  # fmt: skip
+    vision = {**{k: v for k, v in VISION.items() if k != "intermediate_size"},
+              "hidden_size": 64, "projection_dim": hidden, "mlp_ratio": 2,
+              "num_image_tokens": (SIDE // PATCH) ** 2}  # fmt: skip
+    vq = {**{k: v for k, v in _TINY_VQ.items() if k != "resolution"}, "num_embeddings": codes,
+          "embed_dim": 8, "num_patches": SIDE // PATCH, "projection_dim": hidden,
+          "image_token_embed_dim": hidden}  # fmt: skip
+    return Architecture("janus", _janus(text, vision, vq), _square("janus", SIDE), JANUS_TOKENS,
+                        "Janus foundation for ShapesWorld")  # fmt: skip
+
+
 FAMILY_PRESETS = {family: ["tiny", *(n for n, a in PUBLISHED.items() if a.family == family)]
                   for family in TINY}  # fmt: skip
 

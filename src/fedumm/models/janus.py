@@ -145,3 +145,48 @@ def missing_for_generation(missing_keys: list[str]) -> list[str]:
              "generation aligner": "model.generation_aligner."}  # fmt: skip
     return [name for name, prefix in parts.items()
             if any(k.startswith(prefix) for k in missing_keys)]  # fmt: skip
+
+
+def fit_vq(vqmodel: torch.nn.Module, images: np.ndarray, patch_codes: np.ndarray, steps: int,
+           batch_size: int, lr: float, seed: int, on_step=None) -> dict:  # fmt: skip
+    """Fit Janus's VQ-VAE to a patch codebook: `patch_codes` ((N, cells) ints) says which code
+    each cell of `images` ((N, H, W, 3) uint8) is. Code vectors are fixed random unit vectors;
+    the encoder learns to point at its cell's code (so the VQ-VAE's own nearest-code `encode`
+    gives it) and the decoder to draw each code's patch (from the unit vectors `decode` reads).
+    Two supervised regressions instead of vector quantization's search: a few minutes on a
+    CPU. Returns the share of held-out cells coded as the codebook codes them, and the
+    reconstructions' mean absolute pixel error."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels, targets = to_pixels(images), torch.as_tensor(patch_codes, dtype=torch.long)
+    cut = max(1, len(pixels) // 20)  # held out
+    codebook = vqmodel.quantize.embedding.weight
+    dims = vqmodel.quantize.quant_state_dims
+    with torch.no_grad():
+        codebook.copy_(F.normalize(torch.randn(codebook.shape, generator=generator), dim=-1))
+    unit = codebook.detach()
+    trained = [*vqmodel.encoder.parameters(), *vqmodel.quant_conv.parameters(),
+               *vqmodel.post_quant_conv.parameters(), *vqmodel.decoder.parameters()]  # fmt: skip
+    optimizer = torch.optim.Adam(trained, lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    vqmodel.train().requires_grad_(True)
+    for step in range(steps):
+        pick = cut + torch.randint(len(pixels) - cut, (batch_size,), generator=generator)
+        x, codes = pixels[pick], targets[pick]
+        z = vqmodel.quant_conv(vqmodel.encoder(x)).permute(0, 2, 3, 1).flatten(0, 2)
+        pointing = F.cross_entropy(10 * F.normalize(z, dim=-1) @ unit.T, codes.flatten())
+        grid = unit[codes].view(len(x), *dims, -1).permute(0, 3, 1, 2)
+        drawing = F.mse_loss(vqmodel.decoder(vqmodel.post_quant_conv(grid)), x)
+        optimizer.zero_grad(set_to_none=True)
+        (pointing + drawing).backward()
+        optimizer.step()
+        schedule.step()
+        if on_step is not None:
+            on_step(step, (pointing + drawing).detach())
+    vqmodel.eval().requires_grad_(False)
+    with torch.no_grad():
+        coded = vqmodel.encode(pixels[:cut]).image_tokens.view(cut, -1)
+        drawn = vqmodel.decode(coded)
+    return {
+        "vq_code_agreement": 100.0 * float((coded == targets[:cut]).float().mean()),
+        "vq_pixel_error": float(((drawn.clamp(-1, 1) - pixels[:cut]).abs() * 127.5).mean()),
+    }

@@ -74,13 +74,14 @@ def lora_targets(
 
 
 def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
-             target_modules: list[str], seed: int,
-             extra_ranks: tuple[int, ...] = (), scope: str = "") -> PeftModel:  # fmt: skip
+             target_modules: list[str], seed: int, extra_ranks: tuple[int, ...] = (),
+             scope: str = "", modules_to_save: list[str] | None = None) -> PeftModel:  # fmt: skip
     """Freeze `model` and attach LoRA adapters; the seed fixes A's random init for everyone.
 
     Targets are linear modules by name (see `lora_targets`). `extra_ranks` adds one more
     adapter per rank (for clients that train another rank); the adapter of rank `r` is the
-    active one."""
+    active one. `modules_to_save` are trained in full beside the adapters, and travel with
+    them (e.g. Janus's generation head)."""
     targeted = lora_targets(model, target_modules, scope)
     known = sorted({n.rsplit(".", 1)[-1] for n in linear_modules(model, scope)})
     missing = [t for t in target_modules if t not in known]
@@ -98,9 +99,14 @@ def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
                 f"LoRA rank {rank} exceeds what {smallest} ({layer.out_features}x"
                 f"{layer.in_features}) allows; the largest useful rank is {limit}"
             )
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    unknown = sorted(set(modules_to_save or ()) - names)
+    if unknown:
+        raise ValueError(f"lora.modules_to_save {unknown} name no module of the model")
     torch.manual_seed(seed)
     paths = sorted(targeted)  # full paths: peft then adapts exactly these
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=paths)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=paths,
+                        modules_to_save=modules_to_save)  # fmt: skip
     peft_model = get_peft_model(model, config)
     for rank in sorted(set(extra_ranks) - {r}):
         torch.manual_seed(seed)
@@ -203,7 +209,8 @@ def full_state(model: torch.nn.Module) -> Params:
         return get_adapter(model)
     out, seen = {}, set()
     for k, v in model.get_base_model().state_dict().items():
-        if "lora_" not in k and k != "codebook" and v.data_ptr() not in seen:
+        copy = "lora_" in k or "modules_to_save." in k  # the adapter's, not the base's
+        if not copy and k != "codebook" and v.data_ptr() not in seen:
             seen.add(v.data_ptr())
             out[k] = v
     return out
