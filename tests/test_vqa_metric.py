@@ -46,7 +46,41 @@ def test_official_score_differs_from_exact_match_with_ten_human_answers():
     assert vqa_score("yes", ["yes"] + ["no"] * 9) == pytest.approx(0.3)
     # Where humans disagree, their punctuation is normalised as the prediction's is.
     assert vqa_score("T-Shirt", ["t-shirt"] * 5 + ["shirt"] * 5) == 1.0
-    # Number words become digits in predictions only (VQA v2's human answers already are).
-    assert vqa_score("two", ["2"] * 10) == 1.0
     m = vqa_accuracy(["net", "2"], [humans, "two"], ["other", "number"])
     assert m["per_family"] == {"number": 100.0, "other": pytest.approx(90.0)}
+
+
+def test_the_two_versions_of_the_script_differ_where_the_humans_agree():
+    from fedumm.evaluation.vqa import vqa_score
+
+    # The revised script compares raw strings when all ten humans gave the same answer; the
+    # original normalised the prediction always ("two" -> "2").
+    assert vqa_score("two", ["2"] * 10, rule="current") == 0.0
+    assert vqa_score("two", ["2"] * 10, rule="original") == 1.0
+    # Where they disagree, the revised script normalises the humans' number words too; the
+    # original only their punctuation, so "two" among the humans never matches.
+    humans = ["two"] * 5 + ["three"] * 5
+    assert vqa_score("2", humans, rule="current") == 1.0
+    assert vqa_score("2", humans, rule="original") == 0.0
+
+
+def test_fewer_than_ten_answers_score_a_full_match_as_one():
+    from fedumm.evaluation.vqa import vqa_score
+
+    # Three humans: each leave-one-out subset holds two answers, and two matches are enough.
+    assert vqa_score("red", ["red"] * 3) == 1.0
+    # One match of three: two subsets hold it once (1/2), one not at all.
+    assert vqa_score("red", ["red", "blue", "green"]) == pytest.approx(1 / 3)
+
+
+def test_unknown_rule_is_named():
+    from fedumm.evaluation.vqa import vqa_score
+
+    with pytest.raises(ValueError, match="'newest'.*current, original"):
+        vqa_score("a", ["a", "b"], rule="newest")
+
+
+@pytest.mark.parametrize("raw, expected", [("youre", "you're"), ("oclock", "o'clock"),
+                                           ("Its a dog", "its dog")])  # fmt: skip
+def test_contractions_come_from_the_scripts_table(raw, expected):
+    assert normalize_answer(raw) == expected

@@ -497,6 +497,11 @@ class BaselinesConfig(Section):
 
 class EvalConfig(Section):
     batch_size: int = Field(300, ge=1, description="Questions decoded per batch.")
+    vqa_metric: Literal["current", "original"] = Field(
+        "current",
+        description="The official VQA script's rule: as revised in 2021, or the original one "
+        "(earlier papers').",
+    )
     every: int = Field(1, ge=1, description="Evaluate the global model every N rounds.")
     images_per_prompt: int = Field(4, ge=1, description="Images drawn per GenEval prompt.")
     detector: str = Field(

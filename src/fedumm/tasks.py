@@ -44,7 +44,7 @@ class VQATask:
 
     def evaluate(self, model, processor: Processor, cfg: EvalConfig, grid=None) -> dict:
         predictions = answer_questions(model, processor, self.test_prompts, cfg.batch_size)
-        return vqa_accuracy(predictions, self.test_answers, self.test_families)
+        return vqa_accuracy(predictions, self.test_answers, self.test_families, cfg.vqa_metric)
 
 
 @dataclass
