@@ -32,6 +32,7 @@ SetOption = Annotated[
                  "(repeatable; values are parsed as YAML)."),
 ]  # fmt: skip
 QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
+SeedOption = Annotated[int, typer.Option(help="The random seed.")]
 
 
 @contextmanager
@@ -71,9 +72,16 @@ def _stored_config(run_dir: Path, overrides: list[str] | None) -> RunConfig:
         return check(validate(raw, RunConfig, str(run_dir)), str(run_dir))
 
 
-def _setup_logging() -> None:
+def _setup_logging(quiet: bool = False) -> None:
+    """fedumm's log lines on stderr; `quiet` also silences transformers' progress bars and
+    its notices (a model load's 'Loading weights' bar, deprecation chatter)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)  # fmt: skip
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 @app.command()
@@ -109,7 +117,7 @@ def run(
     else:
         cfg = _load(config, set_, RunConfig)
     out = resume or out
-    _setup_logging()
+    _setup_logging(quiet)
     from fedumm.engines import run_federation
     from fedumm.evaluation.metrics import HEADLINES, headlines
     from fedumm.federation.server import RoundFailed
@@ -261,6 +269,138 @@ def partition(
     typer.echo(f"{summary['description']}{scenario}; {out / 'partition.json'}, heatmaps in {out}")
 
 
+RunArgument = Annotated[Path, typer.Argument(help="A finished run's output folder.")]
+ClientOption = Annotated[
+    str | None,
+    typer.Option(help="A personalized run's client (e.g. site-1): its own model, not the global."),
+]  # fmt: skip
+
+
+def _open_run(folder: Path, client: str | None = None):
+    from fedumm.trained import open_run
+
+    with _exit_on(FileNotFoundError, ValueError):
+        return open_run(folder, client)
+
+
+@app.command()
+def export(
+    run_dir: RunArgument,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
+    merge: Annotated[bool, typer.Option(help="Merge the adapter into the base: a plain model "
+                                        "folder that loads without fedumm or peft.")] = False,
+    client: ClientOption = None,
+) -> None:  # fmt: skip
+    """Export a run's trained adapter (peft format), or the base with it merged."""
+    run = _open_run(run_dir, client)
+    _setup_logging(quiet=True)
+    from fedumm.trained import export as export_run
+
+    with _exit_on(FileNotFoundError, ValueError, OSError):
+        folder = export_run(run, out, merge)
+    if merge or run.adapter is None:
+        typer.echo(f"model saved to {folder}: AutoModel*.from_pretrained({str(folder)!r})")
+    else:
+        typer.echo(f"adapter saved to {folder}: PeftModel.from_pretrained(base, {str(folder)!r})")
+        if (folder / "folded_deltas.safetensors").is_file():
+            typer.secho("its strategy folds updates into the base weights "
+                        "(folded_deltas.safetensors): only fedumm or --merge reproduces the "
+                        "model", fg="yellow", err=True)  # fmt: skip
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: RunArgument,
+    config: Annotated[Path | None, typer.Argument(help="YAML config naming the data to score "
+                                                  "on (omit: the run's own).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for eval.json and "
+                                             "eval.md (default RUN/eval).")] = None,
+    baseline: Annotated[str | None, typer.Option(help="zero_shot: score the base alone "
+                                                 "beside it.")] = None,
+    client: ClientOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:  # fmt: skip
+    """Score a run's trained model on the test data a config names, without training."""
+    run = _open_run(run_dir, client)
+    if baseline not in (None, "zero_shot"):
+        typer.secho(f"error: --baseline {baseline!r}; the one baseline is zero_shot", fg="red",
+                    err=True)  # fmt: skip
+        raise typer.Exit(2)
+    cfg = _load(config, set_, RunConfig) if config else _stored_config_of(run, set_)
+    _setup_logging(quiet)
+    from fedumm.evaluation.metrics import HEADLINES, headlines
+    from fedumm.runtime import resolve
+    from fedumm.trained import evaluate as evaluate_run
+
+    out = out or run_dir / "eval"
+    with _exit_on(FileNotFoundError, ValueError, RuntimeError):
+        result = evaluate_run(run, cfg, baseline is not None, resolve(cfg.runtime), out)
+    for label, m in [("zero-shot", result.get("zero_shot")), ("trained", result["metrics"])]:
+        if m is not None:
+            scores = ", ".join(f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%"
+                               for k in headlines(m))  # fmt: skip
+            typer.echo(f"  {label:<10} {scores}")
+    typer.echo(f"  {result['wall_seconds']:.0f} s; {out / 'eval.json'}, {out / 'eval.md'}")
+
+
+def _stored_config_of(run, overrides: list[str] | None) -> RunConfig:
+    """The run's own config, with `--set` overrides."""
+    from fedumm.config import apply_overrides, validate
+    from fedumm.validation import check
+
+    if not overrides:
+        return run.config
+    with _exit_on(ConfigError, code=2):
+        raw = apply_overrides(run.config.model_dump(), overrides)
+        return check(validate(raw, RunConfig, str(run.folder)), str(run.folder))
+
+
+@app.command()
+def ask(
+    run_dir: RunArgument,
+    image: Annotated[Path, typer.Option(help="The image file to ask about.")],
+    question: Annotated[str, typer.Option(help="The question.")],
+    client: ClientOption = None,
+) -> None:
+    """Ask a run's trained model a question about an image."""
+    run = _open_run(run_dir, client)
+    _setup_logging(quiet=True)
+    from fedumm.runtime import resolve
+    from fedumm.trained import ask as ask_run
+
+    with _exit_on(FileNotFoundError, ValueError):
+        if not image.is_file():
+            raise FileNotFoundError(f"{image}: no such image file")
+        typer.echo(ask_run(run, image, question, resolve(run.config.runtime)))
+
+
+@app.command()
+def draw(
+    run_dir: RunArgument,
+    prompt: Annotated[list[str], typer.Option(help="What to draw (repeatable: one image "
+                                              "each).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (several prompts: "
+                                      "side by side).")] = Path("drawn.png"),
+    seed: SeedOption = 0,
+    client: ClientOption = None,
+) -> None:  # fmt: skip
+    """Draw with a run's trained model (for models that draw: the built-in one, Janus)."""
+    run = _open_run(run_dir, client)
+    _setup_logging(quiet=True)
+    import numpy as np
+    from PIL import Image
+
+    from fedumm.runtime import resolve
+    from fedumm.trained import draw as draw_run
+
+    with _exit_on(FileNotFoundError, ValueError):
+        images = draw_run(run, prompt, seed, resolve(run.config.runtime))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(list(images), axis=1)).save(out)
+    typer.echo(f"{len(images)} image(s), {images.shape[1]}x{images.shape[2]} px: {out}")
+
+
 @app.command()
 def pretrain(
     config: Annotated[Path | None, typer.Argument(help="YAML pretraining config.")] = None,
@@ -293,7 +433,6 @@ FamilyArgument = Annotated[
                         "chameleon or janus.")
 ]  # fmt: skip
 ModelOutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")]
-SeedOption = Annotated[int, typer.Option(help="Seeds the random weights.")]
 
 
 @app.command("random-model")

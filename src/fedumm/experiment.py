@@ -32,16 +32,17 @@ from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.federation.update import Claims, ClientUpdate, Params
+from fedumm.models import adapted, load_processor
 from fedumm.models import load as load_model
-from fedumm.models import load_processor
 from fedumm.models.hf import RANDOM_MARK
-from fedumm.models.lora import add_lora, full_state, initial_adapters, set_adapter
+from fedumm.models.lora import full_state, initial_adapters, set_adapter
 from fedumm.models.processor import Encoded, Processor
 from fedumm.report import plot_partitions, write_report
 from fedumm.runtime import Runtime, resolve, worker_devices
 from fedumm.seeding import derive_seed, draw_share
 from fedumm.tasks import ClassificationTask, Task, build_tasks
 from fedumm.tasks import evaluate as evaluate_tasks
+from fedumm.trained import save_run_model
 
 log = logging.getLogger("fedumm")
 
@@ -184,16 +185,8 @@ def build_federation(cfg: RunConfig) -> Federation:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     loaded = load_model(cfg.model, runtime)
-    base, processor, lora = loaded.model, loaded.processor, cfg.lora
-    if lora is None:  # federated full fine-tuning: every weight trains and travels
-        model, rank = base.requires_grad_(True), 0
-    else:
-        rank = lora.r
-        model = add_lora(base, rank, lora.alpha, lora.dropout,
-                         lora.target_modules or loaded.default_targets, cfg.seed,
-                         extra_ranks=tuple(lora.client_ranks or ()),
-                         scope=loaded.lora_scope,
-                         modules_to_save=lora.modules_to_save)  # fmt: skip
+    processor, lora = loaded.processor, cfg.lora
+    model, rank = adapted(loaded, lora, cfg.seed), lora.r if lora else 0
     fresh = initial_adapters(model)
     reg = cfg.federation.adaptive_regularization
     if reg.enabled:  # refuse a layer range the model does not have before any work
@@ -368,6 +361,11 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
     results["wall_seconds"] = time.perf_counter() - start
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))
+    personal = {}
+    if strategy.personalized and cfg.engine == "embedded":  # under FLARE it stays on the sites
+        personal = {cid: strategy.personal_adapter(final_params, state)
+                    for cid, state in client_states.items()}  # fmt: skip
+    save_run_model(model, processor, cfg, final_params, out_dir, personal)
     write_report(results, out_dir)
     return results
 

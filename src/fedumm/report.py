@@ -83,7 +83,12 @@ def write_report(results: dict, out_dir: Path) -> None:
             "these numbers measure the pipeline's speed and memory, not a model.",
         ]
     for key in headlines(rows[-1][1]):
-        lines += ["", *_metric_table(results, rows, key)]
+        lines += ["", *metric_table(rows, key)]
+        if "centralized" in results.get("baselines", {}):
+            central = results["baselines"]["centralized"]["metrics"][key]
+            fed = results["final"]["metrics"][key]
+            lines += ["", f"Federated reaches **{100 * fed / max(central, 1e-9):.1f}%** of "
+                          "centralized."]  # fmt: skip
     lines += _privacy_lines(results)
     lines += ["", "![accuracy per round](accuracy.png)"]
     pictures = [(label, f"generated_{name}.png") for name, label in GRID_NAMES.items()]
@@ -174,7 +179,8 @@ def _privacy_lines(results: dict) -> list[str]:
     return ["", *out] if out else []
 
 
-def _metric_table(results: dict, rows: list[tuple[str, dict]], key: str) -> list[str]:
+def metric_table(rows: list[tuple[str, dict]], key: str) -> list[str]:
+    """A markdown table of headline `key` with its breakdown, one row per (label, metrics)."""
     label, breakdown, _ = HEADLINES[key]
     categories = list(rows[-1][1][breakdown])
     lines = [
@@ -187,13 +193,6 @@ def _metric_table(results: dict, rows: list[tuple[str, dict]], key: str) -> list
         spread = f" ± {m[key + '_std']:.1f}" if key + "_std" in m else ""
         cells = " | ".join(f"{m[breakdown].get(c, float('nan')):.1f}" for c in categories)
         lines.append(f"| {method} | **{m[key]:.1f}**{spread} | {cells} |")
-    if "centralized" in results.get("baselines", {}):
-        central = results["baselines"]["centralized"]["metrics"][key]
-        fed = results["final"]["metrics"][key]
-        lines += [
-            "",
-            f"Federated reaches **{100 * fed / max(central, 1e-9):.1f}%** of centralized.",
-        ]
     return lines
 
 

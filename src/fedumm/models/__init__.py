@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedumm.config import ModelConfig
+from fedumm.config import LoraSection, ModelConfig
 from fedumm.models.processor import Processor
 from fedumm.runtime import CPU, Runtime
 
@@ -65,6 +65,30 @@ def load(spec: ModelConfig, runtime: Runtime = CPU) -> LoadedModel:
                              model.config.num_hidden_layers)  # fmt: skip
     place(loaded.model, runtime)
     return loaded
+
+
+def adapted(loaded: LoadedModel, lora: LoraSection | None, seed: int) -> torch.nn.Module:
+    """The model a run trains: LoRA adapters on the frozen base, A drawn from `seed` (the same
+    for every client and every process), or without a lora section the whole base (federated
+    full fine-tuning)."""
+    if lora is None:
+        return loaded.model.requires_grad_(True)
+    from fedumm.models.lora import add_lora
+
+    return add_lora(loaded.model, lora.r, lora.alpha, lora.dropout,
+                    lora.target_modules or loaded.default_targets, seed,
+                    extra_ranks=tuple(lora.client_ranks or ()), scope=loaded.lora_scope,
+                    modules_to_save=lora.modules_to_save)  # fmt: skip
+
+
+def base_name(spec: ModelConfig) -> str:
+    """What a saved adapter names as its base model: the Hugging Face model, or the fedumm
+    foundation folder (the shipped one by its path)."""
+    if spec.name_or_path is not None:
+        return spec.name_or_path
+    from fedumm.models import foundation
+
+    return str(foundation.location(spec.foundation))
 
 
 def place(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:

@@ -58,9 +58,14 @@ def save(model: UMMForCausalLM, processor: UMMProcessor, out_dir: Path, card: di
     (out_dir / "pretraining.json").write_text(json.dumps(card, indent=2))
 
 
+def location(path: str | Path = "builtin") -> Path:
+    """The folder a `model.foundation` value names."""
+    return BUILTIN_FOUNDATION if str(path) == "builtin" else Path(path)
+
+
 def load(path: str | Path = "builtin") -> tuple[UMMForCausalLM, UMMProcessor]:
     """Load a foundation folder written by `fedumm pretrain` ('builtin' = the shipped one)."""
-    folder = BUILTIN_FOUNDATION if str(path) == "builtin" else Path(path)
+    folder = location(path)
     if not (folder / "config.json").is_file():
         hint = " (run `fedumm pretrain` to create it)" if str(path) == "builtin" else ""
         raise FileNotFoundError(f"no foundation checkpoint at {folder}: config.json missing{hint}")

@@ -9,10 +9,19 @@ and extrapolates: logits = u + g * (c - u).
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
 from fedumm.runtime import model_device
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The name under which this model takes and returns its KV cache: `cache` since
+    transformers 5.2x, `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -47,16 +56,13 @@ def generate(
     band[allowed[0] : allowed[1]] = 0.0
     out = torch.empty((n, 0), dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    past, step_ids = None, ids
+    past, step_ids, cache = None, ids, _cache_argument(model)
     for _ in range(max_new_tokens):
         result = model(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=past,
-            use_cache=True,
-        )
-        past = result.past_key_values
+            input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+            **{cache: past},
+        )  # fmt: skip
+        past = getattr(result, cache)
         logits = result.logits[:, -1, : band.shape[0]].float()
         if guidance is not None:
             cond, uncond = logits[:n], logits[n:]

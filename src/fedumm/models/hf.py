@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +35,6 @@ from fedumm.runtime import model_device, to_device
 
 log = logging.getLogger("fedumm")
 RANDOM_MARK = "fedumm_random_weights"  # config.json key of `fedumm random-model` models
-
-# transformers 5 warns each time peft asks a model about gradient checkpointing: not ours to fix.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
 
 def _llava_segment(p: HFProcessor, image: dict) -> list[int]:

@@ -10,12 +10,23 @@ An adapter is a dict of tensors keyed like peft's state dict (`<module>.lora_A.w
 
 from __future__ import annotations
 
+import copy
+import json
+import warnings
+from pathlib import Path
+
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from peft import set_peft_model_state_dict as _set
+from safetensors.torch import load_file, save_file
+
+# transformers 5 warns each time peft asks a model about gradient checkpointing: not ours to fix.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
 Params = dict[str, torch.Tensor]
 FOLD = "fold/"
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+FOLDED_WEIGHTS = "folded_deltas.safetensors"  # FLoRA's and FedEx-LoRA's changes to the base
 
 
 def is_fold(key: str) -> bool:
@@ -214,3 +225,40 @@ def full_state(model: torch.nn.Module) -> Params:
             seen.add(v.data_ptr())
             out[k] = v
     return out
+
+
+def save_pretrained(model: PeftModel, params: Params, folder: Path, base: str) -> Path:
+    """`params` as peft saves an adapter (adapter_config.json, adapter_model.safetensors), so
+    `PeftModel.from_pretrained(base_model, folder)` loads it; `base` is what the config names
+    as its base model. Folded deltas (FLoRA, FedEx-LoRA) are dense changes to frozen weights,
+    which no LoRA config expresses: they go beside, in folded_deltas.safetensors keyed by
+    module, and only the base with them added (`load_pretrained`, `fedumm export --merge`)
+    reproduces the model."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    factors = {k: v.contiguous() for k, v in params.items() if not is_fold(k)}
+    ranks = {v.shape[0] for k, v in factors.items() if factor_of(k) == "lora_A"}
+    name = next((n for n, c in model.peft_config.items() if c.r in ranks), model.active_adapter)
+    config = copy.deepcopy(model.peft_config[name])
+    config.base_model_name_or_path, config.inference_mode = base, True
+    config.save_pretrained(str(folder))
+    save_file(factors, folder / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+    folds = {module_of(k): v.contiguous() for k, v in params.items() if is_fold(k)}
+    (folder / FOLDED_WEIGHTS).unlink(missing_ok=True)
+    if folds:
+        save_file(folds, folder / FOLDED_WEIGHTS, metadata={"format": "pt"})
+    return folder
+
+
+def read_pretrained(folder: Path) -> tuple[dict, Params]:
+    """(adapter config, params) of an adapter folder `save_pretrained` wrote (or peft did):
+    the params keyed as `set_adapter` takes them, folded deltas included."""
+    folder = Path(folder)
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder}: no {name}; not a saved adapter")
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    params = load_file(folder / ADAPTER_WEIGHTS)
+    if (folder / FOLDED_WEIGHTS).is_file():
+        params.update({FOLD + k: v for k, v in load_file(folder / FOLDED_WEIGHTS).items()})
+    return config, params
