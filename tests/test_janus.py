@@ -87,6 +87,22 @@ def test_the_generation_head_may_train_and_travel_too(tiny_janus, tmp_path):
     up = [r["communication"]["adapter_message_bytes"] for r in (runs["lora"], runs["head"])]
     assert up[1] - up[0] >= 4 * extra  # the head's fp32 weights travel
 
+    # the trained head is part of the exported adapter, and `fedumm draw` uses it
+    from fedumm.cli import app
+    from tests.tiny import runner
+
+    config = json.loads((tmp_path / "head" / "adapter" / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["generation_head"]
+    png = tmp_path / "drawn.png"
+    result = runner.invoke(app, ["draw", str(tmp_path / "head"), "--prompt", "a red circle",
+                                 "-o", str(png)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+
+    assert Image.open(png).size == (32, 32)
+    result = runner.invoke(app, ["draw", str(tmp_path / "head"), "--prompt", ""])
+    assert result.exit_code == 1 and "a prompt is empty" in result.output
+
 
 def test_a_family_that_cannot_draw_is_refused_naming_it(tmp_path):
     llava = build_random("llava", tmp_path / "llava")

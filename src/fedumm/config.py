@@ -579,6 +579,24 @@ class RuntimeConfig(Section):
         return devices
 
 
+class TrackingConfig(Section):
+    """Where a run's numbers go besides results.json. `tracking: mlflow` is short for
+    `tracking: {backend: mlflow}`."""
+
+    backend: Literal["none", "tensorboard", "mlflow"] = Field(
+        "none", description="none, tensorboard (event files in OUTDIR/tensorboard) or mlflow."
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI; null = a SQLite store in ./mlruns."
+    )
+    experiment: str = Field("fedumm", description="MLflow experiment the runs are logged under.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data):
+        return {"backend": data} if isinstance(data, str) else data
+
+
 class FlareConfig(Section):
     env: Literal["sim", "poc"] = Field(
         "sim", description="FLARE's simulator, or POC mode (real server and client processes)."
@@ -644,6 +662,9 @@ class RunConfig(Section):
         "embedded", description="Run every client in this process, or on NVIDIA FLARE."
     )
     flare: FlareConfig = Field(default_factory=FlareConfig, description="The FLARE engine.")
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Experiment tracking (TensorBoard, MLflow)."
+    )
 
     def holds(self, client_index: int, task: str) -> bool:
         """Whether client `client_index` (0 = site-1) holds data of `task`."""

@@ -42,6 +42,7 @@ from fedumm.runtime import Runtime, resolve, worker_devices
 from fedumm.seeding import derive_seed, draw_share
 from fedumm.tasks import ClassificationTask, Task, build_tasks
 from fedumm.tasks import evaluate as evaluate_tasks
+from fedumm.tracking import Tracker, open_tracker
 from fedumm.trained import save_run_model
 
 log = logging.getLogger("fedumm")
@@ -230,14 +231,18 @@ def run_experiment(
     out_dir.mkdir(parents=True, exist_ok=True)
     fl = build_federation(cfg)
     transport = connect(fl)
+    tracker, failed = open_tracker(cfg.tracking, out_dir, resume), True
     try:
-        return _run(fl, out_dir, transport, progress, resume, force, start)
+        results = _run(fl, out_dir, transport, tracker, progress, resume, force, start)
+        failed = False
+        return results
     finally:
+        tracker.close(failed)
         transport.close()
 
 
-def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, resume: bool,
-         force: bool, start: float) -> dict:  # fmt: skip
+def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, progress: bool,
+         resume: bool, force: bool, start: float) -> dict:  # fmt: skip
     cfg = fl.cfg
     model, processor, tasks, clients = fl.model, fl.processor, fl.tasks, fl.clients
     strategy, client_states, initial = fl.strategy, fl.client_states, fl.initial
@@ -270,6 +275,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
 
     results: dict = {"config": cfg.model_dump(), "model": {"family": processor.family_name},
                      "runtime": fl.runtime.describe(), "baselines": {}}  # fmt: skip
+    tracker.start(results["config"])
     random = getattr(model.config, RANDOM_MARK, None)
     if random:  # `fedumm random-model`: the report says so
         results["model"]["random_weights"] = random
@@ -297,6 +303,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
 
     def after_round(record, params) -> None:
         rounds.append(record.to_dict())
+        tracker.log_round(rounds[-1])
         every = cfg.checkpoint_every
         if every and (record.round % every == 0 or record.round == fed.rounds):
             checkpoint.save(out_dir, checkpoint.Checkpoint(
@@ -367,6 +374,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, progress: bool, re
                     for cid, state in client_states.items()}  # fmt: skip
     save_run_model(model, processor, cfg, final_params, out_dir, personal)
     write_report(results, out_dir)
+    tracker.finish(results, out_dir)
     return results
 
 
@@ -383,13 +391,15 @@ def _claims(fed, clients: list[ClientData]) -> Claims:
 
 
 def _same_run(stored: dict, cfg: RunConfig) -> bool:
-    """Whether a checkpoint's config is `cfg`, up to where and how the model runs (`runtime`):
-    a run stopped for lack of memory resumes with settings that need less."""
+    """Whether a checkpoint's config is `cfg`, up to where and how the model runs (`runtime`)
+    and where its numbers are tracked: a run stopped for lack of memory resumes with settings
+    that need less."""
     try:
         before = RunConfig.model_validate(without_retired(stored))
     except ValueError:
         return False
-    return before.model_dump(exclude={"runtime"}) == cfg.model_dump(exclude={"runtime"})
+    where = {"runtime", "tracking"}
+    return before.model_dump(exclude=where) == cfg.model_dump(exclude=where)
 
 
 def _sample_level_privacy(fed, clients: list[ClientData], records: list[dict]) -> dict:

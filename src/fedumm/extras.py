@@ -13,6 +13,8 @@ EXTRAS = {
     "flare": ("nvflare", "NVIDIA FLARE"),
     "datasets": ("datasets", "Hugging Face datasets"),
     "privacy": ("opacus", "Opacus (the privacy accountant and per-sample gradients)"),
+    "tensorboard": ("tensorboard", "TensorBoard"),
+    "mlflow": ("mlflow", "MLflow"),
 }
 
 
@@ -35,6 +37,8 @@ def needed(cfg: RunConfig) -> dict[str, str]:
         out["privacy"] = "federation.strategy.name: dp_fedavg"
     elif cfg.federation.dp_sgd.enabled:
         out["privacy"] = "federation.dp_sgd.enabled: true"
+    if cfg.tracking.backend != "none":
+        out[cfg.tracking.backend] = f"tracking: {cfg.tracking.backend}"
     return out
 
 
