@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from fedumm.cli import app
 from fedumm.config import RunConfig
-from fedumm.engines.flare_client import CRASH_ENV, site_config
+from fedumm.engines.flare_client import CRASH_ENV
+from fedumm.engines.site import site_config
 from tests.tiny import TINY_RUN, run_tiny, runner, wait_for_checkpoint
 
 TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2", "threads=1",

@@ -75,8 +75,9 @@ def _stored_config(run_dir: Path, overrides: list[str] | None) -> RunConfig:
 def _setup_logging(quiet: bool = False) -> None:
     """fedumm's log lines on stderr; `quiet` also silences transformers' progress bars and
     its notices (a model load's 'Loading weights' bar, deprecation chatter)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)  # fmt: skip
+    logging.getLogger("fedumm").setLevel(logging.INFO)  # the libraries': warnings only
     if quiet:
         from transformers.utils import logging as hf_logging
 
@@ -103,7 +104,10 @@ def run(
     ] = False,
     engine: Annotated[
         str | None,
-        typer.Option(help="embedded (every client in this process) or flare (NVIDIA FLARE)."),
+        typer.Option(
+            help="embedded (every client in this process), flare (NVIDIA FLARE) or "
+            "flower (Flower's simulation)."
+        ),
     ] = None,
     flare_env: Annotated[
         str | None, typer.Option(help="With --engine flare: sim (FLARE's simulator) or poc.")
@@ -244,6 +248,48 @@ def flare_export(
     k = cfg.federation.num_clients
     typer.echo(f"FLARE job for sites site-1..site-{k}: {job}")
     typer.echo(f"submit it from an admin console: nvflare job submit -j {job}")
+
+
+flower_app = typer.Typer(help="Flower: apps for a SuperLink and its SuperNodes.",
+                         no_args_is_help=True)  # fmt: skip
+app.add_typer(flower_app, name="flower")
+
+
+@flower_app.command("export")
+def flower_export(
+    config: Annotated[Path, typer.Argument(help="YAML run config.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the app into.")] = Path(
+        "flower-app"
+    ),
+    results: Annotated[
+        str, typer.Option(help="Where the ServerApp writes results.json, on the SuperLink's "
+                          "machine (an absolute path).")
+    ] = "/tmp/fedumm/results",
+    set_: SetOption = None,
+) -> None:  # fmt: skip
+    """Write a Flower app folder that `flwr run` deploys on a SuperLink and its SuperNodes."""
+    cfg = _load(config, [*(set_ or []), "engine=flower"], RunConfig)
+    from fedumm.extras import require
+
+    with _exit_on(ConfigError, code=2):
+        require("flower", "fedumm flower export")
+        if cfg.federation.seeded_privacy_noise:
+            raise ConfigError(
+                "federation.seeded_privacy_noise: an exported app is a deployment, "
+                "where noise anyone can regenerate protects nothing; unset it"
+            )
+        if not Path(results).is_absolute():
+            raise ConfigError(f"--results {results}: give an absolute path (the ServerApp runs "
+                              "in the SuperLink's folder)")  # fmt: skip
+    from fedumm.engines.flower import export_app
+
+    folder = export_app(cfg, out, results)
+    k = cfg.federation.num_clients
+    typer.echo(f"Flower app for {k} SuperNodes: {folder}")
+    typer.echo(
+        'start each SuperNode with --node-config "partition-id=K num-partitions='
+        f'{k}" (K = 0..{k - 1} is site-K+1), then: flwr run {folder} <connection>'
+    )
 
 
 @app.command()

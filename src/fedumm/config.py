@@ -633,6 +633,20 @@ class FlareConfig(Section):
         return (self.site_devices or {}).get(site, default)
 
 
+class FlowerConfig(Section):
+    round_timeout: int = Field(
+        600, ge=1, description="Seconds the server waits for a round's answers before going on."
+    )
+    client_cpus: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs each simulated client reserves (Ray): cores / this train at once.",
+    )
+    connect_timeout: int = Field(
+        120, ge=1, description="Seconds the server waits for every SuperNode to connect."
+    )
+
+
 class RunConfig(Section):
     seed: int = Field(0, description="Seeds data, partition, LoRA init and training.")
     threads: int | None = Field(
@@ -658,10 +672,12 @@ class RunConfig(Section):
     checkpoint_every: int = Field(
         1, ge=0, description="Write a resumable checkpoint every N rounds; 0 = never."
     )
-    engine: Literal["embedded", "flare"] = Field(
-        "embedded", description="Run every client in this process, or on NVIDIA FLARE."
+    engine: Literal["embedded", "flare", "flower"] = Field(
+        "embedded",
+        description="Run every client in this process, on NVIDIA FLARE, or on Flower.",
     )
     flare: FlareConfig = Field(default_factory=FlareConfig, description="The FLARE engine.")
+    flower: FlowerConfig = Field(default_factory=FlowerConfig, description="The Flower engine.")
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig, description="Experiment tracking (TensorBoard, MLflow)."
     )

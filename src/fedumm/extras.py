@@ -11,6 +11,7 @@ from fedumm.config import ConfigError, RunConfig
 # extra -> (the module it installs, what it is)
 EXTRAS = {
     "flare": ("nvflare", "NVIDIA FLARE"),
+    "flower": ("flwr", "Flower"),
     "datasets": ("datasets", "Hugging Face datasets"),
     "privacy": ("opacus", "Opacus (the privacy accountant and per-sample gradients)"),
     "tensorboard": ("tensorboard", "TensorBoard"),
@@ -27,8 +28,8 @@ def installed(module: str) -> bool:
 def needed(cfg: RunConfig) -> dict[str, str]:
     """extra -> the config key that needs it."""
     out = {}
-    if cfg.engine == "flare":
-        out["flare"] = "engine: flare"
+    if cfg.engine in ("flare", "flower"):
+        out[cfg.engine] = f"engine: {cfg.engine}"
     if cfg.data.kind == "hf_dataset" and "vqa" in cfg.data.tasks:
         out["datasets"] = "data.kind: hf_dataset"
     elif cfg.data.classification.source == "hf_dataset" and "classification" in cfg.data.tasks:

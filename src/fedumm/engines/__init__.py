@@ -4,6 +4,7 @@ loop reaches the clients) plus a launcher; `run_federation` picks the one a conf
 
 - `embedded`: every client in this process, sharing one frozen base model.
 - `flare`: NVIDIA FLARE's simulator or POC mode (real processes), or an exported job.
+- `flower`: Flower's simulation runtime, or an exported app deployed with `flwr run`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def run_federation(cfg: RunConfig, out_dir: Path, progress: bool = True, resume:
             from fedumm.engines.flare import run_flare
 
             return run_flare(cfg, out_dir, resume)
+        if cfg.engine == "flower":
+            from fedumm.engines.flower import run_flower
+
+            return run_flower(cfg, out_dir, resume)
         from fedumm.engines.embedded import run
 
         return run(cfg, out_dir, progress, resume, force)

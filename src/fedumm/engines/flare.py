@@ -27,7 +27,8 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedumm.config import RunConfig
-from fedumm.engines.flare_client import CONFIG_NAME, SECAGG, site_config
+from fedumm.engines.flare_client import CONFIG_NAME, SECAGG
+from fedumm.engines.site import site_config
 from fedumm.experiment import run_experiment
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, site_names

@@ -1,12 +1,9 @@
 """The client side of the FLARE engine: a FLARE Client API script, run on every site.
 
-It builds the same Federation as the server from the config shipped beside it, takes its own
-site's share of the data, and answers each round's task with `Federation.train_client`, the
-local training the embedded engine runs, so every algorithm behaves the same under both engines.
-State a strategy keeps on the client (SCAFFOLD's control variate, FedSA-LoRA's B) lives in this
-process, and on the site's disk after every round (a resumed job continues from it); so a
-personalized model is evaluated here, on the server's request. Under secure aggregation the
-site's keys and shares live here too, and the key protocol's tasks are answered here.
+It runs a `Site` (engines/site.py) from the config shipped beside it and hands it each task:
+training, secure aggregation's key protocol, a personalized model's evaluation. State a strategy
+keeps on the client (SCAFFOLD's control variate, FedSA-LoRA's B) lives in this process, and on
+the site's disk after every round, so a resumed job continues from it.
 """
 
 from __future__ import annotations
@@ -20,10 +17,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from safetensors.torch import load_file, save_file
 
 from fedumm.config import RunConfig
-from fedumm.experiment import build_federation
-from fedumm.federation import wire
-from fedumm.federation.client import site_names, upload
-from fedumm.federation.secure_aggregation import ClientSession, ProtocolError, client_answer
+from fedumm.engines.site import Site
 
 CONFIG_NAME = "fedumm_config.json"
 SECAGG = "secagg_"  # + phase: the tasks of secure aggregation's key protocol
@@ -38,16 +32,6 @@ def shipped_config() -> RunConfig:
         if (folder / CONFIG_NAME).is_file():
             return RunConfig.model_validate_json((folder / CONFIG_NAME).read_text())
     raise FileNotFoundError(f"{CONFIG_NAME} is in none of: the working folder, sys.path")
-
-
-def site_config(cfg: RunConfig, site: str) -> RunConfig:
-    """The config as `site` runs it: on its own device (flare.site_devices)."""
-    sites = site_names(cfg.federation.num_clients)
-    if site not in sites:
-        raise ValueError(f"site {site!r} is not one of this job's sites: site-1..{sites[-1]}")
-    device = cfg.flare.site_device(site, sites.index(site), cfg.runtime.device)
-    return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
-        update={"device": device, "devices": None})})  # fmt: skip
 
 
 class SiteState:
@@ -86,45 +70,28 @@ class SiteState:
 
 def main() -> None:
     flare.init()
-    cfg = site_config(shipped_config(), flare.get_site_name())
-    fl = build_federation(cfg)
-    client = fl.client(flare.get_site_name())
-    equal = cfg.federation.client_weights == "equal"
-    sessions: dict[str, ClientSession] = {}  # this site's secure-aggregation state
-    kept = SiteState(Path(cfg.flare.state_dir or "fedumm_state") / client.client_id,
-                     fl.client_states[client.client_id])  # fmt: skip
+    site = Site(shipped_config(), flare.get_site_name())
+    kept = SiteState(Path(site.cfg.flare.state_dir or "fedumm_state") / site.name, site.state)
     while flare.is_running():
         task = flare.receive()
         if task is None:
             break
         name, rnd = flare.get_task_name(), task.current_round
-        if os.environ.get(CRASH_ENV) in (f"{client.client_id}@{rnd}",
-                                         f"{client.client_id}@{rnd}:{name}"):  # fmt: skip
+        if os.environ.get(CRASH_ENV) in (f"{site.name}@{rnd}", f"{site.name}@{rnd}:{name}"):
             os._exit(3)  # as abrupt as a crash: no answer, no goodbye
         if name.startswith(SECAGG):
-            try:
-                answer = client_answer(sessions, client.client_id, rnd, name[len(SECAGG) :],
-                                       bytes(task.params["payload"]))  # fmt: skip
-            except ProtocolError as e:  # refused: the server counts this site as dropped
-                print(f"secure aggregation round {rnd}: refused {name}: {e}", file=sys.stderr)
-                answer = b""
+            answer = site.secagg(rnd, name[len(SECAGG) :], bytes(task.params["payload"]))
             flare.send(FLModel(params={"answer": answer}))
-            continue
-        if flare.is_evaluate():  # a personalized strategy's own model, scored here
-            metrics = fl.evaluate_personal(wire.unpack(task.params["message"]), client)
+        elif flare.is_evaluate():
+            metrics = site.evaluate(bytes(task.params["message"]))
             flare.send(FLModel(params={}, meta={"metrics": metrics}))
-            continue
-        kept.before(rnd)
-        update = fl.train_client(client, wire.unpack(task.params["message"]), rnd)
-        kept.after(rnd)
-        inbox = task.params.get("inbox")
-        session = sessions.get(client.client_id) if inbox is not None else None
-        up = upload(update, 1 if equal else update.num_samples, session,
-                    None if inbox is None else bytes(inbox))  # fmt: skip
-        flare.send(FLModel(params={"upload": up}, meta={
-            "num_samples": update.num_samples, "num_steps": update.num_steps,
-            "metrics": {**update.metrics, "pid": os.getpid(), "device": str(fl.runtime.device)},
-        }))  # fmt: skip
+        else:
+            kept.before(rnd)
+            inbox = task.params.get("inbox")
+            meta, up = site.train(rnd, bytes(task.params["message"]),
+                                  None if inbox is None else bytes(inbox))  # fmt: skip
+            kept.after(rnd)
+            flare.send(FLModel(params={"upload": up}, meta=meta))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,352 @@
+"""The Flower engine: the same federation as a Flower app, in Flower's simulation runtime or
+deployed with `flwr run` on a SuperLink and its SuperNodes.
+
+Server: a `ServerApp` whose main is our `run_experiment` with a `FlowerTransport` (the round
+loop's `Transport`): each round's broadcast goes to the round's clients as Flower `train`
+messages through the `Grid`, and their uploads come back as the replies; so fedumm's strategy
+aggregates, not Flower's. Clients: a `ClientApp` that runs a `Site` (engines/site.py) for the
+SuperNode's partition id: site-1 is partition 0. What a strategy keeps on a client (SCAFFOLD's
+c_i, FedSA-LoRA's B) and its secure-aggregation session live in the node's `context.state`,
+which Flower keeps between messages. Messages carry our serialized tensors (`wire.pack`) as raw
+arrays of an `ArrayRecord`, so the bytes counted are those of the embedded engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fedumm.config import RunConfig
+from fedumm.experiment import run_experiment
+from fedumm.federation import wire
+from fedumm.federation.client import ClientData, site_names
+from fedumm.federation.update import ClientUpdate, Params
+
+log = logging.getLogger("fedumm")
+
+# Flower reads these when it is imported: no telemetry, no update check, quiet logs.
+for _name, _value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHECK", "1"),
+                      ("FLWR_LOG_LEVEL", "ERROR"), ("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"),
+                      ("RAY_DEDUP_LOGS", "0")):  # fmt: skip
+    os.environ.setdefault(_name, _value)
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+CONFIG_KEY, OUT_KEY = "fedumm-config", "out-dir"  # the app's run config
+SITE, SECAGG = "query.site", "query.secagg"  # message types besides train and evaluate
+STATE = "fedumm"  # the node's context.state record
+
+
+def _blob(data: bytes) -> ArrayRecord:
+    """Bytes as one raw array: Flower sends arrays in chunks, so a large adapter travels."""
+    return ArrayRecord({"bytes": Array(dtype="uint8", shape=(len(data),), stype="raw", data=data)})
+
+
+def _bytes(record: ArrayRecord) -> bytes:
+    return bytes(record["bytes"].data)
+
+
+class FlowerTransport:
+    """Exchange through the Flower `Grid`: one message per client of the round, the replies
+    mapped back to sites by the messages they answer (a node that fails is missing)."""
+
+    def __init__(self, grid: Grid, cfg: RunConfig):
+        self.grid, self.timeout = grid, cfg.flower.round_timeout
+        self.nodes = self._find_sites(site_names(cfg.federation.num_clients),
+                                      cfg.flower.connect_timeout)  # fmt: skip
+
+    def _find_sites(self, sites: list[str], timeout: int) -> dict[str, int]:
+        """site -> node id: wait for the SuperNodes to connect, then ask each its site."""
+        deadline = time.monotonic() + timeout
+        while len(nodes := sorted(self.grid.get_node_ids())) < len(sites):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(nodes)} of {len(sites)} Flower SuperNodes connected "
+                                   f"within flower.connect_timeout ({timeout} s)")  # fmt: skip
+            time.sleep(0.2)
+        asked = {node: RecordDict({"fedumm": ConfigRecord({"round": 0})}) for node in nodes}
+        answers, errors = self._send(SITE, asked, 0)
+        if errors:
+            raise RuntimeError("SuperNodes refused to join: " + "; ".join(errors.values()))
+        found: dict[str, int] = {}
+        for node, content in answers.items():
+            site = str(content["fedumm"]["site"])
+            if site in found:
+                raise RuntimeError(f"two SuperNodes ({found[site]}, {node}) claim {site}: "
+                                   "give each its own partition-id")  # fmt: skip
+            found[site] = node
+        missing = [s for s in sites if s not in found]
+        if missing:
+            raise RuntimeError(f"no SuperNode holds {', '.join(missing)} (partition-id "
+                               f"{sites.index(missing[0])})")  # fmt: skip
+        return found
+
+    def _send(self, message_type: str, contents: dict[int, RecordDict], rnd: int
+              ) -> tuple[dict[int, RecordDict], dict[int, str]]:  # fmt: skip
+        """(node -> reply content, node -> error) for one message to each node."""
+        messages = [Message(content, dst_node_id=node, message_type=message_type,
+                            group_id=str(rnd)) for node, content in contents.items()]  # fmt: skip
+        replies = self.grid.send_and_receive(messages, timeout=self.timeout)
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        answers, errors = {}, {}
+        for reply in replies:
+            node = sent.get(reply.metadata.reply_to_message_id)
+            if node is None:
+                continue
+            if reply.has_error():
+                errors[node] = f"node {node}: {reply.error.reason.strip().splitlines()[-1]}"
+            else:
+                answers[node] = reply.content
+        return answers, errors
+
+    def _ask(self, message_type: str, contents: dict[str, RecordDict], rnd: int
+             ) -> dict[str, RecordDict]:  # fmt: skip
+        """Each site's reply (a site that failed or stayed silent is missing, and logged)."""
+        answers, errors = self._send(
+            message_type, {self.nodes[s]: c for s, c in contents.items()}, rnd
+        )
+        site_of = {node: site for site, node in self.nodes.items()}
+        for node, why in errors.items():
+            log.warning("round %d: %s failed: %s", rnd, site_of[node], why)
+        return {site_of[node]: content for node, content in answers.items()}
+
+    def exchange(
+        self, rnd: int, down: bytes, clients: list[ClientData],
+        inboxes: dict[str, bytes] | None = None,
+    ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
+        contents = {}
+        for c in clients:
+            extra = {} if inboxes is None else {"inbox": inboxes[c.client_id]}
+            contents[c.client_id] = RecordDict(
+                {"message": _blob(down), "fedumm": ConfigRecord({"round": rnd, **extra})}
+            )
+        answers = {}
+        for site, content in self._ask("train", contents, rnd).items():
+            try:
+                meta = json.loads(str(content["fedumm"]["meta"]))
+                update = ClientUpdate(site, {}, int(meta["num_samples"]), int(meta["num_steps"]),
+                                      dict(meta.get("metrics", {})))  # fmt: skip
+                answers[site] = (update, _bytes(content["upload"]))
+            except (KeyError, TypeError, ValueError) as e:  # a malformed answer: as if it failed
+                log.warning("round %d: unusable answer from %s: %r", rnd, site, e)
+        return [answers[c.client_id] for c in clients if c.client_id in answers]
+
+    def secagg(self, rnd: int, phase: str, payloads: dict[str, bytes]) -> dict[str, bytes]:
+        contents = {site: RecordDict({"fedumm": ConfigRecord(
+            {"round": rnd, "phase": phase, "payload": payload})}) for site, payload in
+            payloads.items()}  # fmt: skip
+        answers = {}
+        for site, content in self._ask(SECAGG, contents, rnd).items():
+            answer = bytes(content["fedumm"]["answer"])
+            if answer:  # empty: the site refused the request
+                answers[site] = answer
+        return answers
+
+    def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
+        message = _blob(wire.pack(params))
+        contents = {c.client_id: RecordDict({"message": message}) for c in clients}
+        answers = self._ask("evaluate", contents, 0)
+        missing = [c.client_id for c in clients if c.client_id not in answers]
+        if missing:
+            raise RuntimeError(f"no evaluation from {', '.join(missing)}")
+        return [json.loads(str(answers[c.client_id]["fedumm"]["metrics"])) for c in clients]
+
+    def close(self) -> None:
+        return None  # Flower ends the run when the ServerApp's main returns
+
+
+# ------------------------------------------------------------------------------ server app
+
+
+def server_main(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
+    """The ServerApp's work: fedumm's recipe with the Flower transport; results.json in
+    `out_dir` (an absolute path: a deployed ServerApp runs in the SuperLink's folder)."""
+    results = run_experiment(cfg, out_dir, lambda fl: FlowerTransport(grid, cfg), progress=False)
+    results["flower"] = {"server_pid": os.getpid()}
+    (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def make_server_app(config: str | None = None, out_dir: str | None = None) -> ServerApp:
+    """A ServerApp for `config` (RunConfig JSON) writing to `out_dir`; without them it reads
+    both from the run config (`flwr run`: the exported app's pyproject.toml)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = RunConfig.model_validate_json(config or str(context.run_config[CONFIG_KEY]))
+        server_main(grid, cfg, Path(out_dir or str(context.run_config[OUT_KEY])))
+
+    return app
+
+
+# ------------------------------------------------------------------------------ client app
+
+_SITES: dict[tuple[str, str], object] = {}  # (config, site) -> Site, per process
+
+
+def _site(config: str, context: Context):
+    """The Site of this SuperNode's partition, built once per process."""
+    from fedumm.engines.site import Site
+
+    cfg = RunConfig.model_validate_json(config)
+    sites = site_names(cfg.federation.num_clients)
+    partition = int(context.node_config.get("partition-id", -1))
+    if not 0 <= partition < len(sites):
+        raise ValueError(f"partition-id {partition} is out of range: this federation has "
+                         f"{len(sites)} sites, partition-id 0..{len(sites) - 1}")  # fmt: skip
+    key = (config, sites[partition])
+    if key not in _SITES:
+        _SITES.clear()  # one federation per process at a time
+        _SITES[key] = Site(cfg, sites[partition])
+    return _SITES[key]
+
+
+def _restore(site, context: Context) -> None:
+    """The site's state and secure-aggregation sessions as this node last left them."""
+    record = context.state.get(STATE)
+    site.state.clear()
+    site.sessions.clear()
+    if record is not None:
+        site.state.update(wire.unpack(bytes(record["state"])))
+        site.sessions.update(pickle.loads(bytes(record["sessions"])))  # this node's own
+
+
+def _keep(site, context: Context) -> None:
+    context.state[STATE] = ConfigRecord({"state": wire.pack(site.state),
+                                         "sessions": pickle.dumps(site.sessions)})  # fmt: skip
+
+
+def make_client_app(config: str | None = None) -> ClientApp:
+    """A ClientApp for `config` (RunConfig JSON); without it, read from the run config."""
+    app = ClientApp()
+
+    def handler(work: Callable[[object, Message], RecordDict]):
+        def handle(msg: Message, context: Context) -> Message:
+            site = _site(config or str(context.run_config[CONFIG_KEY]), context)
+            _restore(site, context)
+            content = work(site, msg)
+            _keep(site, context)
+            return Message(content, reply_to=msg)
+
+        return handle
+
+    @handler
+    def train(site, msg: Message) -> RecordDict:
+        given = msg.content["fedumm"]
+        inbox = bytes(given["inbox"]) if "inbox" in given else None
+        meta, up = site.train(int(given["round"]), _bytes(msg.content["message"]), inbox)
+        return RecordDict({"upload": _blob(up), "fedumm": ConfigRecord({"meta": json.dumps(meta)})})
+
+    @handler
+    def evaluate(site, msg: Message) -> RecordDict:
+        metrics = site.evaluate(_bytes(msg.content["message"]))
+        return RecordDict({"fedumm": ConfigRecord({"metrics": json.dumps(metrics)})})
+
+    @handler
+    def secagg(site, msg: Message) -> RecordDict:
+        given = msg.content["fedumm"]
+        answer = site.secagg(int(given["round"]), str(given["phase"]), bytes(given["payload"]))
+        return RecordDict({"fedumm": ConfigRecord({"answer": answer})})
+
+    @handler
+    def which_site(site, msg: Message) -> RecordDict:
+        return RecordDict({"fedumm": ConfigRecord({"site": site.name})})
+
+    app.train()(train)
+    app.evaluate()(evaluate)
+    app.query(SECAGG.split(".")[1])(secagg)
+    app.query(SITE.split(".")[1])(which_site)
+    return app
+
+
+# The components a deployed app names (fedumm flower export): config from the run config.
+server_app = make_server_app()
+client_app = make_client_app()
+
+
+# ------------------------------------------------------------------------------ launchers
+
+
+def run_flower(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
+    """The federation in Flower's simulation runtime (Ray), one SuperNode per site, each
+    simulated client reserving flower.client_cpus; results.json in `out_dir`."""
+    if resume:
+        raise ValueError("--resume under Flower: its simulation keeps the clients' state only "
+                         "for one run; resume with the embedded or FLARE engine")  # fmt: skip
+    from flwr.simulation import run_simulation
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # its simulation logs at DEBUG, and warns
+    # that run_simulation is deprecated (in favour of `flwr run`, which is the deployment path)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").unlink(missing_ok=True)
+    config = cfg.model_dump_json()
+    cores = os.cpu_count() or 1
+    threads = cfg.threads or max(1, int(cfg.flower.client_cpus))
+    cfg_clients = cfg.model_copy(update={"threads": threads})
+    run_simulation(
+        server_app=make_server_app(config, str(out_dir)),
+        client_app=make_client_app(cfg_clients.model_dump_json()),
+        num_supernodes=cfg.federation.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": cfg.flower.client_cpus, "num_gpus": 0.0},
+            "init_args": {"num_cpus": cores, "logging_level": "ERROR", "log_to_driver": False},
+        },
+    )  # fmt: skip
+    results = out_dir / "results.json"
+    if not results.is_file():
+        raise RuntimeError(f"the Flower simulation wrote no results to {out_dir}")
+    return json.loads(results.read_text())
+
+
+PYPROJECT = """\
+# A Flower app running fedumm: `flwr run . <connection>` on a SuperLink whose SuperNodes were
+# started with --node-config "partition-id=K num-partitions={k}" (K = 0..{last}: site-K+1),
+# in an environment where fedumm is installed (pip install 'fedumm[flower]'); start the
+# SuperLink with --disable-runtime-dependency-installation, or list fedumm below.
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "fedumm-app"
+version = "1.0.0"
+description = "fedumm: federated LoRA of a unified multimodal model"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "fedumm"
+
+[tool.flwr.app.components]
+serverapp = "fedumm_app:server_app"
+clientapp = "fedumm_app:client_app"
+
+[tool.flwr.app.config]
+{out_key} = {out_dir}
+{config_key} = {config}
+"""
+
+
+def export_app(cfg: RunConfig, app_dir: Path, out_dir: str) -> Path:
+    """Write a Flower app folder that `flwr run` deploys: pyproject.toml (its run config holds
+    the resolved config and where the server writes its results) and the two components."""
+    app_dir = Path(app_dir)
+    app_dir.mkdir(parents=True, exist_ok=True)
+    k = cfg.federation.num_clients
+    (app_dir / "pyproject.toml").write_text(PYPROJECT.format(
+        k=k, last=k - 1, out_key=json.dumps(OUT_KEY), out_dir=json.dumps(out_dir),
+        config_key=json.dumps(CONFIG_KEY), config=json.dumps(cfg.model_dump_json())))  # fmt: skip
+    (app_dir / "fedumm_app.py").write_text(
+        '"""The components of this Flower app: fedumm\'s, reading the config from the run '
+        'config."""\n\nfrom fedumm.engines.flower import client_app, server_app\n\n'
+        '__all__ = ["client_app", "server_app"]\n'
+    )
+    return app_dir

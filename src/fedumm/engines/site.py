@@ -1,0 +1,72 @@
+"""A client site as an engine's separate process runs it (FLARE, Flower): the same Federation
+as the server, built from the config, of which it uses only its own share of the data. It
+answers the server's three kinds of request with the code the embedded engine runs (local
+training, secure aggregation's key protocol, a personalized model's evaluation), so every
+algorithm behaves the same under every engine; the engine only delivers the bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from fedumm.config import RunConfig
+from fedumm.experiment import build_federation
+from fedumm.federation import wire
+from fedumm.federation.client import site_names, upload
+from fedumm.federation.secure_aggregation import ClientSession, ProtocolError, client_answer
+from fedumm.federation.update import Params
+
+log = logging.getLogger("fedumm")
+
+
+def site_config(cfg: RunConfig, site: str) -> RunConfig:
+    """The config as `site` runs it: on its own device (flare.site_devices)."""
+    sites = site_names(cfg.federation.num_clients)
+    if site not in sites:
+        raise ValueError(f"site {site!r} is not one of this job's sites: site-1..{sites[-1]}")
+    device = cfg.flare.site_device(site, sites.index(site), cfg.runtime.device)
+    return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
+        update={"device": device, "devices": None})})  # fmt: skip
+
+
+class Site:
+    """One client's process: its federation, its state (SCAFFOLD's c_i, FedSA-LoRA's B) and
+    its secure-aggregation session."""
+
+    def __init__(self, cfg: RunConfig, site: str):
+        self.cfg = site_config(cfg, site)
+        self.fl = build_federation(self.cfg)
+        self.client = self.fl.client(site)
+        self.state: Params = self.fl.client_states[site]
+        self.sessions: dict[str, ClientSession] = {}
+
+    @property
+    def name(self) -> str:
+        return self.client.client_id
+
+    def train(self, rnd: int, message: bytes, inbox: bytes | None = None) -> tuple[dict, bytes]:
+        """Round `rnd`'s local training from the server's `message`: (what the server is told
+        of it, the upload: masked under secure aggregation, where `inbox` holds the round's
+        secrets for this site)."""
+        update = self.fl.train_client(self.client, wire.unpack(message), rnd)
+        weight = 1 if self.cfg.federation.client_weights == "equal" else update.num_samples
+        session = self.sessions.get(self.name) if inbox is not None else None
+        up = upload(update, weight, session, inbox)
+        meta = {"num_samples": update.num_samples, "num_steps": update.num_steps,
+                "metrics": {**update.metrics, "pid": os.getpid(),
+                            "device": str(self.fl.runtime.device)}}  # fmt: skip
+        return meta, up
+
+    def secagg(self, rnd: int, phase: str, payload: bytes) -> bytes:
+        """This site's answer in the key protocol; empty: it refuses the request (the server
+        then counts it as dropped)."""
+        try:
+            return client_answer(self.sessions, self.name, rnd, phase, payload)
+        except ProtocolError as e:
+            log.warning("secure aggregation round %d: %s refused %s: %s", rnd, self.name, phase, e)
+            return b""
+
+    def evaluate(self, message: bytes) -> dict:
+        """A personalized strategy's model of this site (its part never leaves it), scored."""
+        return self.fl.evaluate_personal(wire.unpack(message), self.client)
