@@ -471,7 +471,8 @@ def pretrain(
         with _exit_on(RuntimeError), _exit_on(ConfigError, code=2):
             metrics = run_pretraining(cfg, out, on_step=on_step)
     typer.echo(json.dumps(metrics, indent=2))
-    typer.echo(f"foundation saved to {out}; use it with --set model.foundation={out}")
+    key = "model.name_or_path" if cfg.architecture == "janus" else "model.foundation"
+    typer.echo(f"foundation saved to {out}; use it with --set {key}={out}")
 
 
 FamilyArgument = Annotated[

@@ -634,6 +634,11 @@ class FlareConfig(Section):
 
 
 class FlowerConfig(Section):
+    env: Literal["sim", "deployment"] = Field(
+        "sim",
+        description="Flower's simulation runtime, or a local deployment: a SuperLink and one "
+        "SuperNode per site as separate processes, the app started with `flwr run`.",
+    )
     round_timeout: int = Field(
         600, ge=1, description="Seconds the server waits for a round's answers before going on."
     )

@@ -13,10 +13,16 @@ arrays of an `ArrayRecord`, so the bytes counted are those of the embedded engin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -275,35 +281,131 @@ client_app = make_client_app()
 
 
 def run_flower(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
-    """The federation in Flower's simulation runtime (Ray), one SuperNode per site, each
-    simulated client reserving flower.client_cpus; results.json in `out_dir`."""
+    """The federation on Flower (flower.env): in its simulation runtime (Ray), one SuperNode
+    per site, each simulated client reserving flower.client_cpus; or deployed on this machine
+    as separate processes. results.json in `out_dir`."""
     if resume:
-        raise ValueError("--resume under Flower: its simulation keeps the clients' state only "
-                         "for one run; resume with the embedded or FLARE engine")  # fmt: skip
-    from flwr.simulation import run_simulation
-
-    logging.getLogger("flwr").setLevel(logging.ERROR)  # its simulation logs at DEBUG, and warns
-    # that run_simulation is deprecated (in favour of `flwr run`, which is the deployment path)
+        raise ValueError("--resume under Flower: the nodes keep their state only for one run; "
+                         "resume with the embedded or FLARE engine")  # fmt: skip
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").unlink(missing_ok=True)
-    config = cfg.model_dump_json()
-    cores = os.cpu_count() or 1
+    if cfg.flower.env == "deployment":
+        _run_deployment(cfg, out_dir)
+    else:
+        _run_simulation(cfg, out_dir)
+    results = out_dir / "results.json"
+    if not results.is_file():
+        raise RuntimeError(f"the Flower run wrote no results to {out_dir}")
+    return json.loads(results.read_text())
+
+
+def _run_simulation(cfg: RunConfig, out_dir: Path) -> None:
+    from flwr.simulation import run_simulation
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # its simulation logs at DEBUG, and warns
+    # that run_simulation is deprecated (in favour of `flwr run`, the deployment path)
     threads = cfg.threads or max(1, int(cfg.flower.client_cpus))
-    cfg_clients = cfg.model_copy(update={"threads": threads})
+    clients = cfg.model_copy(update={"threads": threads})
     run_simulation(
-        server_app=make_server_app(config, str(out_dir)),
-        client_app=make_client_app(cfg_clients.model_dump_json()),
+        server_app=make_server_app(cfg.model_dump_json(), str(out_dir)),
+        client_app=make_client_app(clients.model_dump_json()),
         num_supernodes=cfg.federation.num_clients,
         backend_config={
             "client_resources": {"num_cpus": cfg.flower.client_cpus, "num_gpus": 0.0},
-            "init_args": {"num_cpus": cores, "logging_level": "ERROR", "log_to_driver": False},
+            "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "ERROR",
+                          "log_to_driver": False},
         },
     )  # fmt: skip
-    results = out_dir / "results.json"
-    if not results.is_file():
-        raise RuntimeError(f"the Flower simulation wrote no results to {out_dir}")
-    return json.loads(results.read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _run_deployment(cfg: RunConfig, out_dir: Path) -> None:
+    """Flower's deployment on this machine, as a user runs it on several: a SuperLink and one
+    SuperNode per site (--node-config partition-id=K), each its own process group; the app
+    `fedumm flower export` writes, started with `flwr run`; every process stopped after. The
+    SuperLink, the nodes and their logs live in OUT/flower."""
+    import fedumm
+
+    home = out_dir / "flower"
+    shutil.rmtree(home, ignore_errors=True)
+    (home / "logs").mkdir(parents=True)
+    link, k = _free_port(), cfg.federation.num_clients
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\n'
+        "insecure = true\n"
+    )
+    app = export_app(cfg, home / "app", str(out_dir))
+    bin_dir = Path(sys.executable).parent  # Flower starts its helpers by name
+    source = str(Path(fedumm.__file__).resolve().parents[1])  # the nodes import this fedumm
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
+    }
+    commands = {
+        "superlink": [
+            str(bin_dir / "flower-superlink"),
+            "--insecure",
+            "--port",
+            str(link),
+            "--disable-runtime-dependency-installation",
+        ]
+    }
+    for i, site in enumerate(site_names(k)):
+        commands[site] = [str(bin_dir / "flower-supernode"), "--insecure", "--superlink",
+                          f"127.0.0.1:{link}", "--port", str(_free_port()), "--node-config",
+                          f"partition-id={i} num-partitions={k}"]  # fmt: skip
+    processes = []
+    try:
+        for name, command in commands.items():
+            with open(home / "logs" / f"{name}.log", "w") as log_file:
+                processes.append(subprocess.Popen(command, env=env, stdout=log_file,
+                                                  stderr=subprocess.STDOUT,
+                                                  start_new_session=True))  # fmt: skip
+        flwr = str(bin_dir / "flwr")
+        deadline = time.monotonic() + cfg.flower.connect_timeout
+        while subprocess.run([flwr, "ls", "local"], env=env, capture_output=True).returncode:
+            if time.monotonic() > deadline or processes[0].poll() is not None:
+                raise RuntimeError(f"the Flower SuperLink did not start; its log: "
+                                   f"{home / 'logs' / 'superlink.log'}")  # fmt: skip
+            time.sleep(0.5)
+        budget = cfg.flower.round_timeout * (cfg.federation.rounds + 2)
+        run = subprocess.run([flwr, "run", str(app), "local", "--stream"], env=env,
+                             capture_output=True, text=True, timeout=budget)  # fmt: skip
+        (home / "logs" / "serverapp.log").write_text(run.stdout + run.stderr)
+        listed = subprocess.run([flwr, "ls", "local", "--format", "json"], env=env,
+                                capture_output=True, text=True)  # fmt: skip
+        status = json.loads(listed.stdout)["runs"][0] if listed.returncode == 0 else {}
+        if status.get("status") != "finished:completed":  # `flwr run` exits 0 even then
+            raise RuntimeError(
+                f"the Flower run ended {status.get('status', 'unknown')}: "
+                f"{status.get('status-details', '')}; logs in {home / 'logs'}"
+            )
+    finally:
+        _stop(processes)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM to each process group, SuperNodes first; what is left after 30 s is killed."""
+    import psutil
+
+    family = []
+    for p in reversed(processes):
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            family += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+            os.killpg(p.pid, signal.SIGTERM)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    for p in alive:
+        p.kill()
+    for p in processes:
+        p.wait()
 
 
 PYPROJECT = """\

@@ -25,7 +25,7 @@ from fedumm.federation.secure_aggregation import (
 )
 from fedumm.seeding import derive_seed
 from fedumm.validation import load_run_config
-from tests.test_server import _train, server
+from tests.federation.test_server import _train, server
 
 IDS = [f"site-{i}" for i in range(1, 6)]
 

@@ -7,7 +7,7 @@ from fedumm.engines.embedded import InProcess
 from fedumm.federation.server import Server
 from fedumm.federation.strategies.fedavg import FedAvg
 from fedumm.federation.update import Claims, ClientUpdate, UpdateRejected, validate_update
-from tests.test_server import CLIENTS, server
+from tests.federation.test_server import CLIENTS, server
 
 REF = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
 
