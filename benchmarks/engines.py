@@ -1,11 +1,15 @@
-"""Embedded engine vs NVIDIA FLARE (simulator, POC) on the same job: wall time and peak memory.
+"""Embedded engine vs NVIDIA FLARE (simulator, POC) vs Flower (simulation, local deployment) on
+the same job: wall time and peak memory.
 
 Each run is `fedumm run` in a fresh process; memory is the peak, sampled every 0.2 s, of the
 summed resident memory of every process of the run: the command, its children, and the FLARE
-server and client processes (found by the run's folder in their command line). The embedded
-engine shares one base model between all clients; FLARE loads the model once per client process.
+server and client processes (found by the run's folder in their command line), Ray's and
+Flower's processes (children of the command). The embedded engine shares one base model between
+all clients; FLARE and Flower load the model once per client process (Flower's deployment:
+once per message, in a fresh ClientApp process).
 
-    python benchmarks/engines.py [--clients 2 4 8] [--engines embedded sim poc] [-o runs/engines]
+    python benchmarks/engines.py [--clients 2 4 8] [--engines embedded sim poc flower flower-deploy]
+        [-o runs/engines]
 """
 
 from __future__ import annotations
@@ -42,8 +46,13 @@ def run_processes(root: psutil.Process, marker: str) -> list[psutil.Process]:
 def measure(engine: str, clients: int, out: Path) -> dict:
     if out.exists():
         shutil.rmtree(out)
-    flags = {"embedded": [], "sim": ["--engine", "flare"],
-             "poc": ["--engine", "flare", "--flare-env", "poc"]}[engine]  # fmt: skip
+    flags = {
+        "embedded": [],
+        "sim": ["--engine", "flare"],
+        "poc": ["--engine", "flare", "--flare-env", "poc"],
+        "flower": ["--engine", "flower"],
+        "flower-deploy": ["--engine", "flower", "--set", "flower.env=deployment"],
+    }[engine]
     sets = [*JOB, f"federation.num_clients={clients}", f"federation.clients_per_round={clients}"]
     command = [sys.executable, "-m", "fedumm.cli", "run", str(CONFIG), "-o", str(out), "--quiet",
                *flags, *(a for s in sets for a in ("--set", s))]  # fmt: skip
@@ -71,17 +80,17 @@ def measure(engine: str, clients: int, out: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[2, 4, 8])
-    parser.add_argument("--engines", nargs="+", default=["embedded", "sim", "poc"],
-                        choices=["embedded", "sim", "poc"])  # fmt: skip
+    engines = ["embedded", "sim", "poc", "flower", "flower-deploy"]
+    parser.add_argument("--engines", nargs="+", default=engines, choices=engines)
     parser.add_argument("-o", "--out", type=Path, default=Path("runs/engines"))
     args = parser.parse_args()
     rows = []
-    print(f"{'engine':<10}{'clients':>8}{'wall s':>9}{'peak MB':>10}{'processes':>11}{'VQA %':>8}")
+    print(f"{'engine':<14}{'clients':>8}{'wall s':>9}{'peak MB':>10}{'processes':>11}{'VQA %':>8}")
     for clients in args.clients:
         for engine in args.engines:
             row = measure(engine, clients, args.out.resolve() / f"{engine}-{clients}")
             rows.append(row)
-            print(f"{engine:<10}{clients:>8}{row['wall_s']:>9.1f}{row['peak_mb']:>10.0f}"
+            print(f"{engine:<14}{clients:>8}{row['wall_s']:>9.1f}{row['peak_mb']:>10.0f}"
                   f"{row['processes']:>11}{row['accuracy']:>8.1f}", flush=True)  # fmt: skip
     (args.out / "engines.json").write_text(json.dumps(rows, indent=2))
 

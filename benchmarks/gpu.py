@@ -49,11 +49,15 @@ from fedumm.tasks import evaluate as evaluate_tasks
 GIB = 2**30
 
 
-def build(family: str, preset: str, runtime: Runtime, dtype: torch.dtype):
-    """(model with LoRA r=8 on q/k/v/o, processor): random weights made on the device."""
+def build(family: str, preset: str, runtime: Runtime, dtype: torch.dtype,
+          text_layers: int | None = None):  # fmt: skip
+    """(model with LoRA r=8 on q/k/v/o, processor): random weights made on the device;
+    `text_layers` cuts the language model to that many layers (a reduced size for a CPU)."""
     arch = architecture(family, preset)
     tokenizer = _tokenizer(arch.special)
     config = arch.config(Tokens(tokenizer))
+    if text_layers is not None:
+        config.get_text_config().num_hidden_layers = text_layers
     torch.manual_seed(0)
     with torch.device(runtime.device):
         base = AutoModelForImageTextToText.from_config(config, dtype=dtype)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks in one call: the CUDA tests (tests/test_cuda.py) and benchmarks/gpu.py.
+# The GPU checks in one call: the CUDA tests (tests/test_cuda.py), benchmarks/gpu.py and
+# benchmarks/janus.py (Janus-Pro-1B generation step and image sampling at real size).
 #
 # A lent GPU machine has torch, transformers and peft but no network and no pydantic. Here,
 # with a network, fetch the wheels it lacks (pinned to what the CPU suite is tested with):
@@ -37,5 +38,7 @@ tests=${PIPESTATUS[0]}
 QUICK=--quick; [[ "${2:-}" == "--full" ]] && QUICK=
 python3 benchmarks/gpu.py $QUICK --out "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu_bench.log"
 bench=${PIPESTATUS[0]}
-echo "cuda tests exit $tests, benchmark exit $bench"
-exit $(( tests || bench ))
+python3 benchmarks/janus.py --out "$OUT/janus.json" 2>&1 | tee "$OUT/janus_bench.log"
+janus=${PIPESTATUS[0]}
+echo "cuda tests exit $tests, benchmark exit $bench, janus exit $janus"
+exit $(( tests || bench || janus ))
