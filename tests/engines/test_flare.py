@@ -57,7 +57,7 @@ def test_flare_simulator_matches_the_embedded_engine(tiny_foundation, tmp_path, 
 def test_an_unknown_engine_is_refused(tiny_foundation, tmp_path):
     result = run_tiny(tmp_path / "b", tiny_foundation, cli=["--engine", "ftp"])
     assert result.exit_code == 2
-    assert "engine: Input should be 'embedded' or 'flare'" in result.output
+    assert "engine: Input should be 'embedded', 'flare' or 'flower'" in result.output
 
 
 def test_poc_mode_runs_real_processes_and_stops_them(tiny_foundation, tmp_path):

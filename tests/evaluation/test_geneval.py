@@ -156,15 +156,15 @@ def test_a_detector_plugs_in_by_name_and_a_bad_one_is_named(tiny_foundation, tmp
     from tests.tiny import run_tiny
 
     assert isinstance(load_detector("shapesworld"), ShapesWorldParser)
-    assert isinstance(load_detector("tests.test_geneval:SeesNothing"), SeesNothing)
+    assert isinstance(load_detector("tests.evaluation.test_geneval:SeesNothing"), SeesNothing)
     out = tmp_path / "run"
     result = run_tiny(out, tiny_foundation, "data.tasks=[generation]", "baselines.local=false",
-                      "eval.detector=tests.test_geneval:SeesNothing")  # fmt: skip
+                      "eval.detector=tests.evaluation.test_geneval:SeesNothing")  # fmt: skip
     assert result.exit_code == 0, result.output
     final = json.loads((out / "results.json").read_text())["final"]["metrics"]
     assert final["geneval_overall"] == 0.0  # nothing detected: every include entry fails
     for spec, message in [("nope", "expected 'shapesworld', 'photo' or 'package.module:Name'"),
-                          ("tests.test_geneval:Missing", "cannot be loaded"),
+                          ("tests.evaluation.test_geneval:Missing", "cannot be loaded"),
                           ("no_such_module:X", "cannot be loaded")]:  # fmt: skip
         result = run_tiny(tmp_path / spec, tiny_foundation, "data.tasks=[generation]",
                           f"eval.detector={spec}")  # fmt: skip
