@@ -29,8 +29,8 @@ def main() -> None:
     k = args.clients
     schemes = {
         "iid": lambda r: partition.iid(len(labels), k, r),
-        "dirichlet alpha=0.1": lambda r: partition.dirichlet_label_skew(labels, k, 0.1, r, 20),
-        "dirichlet alpha=1.0": lambda r: partition.dirichlet_label_skew(labels, k, 1.0, r, 20),
+        "dirichlet alpha=0.1": lambda r: partition.dirichlet_label_skew(labels, k, 0.1, r, 20)[0],
+        "dirichlet alpha=1.0": lambda r: partition.dirichlet_label_skew(labels, k, 1.0, r, 20)[0],
         "quantity (power law)": lambda r: partition.quantity_skew(
             len(labels), k, r, "power", 0.5, 1.5, 20
         ),  # fmt: skip

@@ -58,6 +58,11 @@ def test_overrides_are_parsed_as_yaml():
          "lora.client_ranks: Value error, every rank must be >= 1"),
         ("data:\n  train_samples: 50\npartition:\n  min_samples: 10\n",
          "cannot give 8 clients partition.min_samples (10) each"),
+        ("data:\n  train_samples: 5\npartition:\n  min_samples: 1\n",
+         "federation.num_clients (8) is more than data.train_samples (5)"),
+        ("data:\n  train_samples: 50\npartition:\n  scheme: shards\n  shards_per_client: 7\n"
+         "  min_samples: 1\n",
+         "data.train_samples (50) cannot make 8 clients x partition.shards_per_client (7) shards"),
     ],
 )  # fmt: skip
 def test_bad_configs_are_refused_naming_the_key(tmp_path, text, message):

@@ -115,8 +115,9 @@ def test_fedsa_writes_each_clients_model_and_flora_its_folded_deltas(tiny_founda
     result = run_tiny(out, tiny_foundation, "federation.strategy.name=fedsa_lora", *QUICK)
     assert result.exit_code == 0, result.output
     clients = sorted(p.name for p in (out / "adapter" / "clients").iterdir())
-    assert clients == ["site-1", "site-2", "site-3"]
     results = json.loads((out / "results.json").read_text())
+    trained = {c for r in results["rounds"] for c in r["client_metrics"]}
+    assert clients == sorted(trained) and "site-1" in clients  # who never trained: the global
     run = open_run(out, "site-1")
     personal = load(run).model
     glob = load(open_run(out)).model

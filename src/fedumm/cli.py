@@ -301,16 +301,25 @@ def partition(
     set_: SetOption = None,
 ) -> None:
     """Write the clients' partition without training: partition.json and heatmaps."""
+    _setup_logging(quiet=True)
     cfg = _load(config, set_, RunConfig)
     from fedumm.experiment import write_partition
 
     with _exit_on(FileNotFoundError, ValueError):
         summary = write_partition(cfg, out)
-    for client in summary["clients"]:
+    from fedumm.partition_report import ClientTable, describe_sizes
+
+    table = ClientTable.of(summary)
+    if table.summarized:  # one line per client would scroll 100,000 lines past
+        typer.echo(f"  {describe_sizes(table)}")
+    for client in summary.get("clients", []):
         held = ", ".join(f"{t} {s['samples']}" for t, s in client["tasks"].items())
         kept = client["tasks"].get("classification", {}).get("modalities", {})
         keeps = "; keeps " + ", ".join(f"{m} {n}" for m, n in kept.items() if n) if kept else ""
         typer.echo(f"  {client['client_id']:<10} {client['samples']:>6} samples ({held}){keeps}")
+    for task, r in summary.get("repaired", {}).items():
+        typer.echo(f"  {task}: {r['clients']:,} clients short of partition.min_samples were "
+                   f"given {r['samples_moved']:,} samples of the largest")  # fmt: skip
     scenario = f", {summary['modality']}" if "modality" in summary else ""
     typer.echo(f"{summary['description']}{scenario}; {out / 'partition.json'}, heatmaps in {out}")
 

@@ -711,10 +711,23 @@ class RunConfig(Section):
                 raise ValueError(
                     f"partition.client_tasks gives no client the {task} task in data.tasks"
                 )
+            population = ("federation.num_clients" if holders == self.federation.num_clients
+                          else "the clients partition.client_tasks gives it")  # fmt: skip
+            if holders > samples:
+                raise ValueError(
+                    f"{population} ({holders}) is more than {key} ({samples}): "
+                    f"every client needs at least one {task} sample"
+                )
             if holders * self.partition.min_samples > samples:
                 raise ValueError(
                     f"{key} ({samples}) cannot give {holders} clients "
                     f"partition.min_samples ({self.partition.min_samples}) each"
+                )
+            shards = holders * self.partition.shards_per_client
+            if self.partition.scheme == "shards" and shards > samples:
+                raise ValueError(
+                    f"{key} ({samples}) cannot make {holders} clients x "
+                    f"partition.shards_per_client ({self.partition.shards_per_client}) shards"
                 )
         modality = self.partition.modality
         if modality.scenario != "aligned" and "classification" not in self.data.tasks:

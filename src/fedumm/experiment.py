@@ -6,12 +6,12 @@ foundation + LoRA, baselines (zero-shot, local-only, centralized), federation, r
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,13 @@ from tqdm.auto import tqdm
 
 from fedumm.config import PartitionConfig, RunConfig, without_retired
 from fedumm.data import partition
-from fedumm.data.modality import IMAGE_TEXT, assign_modalities, modality_counts
+from fedumm.data.modality import IMAGE_TEXT, MODALITIES, assign_modalities, modality_counts
 from fedumm.evaluation.metrics import spread
 from fedumm.federation import checkpoint, wire
 from fedumm.federation.adaptive_regularization import middle_layer_keys
 from fedumm.federation.attacks import poison
 from fedumm.federation.client import ClientData, local_update, site_names
+from fedumm.federation.client_states import ClientStates
 from fedumm.federation.server import RoundRules, Server, Transport
 from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.strategies.base import Strategy
@@ -37,7 +38,8 @@ from fedumm.models import load as load_model
 from fedumm.models.hf import RANDOM_MARK
 from fedumm.models.lora import full_state, initial_adapters, set_adapter
 from fedumm.models.processor import Encoded, Processor
-from fedumm.report import plot_partitions, write_report
+from fedumm.partition_report import SUMMARY_CLIENTS, plot_partitions
+from fedumm.report import dump_json, write_report
 from fedumm.runtime import Runtime, resolve, worker_devices
 from fedumm.seeding import derive_seed, draw_share
 from fedumm.tasks import ClassificationTask, Task, build_tasks
@@ -50,15 +52,17 @@ log = logging.getLogger("fedumm")
 
 def split_pool(
     cfg: PartitionConfig, labels: list[str], num_clients: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """One task's pool split over `num_clients` by the configured scheme."""
+) -> tuple[list[np.ndarray], dict]:
+    """One task's pool split over `num_clients` by the configured scheme, and what the split
+    had to repair to give every client `min_samples` (Dirichlet only; else empty)."""
     if cfg.scheme == "iid":
-        return partition.iid(len(labels), num_clients, rng)
+        return partition.iid(len(labels), num_clients, rng), {}
     if cfg.scheme == "quantity":
-        return partition.quantity_skew(len(labels), num_clients, rng, cfg.quantity_law,
-                                       cfg.alpha, cfg.power_exponent, cfg.min_samples)  # fmt: skip
+        parts = partition.quantity_skew(len(labels), num_clients, rng, cfg.quantity_law,
+                                        cfg.alpha, cfg.power_exponent, cfg.min_samples)  # fmt: skip
+        return parts, {}
     if cfg.scheme == "shards":
-        return partition.pathological_shards(labels, num_clients, cfg.shards_per_client, rng)
+        return partition.pathological_shards(labels, num_clients, cfg.shards_per_client, rng), {}
     return partition.dirichlet_label_skew(labels, num_clients, cfg.alpha, rng, cfg.min_samples)
 
 
@@ -70,6 +74,7 @@ class Partition:
     indices: dict[str, list[np.ndarray]]  # task -> per client, indices into the task's pool
     modalities: list[np.ndarray] | None  # per client, what each classification sample keeps
     pooled: list[Encoded]  # every pool as the clients hold it: the centralized baseline's data
+    repaired: dict[str, dict]  # task -> what its split moved to give every client min_samples
 
 
 def split_clients(cfg: RunConfig, tasks: dict[str, Task]) -> Partition:
@@ -79,12 +84,14 @@ def split_clients(cfg: RunConfig, tasks: dict[str, Task]) -> Partition:
     k = cfg.federation.num_clients
     data: list[list[Encoded]] = [[] for _ in range(k)]
     indices: dict[str, list[np.ndarray]] = {}
-    modalities, pooled = None, []
+    modalities, pooled, repaired = None, [], {}
     for number, (name, task) in enumerate(tasks.items()):
         holders = [i for i in range(k) if cfg.holds(i, name)]
         stream = (0xDA7A,) if number == 0 else (0xDA7A, number)  # first: as before tasks existed
         rng = np.random.default_rng(derive_seed(cfg.seed, *stream))
-        shares = split_pool(cfg.partition, task.labels, len(holders), rng)
+        shares, note = split_pool(cfg.partition, task.labels, len(holders), rng)
+        if note.get("repaired_clients"):
+            repaired[name] = note
         train = task.train
         if name == "classification":
             modalities, train = _apply_modalities(cfg, task, holders, shares)
@@ -94,7 +101,7 @@ def split_clients(cfg: RunConfig, tasks: dict[str, Task]) -> Partition:
             data[i].extend(train[j] for j in share)
         pooled.extend(train)
     clients = [ClientData(site, d) for site, d in zip(site_names(k), data)]
-    return Partition(clients, indices, modalities, pooled)
+    return Partition(clients, indices, modalities, pooled, repaired)
 
 
 def _apply_modalities(
@@ -126,10 +133,11 @@ class Federation:
     tasks: dict[str, Task]
     partition: Partition
     strategy: Strategy
-    client_states: dict[str, dict]  # stays on each client (e.g. SCAFFOLD's control variate)
+    client_states: ClientStates  # stays on each client (e.g. SCAFFOLD's control variate)
     malicious: list[str]
     ranks: dict[str, int]  # client -> its own LoRA rank, where ranks differ
     runtime: Runtime  # where the model runs, in what precision
+    seconds: dict[str, float]  # how long building it took: model, data, partition
 
     @property
     def clients(self) -> list[ClientData]:
@@ -161,7 +169,11 @@ class Federation:
 
     def number(self, client: ClientData) -> int:
         """site-k's k: with the round, what seeds a client's training."""
-        return self.clients.index(client) + 1
+        return self._numbers[client.client_id]
+
+    @cached_property
+    def _numbers(self) -> dict[str, int]:  # a lookup, not a scan of 100,000 clients
+        return {c.client_id: k for k, c in enumerate(self.clients, start=1)}
 
     def train_client(self, client: ClientData, message: Params, rnd: int) -> ClientUpdate:
         """A client's local work in round `rnd`, seeded by the round and the client."""
@@ -182,6 +194,7 @@ def build_federation(cfg: RunConfig) -> Federation:
     """Foundation + LoRA, tasks, the clients' partition, the strategy: all from `cfg` and its
     seed, so every process that builds it gets the same."""
     runtime = resolve(cfg.runtime)  # a device that is not there: refused before any work
+    start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -192,13 +205,16 @@ def build_federation(cfg: RunConfig) -> Federation:
     reg = cfg.federation.adaptive_regularization
     if reg.enabled:  # refuse a layer range the model does not have before any work
         middle_layer_keys(list(fresh[rank]), loaded.num_layers, reg.skip_layers)
+    seconds = {"model": time.perf_counter() - start}
     tasks = build_tasks(cfg, processor)
+    seconds["data"] = time.perf_counter() - start - seconds["model"]
     for name, task in tasks.items():
         skipped = task.summary().get("skipped_images")
         if skipped:
             log.warning("%s: %d image(s) could not be decoded and were left out, e.g. %s",
                         name, len(skipped), ", ".join(skipped[:3]))  # fmt: skip
     split = split_clients(cfg, tasks)
+    seconds["partition"] = time.perf_counter() - start - seconds["model"] - seconds["data"]
     clients = split.clients
     ids = [c.client_id for c in clients]
     ranks = dict(zip(ids, (lora and lora.client_ranks) or ()))
@@ -210,7 +226,7 @@ def build_federation(cfg: RunConfig) -> Federation:
     if cfg.attack.kind != "none":
         malicious = draw_share(ids, cfg.attack.fraction, derive_seed(cfg.seed, 0xBAD))
     return Federation(cfg, model, processor, rank, fresh, tasks, split, strategy,
-                      {cid: {} for cid in ids}, malicious, ranks, runtime)  # fmt: skip
+                      ClientStates(), malicious, ranks, runtime, seconds)  # fmt: skip
 
 
 Connect = Callable[[Federation], Transport]
@@ -249,6 +265,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
     fed = cfg.federation
     ids = [c.client_id for c in clients]
     slow = set(draw_share(ids, fed.stragglers, derive_seed(cfg.seed, 0x510)))
+    client_states.keep_on_disk(out_dir / "client_states")  # memory: the sampled clients' only
 
     def duration(client: ClientData) -> float:
         """Simulated time of a client's local work, in nominal steps."""
@@ -294,7 +311,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
             )
         global_params, first_round, rounds = ck.global_params, ck.round + 1, ck.records
         strategy.load_state_dict(ck.strategy_state)
-        client_states.update(ck.client_states)
+        client_states.restore(ck.client_states)
         results["baselines"] = ck.extra["baselines"]
         torch.set_rng_state(ck.rng_state)
         log.info("resuming %s after round %d", out_dir, ck.round)
@@ -306,10 +323,12 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
         tracker.log_round(rounds[-1])
         every = cfg.checkpoint_every
         if every and (record.round % every == 0 or record.round == fed.rounds):
+            states = client_states.snapshot()
             checkpoint.save(out_dir, checkpoint.Checkpoint(
-                record.round, results["config"], params, strategy.state_dict(), client_states,
+                record.round, results["config"], params, strategy.state_dict(), states,
                 rounds, {"baselines": results["baselines"]},
             ))  # fmt: skip
+            client_states.pinned(states)
 
     secure = fed.secure_aggregation
     rules = RoundRules(
@@ -366,10 +385,12 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
     results["partition"] = _partition_summary(cfg, tasks, fl.partition)
     results["data"] = {name: task.summary() for name, task in tasks.items()}
     results["wall_seconds"] = time.perf_counter() - start
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    results["setup_seconds"] = fl.seconds  # where the time before round 1 went
+    (out_dir / "results.json").write_text(dump_json(results))
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))
     personal = {}
     if strategy.personalized and cfg.engine == "embedded":  # under FLARE it stays on the sites
+        # every client that trained (one that never did holds the global model)
         personal = {cid: strategy.personal_adapter(final_params, state)
                     for cid, state in client_states.items()}  # fmt: skip
     save_run_model(model, processor, cfg, final_params, out_dir, personal)
@@ -442,27 +463,50 @@ def _communication(adapter: dict, full: dict, records: list) -> dict:
 
 
 def _partition_summary(cfg: RunConfig, tasks: dict[str, Task], split: Partition) -> dict:
+    """Per client and task: samples, label counts, modalities kept. Up to SUMMARY_CLIENTS
+    clients one object each (easy to read); beyond, arrays (compact at 100,000 clients)."""
     keys = {"vqa": cfg.partition.key, "generation": cfg.partition.generation_key,
             "classification": "class"}  # fmt: skip
-    histograms = {name: partition.label_histogram(t.labels, split.indices[name])
-                  for name, t in tasks.items()}  # fmt: skip
-    clients = []
-    for i, c in enumerate(split.clients):
-        shares = {name: {"samples": len(split.indices[name][i]), "label_histogram": h[i]}
-                  for name, h in histograms.items()}  # fmt: skip
-        if split.modalities is not None:
-            shares["classification"]["modalities"] = modality_counts(split.modalities[i])
-        clients.append({"client_id": c.client_id, "samples": len(c.data), "tasks": shares})
+    counts = {name: partition.label_counts(t.labels, split.indices[name])
+              for name, t in tasks.items()}  # fmt: skip
+    kept = None
+    if split.modalities is not None:
+        kept = np.array([list(modality_counts(m).values()) for m in split.modalities])
     summary = {
         "scheme": cfg.partition.scheme,
         "alpha": cfg.partition.alpha if cfg.partition.scheme == "dirichlet" else None,
         "description": cfg.partition.describe(),
         "keys": {name: keys[name] for name in tasks},
-        "labels": {name: sorted(set(t.labels)) for name, t in tasks.items()},
-        "clients": clients,
+        "labels": {name: labels for name, (labels, _) in counts.items()},
     }
+    if split.repaired:  # a Dirichlet draw that left clients short was mended: say how much
+        summary["repaired"] = {name: {"clients": note["repaired_clients"],
+                                      "samples_moved": note["moved_samples"]}
+                               for name, note in split.repaired.items()}  # fmt: skip
     if split.modalities is not None:
         summary["modality"] = cfg.partition.modality.describe()
+    sizes = [len(c.data) for c in split.clients]
+    if len(sizes) > SUMMARY_CLIENTS:
+        tasks_arrays = {}
+        for name, (_, matrix) in counts.items():
+            client, label = np.nonzero(matrix)
+            tasks_arrays[name] = {"client": client.tolist(), "label": label.tolist(),
+                                  "count": matrix[client, label].tolist()}  # fmt: skip
+        summary["client_arrays"] = {"samples": sizes, "label_counts": tasks_arrays}
+        if kept is not None:
+            summary["client_arrays"]["modalities"] = dict(zip(MODALITIES, kept.T.tolist()))
+        return summary
+    clients = []
+    for i, c in enumerate(split.clients):
+        shares = {}
+        for name, (labels, matrix) in counts.items():
+            row = matrix[i]
+            held = {labels[j]: int(row[j]) for j in np.flatnonzero(row)}
+            shares[name] = {"samples": int(row.sum()), "label_histogram": held}
+        if kept is not None:
+            shares["classification"]["modalities"] = dict(zip(MODALITIES, kept[i].tolist()))
+        clients.append({"client_id": c.client_id, "samples": sizes[i], "tasks": shares})
+    summary["clients"] = clients
     return summary
 
 
@@ -474,6 +518,6 @@ def write_partition(cfg: RunConfig, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks = build_tasks(cfg, load_processor(cfg.model))
     summary = _partition_summary(cfg, tasks, split_clients(cfg, tasks))
-    (out_dir / "partition.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "partition.json").write_text(dump_json(summary))
     plot_partitions(summary, out_dir)
     return summary

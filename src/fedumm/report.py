@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fedumm.config import PartitionConfig  # noqa: E402
 from fedumm.evaluation.metrics import HEADLINES, headlines  # noqa: E402
+from fedumm.partition_report import client_lines, plot_partitions  # noqa: E402
 
 METHOD_NAMES = {"zero_shot": "zero-shot foundation", "local": "local-only (mean over clients)",
                 "centralized": "centralized LoRA"}  # fmt: skip
@@ -143,19 +146,27 @@ def write_report(results: dict, out_dir: Path) -> None:
         f"Partition: {part['description']}"
         + (f", {part['modality']}" if "modality" in part else "")
         + ".",
+        *_repair_lines(part),
         "",
-        "| client | task | samples | top labels | modalities |",
-        "|---|---|---|---|---|",
+        *client_lines(part),
+        "",
+        *(f"![{name}]({name})" for name in plot_partitions(part, out_dir)),
     ]
-    for client in part["clients"]:
-        for task, share in client["tasks"].items():
-            top = sorted(share["label_histogram"].items(), key=lambda kv: -kv[1])[:4]
-            kept = ", ".join(f"{k}: {v}" for k, v in share.get("modalities", {}).items() if v)
-            lines.append(f"| {client['client_id']} | {task} ({part['keys'][task]}) | "
-                         f"{share['samples']} | "
-                         + ", ".join(f"{k}: {v}" for k, v in top) + f" | {kept} |")  # fmt: skip
-    lines += ["", *(f"![{name}]({name})" for name in plot_partitions(part, out_dir))]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _repair_lines(part: dict) -> list[str]:
+    """What the Dirichlet split moved to give every client partition.min_samples."""
+    return [f"The split of {task} left {r['clients']:,} clients short of partition.min_samples; "
+            f"{r['samples_moved']:,} random samples of the largest clients were moved to them."
+            for task, r in part.get("repaired", {}).items()]  # fmt: skip
+
+
+def dump_json(obj) -> str:
+    """JSON indented for reading, with lists of numbers on one line (a 100,000-client
+    partition stays megabytes, not tens of them)."""
+    text = json.dumps(obj, indent=2)
+    return re.sub(r"\[[\d\s,.eE+-]*\]", lambda m: re.sub(r"\s+", "", m.group()), text)
 
 
 GRID_NAMES = {"zero_shot": "zero-shot foundation", "federated": "federated LoRA",
@@ -278,53 +289,6 @@ def plot_bytes(results: dict, path: Path) -> None:
     ax.set_title(f"Adapter-only federation: {c['ratio']:.1f}x less traffic")
     ax.legend()
     ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
-    """The partition at a glance: per task a clients x labels heatmap (partition_TASK.png) and,
-    with a modality scenario, a clients x modalities one (partition_modality.png). Returns the
-    file names written."""
-    clients = summary["clients"]
-    names = []
-    for task, labels in summary["labels"].items():
-        counts = [[c["tasks"][task]["label_histogram"].get(lab, 0) for lab in labels]
-                  for c in clients]  # fmt: skip
-        rows = [f"{c['client_id']} ({c['tasks'][task]['samples']})" for c in clients]
-        title = f"{task}: samples per client and {summary['keys'][task]} ({summary['description']})"
-        names.append(f"partition_{task}.png")
-        _heatmap(counts, rows, labels, title, out_dir / names[-1])
-    if "modality" in summary:
-        kept = [c["tasks"]["classification"]["modalities"] for c in clients]
-        columns = list(kept[0])
-        rows = [c["client_id"] for c in clients]
-        title = f"classification: modalities each client's samples keep ({summary['modality']})"
-        names.append("partition_modality.png")
-        _heatmap([[k[m] for m in columns] for k in kept], rows, columns, title,
-                 out_dir / names[-1])  # fmt: skip
-    return names
-
-
-def _heatmap(
-    counts: list[list[int]], rows: list[str], columns: list[str], title: str, path: Path
-) -> None:
-    """A counts table as a heatmap with the numbers written in."""
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(columns) + 2), 0.42 * len(rows) + 1.6))
-    image = ax.imshow(counts, aspect="auto", cmap="Blues")
-    ax.set_xticks(range(len(columns)))
-    ax.set_xticklabels(columns, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels(rows, fontsize=8)
-    dark = 0.6 * max(map(max, counts))
-    for i, row in enumerate(counts):
-        for j, value in enumerate(row):
-            if value:
-                ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
-                        color="white" if value > dark else "black")  # fmt: skip
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -3,10 +3,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedumm.data import partition as partition_module
 from fedumm.data.partition import (
     dirichlet_label_skew,
     iid,
-    label_histogram,
+    label_counts,
     pathological_shards,
     quantity_skew,
 )
@@ -29,16 +30,16 @@ def test_iid_is_a_partition(n, k, seed):
 @settings(max_examples=30, deadline=None)
 def test_dirichlet_is_a_partition_with_minimum_size(alpha, k, seed):
     labels = np.random.default_rng(seed).integers(0, 6, size=600)
-    parts = dirichlet_label_skew(labels, k, alpha, np.random.default_rng(seed), min_samples=10)
+    parts, _ = dirichlet_label_skew(labels, k, alpha, np.random.default_rng(seed), min_samples=10)
     assert _covers_exactly_once(parts, 600)
     assert min(map(len, parts)) >= 10
 
 
 def test_dirichlet_is_seeded():
     labels = np.arange(1000) % 7
-    a = dirichlet_label_skew(labels, 5, 0.5, np.random.default_rng(1))
-    b = dirichlet_label_skew(labels, 5, 0.5, np.random.default_rng(1))
-    c = dirichlet_label_skew(labels, 5, 0.5, np.random.default_rng(2))
+    a, _ = dirichlet_label_skew(labels, 5, 0.5, np.random.default_rng(1))
+    b, _ = dirichlet_label_skew(labels, 5, 0.5, np.random.default_rng(1))
+    c, _ = dirichlet_label_skew(labels, 5, 0.5, np.random.default_rng(2))
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
@@ -49,9 +50,9 @@ def test_smaller_alpha_means_more_label_skew():
     def mean_top_share(alpha):
         shares = []
         for seed in range(5):
-            parts = dirichlet_label_skew(labels, 8, alpha, np.random.default_rng(seed))
-            for h in label_histogram(labels, parts):
-                shares.append(max(h.values()) / sum(h.values()))
+            parts, _ = dirichlet_label_skew(labels, 8, alpha, np.random.default_rng(seed))
+            _, counts = label_counts(labels, parts)
+            shares.extend(counts.max(axis=1) / counts.sum(axis=1))
         return np.mean(shares)
 
     assert mean_top_share(0.1) > mean_top_share(1.0) + 0.2 > mean_top_share(100.0) + 0.2
@@ -67,12 +68,50 @@ def test_bad_arguments_are_named():
         iid(3, 4, np.random.default_rng(0))
 
 
-def test_label_histogram_counts():
+def test_label_counts_is_a_clients_by_labels_matrix():
     labels = np.array(["a", "b", "a", "c"])
-    assert label_histogram(labels, [np.array([0, 2]), np.array([1, 3])]) == [
-        {"a": 2},
-        {"b": 1, "c": 1},
-    ]
+    names, counts = label_counts(labels, [np.array([0, 2]), np.array([1, 3]), np.array([], int)])
+    assert names == ["a", "b", "c"]
+    assert counts.tolist() == [[2, 0, 0], [0, 1, 1], [0, 0, 0]]
+
+
+def _labels_held(labels, parts):
+    return [np.count_nonzero(row) for row in label_counts(labels, parts)[1]]
+
+
+def test_a_draw_that_leaves_clients_short_is_repaired_from_the_largest():
+    labels = np.random.default_rng(0).integers(0, 10, size=3000)
+    k, m = 1000, 2  # 3 samples a client on average: no Dirichlet(0.3) draw gives all of them 2
+    rng = np.random.default_rng(4)
+    parts, note = dirichlet_label_skew(labels, k, 0.3, rng, min_samples=m, max_tries=5)
+    assert _covers_exactly_once(parts, 3000) and min(map(len, parts)) >= m
+    assert note["draws"] == 5 and note["repaired_clients"] > 0
+    # what moved is the shortfall of the draw it repaired, taken from the largest clients
+    again = np.random.default_rng(4)
+    best = None
+    for _ in range(5):
+        owner, sizes = partition_module._dirichlet_draw(
+            [np.flatnonzero(labels == c) for c in range(10)], 3000, k, 0.3, again
+        )
+        short = np.maximum(m - sizes, 0)
+        if best is None or short.sum() < best[1].sum():
+            best = sizes, short
+    before, short = best
+    after = np.array([len(p) for p in parts])
+    assert note["repaired_clients"] == np.count_nonzero(short)
+    assert note["moved_samples"] == short.sum() == (after - before)[after > before].sum()
+    donors = after < before
+    assert before[donors].min() >= before[~donors].max()  # only the largest gave
+    assert after[donors].max() - after[donors].min() <= 1  # cut down to one level
+
+
+def test_repair_is_seeded_and_only_used_when_needed():
+    labels = np.arange(3000) % 10
+    a, note_a = dirichlet_label_skew(labels, 1000, 0.3, np.random.default_rng(1), 2, max_tries=3)
+    b, _ = dirichlet_label_skew(labels, 1000, 0.3, np.random.default_rng(1), 2, max_tries=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and note_a["repaired_clients"] > 0
+    _, note = dirichlet_label_skew(labels, 4, 1.0, np.random.default_rng(1), min_samples=10)
+    assert note == {"draws": 1, "repaired_clients": 0, "moved_samples": 0}
 
 
 @given(law=st.sampled_from(["dirichlet", "power"]), k=st.integers(2, 10),
@@ -89,7 +128,7 @@ def test_quantity_skew_sizes_follow_the_law():
     # shares 1 : 1/2 : 1/3 : 1/4 of 3100 -> 1488, 744, 496, 372 in some order
     assert sorted(map(len, parts)) == [372, 496, 744, 1488]
     labels = np.arange(3100) % 5  # sizes skewed, labels not: every client sees every label
-    assert all(len(h) == 5 for h in label_histogram(labels, parts))
+    assert all(n == 5 for n in _labels_held(labels, parts))
     with pytest.raises(ValueError, match="unknown quantity law 'zipf'"):
         quantity_skew(100, 2, np.random.default_rng(0), "zipf")
 
@@ -102,10 +141,10 @@ def test_shards_are_a_partition_and_limit_labels(k, shards, seed):
     assert _covers_exactly_once(parts, 600)
     # a shard spans at most ceil(600 / (k * shards) / 60) + 1 labels
     span = -(-600 // (k * shards) // 60) + 1
-    assert all(len(h) <= shards * span for h in label_histogram(labels, parts))
+    assert all(n <= shards * span for n in _labels_held(labels, parts))
 
 
 def test_two_shards_per_client_give_two_labels_when_shards_align():
     labels = np.repeat(np.arange(8), 25)  # 8 labels x 25 = 200; 4 clients x 2 shards of 25
     parts = pathological_shards(labels, 4, 2, np.random.default_rng(3))
-    assert [len(h) for h in label_histogram(labels, parts)] == [2, 2, 2, 2]
+    assert _labels_held(labels, parts) == [2, 2, 2, 2]

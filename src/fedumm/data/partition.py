@@ -3,12 +3,16 @@
 al., 2017: each client gets a few label-sorted shards, so only a few labels).
 
 Each function takes labels (or a size) and a seeded generator and returns one index array per
-client; they never look at the samples, so any data set with a label column can be partitioned.
+client (the Dirichlet split also says whether it had to repair a draw); they never look at the
+samples, so any data set with a label column can be partitioned. Everything is vectorized over
+clients: 100,000 clients split in seconds.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+WORK_BUDGET = 20_000_000  # client-label cells the Dirichlet split may draw before repairing
 
 
 def iid(n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -25,12 +29,17 @@ def dirichlet_label_skew(
     rng: np.random.Generator,
     min_samples: int = 1,
     max_tries: int = 1000,
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], dict]:
     """For every label, split its samples over clients in proportions ~ Dirichlet(alpha).
 
     Small alpha gives each client a few dominant labels. As in NIID-Bench, a client that already
-    holds its fair share (n / num_clients) gets no more of later labels, which keeps sizes sane;
-    draws repeat until every client has `min_samples`.
+    holds its fair share (n / num_clients) gets no more of later labels, which keeps sizes sane.
+    Draws repeat until every client has `min_samples`, within a work budget (about 2e7
+    client-label cells, so up to `max_tries` draws for a few clients and a few for 100,000);
+    then the draw closest to it is repaired by moving random samples from the largest clients
+    to those short of `min_samples` (Dirichlet draws at cross-device scale are nearly never
+    complete). Returns the parts and what it took: {"draws", "repaired_clients",
+    "moved_samples"}.
     """
     if alpha <= 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
@@ -42,22 +51,64 @@ def dirichlet_label_skew(
         )
     classes = np.unique(labels)
     by_class = [np.flatnonzero(labels == c) for c in classes]
-    for _ in range(max_tries):
-        parts: list[list[int]] = [[] for _ in range(num_clients)]
-        for idx in by_class:
-            idx = rng.permutation(idx)
-            p = rng.dirichlet(np.full(num_clients, alpha))
-            p = p * np.array([len(part) < n / num_clients for part in parts])
-            p = p / p.sum()
-            cuts = (np.cumsum(p) * len(idx)).astype(int)[:-1]
-            for part, chunk in zip(parts, np.split(idx, cuts)):
-                part.extend(chunk.tolist())
-        if min(len(part) for part in parts) >= min_samples:
-            return [np.sort(np.array(part, dtype=int)) for part in parts]
-    raise ValueError(
-        f"no Dirichlet(alpha={alpha}) split gave every one of {num_clients} clients "
-        f"{min_samples} samples in {max_tries} draws; raise alpha or lower min_samples"
-    )
+    tries = max(1, min(max_tries, WORK_BUDGET // (num_clients * len(classes))))
+    best, best_missing, draws = None, None, 0
+    while draws < tries and best_missing != 0:
+        owner, sizes = _dirichlet_draw(by_class, n, num_clients, alpha, rng)
+        draws += 1
+        missing = int(np.maximum(min_samples - sizes, 0).sum())
+        if best_missing is None or missing < best_missing:
+            best, best_missing = (owner, sizes), missing
+    owner, sizes = best
+    repaired = int((sizes < min_samples).sum())
+    if repaired:
+        _repair(owner, sizes, min_samples, rng)
+    note = {"draws": draws, "repaired_clients": repaired, "moved_samples": best_missing}
+    return _parts(owner, num_clients), note
+
+
+def _dirichlet_draw(by_class, n, num_clients, alpha, rng) -> tuple[np.ndarray, np.ndarray]:
+    """One draw: each sample's client and each client's size."""
+    owner = np.empty(n, dtype=np.int64)
+    sizes = np.zeros(num_clients, dtype=np.int64)
+    for idx in by_class:
+        idx = rng.permutation(idx)
+        p = rng.dirichlet(np.full(num_clients, alpha))
+        p = p * (sizes < n / num_clients)
+        p = p / p.sum()
+        cuts = np.clip((np.cumsum(p) * len(idx)).astype(int)[:-1], 0, len(idx))
+        counts = np.diff(cuts, prepend=0, append=len(idx))
+        owner[idx] = np.repeat(np.arange(num_clients), counts)
+        sizes += counts
+    return owner, sizes
+
+
+def _repair(owner: np.ndarray, sizes: np.ndarray, min_samples: int, rng) -> None:
+    """Move random samples from the largest clients to those short of `min_samples`, in place:
+    the donors are cut down to a common level, as little as the shortfall needs."""
+    short = np.flatnonzero(sizes < min_samples)
+    need = min_samples - sizes[short]
+    total = int(need.sum())
+    low, high = min_samples, int(sizes.max())  # the highest level whose excess covers it
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if np.maximum(sizes - mid, 0).sum() >= total else (low, mid - 1)
+    give = np.maximum(sizes - low, 0)
+    over = int(give.sum()) - total  # fewer than the donors above the level: one less each
+    give[np.flatnonzero(give)[:over]] -= 1
+    order = np.lexsort((rng.random(len(owner)), owner))  # per client, in random order
+    starts = np.cumsum(sizes) - sizes
+    rank = np.arange(len(owner)) - starts[owner[order]]
+    moved = rng.permutation(order[rank < give[owner[order]]])
+    owner[moved] = np.repeat(short, need)
+    sizes -= give
+    sizes[short] = min_samples
+
+
+def _parts(owner: np.ndarray, num_clients: int) -> list[np.ndarray]:
+    """Each client's sample indices, ascending, from each sample's client."""
+    order = np.argsort(owner, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(owner, minlength=num_clients))[:-1])
 
 
 def quantity_skew(
@@ -105,11 +156,16 @@ def pathological_shards(
     return [np.sort(np.concatenate([shards[s] for s in row])) for row in dealt]
 
 
-def label_histogram(labels: list | np.ndarray, parts: list[np.ndarray]) -> list[dict[str, int]]:
-    """Per client, how many samples of each label it holds."""
+def label_counts(
+    labels: list | np.ndarray, parts: list[np.ndarray]
+) -> tuple[list[str], np.ndarray]:
+    """The labels (sorted, as strings) and a clients x labels matrix of how many samples of each
+    a client holds; one pass over the data, whatever the number of clients."""
     labels = np.asarray(labels)
-    out = []
-    for part in parts:
-        values, counts = np.unique(labels[part], return_counts=True)
-        out.append({str(v): int(c) for v, c in zip(values, counts)})
-    return out
+    classes, codes = np.unique(labels, return_inverse=True)
+    sizes = np.array([len(p) for p in parts], dtype=np.int64)
+    owner = np.repeat(np.arange(len(parts)), sizes)
+    flat = np.concatenate(parts) if len(parts) else np.array([], dtype=int)
+    counts = np.zeros((len(parts), len(classes)), dtype=np.int64)
+    np.add.at(counts, (owner, codes[flat]), 1)
+    return [str(c) for c in classes], counts

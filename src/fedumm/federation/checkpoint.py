@@ -1,7 +1,8 @@
 """Atomic, checksummed checkpoints of a federation, so a killed run resumes exactly.
 
 A checkpoint holds everything the next round depends on: the global adapter, the strategy's
-server state (momentum, FedOpt moments, SCAFFOLD's c), the simulated clients' own state, the round
+server state (momentum, FedOpt moments, SCAFFOLD's c), the simulated clients' own state (the
+names of its files, when kept on disk: federation/client_states.py), the round
 records so far, and torch's global RNG state. Every other random draw derives from
 (seed, round, client), so the round number is the rest of the RNG state.
 
@@ -36,7 +37,7 @@ class Checkpoint:
     config: dict
     global_params: Params
     strategy_state: Params
-    client_states: dict[str, Params]
+    client_states: dict[str, Params | str]  # the states, or their files (ClientStates)
     records: list[dict]
     extra: dict = field(default_factory=dict)  # results computed before the rounds
     rng_state: torch.Tensor = field(default_factory=torch.get_rng_state)

@@ -1,0 +1,205 @@
+"""The clients' partition for people: the table behind partition.json, its heatmaps, and the
+lines the report and `fedumm partition` print.
+
+Up to SUMMARY_CLIENTS clients everything shows every client. Beyond, a heatmap row per client
+is unreadable (and at 10,000 clients nearly filled the machine's memory), so the views
+summarize: the largest and the most skewed clients, and the distributions of client sizes and
+label entropy over all of them. Time and memory then grow with the data, not the picture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from fedumm.federation.client import site_names  # noqa: E402
+
+SUMMARY_CLIENTS = 40  # more clients than this: arrays in partition.json, summarized plots
+SHOWN = 20  # in a summary, this many largest and this many most skewed clients
+
+
+@dataclass
+class ClientTable:
+    """partition.json's per-client figures as arrays, whichever form the file has."""
+
+    ids: list[str]
+    samples: np.ndarray  # per client, over all tasks
+    tasks: dict[str, tuple[list[str], np.ndarray]]  # task -> labels, clients x labels counts
+    modalities: tuple[list[str], np.ndarray] | None  # columns, clients x modalities counts
+
+    @classmethod
+    def of(cls, summary: dict) -> ClientTable:
+        labels = summary["labels"]
+        if "client_arrays" in summary:
+            arrays = summary["client_arrays"]
+            samples = np.asarray(arrays["samples"], dtype=np.int64)
+            tasks = {}
+            for task, sparse in arrays["label_counts"].items():
+                matrix = np.zeros((len(samples), len(labels[task])), dtype=np.int64)
+                matrix[sparse["client"], sparse["label"]] = sparse["count"]
+                tasks[task] = (labels[task], matrix)
+            kept = arrays.get("modalities")
+            modalities = (list(kept), np.array(list(kept.values())).T) if kept else None
+            return cls(site_names(len(samples)), samples, tasks, modalities)
+        clients = summary["clients"]
+        tasks = {task: (names, np.array([[c["tasks"][task]["label_histogram"].get(lab, 0)
+                                          for lab in names] for c in clients], dtype=np.int64))
+                 for task, names in labels.items()}  # fmt: skip
+        modalities = None
+        if "modality" in summary:
+            kept = [c["tasks"]["classification"]["modalities"] for c in clients]
+            modalities = (list(kept[0]), np.array([list(k.values()) for k in kept]))
+        samples = np.array([c["samples"] for c in clients], dtype=np.int64)
+        return cls([c["client_id"] for c in clients], samples, tasks, modalities)
+
+    @property
+    def summarized(self) -> bool:
+        return len(self.ids) > SUMMARY_CLIENTS
+
+    def entropy(self, task: str) -> np.ndarray:
+        """Each client's label entropy in bits for `task` (nan for a client without its data)."""
+        counts = self.tasks[task][1].astype(float)
+        total = counts.sum(axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = counts / total
+            terms = np.where(p > 0, -p * np.log2(np.where(p > 0, p, 1)), 0.0)
+        return np.where(total[:, 0] > 0, terms.sum(axis=1), np.nan)
+
+    def shown(self, task: str) -> tuple[list[int], list[str]]:
+        """The clients a view shows, with why: all of them, or the SHOWN largest (for `task`)
+        then the SHOWN most skewed (lowest label entropy, larger first) of the others."""
+        if not self.summarized:
+            return list(range(len(self.ids))), [""] * len(self.ids)
+        sizes = self.tasks[task][1].sum(axis=1)
+        largest = np.argsort(-sizes, kind="stable")[:SHOWN].tolist()
+        entropy = self.entropy(task)
+        taken = set(largest)
+        skewed = [int(i) for i in np.lexsort((-sizes, entropy))
+                  if i not in taken and not np.isnan(entropy[i])][:SHOWN]  # fmt: skip
+        return largest + skewed, ["largest"] * len(largest) + ["most skewed"] * len(skewed)
+
+
+def describe_sizes(table: ClientTable) -> str:
+    """'100,000 clients, 1 to 17 samples (median 1)': the population in one phrase."""
+    s = table.samples
+    return (f"{len(s):,} clients, {s.min():,} to {s.max():,} samples "
+            f"(median {np.median(s):g})")  # fmt: skip
+
+
+def client_lines(summary: dict) -> list[str]:
+    """The report's Clients table: every client, or the summary's largest and most skewed."""
+    table = ClientTable.of(summary)
+    lines = []
+    if table.summarized:
+        lines += [f"{describe_sizes(table)}; below, per task, the {SHOWN} largest and the "
+                  f"{SHOWN} most skewed (lowest label entropy).", ""]  # fmt: skip
+    lines += ["| client | task | samples | top labels | modalities |", "|---|---|---|---|---|"]
+    for task, (labels, counts) in table.tasks.items():
+        for i, why in zip(*table.shown(task)):
+            top = sorted(np.flatnonzero(counts[i]), key=lambda j: -counts[i, j])[:4]
+            cells = ", ".join(f"{labels[j]}: {counts[i, j]}" for j in top)
+            kept = ""
+            if table.modalities and task == "classification":
+                columns, matrix = table.modalities
+                kept = ", ".join(f"{m}: {v}" for m, v in zip(columns, matrix[i]) if v)
+            name = table.ids[i] + (f" ({why})" if why else "")
+            lines.append(f"| {name} | {task} ({summary['keys'][task]}) | "
+                         f"{counts[i].sum()} | {cells} | {kept} |")  # fmt: skip
+    return lines
+
+
+def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
+    """The partition at a glance: per task a clients x labels heatmap (partition_TASK.png) and,
+    with a modality scenario, a clients x modalities one (partition_modality.png); summarized
+    beyond SUMMARY_CLIENTS clients. Returns the file names written."""
+    table = ClientTable.of(summary)
+    names = []
+    for task, (labels, counts) in table.tasks.items():
+        rows, why = table.shown(task)
+        row_names = [f"{table.ids[i]} ({counts[i].sum()})" + (f" {w}" if w else "")
+                     for i, w in zip(rows, why)]  # fmt: skip
+        key = summary["keys"][task]
+        names.append(f"partition_{task}.png")
+        if not table.summarized:
+            title = f"{task}: samples per client and {key} ({summary['description']})"
+            fig, ax = plt.subplots(figsize=_heatmap_size(len(labels), len(rows)))
+            _heatmap(ax, counts[rows].tolist(), row_names, labels, title, fig)
+        else:
+            fig = _summary_figure(table, task, counts[rows].tolist(), row_names, labels,
+                                  f"{task}: {key} of the {SHOWN} largest and the {SHOWN} most "
+                                  f"skewed clients ({summary['description']})")  # fmt: skip
+        _save(fig, out_dir / names[-1])
+    if table.modalities is not None:
+        columns, matrix = table.modalities
+        rows = (list(range(len(table.ids))) if not table.summarized
+                else np.argsort(-table.samples, kind="stable")[: 2 * SHOWN].tolist())  # fmt: skip
+        shown = "" if not table.summarized else f", the {2 * SHOWN} largest of {len(table.ids):,}"
+        title = (f"classification: modalities each client's samples keep "
+                 f"({summary['modality']}{shown})")  # fmt: skip
+        fig, ax = plt.subplots(figsize=_heatmap_size(len(columns), len(rows)))
+        _heatmap(ax, matrix[rows].tolist(), [table.ids[i] for i in rows], columns, title, fig)
+        names.append("partition_modality.png")
+        _save(fig, out_dir / names[-1])
+    return names
+
+
+def _summary_figure(table: ClientTable, task: str, counts, rows, columns, title):
+    """The shown clients' heatmap beside the histograms of every client's size and entropy."""
+    width, height = _heatmap_size(len(columns), len(rows))
+    fig = plt.figure(figsize=(width + 5, height))
+    grid = fig.add_gridspec(2, 2, width_ratios=(width, 5))
+    _heatmap(fig.add_subplot(grid[:, 0]), counts, rows, columns, title, fig)
+    sizes = table.tasks[task][1].sum(axis=1)
+    held = sizes[sizes > 0]
+    ax = fig.add_subplot(grid[0, 1])
+    bins = np.unique(np.geomspace(1, held.max() + 1, 30).astype(int))
+    ax.hist(held, bins=bins, color="tab:blue")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"samples ({task})")
+    ax.set_ylabel("clients")
+    ax.set_title(f"client sizes, all {len(held):,} holding {task}", fontsize=9)
+    ax = fig.add_subplot(grid[1, 1])
+    entropy = table.entropy(task)
+    ax.hist(entropy[~np.isnan(entropy)], bins=30, color="tab:orange")
+    ax.axvline(np.log2(len(columns)), color="gray", linestyle=":", label="uniform over labels")
+    ax.set_yscale("log")
+    ax.set_xlabel("label entropy (bits)")
+    ax.set_ylabel("clients")
+    ax.set_title("label skew: lower is more skewed", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _heatmap_size(columns: int, rows: int) -> tuple[float, float]:
+    return max(6, 0.45 * columns + 2), 0.42 * rows + 1.6
+
+
+def _heatmap(ax, counts: list[list[int]], rows: list[str], columns: list[str], title: str,
+             fig) -> None:  # fmt: skip
+    """A counts table as a heatmap with the numbers written in."""
+    image = ax.imshow(counts, aspect="auto", cmap="Blues")
+    ax.set_xticks(range(len(columns)))
+    ax.set_xticklabels(columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows, fontsize=8)
+    dark = 0.6 * max(map(max, counts))
+    for i, row in enumerate(counts):
+        for j, value in enumerate(row):
+            if value:
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
+                        color="white" if value > dark else "black")  # fmt: skip
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.03)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
