@@ -106,8 +106,11 @@ def open_run(folder: Path, client: str | None = None) -> TrainedRun:
         held = sorted(p.name for p in (folder / ADAPTER / CLIENTS).glob("*"))
         raise FileNotFoundError(
             f"{folder}: no adapter of client {client!r}; "
-            + (f"clients: {', '.join(held)} (one that never trained holds the global model)"
-               if held else "the run's strategy keeps none")
+            + (
+                f"clients: {', '.join(held)} (one that never trained holds the global model)"
+                if held
+                else "the run's strategy keeps none"
+            )
         )
     if not (where / "adapter_config.json").is_file():
         old = (folder / "global_adapter.safetensors").is_file()
