@@ -32,7 +32,7 @@ format: $(BIN)/fedumm
 bench: $(BIN)/fedumm  ## engine overhead, memory scaling and throughput
 	$(BIN)/python benchmarks/engine.py
 
-bench-engines: $(BIN)/fedumm  ## embedded vs FLARE simulator vs FLARE POC: wall time, memory
+bench-engines: $(BIN)/fedumm  ## embedded vs FLARE (simulator, POC) vs Flower (simulation, deployment)
 	$(BIN)/python benchmarks/engines.py
 
 bench-generation: $(BIN)/fedumm  ## text-to-image images/s and scorer speed

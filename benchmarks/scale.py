@@ -1,19 +1,23 @@
 """Cross-device scale: the same federation over 10 to 100,000 simulated clients on one machine.
 
 Every population shares one data set (120,000 ShapesWorld VQA samples, Dirichlet(0.5) over the
-answer, min_samples 1) and one round: 10 clients sampled, 5 local steps of batch 8, evaluation
-only after the last round, no baselines. So what grows with the population is the partition,
+answer, min_samples 1) and one round: 10 clients sampled, 5 local steps of batch 1 (at 100,000
+clients most hold 1 or 2 samples: a larger batch would make their steps cheaper than those of
+10 large clients, and the comparison unfair), evaluation only after the last round, no
+baselines. So what grows with the population is the partition,
 the per-client bookkeeping, the reports and plots, and SCAFFOLD's per-client state: exactly
 what the benchmark is for. Each cell is `fedumm run` in a fresh process; it prints
 
 - set-up: building the model, the data, the partition (results.json's setup_seconds),
 - s/round: the median wall time of a round without its evaluation, rounds 2 to the last,
+- overhead: of that, the median time outside the clients' training (sampling, messages,
+  aggregation, bookkeeping, checkpoint): the part that could grow with the population,
 - after: evaluation of the final model, results, report and plots,
 - peak RSS: the process's maximum resident memory (getrusage),
 - results / plots: bytes of results.json (the partition summary inside) and of every PNG.
 
     python benchmarks/scale.py [--clients 10 1000 10000 100000] [--strategies fedavg scaffold]
-        [--samples 120000] [--rounds 5] [-o runs/scale]
+        [--samples 120000] [--rounds 11] [--seed 0] [-o runs/scale]
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from pathlib import Path
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 
-def job(clients: int, strategy: str, samples: int, rounds: int) -> list[str]:
-    return [f"data.train_samples={samples}", "data.test_samples=200", "partition.min_samples=1",
+def job(clients: int, strategy: str, samples: int, rounds: int, seed: int) -> list[str]:
+    return [f"seed={seed}", f"data.train_samples={samples}", "data.test_samples=200",
+            "partition.min_samples=1",
             f"federation.num_clients={clients}", "federation.clients_per_round=10",
-            f"federation.rounds={rounds}", "federation.local_steps=5", "federation.batch_size=8",
+            f"federation.rounds={rounds}", "federation.local_steps=5", "federation.batch_size=1",
             f"federation.strategy.name={strategy}", f"eval.every={rounds}",
             "baselines.zero_shot=false", "baselines.local=false", "baselines.centralized=false",
             "threads=1", "checkpoint_every=1"]  # fmt: skip
@@ -55,7 +60,7 @@ def child(out: str, sets: list[str]) -> None:
 def measure(clients: int, strategy: str, args, out: Path) -> dict:
     if out.exists():
         shutil.rmtree(out)
-    sets = job(clients, strategy, args.samples, args.rounds)
+    sets = job(clients, strategy, args.samples, args.rounds, args.seed)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--child", str(out), *sets],
                           capture_output=True, text=True)  # fmt: skip
@@ -65,12 +70,13 @@ def measure(clients: int, strategy: str, args, out: Path) -> dict:
     peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss"]
     res = json.loads((out / "results.json").read_text())
     setup = sum(res["setup_seconds"].values())
-    rounds = [r["seconds"] - r["eval_seconds"] for r in res["rounds"]]
+    rounds = [r["seconds"] - r["eval_seconds"] for r in res["rounds"]][1:]
+    overhead = [r["seconds"] - r["eval_seconds"] - r["train_seconds"] for r in res["rounds"]][1:]
     return {
         "clients": clients, "strategy": strategy, "wall": wall,
         "setup": setup, "partition": res["setup_seconds"]["partition"],
         "data": res["setup_seconds"]["data"],
-        "round": statistics.median(rounds[1:] or rounds),
+        "round": statistics.median(rounds), "overhead": statistics.median(overhead),
         "after": res["wall_seconds"] - setup - sum(r["seconds"] for r in res["rounds"]),
         "peak_rss": peak,
         "results_bytes": (out / "results.json").stat().st_size,
@@ -87,20 +93,22 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 1000, 10_000, 100_000])
     parser.add_argument("--strategies", nargs="+", default=["fedavg", "scaffold"])
     parser.add_argument("--samples", type=int, default=120_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--out", type=Path, default=Path("runs/scale"))
     args = parser.parse_args()
     rows = []
     header = (f"{'clients':>8} {'strategy':<9}{'set-up s':>9}{'of which partition':>19}"
-              f"{'s/round':>8}{'after s':>8}{'peak RSS GB':>12}{'results MB':>11}"
-              f"{'plots MB':>9}{'repaired':>9}")  # fmt: skip
+              f"{'s/round':>8}{'overhead ms':>12}{'after s':>8}{'peak RSS GB':>12}"
+              f"{'results MB':>11}{'plots MB':>9}{'repaired':>9}")  # fmt: skip
     print(header)
     for strategy in args.strategies:
         for k in args.clients:
             r = measure(k, strategy, args, args.out / f"{strategy}-{k}")
             rows.append(r)
             print(f"{k:>8,} {strategy:<9}{r['setup']:>9.1f}{r['partition']:>19.1f}"
-                  f"{r['round']:>8.2f}{r['after']:>8.1f}{r['peak_rss'] / 1e9:>12.2f}"
+                  f"{r['round']:>8.2f}{r['overhead'] * 1e3:>12.1f}{r['after']:>8.1f}"
+                  f"{r['peak_rss'] / 1e9:>12.2f}"
                   f"{r['results_bytes'] / 1e6:>11.2f}{r['plot_bytes'] / 1e6:>9.2f}"
                   f"{r['repaired']:>9,}", flush=True)  # fmt: skip
     (args.out / "scale.json").write_text(json.dumps(rows, indent=2))
@@ -109,7 +117,8 @@ def main() -> None:
         low, high = cells[min(cells)], cells[max(cells)]
         rss = high["peak_rss"] / low["peak_rss"]
         print(f"{strategy}: s/round {max(cells):,} vs {min(cells):,} clients: "
-              f"{high['round'] / low['round']:.2f}x; peak RSS {rss:.2f}x; "
+              f"{high['round'] / low['round']:.2f}x (overhead {high['overhead'] * 1e3:.1f} vs "
+              f"{low['overhead'] * 1e3:.1f} ms); peak RSS {rss:.2f}x; "
               f"set-up at {max(cells):,}: {high['setup']:.1f} s")  # fmt: skip
 
 

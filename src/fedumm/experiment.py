@@ -354,6 +354,9 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
     results.update(strategy.summary(fed.sampled_per_round))
 
     if cfg.baselines.local:
+        if len(clients) > 1000:  # cross-device populations: hours of training nobody asked for
+            log.warning("the local-only baseline trains each of the %d clients alone; "
+                        "baselines.local=false skips it", len(clients))  # fmt: skip
         # Each client alone, for the steps it spends in the federation on average: it is
         # sampled in a share sampled/num_clients of the rounds (all of them by default).
         share = fed.sampled_per_round / fed.num_clients

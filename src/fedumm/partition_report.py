@@ -158,9 +158,13 @@ def _summary_figure(table: ClientTable, task: str, counts, rows, columns, title)
     sizes = table.tasks[task][1].sum(axis=1)
     held = sizes[sizes > 0]
     ax = fig.add_subplot(grid[0, 1])
-    bins = np.unique(np.geomspace(1, held.max() + 1, 30).astype(int))
-    ax.hist(held, bins=bins, color="tab:blue")
-    ax.set_xscale("log")
+    if held.max() <= 50:  # a bar per size
+        ax.hist(held, bins=np.arange(held.min(), held.max() + 2) - 0.5, color="tab:blue")
+        ax.set_xticks(range(held.min(), held.max() + 1, max(1, (held.max() - held.min()) // 10)))
+    else:  # sizes spanning decades: log-spaced bins
+        ax.hist(held, bins=np.unique(np.geomspace(1, held.max() + 1, 30).astype(int)),
+                color="tab:blue")  # fmt: skip
+        ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"samples ({task})")
     ax.set_ylabel("clients")
