@@ -91,3 +91,21 @@ def test_tracking_config_short_form_and_a_missing_library_is_refused(monkeypatch
     cfg = RunConfig.model_validate({"tracking": "mlflow"})
     with pytest.raises(ConfigError, match=r"tracking: mlflow needs MLflow.*fedumm\[mlflow\]"):
         extras.check_installed(cfg)
+
+
+def test_a_sweep_logs_every_cell_as_its_own_mlflow_run(tiny_foundation, tmp_path):
+    import mlflow
+
+    from tests.test_sweep import _rows, _sweep, _write_sweep
+
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    path = _write_sweep(tmp_path, tiny_foundation, "  partition.alpha: [0.1, 1.0]\n")
+    out = tmp_path / "out"
+    result = _sweep(path, out, "--set", "baselines.centralized=false", "--set",
+                    "tracking.backend=mlflow", "--set", f"tracking.mlflow_uri={uri}")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("fedumm").experiment_id])
+    cells = {r["cell"]: float(r["vqa_accuracy"]) for r in _rows(out)}
+    assert {r.info.run_name: r.data.metrics["final/vqa_accuracy"] for r in runs} == cells
+    assert {r.data.params["partition.alpha"] for r in runs} == {"0.1", "1.0"}
