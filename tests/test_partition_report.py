@@ -53,8 +53,9 @@ def test_both_forms_of_partition_json_are_the_same_table(tiny_foundation, tmp_pa
     assert "client_arrays" in arrays and len(objects["clients"]) == 45
     a, b = ClientTable.of(arrays), ClientTable.of(objects)
     assert a.ids == b.ids and np.array_equal(a.samples, b.samples)
-    assert a.tasks["vqa"][0] == b.tasks["vqa"][0]
-    assert np.array_equal(a.tasks["vqa"][1], b.tasks["vqa"][1])
+    assert a.tasks["vqa"].labels == b.tasks["vqa"].labels
+    everyone = list(range(45))
+    assert np.array_equal(a.tasks["vqa"].rows(everyone), b.tasks["vqa"].rows(everyone))
     small = (tmp_path / "objects" / "partition.json").stat().st_size
     assert (tmp_path / "arrays" / "partition.json").stat().st_size < small / 3
 
@@ -82,8 +83,33 @@ def test_the_summarized_plot_does_not_grow_with_the_population(tmp_path):
     table = ClientTable.of(_synthetic(20_000))
     rows, why = table.shown("vqa")
     assert len(rows) == 2 * SHOWN and len(set(rows)) == 2 * SHOWN
-    sizes = table.tasks["vqa"][1].sum(axis=1)
+    sizes = table.tasks["vqa"].sizes()
     assert sizes[rows[:SHOWN]].min() == np.sort(sizes)[-SHOWN]  # the largest
-    entropy = table.entropy("vqa")
+    entropy = table.tasks["vqa"].entropy()
     rest = np.setdiff1d(np.arange(20_000), rows[:SHOWN])
     assert entropy[rows[SHOWN:]].max() <= np.sort(entropy[rest])[SHOWN - 1]  # the most skewed
+
+
+def test_numbers_lists_go_on_one_line_and_text_is_left_alone():
+    from fedumm.report import dump_json
+
+    doc = {
+        "sizes": [1, 2, -3.5e-07],
+        "text": "a [1, 2] b",
+        "nested": [[1, 2], [3]],
+        "mixed": [1, "a"],
+    }
+    text = dump_json(doc)
+    assert json.loads(text) == doc
+    assert '"sizes": [1,2,-3.5e-07]' in text and '"text": "a [1, 2] b"' in text
+
+
+def test_a_summary_shows_only_clients_that_hold_the_task():
+    summary = _synthetic(100)
+    cells = summary["client_arrays"]["label_counts"]["vqa"]
+    keep = [i for i, c in enumerate(cells["client"]) if c < 10]  # 10 of 100 clients hold vqa
+    summary["client_arrays"]["label_counts"]["vqa"] = {k: [v[i] for i in keep]
+                                                       for k, v in cells.items()}  # fmt: skip
+    table = ClientTable.of(summary)
+    rows, _ = table.shown("vqa")
+    assert sorted(rows) == list(range(10))

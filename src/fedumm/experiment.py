@@ -391,11 +391,11 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
     results["setup_seconds"] = fl.seconds  # where the time before round 1 went
     (out_dir / "results.json").write_text(dump_json(results))
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))
-    personal = {}
+    personal = ()
     if strategy.personalized and cfg.engine == "embedded":  # under FLARE it stays on the sites
-        # every client that trained (one that never did holds the global model)
-        personal = {cid: strategy.personal_adapter(final_params, state)
-                    for cid, state in client_states.items()}  # fmt: skip
+        # every client that trained (one that never did holds the global model), one at a time
+        personal = ((cid, strategy.personal_adapter(final_params, client_states[cid]))
+                    for cid in list(client_states))  # fmt: skip
     save_run_model(model, processor, cfg, final_params, out_dir, personal)
     write_report(results, out_dir)
     tracker.finish(results, out_dir)
@@ -480,7 +480,7 @@ def _partition_summary(cfg: RunConfig, tasks: dict[str, Task], split: Partition)
         "alpha": cfg.partition.alpha if cfg.partition.scheme == "dirichlet" else None,
         "description": cfg.partition.describe(),
         "keys": {name: keys[name] for name in tasks},
-        "labels": {name: labels for name, (labels, _) in counts.items()},
+        "labels": {name: c.labels for name, c in counts.items()},
     }
     if split.repaired:  # a Dirichlet draw that left clients short was mended: say how much
         summary["repaired"] = {name: {"clients": note["repaired_clients"],
@@ -490,22 +490,19 @@ def _partition_summary(cfg: RunConfig, tasks: dict[str, Task], split: Partition)
         summary["modality"] = cfg.partition.modality.describe()
     sizes = [len(c.data) for c in split.clients]
     if len(sizes) > SUMMARY_CLIENTS:
-        tasks_arrays = {}
-        for name, (_, matrix) in counts.items():
-            client, label = np.nonzero(matrix)
-            tasks_arrays[name] = {"client": client.tolist(), "label": label.tolist(),
-                                  "count": matrix[client, label].tolist()}  # fmt: skip
-        summary["client_arrays"] = {"samples": sizes, "label_counts": tasks_arrays}
+        summary["client_arrays"] = {"samples": sizes, "label_counts": {
+            name: {"client": c.client.tolist(), "label": c.label.tolist(),
+                   "count": c.count.tolist()} for name, c in counts.items()}}  # fmt: skip
         if kept is not None:
             summary["client_arrays"]["modalities"] = dict(zip(MODALITIES, kept.T.tolist()))
         return summary
     clients = []
     for i, c in enumerate(split.clients):
         shares = {}
-        for name, (labels, matrix) in counts.items():
-            row = matrix[i]
-            held = {labels[j]: int(row[j]) for j in np.flatnonzero(row)}
-            shares[name] = {"samples": int(row.sum()), "label_histogram": held}
+        for name, held in counts.items():
+            row = held.rows([i])[0]
+            histogram = {held.labels[j]: int(row[j]) for j in np.flatnonzero(row)}
+            shares[name] = {"samples": int(row.sum()), "label_histogram": histogram}
         if kept is not None:
             shares["classification"]["modalities"] = dict(zip(MODALITIES, kept[i].tolist()))
         clients.append({"client_id": c.client_id, "samples": sizes[i], "tasks": shares})

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fedumm.data.partition import LabelCounts  # noqa: E402
 from fedumm.federation.client import site_names  # noqa: E402
 
 SUMMARY_CLIENTS = 40  # more clients than this: arrays in partition.json, summarized plots
@@ -30,7 +31,7 @@ class ClientTable:
 
     ids: list[str]
     samples: np.ndarray  # per client, over all tasks
-    tasks: dict[str, tuple[list[str], np.ndarray]]  # task -> labels, clients x labels counts
+    tasks: dict[str, LabelCounts]  # task -> per client and label, how many samples
     modalities: tuple[list[str], np.ndarray] | None  # columns, clients x modalities counts
 
     @classmethod
@@ -39,18 +40,21 @@ class ClientTable:
         if "client_arrays" in summary:
             arrays = summary["client_arrays"]
             samples = np.asarray(arrays["samples"], dtype=np.int64)
-            tasks = {}
-            for task, sparse in arrays["label_counts"].items():
-                matrix = np.zeros((len(samples), len(labels[task])), dtype=np.int64)
-                matrix[sparse["client"], sparse["label"]] = sparse["count"]
-                tasks[task] = (labels[task], matrix)
+            tasks = {task: LabelCounts(labels[task], len(samples),
+                                       *(np.asarray(cells[k], dtype=np.int64)
+                                         for k in ("client", "label", "count")))
+                     for task, cells in arrays["label_counts"].items()}  # fmt: skip
             kept = arrays.get("modalities")
             modalities = (list(kept), np.array(list(kept.values())).T) if kept else None
             return cls(site_names(len(samples)), samples, tasks, modalities)
         clients = summary["clients"]
-        tasks = {task: (names, np.array([[c["tasks"][task]["label_histogram"].get(lab, 0)
-                                          for lab in names] for c in clients], dtype=np.int64))
-                 for task, names in labels.items()}  # fmt: skip
+        tasks = {}
+        for task, names in labels.items():
+            cells = [(i, names.index(lab), n) for i, c in enumerate(clients)
+                     for lab, n in c["tasks"][task]["label_histogram"].items()]  # fmt: skip
+            client, label, count = (np.array(v, dtype=np.int64) for v in zip(*cells)) if cells \
+                else (np.array([], dtype=np.int64),) * 3  # fmt: skip
+            tasks[task] = LabelCounts(names, len(clients), client, label, count)
         modalities = None
         if "modality" in summary:
             kept = [c["tasks"]["classification"]["modalities"] for c in clients]
@@ -62,23 +66,14 @@ class ClientTable:
     def summarized(self) -> bool:
         return len(self.ids) > SUMMARY_CLIENTS
 
-    def entropy(self, task: str) -> np.ndarray:
-        """Each client's label entropy in bits for `task` (nan for a client without its data)."""
-        counts = self.tasks[task][1].astype(float)
-        total = counts.sum(axis=1, keepdims=True)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p = counts / total
-            terms = np.where(p > 0, -p * np.log2(np.where(p > 0, p, 1)), 0.0)
-        return np.where(total[:, 0] > 0, terms.sum(axis=1), np.nan)
-
     def shown(self, task: str) -> tuple[list[int], list[str]]:
         """The clients a view shows, with why: all of them, or the SHOWN largest (for `task`)
         then the SHOWN most skewed (lowest label entropy, larger first) of the others."""
         if not self.summarized:
             return list(range(len(self.ids))), [""] * len(self.ids)
-        sizes = self.tasks[task][1].sum(axis=1)
-        largest = np.argsort(-sizes, kind="stable")[:SHOWN].tolist()
-        entropy = self.entropy(task)
+        sizes = self.tasks[task].sizes()
+        largest = [int(i) for i in np.argsort(-sizes, kind="stable")[:SHOWN] if sizes[i] > 0]
+        entropy = self.tasks[task].entropy()
         taken = set(largest)
         skewed = [int(i) for i in np.lexsort((-sizes, entropy))
                   if i not in taken and not np.isnan(entropy[i])][:SHOWN]  # fmt: skip
@@ -100,17 +95,18 @@ def client_lines(summary: dict) -> list[str]:
         lines += [f"{describe_sizes(table)}; below, per task, the {SHOWN} largest and the "
                   f"{SHOWN} most skewed (lowest label entropy).", ""]  # fmt: skip
     lines += ["| client | task | samples | top labels | modalities |", "|---|---|---|---|---|"]
-    for task, (labels, counts) in table.tasks.items():
-        for i, why in zip(*table.shown(task)):
-            top = sorted(np.flatnonzero(counts[i]), key=lambda j: -counts[i, j])[:4]
-            cells = ", ".join(f"{labels[j]}: {counts[i, j]}" for j in top)
+    for task, held in table.tasks.items():
+        rows, reasons = table.shown(task)
+        for i, why, counts in zip(rows, reasons, held.rows(rows)):
+            top = sorted(np.flatnonzero(counts), key=lambda j: -counts[j])[:4]
+            cells = ", ".join(f"{held.labels[j]}: {counts[j]}" for j in top)
             kept = ""
             if table.modalities and task == "classification":
                 columns, matrix = table.modalities
                 kept = ", ".join(f"{m}: {v}" for m, v in zip(columns, matrix[i]) if v)
             name = table.ids[i] + (f" ({why})" if why else "")
             lines.append(f"| {name} | {task} ({summary['keys'][task]}) | "
-                         f"{counts[i].sum()} | {cells} | {kept} |")  # fmt: skip
+                         f"{counts.sum()} | {cells} | {kept} |")  # fmt: skip
     return lines
 
 
@@ -120,18 +116,19 @@ def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
     beyond SUMMARY_CLIENTS clients. Returns the file names written."""
     table = ClientTable.of(summary)
     names = []
-    for task, (labels, counts) in table.tasks.items():
+    for task, held in table.tasks.items():
         rows, why = table.shown(task)
-        row_names = [f"{table.ids[i]} ({counts[i].sum()})" + (f" {w}" if w else "")
-                     for i, w in zip(rows, why)]  # fmt: skip
+        counts, labels = held.rows(rows), held.labels
+        row_names = [f"{table.ids[i]} ({n})" + (f" {w}" if w else "")
+                     for i, w, n in zip(rows, why, counts.sum(axis=1))]  # fmt: skip
         key = summary["keys"][task]
         names.append(f"partition_{task}.png")
         if not table.summarized:
             title = f"{task}: samples per client and {key} ({summary['description']})"
             fig, ax = plt.subplots(figsize=_heatmap_size(len(labels), len(rows)))
-            _heatmap(ax, counts[rows].tolist(), row_names, labels, title, fig)
+            _heatmap(ax, counts.tolist(), row_names, labels, title, fig)
         else:
-            fig = _summary_figure(table, task, counts[rows].tolist(), row_names, labels,
+            fig = _summary_figure(held, task, counts.tolist(), row_names, labels,
                                   f"{task}: {key} of the {SHOWN} largest and the {SHOWN} most "
                                   f"skewed clients ({summary['description']})")  # fmt: skip
         _save(fig, out_dir / names[-1])
@@ -149,13 +146,14 @@ def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
     return names
 
 
-def _summary_figure(table: ClientTable, task: str, counts, rows, columns, title):
+def _summary_figure(counted: LabelCounts, task: str, counts, rows, columns, title):
     """The shown clients' heatmap beside the histograms of every client's size and entropy."""
     width, height = _heatmap_size(len(columns), len(rows))
     fig = plt.figure(figsize=(width + 5, height))
     grid = fig.add_gridspec(2, 2, width_ratios=(width, 5))
     _heatmap(fig.add_subplot(grid[:, 0]), counts, rows, columns, title, fig)
-    sizes = table.tasks[task][1].sum(axis=1)
+    sizes = counted.sizes()
+    entropy = counted.entropy()
     held = sizes[sizes > 0]
     ax = fig.add_subplot(grid[0, 1])
     if held.max() <= 50:  # a bar per size
@@ -170,7 +168,6 @@ def _summary_figure(table: ClientTable, task: str, counts, rows, columns, title)
     ax.set_ylabel("clients")
     ax.set_title(f"client sizes, all {len(held):,} holding {task}", fontsize=9)
     ax = fig.add_subplot(grid[1, 1])
-    entropy = table.entropy(task)
     ax.hist(entropy[~np.isnan(entropy)], bins=30, color="tab:orange")
     ax.axvline(np.log2(len(columns)), color="gray", linestyle=":", label="uniform over labels")
     ax.set_yscale("log")

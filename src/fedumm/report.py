@@ -166,7 +166,9 @@ def dump_json(obj) -> str:
     """JSON indented for reading, with lists of numbers on one line (a 100,000-client
     partition stays megabytes, not tens of them)."""
     text = json.dumps(obj, indent=2)
-    return re.sub(r"\[[\d\s,.eE+-]*\]", lambda m: re.sub(r"\s+", "", m.group()), text)
+    # An indented list opens with "[" and a line break, which no JSON string holds (it would
+    # be written \n): only lists of the document itself are joined, never text inside a string.
+    return re.sub(r"\[\n[\d\s,.eE+-]*\]", lambda m: re.sub(r"\s+", "", m.group()), text)
 
 
 GRID_NAMES = {"zero_shot": "zero-shot foundation", "federated": "federated LoRA",

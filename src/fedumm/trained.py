@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,15 +44,16 @@ def save_model(model: torch.nn.Module, processor: Processor, folder: Path) -> Pa
 
 
 def save_run_model(model: torch.nn.Module, processor: Processor, cfg: RunConfig, params: Params,
-                   out_dir: Path, personal: dict[str, Params]) -> Path:  # fmt: skip
+                   out_dir: Path, personal: Iterable[tuple[str, Params]] = ()) -> Path:  # fmt: skip
     """The trained model of a run into `out_dir`: the global adapter (and each client's own,
-    from `personal`), or the fine-tuned model itself without LoRA."""
+    from the (client, adapter) pairs `personal`, written one at a time), or the fine-tuned
+    model itself without LoRA."""
     if cfg.lora is None:
         set_adapter(model, params)
         return save_model(model, processor, Path(out_dir) / FULL_MODEL)
     base = base_name(cfg.model)
     folder = save_pretrained(model, params, Path(out_dir) / ADAPTER, base)
-    for client, own in personal.items():
+    for client, own in personal:
         save_pretrained(model, own, folder / CLIENTS / client, base)
     return folder
 

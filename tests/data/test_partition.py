@@ -51,7 +51,7 @@ def test_smaller_alpha_means_more_label_skew():
         shares = []
         for seed in range(5):
             parts, _ = dirichlet_label_skew(labels, 8, alpha, np.random.default_rng(seed))
-            _, counts = label_counts(labels, parts)
+            counts = label_counts(labels, parts).rows(list(range(8)))
             shares.extend(counts.max(axis=1) / counts.sum(axis=1))
         return np.mean(shares)
 
@@ -68,15 +68,38 @@ def test_bad_arguments_are_named():
         iid(3, 4, np.random.default_rng(0))
 
 
-def test_label_counts_is_a_clients_by_labels_matrix():
+def test_label_counts_keeps_the_cells_that_are_not_zero():
     labels = np.array(["a", "b", "a", "c"])
-    names, counts = label_counts(labels, [np.array([0, 2]), np.array([1, 3]), np.array([], int)])
-    assert names == ["a", "b", "c"]
-    assert counts.tolist() == [[2, 0, 0], [0, 1, 1], [0, 0, 0]]
+    counts = label_counts(labels, [np.array([0, 2]), np.array([1, 3]), np.array([], int)])
+    assert counts.labels == ["a", "b", "c"]
+    assert list(zip(counts.client, counts.label, counts.count)) == [(0, 0, 2), (1, 1, 1), (1, 2, 1)]
+    assert counts.rows([0, 1, 2]).tolist() == [[2, 0, 0], [0, 1, 1], [0, 0, 0]]
+    assert counts.rows([2, 0]).tolist() == [[0, 0, 0], [2, 0, 0]]
+    assert counts.sizes().tolist() == [2, 2, 0] and counts.distinct().tolist() == [1, 2, 0]
+    entropy = counts.entropy()
+    assert entropy[0] == 0.0 and entropy[1] == pytest.approx(1.0) and np.isnan(entropy[2])
+
+
+def test_a_draw_that_puts_a_label_only_on_full_clients_spreads_it_over_the_others():
+    labels = np.array([0] * 60 + [1] * 40)
+
+    class OneHot:  # every label's weight on client 0 alone, as tiny alphas draw
+        def __init__(self):
+            self.rng = np.random.default_rng(0)
+
+        def dirichlet(self, alpha):
+            return np.eye(len(alpha))[0]
+
+        def __getattr__(self, name):
+            return getattr(self.rng, name)
+
+    parts, _ = dirichlet_label_skew(labels, 4, 0.01, OneHot())
+    # label 0 fills client 0 past its share (25); label 1 goes evenly to clients 1, 2, 3
+    assert [len(p) for p in parts] == [60, 13, 13, 14]
 
 
 def _labels_held(labels, parts):
-    return [np.count_nonzero(row) for row in label_counts(labels, parts)[1]]
+    return label_counts(labels, parts).distinct().tolist()
 
 
 def test_a_draw_that_leaves_clients_short_is_repaired_from_the_largest():

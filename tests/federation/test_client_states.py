@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from fedumm.federation import client_states as module
@@ -70,3 +71,26 @@ def test_a_checkpoint_of_states_in_memory_restores_into_a_store_on_disk(tmp_path
     states.keep_on_disk(tmp_path)
     states.restore(before)
     assert states["site-1"]["c"].tolist() == [1.0, 1.0]
+
+
+def test_an_emptied_state_leaves_no_file_and_a_missing_file_is_named(tmp_path, monkeypatch):
+    from fedumm.federation.checkpoint import CheckpointError
+
+    monkeypatch.setattr(module, "CACHED", 1)
+    states = ClientStates()
+    states.keep_on_disk(tmp_path / "s")
+    _train(states, "site-1", 1.0)
+    _train(states, "site-2", 2.0)  # site-1 written
+    states["site-1"].clear()  # an algorithm that forgets what the client held
+    _train(states, "site-2", 3.0)
+    assert "site-1" not in states and states["site-1"] == {}
+    snapshot = states.snapshot()
+    (tmp_path / "s" / snapshot["site-2"]).unlink()
+    with pytest.raises(CheckpointError, match=snapshot["site-2"]):
+        _restore_on_disk(tmp_path / "s", snapshot)
+
+
+def _restore_on_disk(folder, snapshot):
+    states = ClientStates()
+    states.keep_on_disk(folder)
+    states.restore(snapshot)

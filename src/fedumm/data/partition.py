@@ -10,6 +10,8 @@ clients: 100,000 clients split in seconds.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 WORK_BUDGET = 20_000_000  # client-label cells the Dirichlet split may draw before repairing
@@ -74,8 +76,11 @@ def _dirichlet_draw(by_class, n, num_clients, alpha, rng) -> tuple[np.ndarray, n
     for idx in by_class:
         idx = rng.permutation(idx)
         p = rng.dirichlet(np.full(num_clients, alpha))
-        p = p * (sizes < n / num_clients)
-        p = p / p.sum()
+        uncapped = sizes < n / num_clients
+        p = p * uncapped
+        # a draw whose weight all falls on clients already at their share (tiny alpha): the
+        # label is spread evenly over the others instead of dividing by zero
+        p = p / p.sum() if p.sum() > 0 else uncapped / uncapped.sum()
         cuts = np.clip((np.cumsum(p) * len(idx)).astype(int)[:-1], 0, len(idx))
         counts = np.diff(cuts, prepend=0, append=len(idx))
         owner[idx] = np.repeat(np.arange(num_clients), counts)
@@ -156,16 +161,49 @@ def pathological_shards(
     return [np.sort(np.concatenate([shards[s] for s in row])) for row in dealt]
 
 
-def label_counts(
-    labels: list | np.ndarray, parts: list[np.ndarray]
-) -> tuple[list[str], np.ndarray]:
-    """The labels (sorted, as strings) and a clients x labels matrix of how many samples of each
-    a client holds; one pass over the data, whatever the number of clients."""
+@dataclass
+class LabelCounts:
+    """How many samples of each label each client holds, as (client, label, count) triplets of
+    the cells that are not zero: memory grows with the data, not with clients x labels (100,000
+    clients and a VQA v2 answer vocabulary would be gigabytes as a matrix)."""
+
+    labels: list[str]  # sorted, as strings
+    num_clients: int
+    client: np.ndarray
+    label: np.ndarray  # index into `labels`
+    count: np.ndarray
+
+    def sizes(self) -> np.ndarray:
+        """Each client's number of samples."""
+        return np.bincount(self.client, self.count, self.num_clients).astype(np.int64)
+
+    def distinct(self) -> np.ndarray:
+        """How many labels each client holds."""
+        return np.bincount(self.client, minlength=self.num_clients)
+
+    def entropy(self) -> np.ndarray:
+        """Each client's label entropy in bits (nan for a client without samples)."""
+        sizes = self.sizes()
+        p = self.count / sizes[self.client]
+        bits = np.bincount(self.client, -p * np.log2(p), self.num_clients)
+        return np.where(sizes > 0, bits, np.nan)
+
+    def rows(self, clients: list[int]) -> np.ndarray:
+        """The clients x labels matrix of `clients` only."""
+        out = np.zeros((len(clients), len(self.labels)), dtype=np.int64)
+        where = {c: j for j, c in enumerate(clients)}
+        for t in np.flatnonzero(np.isin(self.client, clients)):
+            out[where[self.client[t]], self.label[t]] = self.count[t]
+        return out
+
+
+def label_counts(labels: list | np.ndarray, parts: list[np.ndarray]) -> LabelCounts:
+    """Per client and label, how many samples; one pass over the data."""
     labels = np.asarray(labels)
     classes, codes = np.unique(labels, return_inverse=True)
     sizes = np.array([len(p) for p in parts], dtype=np.int64)
     owner = np.repeat(np.arange(len(parts)), sizes)
-    flat = np.concatenate(parts) if len(parts) else np.array([], dtype=int)
-    counts = np.zeros((len(parts), len(classes)), dtype=np.int64)
-    np.add.at(counts, (owner, codes[flat]), 1)
-    return [str(c) for c in classes], counts
+    flat = np.concatenate(parts).astype(np.int64) if len(parts) else np.array([], dtype=np.int64)
+    cells, count = np.unique(owner * len(classes) + codes[flat], return_counts=True)
+    return LabelCounts([str(c) for c in classes], len(parts), cells // len(classes),
+                       cells % len(classes), count.astype(np.int64))  # fmt: skip

@@ -187,6 +187,7 @@ def _serve(config: str, device: str, threads: int, conn: Connection) -> None:
                 update = fl.train_client(fl.client(cid), wire.unpack(down), rnd)
                 meta = (cid, update.num_samples, update.num_steps, update.metrics)
                 results.append((meta, wire.pack(update.params), wire.pack(fl.client_states[cid])))
+                del fl.client_states[cid]  # the main process keeps it: a worker holds none
             conn.send(("ok", results))
     except (EOFError, KeyboardInterrupt):
         return

@@ -43,7 +43,9 @@ class Checkpoint:
     rng_state: torch.Tensor = field(default_factory=torch.get_rng_state)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """`data` into `path` whole or not at all, on disk before it returns (a crash of the machine
+    leaves the old file or the new, never a truncated one)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -58,10 +60,10 @@ def save(out_dir: Path, ckpt: Checkpoint) -> None:
     torch.save(vars(ckpt), buffer)
     data = buffer.getvalue()
     name = f"checkpoint-{ckpt.round:05d}.pt"
-    _atomic_write(out_dir / name, data)
+    atomic_write(out_dir / name, data)
     manifest = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "round": ckpt.round,
                 "config": ckpt.config}  # fmt: skip
-    _atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+    atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
     for old in out_dir.glob("checkpoint-*.pt"):
         if old.name != name:
             old.unlink()

@@ -16,6 +16,7 @@ from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 from fedumm.federation import wire
+from fedumm.federation.checkpoint import CheckpointError, atomic_write
 from fedumm.federation.update import Params
 
 CACHED = 64  # states held in memory at once when kept on disk: a round's clients and more
@@ -23,7 +24,9 @@ CACHED = 64  # states held in memory at once when kept on disk: a round's client
 
 class ClientStates(MutableMapping[str, Params]):
     """client id -> its state dict; an unknown client's state is a new empty dict (the
-    algorithm fills it in place while the client trains)."""
+    algorithm fills it in place while the client trains). On disk, a state read here may be
+    written back and dropped from memory at any later access: change it before the next one
+    (as a client's training does), replacing its tensors or changing them in place."""
 
     def __init__(self) -> None:
         self._cache: OrderedDict[str, Params] = OrderedDict()
@@ -62,9 +65,13 @@ class ClientStates(MutableMapping[str, Params]):
         if cid in self._files:
             self._drop(self._files.pop(cid))
 
+    def __contains__(self, cid: object) -> bool:
+        """Whether `cid` has a state (reading one that has none would give an empty one)."""
+        return bool(self._cache[cid]) if cid in self._cache else cid in self._files
+
     def __iter__(self) -> Iterator[str]:
         """The clients that have a state (written or in memory)."""
-        yield from dict.fromkeys([*self._files, *(c for c, s in self._cache.items() if s)])
+        yield from (cid for cid in dict.fromkeys([*self._files, *self._cache]) if cid in self)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -96,6 +103,10 @@ class ClientStates(MutableMapping[str, Params]):
                 self[cid] = value
         if self._folder is not None:
             self._pinned = set(self._files.values())
+            missing = [n for n in sorted(self._pinned) if not (self._folder / n).is_file()]
+            if missing:
+                raise CheckpointError(f"the checkpoint names client states that are not in "
+                                      f"{self._folder}: {', '.join(missing[:3])}")  # fmt: skip
             for path in self._folder.glob("*.safetensors"):
                 if path.name not in self._pinned:
                     path.unlink()
@@ -107,12 +118,17 @@ class ClientStates(MutableMapping[str, Params]):
         """Write the least recently used states to disk until `keep` stay in memory."""
         while len(self._cache) > keep:
             cid, state = self._cache.popitem(last=False)
-            if not state or _unchanged(self._loaded.pop(cid, None), state):
-                continue  # nothing to keep, or unchanged since it was read
+            if not state:  # emptied (or never filled): no file stands for it
+                self._loaded.pop(cid, None)
+                if cid in self._files:
+                    self._drop(self._files.pop(cid))
+                continue
+            if _unchanged(self._loaded.pop(cid, None), state):
+                continue
             self._writes += 1
             name = f"{cid}.{self._writes}.safetensors"
             self._folder.mkdir(parents=True, exist_ok=True)
-            (self._folder / name).write_bytes(wire.pack(state))
+            atomic_write(self._folder / name, wire.pack(state))
             old = self._files.get(cid)
             self._files[cid] = name
             if old is not None and old not in self._pinned:
