@@ -126,8 +126,12 @@ def test_a_crashed_client_does_not_hang_the_job(tiny_foundation, tmp_path, monke
     assert sorted(rounds[0]["client_metrics"]) == ["site-1", "site-2"]
     assert list(rounds[1]["client_metrics"]) == ["site-1"] and rounds[1]["dropped"] == ["site-2"]
 
-    # Needing both clients, the job stops with the reason and keeps round 1's adapter.
-    strict = [*crash, "federation.min_clients=2"]
+
+@pytest.mark.slow  # the round loop's min_clients rule itself: tests/federation/test_server.py
+def test_a_crash_that_leaves_too_few_clients_stops_the_job(tiny_foundation, tmp_path, monkeypatch):
+    """Needing both clients, the job stops with the reason and keeps round 1's adapter."""
+    monkeypatch.setenv(CRASH_ENV, "site-2@2")
+    strict = [*TWO_CLIENTS, "flare.round_timeout=12", "federation.min_clients=2"]
     result = run_tiny(tmp_path / "off", tiny_foundation, *strict, cli=["--engine", "flare"])
     assert result.exit_code == 1
     assert "FLARE job failed: RoundFailed: round 2: 1 valid update(s) of 2 sampled" in result.output
@@ -170,16 +174,17 @@ def test_site_devices_are_checked_and_named(tiny_foundation, tmp_path):
     assert not (tmp_path / "sim" / "flare").exists()
 
 
-def test_secure_aggregation_across_flare_processes(tiny_foundation, tmp_path, monkeypatch):
+SECURE = [*TWO_CLIENTS, "federation.num_clients=3", "federation.clients_per_round=3",
+          "federation.secure_aggregation.enabled=true",
+          "federation.secure_aggregation.threshold=2"]  # fmt: skip
+
+
+def test_secure_aggregation_across_flare_processes(tiny_foundation, tmp_path):
     """The key protocol as FLARE tasks between processes: the embedded engine's adapter and
-    bytes; then a site that dies after masking (before it hands over its shares): its update
-    still counts, unmasked from the others' shares."""
-    secure = [*TWO_CLIENTS, "federation.num_clients=3", "federation.clients_per_round=3",
-              "federation.secure_aggregation.enabled=true",
-              "federation.secure_aggregation.threshold=2"]  # fmt: skip
+    bytes."""
     runs = {}
     for engine in ("embedded", "flare"):
-        result = run_tiny(tmp_path / engine, tiny_foundation, *secure, cli=["--engine", engine])
+        result = run_tiny(tmp_path / engine, tiny_foundation, *SECURE, cli=["--engine", engine])
         assert result.exit_code == 0, result.output
         runs[engine] = (json.loads((tmp_path / engine / "results.json").read_text()),
                         load_file(tmp_path / engine / "global_adapter.safetensors"))  # fmt: skip
@@ -189,8 +194,13 @@ def test_secure_aggregation_across_flare_processes(tiny_foundation, tmp_path, mo
         assert theirs["secagg_bytes"] == mine["secagg_bytes"] > 0
         assert (theirs["bytes_up"], theirs["bytes_down"]) == (mine["bytes_up"], mine["bytes_down"])
 
+
+@pytest.mark.slow  # dropouts after masking, unmasked from shares: tests/federation (embedded)
+def test_a_flare_site_that_dies_after_masking_still_counts(tiny_foundation, tmp_path, monkeypatch):
+    """A site that dies after masking (before it hands over its shares): its update still
+    counts, unmasked from the others' shares; the next round it is dropped."""
     monkeypatch.setenv(CRASH_ENV, "site-2@2:secagg_unmask")
-    crash = [*secure, "flare.round_timeout=20", "federation.rounds=3"]
+    crash = [*SECURE, "flare.round_timeout=20", "federation.rounds=3"]
     result = run_tiny(tmp_path / "crash", tiny_foundation, *crash, cli=["--engine", "flare"])
     assert result.exit_code == 0, result.output
     rounds = json.loads((tmp_path / "crash" / "results.json").read_text())["rounds"]
