@@ -197,3 +197,12 @@ def test_lora_strategies_refuse_full_fine_tuning(tiny_foundation, tmp_path):
     result = _run(tmp_path, tiny_foundation, "lora=null", "federation.strategy.name=flora")
     assert result.exit_code == 2
     assert "flora aggregates LoRA factors; with lora: null" in result.output
+
+
+@pytest.mark.parametrize(("engine", "what"), [("flare", "job"), ("flower", "app")])
+def test_an_export_refuses_noise_anyone_can_regenerate(tmp_path, engine, what):
+    result = runner.invoke(app, [engine, "export", "configs/quickstart.yaml", "-o", str(tmp_path),
+                                 "--set", "federation.seeded_privacy_noise=true"])  # fmt: skip
+    assert result.exit_code == 2
+    assert f"an exported {what} is a deployment" in result.output
+    assert not any(tmp_path.iterdir())

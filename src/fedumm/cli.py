@@ -215,6 +215,22 @@ def _run_sweep(plan, out: Path, progress: bool, overwrite: bool, jobs: int) -> l
         return run_sweep(plan, out, progress, overwrite, jobs)
 
 
+def _deployment_config(config: Path, set_: list[str] | None, engine: str, what: str) -> RunConfig:
+    """The config an exported `engine` deployment runs: its extra installed, and no privacy
+    noise that anyone holding the config could regenerate."""
+    cfg = _load(config, [*(set_ or []), f"engine={engine}"], RunConfig)
+    from fedumm.extras import require
+
+    with _exit_on(ConfigError, code=2):
+        require(engine, f"fedumm {engine} export")
+        if cfg.federation.seeded_privacy_noise:
+            raise ConfigError(
+                f"federation.seeded_privacy_noise: an exported {what} is a deployment, "
+                "where noise anyone can regenerate protects nothing; unset it"
+            )
+    return cfg
+
+
 flare_app = typer.Typer(help="NVIDIA FLARE: jobs for a provisioned deployment.",
                         no_args_is_help=True)  # fmt: skip
 app.add_typer(flare_app, name="flare")
@@ -232,16 +248,7 @@ def flare_export(
     set_: SetOption = None,
 ) -> None:
     """Write a FLARE job folder to submit to a deployment (nvflare job submit -j JOB)."""
-    cfg = _load(config, [*(set_ or []), "engine=flare"], RunConfig)
-    from fedumm.extras import require
-
-    with _exit_on(ConfigError, code=2):
-        require("flare", "fedumm flare export")
-        if cfg.federation.seeded_privacy_noise:
-            raise ConfigError(
-                "federation.seeded_privacy_noise: an exported job is a deployment, "
-                "where noise anyone can regenerate protects nothing; unset it"
-            )
+    cfg = _deployment_config(config, set_, "flare", "job")
     from fedumm.engines.flare import export_job
 
     job = export_job(cfg, out, results)
@@ -268,16 +275,8 @@ def flower_export(
     set_: SetOption = None,
 ) -> None:  # fmt: skip
     """Write a Flower app folder that `flwr run` deploys on a SuperLink and its SuperNodes."""
-    cfg = _load(config, [*(set_ or []), "engine=flower"], RunConfig)
-    from fedumm.extras import require
-
+    cfg = _deployment_config(config, set_, "flower", "app")
     with _exit_on(ConfigError, code=2):
-        require("flower", "fedumm flower export")
-        if cfg.federation.seeded_privacy_noise:
-            raise ConfigError(
-                "federation.seeded_privacy_noise: an exported app is a deployment, "
-                "where noise anyone can regenerate protects nothing; unset it"
-            )
         if not Path(results).is_absolute():
             raise ConfigError(f"--results {results}: give an absolute path (the ServerApp runs "
                               "in the SuperLink's folder)")  # fmt: skip
@@ -307,7 +306,7 @@ def partition(
 
     with _exit_on(FileNotFoundError, ValueError):
         summary = write_partition(cfg, out)
-    from fedumm.partition_report import ClientTable, describe_sizes
+    from fedumm.partition_report import ClientTable, describe_sizes, repair_lines
 
     table = ClientTable.of(summary)
     if table.summarized:  # one line per client would scroll 100,000 lines past
@@ -317,9 +316,8 @@ def partition(
         kept = client["tasks"].get("classification", {}).get("modalities", {})
         keeps = "; keeps " + ", ".join(f"{m} {n}" for m, n in kept.items() if n) if kept else ""
         typer.echo(f"  {client['client_id']:<10} {client['samples']:>6} samples ({held}){keeps}")
-    for task, r in summary.get("repaired", {}).items():
-        typer.echo(f"  {task}: {r['clients']:,} clients short of partition.min_samples were "
-                   f"given {r['samples_moved']:,} samples of the largest")  # fmt: skip
+    for line in repair_lines(summary):
+        typer.echo(f"  {line}")
     scenario = f", {summary['modality']}" if "modality" in summary else ""
     typer.echo(f"{summary['description']}{scenario}; {out / 'partition.json'}, heatmaps in {out}")
 

@@ -234,14 +234,14 @@ Connect = Callable[[Federation], Transport]
 
 def run_experiment(
     cfg: RunConfig, out_dir: Path, connect: Connect, progress: bool = True,
-    resume: bool = False, force: bool = False,
+    resume: bool = False, force: bool = False, engine_info: dict | None = None,
 ) -> dict:  # fmt: skip
     """Run zero-shot, federated, local-only and centralized, write results; return them.
 
     `connect` gives the transport through which the server reaches the clients (the engine:
     `fedumm.engines`). With `resume`, continue from the checkpoint in `out_dir` (its config
     must equal `cfg` unless `force`); the results are those an uninterrupted run would have
-    written."""
+    written. `engine_info`: what the engine adds to results.json (e.g. its server's pid)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -249,7 +249,8 @@ def run_experiment(
     transport = connect(fl)
     tracker, failed = open_tracker(cfg.tracking, out_dir, resume), True
     try:
-        results = _run(fl, out_dir, transport, tracker, progress, resume, force, start)
+        results = _run(fl, out_dir, transport, tracker, progress, resume, force, start,
+                       engine_info or {})  # fmt: skip
         failed = False
         return results
     finally:
@@ -258,7 +259,7 @@ def run_experiment(
 
 
 def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, progress: bool,
-         resume: bool, force: bool, start: float) -> dict:  # fmt: skip
+         resume: bool, force: bool, start: float, engine_info: dict) -> dict:  # fmt: skip
     cfg = fl.cfg
     model, processor, tasks, clients = fl.model, fl.processor, fl.tasks, fl.clients
     strategy, client_states, initial = fl.strategy, fl.client_states, fl.initial
@@ -389,6 +390,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
     results["data"] = {name: task.summary() for name, task in tasks.items()}
     results["wall_seconds"] = time.perf_counter() - start
     results["setup_seconds"] = fl.seconds  # where the time before round 1 went
+    results.update(engine_info)
     (out_dir / "results.json").write_text(dump_json(results))
     (out_dir / "global_adapter.safetensors").write_bytes(wire.pack(final_params))
     personal = ()

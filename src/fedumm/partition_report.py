@@ -87,6 +87,13 @@ def describe_sizes(table: ClientTable) -> str:
             f"(median {np.median(s):g})")  # fmt: skip
 
 
+def repair_lines(summary: dict) -> list[str]:
+    """What the Dirichlet split moved to give every client partition.min_samples."""
+    return [f"The split of {task} left {r['clients']:,} clients short of partition.min_samples; "
+            f"{r['samples_moved']:,} random samples of the largest clients were moved to them."
+            for task, r in summary.get("repaired", {}).items()]  # fmt: skip
+
+
 def client_lines(summary: dict) -> list[str]:
     """The report's Clients table: every client, or the summary's largest and most skewed."""
     table = ClientTable.of(summary)

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fedumm.config import PartitionConfig  # noqa: E402
 from fedumm.evaluation.metrics import HEADLINES, headlines  # noqa: E402
-from fedumm.partition_report import client_lines, plot_partitions  # noqa: E402
+from fedumm.partition_report import client_lines, plot_partitions, repair_lines  # noqa: E402
 
 METHOD_NAMES = {"zero_shot": "zero-shot foundation", "local": "local-only (mean over clients)",
                 "centralized": "centralized LoRA"}  # fmt: skip
@@ -146,20 +146,13 @@ def write_report(results: dict, out_dir: Path) -> None:
         f"Partition: {part['description']}"
         + (f", {part['modality']}" if "modality" in part else "")
         + ".",
-        *_repair_lines(part),
+        *repair_lines(part),
         "",
         *client_lines(part),
         "",
         *(f"![{name}]({name})" for name in plot_partitions(part, out_dir)),
     ]
     (out_dir / "report.md").write_text("\n".join(lines) + "\n")
-
-
-def _repair_lines(part: dict) -> list[str]:
-    """What the Dirichlet split moved to give every client partition.min_samples."""
-    return [f"The split of {task} left {r['clients']:,} clients short of partition.min_samples; "
-            f"{r['samples_moved']:,} random samples of the largest clients were moved to them."
-            for task, r in part.get("repaired", {}).items()]  # fmt: skip
 
 
 def dump_json(obj) -> str:

@@ -136,13 +136,12 @@ class FedummController(ModelController):
         transport = FlareTransport(self, self.round_timeout)
         out = Path(self.out_dir)
         try:
-            results = run_experiment(cfg, out, lambda fl: transport, progress=False,
-                                     resume=self.resume)  # fmt: skip
+            info = {"flare": {"env": cfg.flare.env, "server_pid": os.getpid()}}
+            run_experiment(cfg, out, lambda fl: transport, progress=False, resume=self.resume,
+                           engine_info=info)  # fmt: skip
         except Exception as e:  # the command that started the job reports it
             (out / FAILURE).write_text(f"{type(e).__name__}: {e}")
             raise
-        results["flare"] = {"env": cfg.flare.env, "server_pid": os.getpid()}
-        (out / "results.json").write_text(json.dumps(results, indent=2))
 
 
 @contextmanager

@@ -173,10 +173,8 @@ class FlowerTransport:
 def server_main(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
     """The ServerApp's work: fedumm's recipe with the Flower transport; results.json in
     `out_dir` (an absolute path: a deployed ServerApp runs in the SuperLink's folder)."""
-    results = run_experiment(cfg, out_dir, lambda fl: FlowerTransport(grid, cfg), progress=False)
-    results["flower"] = {"server_pid": os.getpid()}
-    (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2))
-    return results
+    return run_experiment(cfg, out_dir, lambda fl: FlowerTransport(grid, cfg), progress=False,
+                          engine_info={"flower": {"server_pid": os.getpid()}})  # fmt: skip
 
 
 def make_server_app(config: str | None = None, out_dir: str | None = None) -> ServerApp:
