@@ -31,6 +31,7 @@ def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
         f"data.train_samples={num_clients * per_client}",
         "partition.scheme=iid", "baselines.zero_shot=false", "baselines.local=false",
         "baselines.centralized=false", f"threads={threads}",
+        "model.foundation=captioner", "federation.lr_decay=none",  # as measured
     ]  # fmt: skip
     cfg = load_config("configs/quickstart.yaml", overrides)
     with tempfile.TemporaryDirectory() as out:

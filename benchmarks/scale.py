@@ -42,7 +42,8 @@ def job(clients: int, strategy: str, samples: int, rounds: int, seed: int) -> li
             f"federation.rounds={rounds}", "federation.local_steps=5", "federation.batch_size=1",
             f"federation.strategy.name={strategy}", f"eval.every={rounds}",
             "baselines.zero_shot=false", "baselines.local=false", "baselines.centralized=false",
-            "threads=1", "checkpoint_every=1"]  # fmt: skip
+            "threads=1", "checkpoint_every=1",
+            "model.foundation=captioner", "federation.lr_decay=none"]  # fmt: skip
 
 
 def child(out: str, sets: list[str]) -> None:

@@ -77,6 +77,15 @@ def test_bad_config_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_an_unknown_foundation_is_refused_with_the_names_that_exist(tmp_path):
+    result = runner.invoke(app, ["run", "configs/quickstart.yaml", "-o", str(tmp_path / "x"),
+                                 "--set", "model.foundation=asistant"])  # fmt: skip
+    assert result.exit_code == 2
+    assert "model.foundation: 'asistant' is neither a shipped foundation (builtin, assistant, " \
+           "captioner; builtin = assistant)" in result.output  # fmt: skip
+    assert not (tmp_path / "x").exists()
+
+
 def test_lora_target_that_matches_nothing_names_the_modules(tiny_foundation, tmp_path):
     result = _run(tmp_path, tiny_foundation, "lora.target_modules=[qkv]")
     assert result.exit_code == 1

@@ -20,9 +20,14 @@ def test_defaults_and_shipped_configs_validate():
     pretraining = set(Path("configs").glob("pretrain*.yaml"))
     shipped = sorted(set(Path("configs").glob("*.yaml")) - pretraining)
     assert len(shipped) >= 3 and all(isinstance(load_run_config(p), RunConfig) for p in shipped)
-    assert load_config("configs/pretrain.yaml", schema=PretrainConfig) == PretrainConfig()
+    # The schema's defaults are the captioner's; the assistant (the default foundation) adds
+    # questions of two families and a longer schedule.
+    assert load_config("configs/pretrain_captioner.yaml", schema=PretrainConfig) == PretrainConfig()
+    assistant = load_config("configs/pretrain.yaml", schema=PretrainConfig)
+    assert assistant.question_samples == 4000 and assistant.question_families == ["existence",
+                                                                                  "color"]  # fmt: skip
     janus = load_config("configs/pretrain_janus.yaml", schema=PretrainConfig)
-    assert janus.architecture == "janus" and len(pretraining) == 2
+    assert janus.architecture == "janus" and len(pretraining) == 3
 
 
 def test_overrides_are_parsed_as_yaml():

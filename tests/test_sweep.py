@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fedumm.cli import app
 from fedumm.models import BUILTIN_TARGETS
+from fedumm.models.foundation import checksum
 from fedumm.sweep import Cell, summarize
 from tests.tiny import TINY_RUN, runner
 
@@ -63,7 +64,7 @@ def test_grid_table_and_resume(tiny_foundation, tmp_path):
     # model's default LoRA targets where the config now leaves them null.
     first = out / "cells" / rows[0]["cell"] / "results.json"
     older = json.loads(first.read_text())
-    del older["config"]["federation"]["lr_decay"]
+    del older["config"]["federation"]["max_grad_norm"]
     assert older["config"]["lora"]["target_modules"] is None
     older["config"]["lora"]["target_modules"] = BUILTIN_TARGETS
     first.write_text(json.dumps(older))
@@ -76,10 +77,22 @@ def test_grid_table_and_resume(tiny_foundation, tmp_path):
     assert (out / "cells" / rows[0]["cell"] / "results.json").stat().st_mtime_ns == stamp
     assert _rows(out)[3]["vqa_accuracy"] == rows[3]["vqa_accuracy"]
 
+    # A cell made with another foundation (same config, other weights) is not this sweep's:
+    # results.json records the foundation's checksum, and a cell is matched on both.
+    second = out / "cells" / rows[1]["cell"] / "results.json"
+    made = json.loads(second.read_text())
+    assert made["model"]["sha256"] == checksum(tiny_foundation)
+    second.write_text(json.dumps({**made, "model": {**made["model"], "sha256": "0" * 64}}))
+    result = _sweep(path, out, "--set", "baselines.centralized=false")
+    assert result.exit_code == 2, result.output
+    assert f"another config or foundation (cells/{rows[1]['cell']}):" in result.output
+    second.write_text(json.dumps(made))
+
     # A different config for the same folder is refused before anything runs, rather than
     # mixed in; --overwrite runs the stale cells again.
     result = _sweep(path, out, "--set", "seed=5")
-    assert result.exit_code == 2 and "holds runs with another config (cells/" in result.output
+    assert result.exit_code == 2
+    assert "holds runs with another config or foundation (cells/" in result.output
     assert "and 1 more): choose another -o, or pass --overwrite" in result.output
     assert (out / "cells" / rows[0]["cell"] / "results.json").stat().st_mtime_ns == stamp
     result = _sweep(path, out, "--set", "seed=5", "--overwrite")

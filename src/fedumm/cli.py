@@ -462,7 +462,8 @@ def pretrain(
     ),
     set_: SetOption = None,
 ) -> None:
-    """Pretrain a foundation UMM on captions and caption-to-image (no downstream formats)."""
+    """Pretrain a foundation: captions, caption-to-image, and optionally questions of some
+    families and image-caption matching (configs/pretrain.yaml rebuilds the shipped one)."""
     cfg: PretrainConfig = _load(config, set_, PretrainConfig)
     from tqdm.auto import tqdm
 

@@ -16,6 +16,8 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedumm.data.shapesworld import FAMILIES
+
 
 class ConfigError(ValueError):
     """A config that cannot be run; the message names the file and the key."""
@@ -235,7 +237,9 @@ class PartitionConfig(Section):
 
 class ModelConfig(Section):
     foundation: str = Field(
-        "builtin", description="'builtin' (the shipped checkpoint) or a fedumm pretrain folder."
+        "builtin",
+        description="A shipped foundation (builtin = assistant, captioner) or a folder written "
+        "by `fedumm pretrain`.",
     )
     name_or_path: str | None = Field(
         None, description="A Hugging Face image-text-to-text model (folder or hub id) instead."
@@ -807,6 +811,17 @@ class PretrainConfig(Section):
     matching_samples: int = Field(
         0, ge=0, description="Image-caption matching pairs (yes/no, as BLIP's ITM); 0 = none."
     )
+    question_samples: int = Field(
+        0,
+        ge=0,
+        description="Question-answer pairs of `question_families` (an assistant's "
+        "instruction data); 0 = none.",
+    )
+    question_families: list[str] = Field(
+        ["existence", "color"],
+        description="ShapesWorld question families pretraining asks; the others are held out "
+        "for the downstream clients.",
+    )
     vq_steps: int = Field(
         1500, ge=1, description="janus: steps fitting its VQ-VAE to the patch codebook."
     )
@@ -814,6 +829,14 @@ class PretrainConfig(Section):
     batch_size: int = Field(64, ge=1, description="Batch size.")
     lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+
+    @field_validator("question_families")
+    @classmethod
+    def _known_families(cls, families: list[str]) -> list[str]:
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown or not families:
+            raise ValueError(f"unknown question families {unknown}; known: {', '.join(FAMILIES)}")
+        return families
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> PretrainConfig:

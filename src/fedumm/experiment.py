@@ -33,7 +33,7 @@ from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.federation.update import Claims, ClientUpdate, Params
-from fedumm.models import adapted, load_processor
+from fedumm.models import adapted, identity, load_processor
 from fedumm.models import load as load_model
 from fedumm.models.hf import RANDOM_MARK
 from fedumm.models.lora import full_state, initial_adapters, set_adapter
@@ -291,7 +291,8 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
                               runtime=fl.runtime, loss_fn=processor.loss)  # fmt: skip
         return evaluate_adapter(update.params, grid)
 
-    results: dict = {"config": cfg.model_dump(), "model": {"family": processor.family_name},
+    results: dict = {"config": cfg.model_dump(),
+                     "model": {"family": processor.family_name, **identity(cfg.model)},
                      "runtime": fl.runtime.describe(), "baselines": {}}  # fmt: skip
     tracker.start(results["config"])
     random = getattr(model.config, RANDOM_MARK, None)

@@ -1,12 +1,13 @@
-"""`fedumm pretrain`: a foundation pretrained centrally on ShapesWorld's pretraining formats,
-from its config and seed (the shipped foundation is rebuilt bit for bit).
+"""`fedumm pretrain`: a foundation pretrained centrally on ShapesWorld, from its config and
+seed (the shipped foundations are rebuilt bit for bit).
 
-Two architectures: the built-in UMM (`architecture: umm`, the shipped foundation), or a small
+Two architectures: the built-in UMM (`architecture: umm`, the shipped foundations), or a small
 Janus (`architecture: janus`): a Hugging Face unified model with a vision tower to read images
 and a VQ-VAE and generation head to draw them, saved as an ordinary model folder for
-`model.name_or_path`. Pretraining sees only captions (image -> caption) and caption-to-image,
-optionally image-caption matching (yes/no); never a question or a GenEval-style prompt.
-Downstream tasks are what federated LoRA has to teach.
+`model.name_or_path`. The mixture: captions (image -> caption) and caption-to-image, plus, as
+the config asks, questions of some families (an assistant's instruction data) and image-caption
+matching (yes/no). The downstream clients' data is a shift from it: other scenes, question
+families held out of pretraining, and GenEval-style prompts it never saw.
 """
 
 from __future__ import annotations
@@ -33,48 +34,53 @@ from fedumm.runtime import CPU, OutOfMemory, Runtime, resolve
 from fedumm.training import evaluation_loss, train_steps
 
 
-def pretraining_data(
-    processor: Processor, n: int, split: str, seed: int, matching: int = 0
-) -> tuple[list[Encoded], list[Encoded], list[Encoded]]:
-    """(captioning, caption-to-image, caption matching) sequences: the first two each from half
-    of `n` scenes, plus `matching` image-caption matching pairs."""
-    samples = sw.caption_dataset(n, split, seed)
+def pretraining_data(processor: Processor, cfg: PretrainConfig, split: str, n: int) -> dict:
+    """The pretraining mixture, by objective: captioning and caption-to-image each from half of
+    `n` scenes, then image-caption matching pairs and question-answer pairs, as many as `cfg`
+    asks for training and `n` of each for the held-out split (when `cfg` has them)."""
+    samples = sw.caption_dataset(n, split, cfg.seed)
     images = np.stack([s.image for s in samples])
     read = processor.encode_images(images[0::2])
     drawn = processor.encode_generation_images(images[1::2])
-    captioning = [processor.understanding(ids, "", s.caption)
-                  for s, ids in zip(samples[0::2], read)]  # fmt: skip
-    generation = [processor.generation(s.caption, ids)
-                  for s, ids in zip(samples[1::2], drawn)]  # fmt: skip
-    pairs = sw.caption_matching_dataset(matching, split, seed) if matching else []
-    pair_ids = processor.encode_images(np.stack([s.image for s in pairs])) if pairs else []
-    matched = [processor.understanding(ids, s.question, s.answer)
-               for s, ids in zip(pairs, pair_ids)]  # fmt: skip
-    return captioning, generation, matched
+    parts = {
+        "captioning": [processor.understanding(ids, "", s.caption)
+                       for s, ids in zip(samples[0::2], read)],
+        "generation": [processor.generation(s.caption, ids)
+                       for s, ids in zip(samples[1::2], drawn)],
+    }  # fmt: skip
+    families = tuple(cfg.question_families)
+    extra = {
+        "matching": lambda k: sw.caption_matching_dataset(k, split, cfg.seed),
+        "questions": lambda k: sw.pretraining_questions(k, split, cfg.seed, families),
+    }
+    for name, count in (("matching", cfg.matching_samples), ("questions", cfg.question_samples)):
+        k = (count if split == "train" else n) if count else 0
+        pairs = extra[name](k) if k else []
+        ids = processor.encode_images(np.stack([s.image for s in pairs])) if pairs else []
+        parts[name] = [processor.understanding(i, s.question, s.answer)
+                       for s, i in zip(pairs, ids)]  # fmt: skip
+    return parts
 
 
-def evaluate_pretraining(
-    model,
-    processor: Processor,
-    captioning: list[Encoded],
-    generation: list[Encoded],
-    matching: list[Encoded],
-    runtime: Runtime = CPU,
-) -> dict:
+def evaluate_pretraining(model, processor: Processor, test: dict, runtime: Runtime = CPU) -> dict:
     """Greedy caption exact match, held-out caption-to-image loss per image token, and greedy
-    caption-matching accuracy (when pretraining had matching pairs).
+    accuracy on held-out matching pairs and questions (when pretraining had them).
 
     Captions do not fix every cell or pixel offset, so a generated image can be right without
     matching the held-out one token for token: the loss, not exact match, measures generation.
     """
     metrics = {
-        "caption_exact_match": _greedy_exact_match(model, processor, captioning, 32),
+        "caption_exact_match": _greedy_exact_match(model, processor, test["captioning"], 32),
         "caption_to_image_loss": evaluation_loss(
-            model, generation, processor.collate, runtime=runtime, loss_fn=processor.loss
+            model, test["generation"], processor.collate, runtime=runtime, loss_fn=processor.loss
         ),
     }
-    if matching:
-        metrics["caption_matching_accuracy"] = _greedy_exact_match(model, processor, matching, 2)
+    if test["matching"]:
+        metrics["caption_matching_accuracy"] = _greedy_exact_match(
+            model, processor, test["matching"], 2
+        )
+    if test["questions"]:
+        metrics["question_accuracy"] = _greedy_exact_match(model, processor, test["questions"], 4)
     return metrics
 
 
@@ -101,11 +107,8 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
     else:
         model, processor = build(cfg)
     place(model, runtime)
-    matching = cfg.matching_samples
-    train = sum(pretraining_data(processor, cfg.train_samples, "train", cfg.seed, matching), [])
-    test = pretraining_data(
-        processor, cfg.test_samples, "test", cfg.seed, cfg.test_samples if matching else 0
-    )
+    train = sum(pretraining_data(processor, cfg, "train", cfg.train_samples).values(), [])
+    test = pretraining_data(processor, cfg, "test", cfg.test_samples)
     try:
         stats = train_steps(
             model, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.seed,
@@ -113,7 +116,7 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
             runtime=runtime, loss_fn=processor.loss,
         )  # fmt: skip
         with runtime.autocast():
-            metrics = evaluate_pretraining(model, processor, *test, runtime=runtime)
+            metrics = evaluate_pretraining(model, processor, test, runtime=runtime)
     except torch.OutOfMemoryError as e:
         raise OutOfMemory(e) from None
     metrics.update(

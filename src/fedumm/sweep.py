@@ -135,17 +135,26 @@ def _check_folder(sweep: Sweep, out_dir: Path, overwrite: bool) -> None:
     for cell in [*sweep.cells, *filter(None, [sweep.reference])]:
         folder = _folder(out_dir, cell, sweep)
         done = folder / "results.json"
-        if done.is_file() and not _same_config(json.loads(done.read_text())["config"], cell):
+        if done.is_file() and not _same_run(json.loads(done.read_text()), cell):
             stale.append(folder)
     if stale and not overwrite:
         names = ", ".join(str(f.relative_to(out_dir)) for f in stale[:3])
         more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
         raise ConfigError(
-            f"{out_dir} holds runs with another config ({names}{more}): choose another -o, "
-            "or pass --overwrite to run them again"
+            f"{out_dir} holds runs with another config or foundation ({names}{more}): choose "
+            "another -o, or pass --overwrite to run them again"
         )
     for folder in stale:
         shutil.rmtree(folder)
+
+
+def _same_run(stored: dict, cell: Cell) -> bool:
+    """Whether a finished run's results.json is this cell's: the same config and the same base
+    model (weights, config and tokenizer, by checksum; runs older than the checksum never are)."""
+    from fedumm.models import identity  # imports torch: only when comparing runs
+
+    sha = stored.get("model", {}).get("sha256")
+    return _same_config(stored["config"], cell) and sha == identity(cell.config.model)["sha256"]
 
 
 def _same_config(stored: dict, cell: Cell) -> bool:

@@ -74,19 +74,63 @@ def test_pretraining_is_reproducible(tiny_foundation, tmp_path):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_pretraining_with_caption_matching_reports_its_accuracy(tmp_path):
+def test_pretraining_with_matching_and_questions_reports_their_accuracy(tmp_path):
     from fedumm.config import PretrainConfig
     from tests.conftest import TINY_PRETRAIN
 
-    metrics = pretrain(PretrainConfig(**TINY_PRETRAIN, matching_samples=32), tmp_path)
+    cfg = PretrainConfig(**TINY_PRETRAIN, matching_samples=32, question_samples=32)
+    metrics = pretrain(cfg, tmp_path)
     card = json.loads((tmp_path / "pretraining.json").read_text())
-    assert card["config"]["matching_samples"] == 32
-    assert card["metrics"]["caption_matching_accuracy"] == metrics["caption_matching_accuracy"]
-    assert 0.0 <= metrics["caption_matching_accuracy"] <= 100.0
+    assert card["config"]["matching_samples"] == card["config"]["question_samples"] == 32
+    for name in ("caption_matching_accuracy", "question_accuracy"):
+        assert card["metrics"][name] == metrics[name]
+        assert 0.0 <= metrics[name] <= 100.0
+    plain = pretrain(PretrainConfig(**TINY_PRETRAIN), tmp_path / "plain")
+    assert "question_accuracy" not in plain and "caption_matching_accuracy" not in plain
 
 
 def test_missing_foundation_is_a_clear_error(tmp_path):
     import pytest
 
-    with pytest.raises(FileNotFoundError, match="no foundation checkpoint"):
+    from fedumm.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"'nope' is neither a shipped foundation \(builtin, "
+                       r"assistant, captioner; builtin = assistant\) nor a folder"):  # fmt: skip
+        foundation.load("nope")
+    with pytest.raises(ConfigError, match="neither a shipped foundation"):
         foundation.load(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no foundation checkpoint"):
+        foundation.load(tmp_path)  # a folder, but not a checkpoint
+
+
+def test_shipped_foundations_by_name_and_checksum():
+    """`builtin` is the assistant; the captioner the earlier results used stays loadable by name;
+    their checksums differ, and a copy of a foundation has the same checksum as the original."""
+    assert foundation.location("builtin") == foundation.location("assistant")
+    sums = {name: foundation.checksum(foundation.location(name)) for name in foundation.names()}
+    assert sums["builtin"] == sums["assistant"] != sums["captioner"]
+    cards = {name: json.loads((foundation.location(name) / "pretraining.json").read_text())
+             for name in ("assistant", "captioner")}  # fmt: skip
+    assert cards["assistant"]["config"]["question_samples"] > 0
+    assert "question_samples" not in cards["captioner"]["config"]  # made before questions existed
+    for name in ("assistant", "captioner"):
+        model, _ = foundation.load(name)
+        assert model.config.num_hidden_layers == cards[name]["config"]["num_layers"]
+
+
+def test_pretraining_questions_ask_only_their_families():
+    from fedumm.config import ConfigError, PretrainConfig, load_config
+
+    asked = sw.pretraining_questions(60, "train", 0, ("existence", "color"))
+    assert {q.family for q in asked} == {"existence", "color"}
+    assert [q.question for q in asked] == [
+        q.question for q in sw.pretraining_questions(60, "train", 0, ("existence", "color"))
+    ]
+    downstream = {(q.image.tobytes(), q.question) for q in sw.vqa_dataset(60, "train", 0)}
+    assert len(downstream & {(q.image.tobytes(), q.question) for q in asked}) < 3
+    import pytest
+
+    with pytest.raises(ValueError, match=r"unknown question families \['colour'\]"):
+        PretrainConfig(question_families=["existence", "colour"])
+    with pytest.raises(ConfigError, match="question_families"):
+        load_config("configs/pretrain.yaml", ["question_families=[size]"], PretrainConfig)

@@ -254,10 +254,27 @@ def vqa_dataset(
     n: int, split: str, seed: int, families: tuple[str, ...] = FAMILIES
 ) -> list[VQASample]:
     """`n` VQA samples with families in equal shares; deterministic in (`n`, `split`, `seed`)."""
+    return _questions(n, split, seed, families, streams=(1, 2))
+
+
+def pretraining_questions(
+    n: int, split: str, seed: int, families: tuple[str, ...]
+) -> list[VQASample]:
+    """`n` question-answer pairs of `families` for pretraining a foundation as an assistant,
+    drawn from scenes independent of `vqa_dataset`'s (the downstream clients' data)."""
+    return _questions(n, split, seed, families, streams=(8, 9))
+
+
+def _questions(
+    n: int, split: str, seed: int, families: tuple[str, ...], streams: tuple[int, int]
+) -> list[VQASample]:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    rng = np.random.default_rng([seed, 1, 0 if split == "train" else 1])
-    scene_iter = iter(_scenes(seed, split, 4 * n + 64, stream=2))
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown or not families:
+        raise ValueError(f"unknown question families {unknown}; known: {', '.join(FAMILIES)}")
+    rng = np.random.default_rng([seed, streams[0], 0 if split == "train" else 1])
+    scene_iter = iter(_scenes(seed, split, 4 * n + 64, stream=streams[1]))
     out: list[VQASample] = []
     while len(out) < n:
         scene = next(scene_iter)

@@ -4,10 +4,11 @@ LoRA (lora), and `load`, which picks one from a run's config."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from fedumm.config import LoraSection, ModelConfig
+from fedumm.config import ConfigError, LoraSection, ModelConfig
 from fedumm.models.processor import Processor
 from fedumm.runtime import CPU, Runtime
 
@@ -29,12 +30,19 @@ class LoadedModel:
 
 def config_problems(spec: ModelConfig) -> list[tuple[str, str]]:
     """(config key, why) for what the model section asks that no model offers."""
+    from fedumm.models import foundation
     from fedumm.models.hf import FAMILIES
 
+    problems = []
     if spec.family != "auto" and spec.family not in FAMILIES:
-        return [("model.family", f"unknown family {spec.family!r}; supported: auto, "
-                                 f"{', '.join(FAMILIES)}")]  # fmt: skip
-    return []
+        problems.append(("model.family", f"unknown family {spec.family!r}; supported: auto, "
+                                         f"{', '.join(FAMILIES)}"))  # fmt: skip
+    if spec.name_or_path is None:
+        try:
+            foundation.location(spec.foundation)
+        except ConfigError:
+            problems.append(("model.foundation", foundation.unknown(spec.foundation)))
+    return problems
 
 
 def default_targets(spec: ModelConfig) -> list[str]:
@@ -89,6 +97,17 @@ def base_name(spec: ModelConfig) -> str:
     from fedumm.models import foundation
 
     return str(foundation.location(spec.foundation))
+
+
+def identity(spec: ModelConfig) -> dict:
+    """What a run's base model was: its name and the sha256 of its weights, config and
+    tokenizer (None for a hub id not on disk). Sweeps reuse a finished run only when it
+    matches, so a renamed or retrained foundation is never mistaken for another."""
+    from fedumm.models import foundation
+
+    name = spec.name_or_path or spec.foundation
+    folder = Path(spec.name_or_path) if spec.name_or_path else foundation.location(name)
+    return {"name": name, "sha256": foundation.checksum(folder) if folder.is_dir() else None}
 
 
 def place(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:
