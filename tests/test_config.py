@@ -24,8 +24,8 @@ def test_defaults_and_shipped_configs_validate():
     # questions of two families and a longer schedule.
     assert load_config("configs/pretrain_captioner.yaml", schema=PretrainConfig) == PretrainConfig()
     assistant = load_config("configs/pretrain.yaml", schema=PretrainConfig)
-    assert assistant.question_samples == 4000 and assistant.question_families == ["existence",
-                                                                                  "color"]  # fmt: skip
+    assert assistant.question_samples == 4000
+    assert assistant.question_families == ["existence", "color"]
     janus = load_config("configs/pretrain_janus.yaml", schema=PretrainConfig)
     assert janus.architecture == "janus" and len(pretraining) == 3
 

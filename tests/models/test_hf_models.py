@@ -13,6 +13,7 @@ from fedumm.data.images import ImageFile
 from fedumm.experiment import build_federation
 from fedumm.models import load
 from fedumm.models.architectures import TINY, build_random
+from fedumm.models.foundation import checksum
 from fedumm.models.hf import FAMILIES, HFProcessor
 from fedumm.models.lora import add_lora, get_adapter
 from tests.test_classification_end_to_end import CLASSIFICATION
@@ -39,7 +40,9 @@ def test_each_family_federates_vqa_and_classification_through_fedumm_run(
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "vqa" / "results.json").read_text())
     assert len(results["rounds"]) == 2
-    assert results["model"] == {"family": family, "random_weights": f"tiny-{family}"}
+    assert results["model"] == {"family": family, "random_weights": f"tiny-{family}",
+                                "name": str(tiny_models[family]),
+                                "sha256": checksum(tiny_models[family])}  # fmt: skip
     assert f"({family}, float32)" in (tmp_path / "vqa" / "report.md").read_text()
     assert 0 <= results["final"]["metrics"]["vqa_accuracy"] <= 100
     assert_trained(results)
