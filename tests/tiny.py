@@ -12,6 +12,7 @@ TINY_RUN = [
     "federation.local_steps=2", "federation.batch_size=8", "lora.r=2", "eval.batch_size=24",
     "data.generation.train_samples=48", "data.generation.test_prompts_per_tag=2",
     "eval.images_per_prompt=2", "eval.every=1",
+    "federation.lr_decay=none",  # two rounds at one lr (cosine has tests of its own)
 ]  # fmt: skip
 
 
