@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fedumm.config import FAMILIES
+
 GRID = 4
 CELL = 8
 CANVAS = GRID * CELL
@@ -35,7 +37,6 @@ COLORS = {
 BACKGROUND = (235, 235, 235)
 MAX_OBJECTS = 4
 RELATIONS = ("left", "right", "above", "below")
-FAMILIES = ("existence", "color", "shape", "count", "spatial", "yesno")
 TEST_BUCKET_PERCENT = 15  # share of all possible scenes reserved for the test split
 
 
