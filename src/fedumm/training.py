@@ -94,6 +94,7 @@ def train_steps(
     loss as a tensor; `loss_fn(model, batch)` is the task loss (the processor's)."""
     if not data:
         raise ValueError("cannot train on an empty data set")
+    start = time.perf_counter()  # the set-up (optimizer, modes) is the client's work too
     hooks = hooks or TrainingHooks()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
@@ -114,7 +115,7 @@ def train_steps(
     order = batches(len(data), batch_size, steps, generator)
     stream = prefetched(order, build) if runtime.prefetch else map(build, order)
     model.train()
-    start, losses, samples = time.perf_counter(), [], 0
+    losses, samples = [], 0
     try:
         for step, (size, pieces) in enumerate(stream):
             if lr_schedule is not None:

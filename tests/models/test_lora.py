@@ -1,7 +1,10 @@
 """Adapter helpers on a real peft model: folds, ranks, and the errors a user can hit."""
 
+import copy
+
 import pytest
 import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
 from fedumm.models import foundation
 from fedumm.models.lora import FOLD, add_lora, effective_delta, get_adapter, set_adapter
@@ -49,3 +52,36 @@ def test_a_rank_larger_than_the_layer_is_refused(tiny_foundation):
     base, _ = foundation.load(tiny_foundation)
     with pytest.raises(ValueError, match=r"LoRA rank 64 exceeds what .*q_proj \(32x32\) allows"):
         add_lora(base, 2, 4.0, 0.0, ["q_proj"], seed=0, extra_ranks=(64,))
+
+
+def test_adapter_io_matches_peft_and_refuses_what_loading_would(model):
+    """get/set_adapter keep a key -> parameter map instead of walking the model through peft
+    each time: same keys and values as peft, writes that peft reads back, and the errors a
+    state-dict load gives (a key the model lacks, a shape that differs) rather than a
+    broadcast."""
+    model.set_adapter("default")
+    ours = get_adapter(model)
+    peft = get_peft_model_state_dict(model, adapter_name="default", save_embedding_layers=False)
+    assert ours.keys() == peft.keys()
+    assert all(torch.equal(ours[k], peft[k]) for k in ours)
+    new = {k: torch.randn_like(v) for k, v in ours.items()}
+    set_adapter(model, new)
+    back = get_peft_model_state_dict(model, adapter_name="default", save_embedding_layers=False)
+    assert all(torch.equal(back[k], new[k]) for k in new)
+    key = next(iter(new))
+    with pytest.raises(KeyError, match="keys the model does not: \\['nowhere.lora_A.weight'\\]"):
+        set_adapter(model, {**new, "nowhere.lora_A.weight": new[key]})
+    row = next(k for k, v in new.items() if ".lora_B." in k)
+    with pytest.raises(ValueError, match=f"{row!r} has shape \\(1, 2\\), the model's is"):
+        set_adapter(model, {**new, row: new[row][:1]})
+    set_peft_model_state_dict(model, ours, adapter_name="default")  # peft writes, we read
+    assert all(torch.equal(get_adapter(model)[k], ours[k]) for k in ours)
+
+
+def test_a_copied_model_writes_its_own_parameters(model):
+    get_adapter(model)  # the map exists before the copy
+    twin = copy.deepcopy(model)
+    before = get_adapter(model)
+    set_adapter(twin, {k: v + 1 for k, v in before.items()})
+    assert all(torch.equal(get_adapter(model)[k], before[k]) for k in before)
+    assert all(torch.equal(get_adapter(twin)[k], before[k] + 1) for k in before)

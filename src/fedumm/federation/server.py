@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from fedumm.evaluation.metrics import headlines
@@ -30,6 +29,7 @@ from fedumm.federation.update import (
     ClientUpdate,
     Params,
     UpdateRejected,
+    nonfinite,
     validate_update,
 )
 from fedumm.seeding import derive_seed
@@ -253,7 +253,7 @@ class Server:
 
     @staticmethod
     def _check_finite(params: Params) -> None:
-        bad = [k for k, v in params.items() if not torch.isfinite(v).all()]
+        bad = nonfinite(params)
         if bad:
             raise UpdateRejected(f"the aggregate has NaN or infinite values in {len(bad)} "
                                  f"tensor(s), e.g. {bad[0]!r}")  # fmt: skip

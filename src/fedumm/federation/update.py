@@ -52,6 +52,17 @@ class Claims:
                                  "was asked for")  # fmt: skip
 
 
+def nonfinite(params: Params) -> list[str]:
+    """The keys of the tensors holding NaN or an infinity. One fused norm over all of them
+    first (a norm is finite when every value is, unless it overflows; then each is checked):
+    a 7B model's adapter is 256 tensors, and checking them one at a time costs 25 ms."""
+    floats = [k for k, v in params.items() if v.is_floating_point()]
+    norms = torch._foreach_norm([params[k] for k in floats]) if floats else []
+    if all(torch.isfinite(n) for n in norms):
+        return []
+    return [k for k in floats if not torch.isfinite(params[k]).all()]
+
+
 def validate_update(update: ClientUpdate, reference: Params, max_norm: float | None = None,
                     claims: Claims | None = None) -> None:  # fmt: skip
     """Raise UpdateRejected unless `update` has exactly `reference`'s keys, shapes, dtypes and
@@ -73,8 +84,9 @@ def validate_update(update: ClientUpdate, reference: Params, max_norm: float | N
             )
         if t.dtype != ref.dtype:
             raise UpdateRejected(f"{who}: {key!r} has dtype {t.dtype}, expected {ref.dtype}")
-        if not torch.isfinite(t).all():
-            raise UpdateRejected(f"{who}: {key!r} contains NaN or infinite values")
+    bad = nonfinite(update.params)
+    if bad:
+        raise UpdateRejected(f"{who}: {bad[0]!r} contains NaN or infinite values")
     (claims or Claims()).check(update)
     if max_norm is not None:
         norm = sum(

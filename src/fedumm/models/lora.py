@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
-from peft import set_peft_model_state_dict as _set
 from safetensors.torch import load_file, save_file
 
 # transformers 5 warns each time peft asks a model about gradient checkpointing: not ours to fix.
@@ -133,13 +132,7 @@ def get_adapter(model: torch.nn.Module) -> Params:
     """A detached copy of the active adapter's tensors, on the CPU wherever the model runs:
     exactly what a client sends. A plain (non-peft) model is fully fine-tuned: its trainable
     state is every weight."""
-    if not isinstance(model, PeftModel):
-        state = dict(model.named_parameters())
-    else:
-        state = get_peft_model_state_dict(
-            model, adapter_name=model.active_adapter, save_embedding_layers=False
-        )
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in adapter_parameters(model).items()}
 
 
 def initial_adapters(model: torch.nn.Module) -> dict[int, Params]:
@@ -156,13 +149,23 @@ def initial_adapters(model: torch.nn.Module) -> dict[int, Params]:
 
 
 def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The live parameters of the active adapter, keyed like `get_adapter`."""
+    """The live parameters of the active adapter, keyed like peft's state dict (and so like
+    `get_adapter`). Found once per adapter, by matching peft's state dict to the parameters,
+    and kept on the model: asking peft walks every module, which for a 7B model costs a
+    tenth of a second a call."""
     if not isinstance(model, PeftModel):
         return dict(model.named_parameters())
-    tag = f".{model.active_adapter}."
-    return {
-        n.replace(tag, "."): p for n, p in model.named_parameters() if tag in n and "lora_" in n
-    }
+    cache = model.__dict__.setdefault("_fedumm_adapter_parameters", {})
+    name = model.active_adapter
+    if name not in cache:
+        state = get_peft_model_state_dict(model, adapter_name=name, save_embedding_layers=False)
+        owner = {(p.data_ptr(), p.shape): p for p in model.parameters()}
+        stray = [k for k, v in state.items() if (v.data_ptr(), v.shape) not in owner]
+        if stray:
+            raise ValueError(f"adapter {name!r} holds {stray[0]!r}, which is not a parameter "
+                             "of the model: fedumm trains and sends parameters only")  # fmt: skip
+        cache[name] = {k: owner[v.data_ptr(), v.shape] for k, v in state.items()}
+    return cache[name]
 
 
 def set_adapter(model: torch.nn.Module, params: Params) -> None:
@@ -189,10 +192,19 @@ def set_adapter(model: torch.nn.Module, params: Params) -> None:
         if name is None:
             have = sorted(c.r for c in model.peft_config.values())
             raise ValueError(f"the model has no adapter of rank {rank} (it has ranks {have})")
-        model.set_adapter(name)
-    result = _set(model, factors, adapter_name=model.active_adapter)
-    if result.unexpected_keys:
-        raise KeyError(f"adapter has keys the model does not: {result.unexpected_keys[:3]}")
+        if model.active_adapter != name:  # peft's switch walks every module
+            model.set_adapter(name)
+    live = adapter_parameters(model)
+    unexpected = sorted(factors.keys() - live.keys())
+    if unexpected:
+        raise KeyError(f"adapter has keys the model does not: {unexpected[:3]}")
+    wrong = sorted(k for k in factors if factors[k].shape != live[k].shape)
+    if wrong:  # copy_ would broadcast where loading a state dict refuses
+        raise ValueError(f"adapter tensor {wrong[0]!r} has shape {tuple(factors[wrong[0]].shape)}"
+                         f", the model's is {tuple(live[wrong[0]].shape)}")  # fmt: skip
+    with torch.no_grad():
+        for k, v in factors.items():
+            live[k].copy_(v)
     _set_folds(model, {module_of(k): v for k, v in params.items() if is_fold(k)})
 
 
