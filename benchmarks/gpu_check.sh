@@ -11,7 +11,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
         typing_extensions==4.16.0 transformers==5.24.0
-        tokenizers==0.23.3 peft==0.21.2)
+        tokenizers==0.23.3 peft==0.21.2 regex==2026.11.19)
 
 if [[ "${1:-}" == "--fetch" ]]; then
     mkdir -p .whl
