@@ -10,6 +10,8 @@ next batches are built in a background thread while the current one trains (`pre
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -130,6 +132,26 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, where the C library has one (not musl, macOS or Windows)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def release_host_memory() -> None:
+    """Hand the heap memory a training loop has freed back to the operating system. glibc
+    keeps it: batches of varying sizes fragment its heap, and a CPU pretraining's resident
+    memory grew by 1 to 6 MB a step (23 GB at step 4,725) while its live tensors stayed at 16 MB.
+    Trimmed every 50 steps it stays flat, at no measured cost in speed."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def prefetched(items: Iterable, build: Callable, depth: int = 2) -> Iterator:

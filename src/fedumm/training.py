@@ -13,7 +13,14 @@ import torch
 from fedumm.dp_sgd import DPSGD
 from fedumm.models.janus import CODES
 from fedumm.models.processor import IGNORE, Encoded
-from fedumm.runtime import CPU, Runtime, model_device, prefetched, to_device
+from fedumm.runtime import (
+    CPU,
+    Runtime,
+    model_device,
+    prefetched,
+    release_host_memory,
+    to_device,
+)
 from fedumm.seeding import privacy_seed
 
 
@@ -41,6 +48,7 @@ class TrainingHooks:
 
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+TRIM_EVERY = 50  # steps between handing freed host memory back (release_host_memory)
 
 
 def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
@@ -147,6 +155,8 @@ def train_steps(
                 optimizer.step()
             losses.append(task_loss)
             samples += size
+            if step % TRIM_EVERY == TRIM_EVERY - 1:
+                release_host_memory()
             if on_step is not None:
                 on_step(step, task_loss)
     finally:
