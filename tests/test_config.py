@@ -100,6 +100,12 @@ def test_local_epochs_and_sample_fraction():
     assert load_config(None).federation.steps_for(45) == 20  # local_steps when epochs unset
     with pytest.raises(ConfigError, match="federation.sample_fraction"):
         load_config(None, ["federation.sample_fraction=1.5"])
+    assert (
+        load_config(None, ["federation.client_sampling=cyclic"]).federation.client_sampling
+        == "cyclic"
+    )
+    with pytest.raises(ConfigError, match="federation.client_sampling: Input should be 'random'"):
+        load_config(None, ["federation.client_sampling=round-robin"])
 
 
 def test_cosine_lr_decay_over_the_run():

@@ -366,6 +366,11 @@ class SecureAggregationConfig(Section):
 class FederationConfig(Section):
     num_clients: int = Field(8, ge=1, description="Number of clients the data is split over.")
     clients_per_round: int = Field(8, ge=1, description="Clients sampled each round.")
+    client_sampling: Literal["random", "cyclic"] = Field(
+        "random",
+        description="How a round's clients are drawn: random (uniformly) or cyclic (each client "
+        "once per ceil(num_clients / per round) rounds, in a seeded shuffle per cycle).",
+    )
     sample_fraction: float | None = Field(
         None, gt=0, le=1, description="If set: sample this fraction of clients (at least one)."
     )

@@ -341,7 +341,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
         else None,
     )  # fmt: skip
     server = Server(clients, strategy, transport, evaluate, fed.sampled_per_round, cfg.seed,
-                    rules, cfg.eval.every, progress)  # fmt: skip
+                    rules, cfg.eval.every, progress, fed.client_sampling)  # fmt: skip
     final_params, _ = server.run(global_params, fed.rounds, first_round, after_round)
     if "generation" in tasks:  # the federated model's pictures, next to the baselines'
         set_adapter(model, final_params)

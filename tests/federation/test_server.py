@@ -94,6 +94,30 @@ def test_client_sampling_is_seeded_and_partial():
     assert a == b and all(len(s) == 2 for s in a) and len({tuple(s) for s in a}) > 1
 
 
+def test_cyclic_sampling_trains_every_client_once_a_cycle():
+    """Cyclic sampling: each cycle of ceil(clients / per round) rounds visits every client,
+    in a new seeded order each cycle; a cycle's short last slice is topped up without
+    repeating a client within the round."""
+    eight = [ClientData(f"site-{i}", [None] * 10) for i in range(1, 9)]
+
+    def rounds(clients, per_round, first, last, seed=0):
+        s = server(_train(), per_round, clients=clients, seed=seed)
+        s.sampling = "cyclic"
+        return [[c.client_id for c in s.sample(r)] for r in range(first, last + 1)]
+
+    for cycle in (rounds(eight, 2, 1, 4), rounds(eight, 2, 5, 8)):
+        assert sorted(sum(cycle, [])) == sorted(c.client_id for c in eight)
+    assert rounds(eight, 2, 1, 4) != rounds(eight, 2, 5, 8)  # reshuffled
+    assert rounds(eight, 2, 1, 8) == rounds(eight, 2, 1, 8)  # seeded
+    assert rounds(eight, 2, 1, 8) != rounds(eight, 2, 1, 8, seed=1)
+    three = rounds(CLIENTS, 3, 1, 2)  # 4 clients, 3 a round: 3, then 1 + 2 topped up
+    assert all(len(set(r)) == 3 for r in three)
+    assert set(sum(three, [])) == {c.client_id for c in CLIENTS}
+    with pytest.raises(ValueError, match="client sampling 'round-robin' is neither"):
+        Server(CLIENTS, build_strategy("fedavg"), InProcess(_train(), CLIENTS), dict, 2, 0,
+               sampling="round-robin")  # fmt: skip
+
+
 def test_evaluation_cadence():
     engine = server(_train(), 4, lambda p: {"x": 1})
     engine.eval_every = 2

@@ -119,9 +119,13 @@ class Server:
         rules: RoundRules | None = None,
         eval_every: int = 1,
         progress: bool = True,
+        sampling: str = "random",
     ):
         """`transport`: how the clients are reached; `rules`: faults, admission and secure
-        aggregation (secure_aggregation.py: the server then learns only the sum)."""
+        aggregation (secure_aggregation.py: the server then learns only the sum); `sampling`:
+        how a round's clients are drawn (`sample`)."""
+        if sampling not in ("random", "cyclic"):
+            raise ValueError(f"client sampling {sampling!r} is neither 'random' nor 'cyclic'")
         rules = rules or RoundRules()
         if rules.deadline is not None and rules.duration is None:
             raise ValueError("a round deadline needs a duration for each client's local work")
@@ -134,6 +138,7 @@ class Server:
         self.transport = transport
         self.evaluate = evaluate
         self.clients_per_round = clients_per_round
+        self.sampling = sampling
         self.seed = seed
         self.rules = rules
         self.eval_every = eval_every
@@ -144,8 +149,22 @@ class Server:
         return self.rules.secure_threshold is not None
 
     def sample(self, rnd: int) -> list[ClientData]:
+        """Round `rnd`'s clients (rounds count from 1), a function of the seed and the round
+        only, so a resumed run draws what the uninterrupted one did. `random`: drawn
+        uniformly. `cyclic`: the next slice of a seeded shuffle of every client, reshuffled
+        each cycle, so each trains once every ceil(clients / per round) rounds; a cycle's
+        last, short slice is topped up at random from the cycle's others."""
+        n, k = len(self.clients), self.clients_per_round
         rng = np.random.default_rng(derive_seed(self.seed, rnd, 0xC11E))
-        chosen = rng.choice(len(self.clients), self.clients_per_round, replace=False)
+        if self.sampling == "random":
+            chosen = rng.choice(n, k, replace=False)
+        else:
+            cycle, slot = divmod(rnd - 1, -(-n // k))
+            order = np.random.default_rng(derive_seed(self.seed, cycle, 0xC7C1E)).permutation(n)
+            chosen = order[slot * k : (slot + 1) * k]
+            if len(chosen) < k:
+                extra = rng.choice(order[: slot * k], k - len(chosen), replace=False)
+                chosen = np.concatenate([chosen, extra])
         return [self.clients[i] for i in sorted(chosen)]
 
     def failing(self, rnd: int, sampled: list[ClientData]) -> set[str]:
