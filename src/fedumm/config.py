@@ -21,6 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 FAMILIES = ("existence", "color", "shape", "count", "spatial", "yesno")
 
 
+def check_families(families: list[str] | tuple[str, ...]) -> None:
+    """Refuse an empty or unknown choice of question families, naming the known ones."""
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown or not families:
+        raise ValueError(f"unknown question families {unknown}; known: {', '.join(FAMILIES)}")
+
+
 class ConfigError(ValueError):
     """A config that cannot be run; the message names the file and the key."""
 
@@ -840,9 +847,7 @@ class PretrainConfig(Section):
     @field_validator("question_families")
     @classmethod
     def _known_families(cls, families: list[str]) -> list[str]:
-        unknown = [f for f in families if f not in FAMILIES]
-        if unknown or not families:
-            raise ValueError(f"unknown question families {unknown}; known: {', '.join(FAMILIES)}")
+        check_families(families)
         return families
 
     @model_validator(mode="after")

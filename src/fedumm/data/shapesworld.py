@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fedumm.config import FAMILIES
+from fedumm.config import FAMILIES, check_families
 
 GRID = 4
 CELL = 8
@@ -271,9 +271,7 @@ def _questions(
 ) -> list[VQASample]:
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    unknown = sorted(set(families) - set(FAMILIES))
-    if unknown or not families:
-        raise ValueError(f"unknown question families {unknown}; known: {', '.join(FAMILIES)}")
+    check_families(families)
     rng = np.random.default_rng([seed, streams[0], 0 if split == "train" else 1])
     scene_iter = iter(_scenes(seed, split, 4 * n + 64, stream=streams[1]))
     out: list[VQASample] = []
