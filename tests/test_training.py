@@ -3,7 +3,7 @@ from functools import partial
 import torch
 
 from fedumm.models.processor import Encoded, collate
-from fedumm.training import TrainingHooks, batches, train_steps
+from fedumm.training import TrainingHooks, batches, nonfinite, train_steps
 
 
 class _TinyLM(torch.nn.Module):
@@ -85,3 +85,14 @@ def test_freed_host_memory_is_handed_back_every_trim_every_steps(monkeypatch):
     train_steps(_TinyLM(), DATA, 2 * training.TRIM_EVERY + 1, 4, 0.05, 0.0, seed=0, collate=BATCH)
     assert len(calls) == 2
     runtime.release_host_memory()  # the real call returns without error
+
+
+def test_nonfinite_names_every_bad_tensor_and_not_an_overflowing_norm():
+    """One fused norm screens the tensors: a finite fp16 tensor whose norm overflows is not
+    called infinite, integer tensors (masked uploads) are skipped, each bad one is named."""
+    big = torch.full((4,), 60000.0, dtype=torch.float16)  # finite; its norm is not in fp16
+    assert torch.isinf(torch.linalg.vector_norm(big))
+    ok = {"big": big, "ints": torch.arange(3), "w": torch.ones(2)}
+    assert nonfinite(ok) == []
+    bad = {**ok, "x": torch.tensor([1.0, float("nan")]), "y": torch.tensor([float("-inf")])}
+    assert nonfinite(bad) == ["x", "y"]

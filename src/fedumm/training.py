@@ -5,8 +5,9 @@ on every device (`Runtime`: placement, mixed precision, micro-batches)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -146,7 +147,10 @@ def train_steps(
                 private.privatize()  # per-sample clipping replaces the batch clipping
             elif max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            if scaler is None or _finite(params):  # fp16 skips a step that overflowed
+            overflowed = scaler is not None and nonfinite(
+                {i: p.grad for i, p in enumerate(params) if p.grad is not None}
+            )
+            if not overflowed:  # fp16 skips a step that overflowed
                 hooks.before_step(model)
             if scaler is not None:
                 scaler.step(optimizer)
@@ -167,8 +171,16 @@ def train_steps(
     return TrainStats(steps, samples, time.perf_counter() - start, sum(tail) / len(tail))
 
 
-def _finite(params: list[torch.Tensor]) -> bool:
-    return all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+def nonfinite(tensors: Mapping[Any, torch.Tensor]) -> list:
+    """The keys of the tensors holding NaN or an infinity. One fused norm over the floating
+    ones, read back once, screens them (a norm is finite when every value is, unless it
+    overflows; then each is checked): a 7B model's adapter is 256 tensors, and a check each
+    costs 25 ms on a CPU and a device sync each on a GPU."""
+    floats = [k for k, v in tensors.items() if v.is_floating_point()]
+    norms = torch._foreach_norm([tensors[k] for k in floats]) if floats else []
+    if not floats or torch.isfinite(torch.stack(norms)).all():
+        return []
+    return [k for k in floats if not torch.isfinite(tensors[k]).all()]
 
 
 @torch.no_grad()

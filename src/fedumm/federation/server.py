@@ -29,10 +29,10 @@ from fedumm.federation.update import (
     ClientUpdate,
     Params,
     UpdateRejected,
-    nonfinite,
     validate_update,
 )
 from fedumm.seeding import derive_seed
+from fedumm.training import nonfinite
 
 log = logging.getLogger("fedumm")
 

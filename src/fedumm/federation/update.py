@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedumm.training import nonfinite
+
 Params = dict[str, torch.Tensor]
 
 
@@ -50,17 +52,6 @@ class Claims:
         if asked is not None and steps > asked:
             raise UpdateRejected(f"{who}: claims {steps} local steps, more than the {asked} it "
                                  "was asked for")  # fmt: skip
-
-
-def nonfinite(params: Params) -> list[str]:
-    """The keys of the tensors holding NaN or an infinity. One fused norm over all of them
-    first (a norm is finite when every value is, unless it overflows; then each is checked):
-    a 7B model's adapter is 256 tensors, and checking them one at a time costs 25 ms."""
-    floats = [k for k, v in params.items() if v.is_floating_point()]
-    norms = torch._foreach_norm([params[k] for k in floats]) if floats else []
-    if all(torch.isfinite(n) for n in norms):
-        return []
-    return [k for k in floats if not torch.isfinite(params[k]).all()]
 
 
 def validate_update(update: ClientUpdate, reference: Params, max_norm: float | None = None,
