@@ -154,6 +154,25 @@ def test_cosine_lr_decay_lowers_the_client_lr_in_later_rounds(tiny_foundation, t
         assert m["loss"] != rounds["cosine"][1]["client_metrics"][cid]["loss"]
 
 
+def test_baselines_train_at_their_own_lr(tiny_foundation, tmp_path, monkeypatch):
+    """baselines.lr sets the local-only and centralized runs' rate; the federation keeps its own."""
+    import fedumm.experiment as experiment
+
+    rates = {"federated": set(), "baselines": set()}
+    train = experiment.local_update
+
+    def recording(*args, **kwargs):
+        lr = kwargs["lr"]
+        rates["baselines" if callable(lr) else "federated"].add(lr(0) if callable(lr) else lr)
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "local_update", recording)
+    result = _run(tmp_path / "lr", tiny_foundation, "federation.lr=0.003", "baselines.lr=0.02",
+                  "baselines.zero_shot=false")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert rates == {"federated": {0.003}, "baselines": {0.02}}
+
+
 def test_partition_command_writes_the_partition_a_run_uses(tiny_run, tiny_foundation, tmp_path):
     run_dir, _ = tiny_run
     args = ["partition", "configs/quickstart.yaml", "-o", str(tmp_path)]

@@ -116,6 +116,7 @@ def test_cosine_lr_decay_over_the_run():
     assert cosine.lr_at(0.0) == pytest.approx(0.01)
     assert cosine.lr_at(0.5) == pytest.approx(0.005)
     assert cosine.lr_at(0.9) == pytest.approx(0.005 * (1 + math.cos(0.9 * math.pi)))
+    assert cosine.lr_at(0.5, peak=0.004) == pytest.approx(0.002)  # the baselines' own lr
 
 
 CLASSIFICATION = "data:\n  tasks: [classification]\nfederation:\n  num_clients: 10\n"

@@ -403,11 +403,12 @@ class FederationConfig(Section):
         description="Sample-level differential privacy inside each client (federated clients).",
     )
 
-    def lr_at(self, progress: float) -> float:
-        """The client learning rate at `progress` in [0, 1) of the run."""
+    def lr_at(self, progress: float, peak: float | None = None) -> float:
+        """The learning rate at `progress` in [0, 1) of the run, from `peak` (default: lr)."""
+        peak = self.lr if peak is None else peak
         if self.lr_decay == "none":
-            return self.lr
-        return 0.5 * self.lr * (1 + math.cos(math.pi * progress))
+            return peak
+        return 0.5 * peak * (1 + math.cos(math.pi * progress))
 
     weight_decay: float = Field(0.0, ge=0, description="Client weight decay.")
     max_grad_norm: float | None = Field(
@@ -511,6 +512,12 @@ class BaselinesConfig(Section):
     zero_shot: bool = Field(True, description="Evaluate the foundation model as is.")
     local: bool = Field(True, description="Each client trains alone for the federated budget.")
     centralized: bool = Field(True, description="LoRA on the pooled data for the same budget.")
+    lr: float | None = Field(
+        None,
+        gt=0,
+        description="The baselines' lr (decayed like federation.lr); null = federation.lr. "
+        "Compare each method at its own best lr.",
+    )
 
 
 class EvalConfig(Section):

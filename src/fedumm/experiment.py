@@ -287,7 +287,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
         """Plain local training from the fresh adapter (the baselines do not federate)."""
         update = local_update(model, client, initial, fed, seed, processor.collate, steps=steps,
                               on_step=lambda step, loss: bar.update(),
-                              lr=lambda step: fed.lr_at(step / steps),
+                              lr=lambda step: fed.lr_at(step / steps, cfg.baselines.lr),
                               runtime=fl.runtime, loss_fn=processor.loss)  # fmt: skip
         return evaluate_adapter(update.params, grid)
 
