@@ -26,6 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+EMPTY_ANSWER = "(an empty answer: the model ended its reply at once)"  # what `ask` prints then
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config key, e.g. --set federation.rounds=4 "
@@ -425,7 +427,8 @@ def ask(
     with _exit_on(FileNotFoundError, ValueError):
         if not image.is_file():
             raise FileNotFoundError(f"{image}: no such image file")
-        typer.echo(ask_run(run, image, question, resolve(run.config.runtime)))
+        answer = ask_run(run, image, question, resolve(run.config.runtime))
+    typer.echo(answer or EMPTY_ANSWER)
 
 
 @app.command()
