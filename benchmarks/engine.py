@@ -32,6 +32,7 @@ def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
         "partition.scheme=iid", "baselines.zero_shot=false", "baselines.local=false",
         "baselines.centralized=false", f"threads={threads}",
         "model.foundation=captioner", "federation.lr_decay=none",  # as measured
+        "federation.client_sampling=random", "federation.lr=0.003",
     ]  # fmt: skip
     cfg = load_config("configs/quickstart.yaml", overrides)
     with tempfile.TemporaryDirectory() as out:

@@ -23,7 +23,7 @@ def test_quickstart_tells_the_true_story(tmp_path):
     # The assistant foundation answers two families: useful zero-shot, well below fine-tuned.
     assert 20 <= acc["zero_shot"] <= acc["centralized"] - 20  # 24.7 and 80.8 measured
     assert acc["zero_shot"] + 5 <= acc["local"] and acc["local"] + 5 <= fed
-    assert 0.85 * acc["centralized"] <= fed <= acc["centralized"]  # 87.5% measured (target 95%)
+    assert 0.9 * acc["centralized"] <= fed <= acc["centralized"]  # 90.5% measured (target 95%)
     assert res["communication"]["ratio"] >= 20
     assert sum(r["seconds"] for r in res["rounds"]) <= 300
 
@@ -34,6 +34,6 @@ def test_unified_federation_understands_and_generates_near_centralized(tmp_path)
     gen = {k: v["metrics"]["geneval_overall"] for k, v in res["baselines"].items()}
     fed = res["final"]["metrics"]["geneval_overall"]
     assert gen["zero_shot"] < gen["local"] < fed
-    assert fed >= 0.85 * gen["centralized"]  # 87.1% measured (target 90%)
+    assert fed >= 0.9 * gen["centralized"]  # 94.8% measured (target 90%)
     vqa = {k: v["metrics"]["vqa_accuracy"] for k, v in res["baselines"].items()}
-    assert res["final"]["metrics"]["vqa_accuracy"] >= 0.9 * vqa["centralized"]  # 98.7% measured
+    assert res["final"]["metrics"]["vqa_accuracy"] >= 0.9 * vqa["centralized"]  # 92.6% measured
