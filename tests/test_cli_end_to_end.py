@@ -171,6 +171,7 @@ def test_baselines_train_at_their_own_lr(tiny_foundation, tmp_path, monkeypatch)
                   "baselines.zero_shot=false")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert rates == {"federated": {0.003}, "baselines": {0.02}}
+    assert "at lr 0.003 (the baselines at 0.02)" in (tmp_path / "lr" / "report.md").read_text()
 
 
 def test_partition_command_writes_the_partition_a_run_uses(tiny_run, tiny_foundation, tmp_path):

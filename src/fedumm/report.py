@@ -53,6 +53,16 @@ def _where(runtime: dict | None) -> str:
     return f" on {device}, {runtime['precision']}"
 
 
+def _learning_rates(cfg: dict) -> str:
+    """The clients' lr, and the baselines' where they train at another."""
+    fed, baselines = cfg["federation"], cfg.get("baselines", {})
+    notes = ["cosine decay"] if fed.get("lr_decay") == "cosine" else []
+    trained = baselines.get("local") or baselines.get("centralized")
+    if trained and baselines.get("lr") not in (None, fed["lr"]):
+        notes.append(f"the baselines at {baselines['lr']:g}")
+    return f" at lr {fed['lr']:g}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def write_report(results: dict, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     plot_accuracy(results, out_dir / "accuracy.png")
@@ -68,10 +78,11 @@ def write_report(results: dict, out_dir: Path) -> None:
         "# fedumm run report",
         "",
         f"Model: {base}. "
-        f"{fed['num_clients']} clients ({len(results['rounds'][0]['clients'])} per round), "
-        f"{fed['rounds']} rounds x "
+        f"{fed['num_clients']} clients ({len(results['rounds'][0]['clients'])} per round, "
+        f"{fed.get('client_sampling', 'random')}), {fed['rounds']} rounds x "
         + (f"{fed['local_epochs']} local epochs" if fed["local_epochs"] else
            f"{fed['local_steps']} local steps")
+        + _learning_rates(cfg)
         + f", tasks: {', '.join(cfg['data']['tasks'])}, partition "
         + PartitionConfig(**cfg["partition"]).describe()
         + (f", LoRA r={cfg['lora']['r']}" if cfg["lora"] else ", full fine-tuning")
