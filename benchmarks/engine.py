@@ -33,6 +33,7 @@ def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
         "baselines.centralized=false", f"threads={threads}",
         "model.foundation=captioner", "federation.lr_decay=none",  # as measured
         "federation.client_sampling=random", "federation.lr=0.003",
+        "federation.client_weights=partition",
     ]  # fmt: skip
     cfg = load_config("configs/quickstart.yaml", overrides)
     with tempfile.TemporaryDirectory() as out:

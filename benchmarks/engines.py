@@ -30,7 +30,8 @@ JOB = ["data.train_samples=2000", "data.test_samples=200", "federation.rounds=3"
        "baselines.local=false", "baselines.centralized=false", "threads=1",
        "checkpoint_every=0",
        "model.foundation=captioner", "federation.lr_decay=none",
-       "federation.client_sampling=random", "federation.lr=0.003"]  # fmt: skip
+       "federation.client_sampling=random", "federation.lr=0.003",
+       "federation.client_weights=partition"]  # fmt: skip
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 

@@ -32,6 +32,7 @@ def main() -> None:
         "federation.clients_per_round=4", f"federation.rounds={args.rounds}",
         "federation.local_steps=20", "eval.every=1", "federation.batch_size=16",
         "federation.lr=0.01", "baselines.lr=null", "federation.lr_decay=none",  # as measured
+        "federation.client_weights=partition",
         "partition.alpha=0.5", f"threads={args.threads}" if args.threads else "threads=null",
     ]  # fmt: skip
     print("| family | parameters | LoRA parameters | adapter MB/round | full MB/round | ratio "

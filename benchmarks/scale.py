@@ -44,7 +44,8 @@ def job(clients: int, strategy: str, samples: int, rounds: int, seed: int) -> li
             "baselines.zero_shot=false", "baselines.local=false", "baselines.centralized=false",
             "threads=1", "checkpoint_every=1",
             "model.foundation=captioner", "federation.lr_decay=none",
-            "federation.client_sampling=random", "federation.lr=0.003"]  # fmt: skip
+            "federation.client_sampling=random", "federation.lr=0.003",
+            "federation.client_weights=partition"]  # fmt: skip
 
 
 def child(out: str, sets: list[str]) -> None:

@@ -36,7 +36,9 @@ def test_run_writes_the_promised_results(tiny_run):
     assert sum(c["samples"] for c in res["partition"]["clients"]) == 96
     for name in ("report.md", "accuracy.png", "communication.png", "global_adapter.safetensors"):
         assert (out / name).stat().st_size > 0
-    assert "Adapter-only federation sends" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Adapter-only federation sends" in report
+    assert "(2 per round, cyclic, equal weights)" in report  # the quick start's sampling, weights
     assert "federated LoRA (fedavg)" in result.output
 
 

@@ -23,7 +23,7 @@ def test_quickstart_tells_the_true_story(tmp_path):
     # The assistant foundation answers two families: useful zero-shot, well below fine-tuned.
     assert 20 <= acc["zero_shot"] <= acc["centralized"] - 20  # 24.7 and 80.8 measured
     assert acc["zero_shot"] + 5 <= acc["local"] and acc["local"] + 5 <= fed
-    assert 0.9 * acc["centralized"] <= fed <= acc["centralized"]  # 90.5% measured (target 95%)
+    assert 0.9 * acc["centralized"] <= fed <= acc["centralized"]  # 93.4% measured (target 90%)
     assert res["communication"]["ratio"] >= 20
     assert sum(r["seconds"] for r in res["rounds"]) <= 300
 

@@ -63,6 +63,12 @@ def _learning_rates(cfg: dict) -> str:
     return f" at lr {fed['lr']:g}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
+def _weights(fed: dict) -> str:
+    """How the server weighs the updates, where it is not by partition size (the default)."""
+    weights = fed.get("client_weights", "partition")
+    return "" if weights == "partition" else f", {weights} weights"
+
+
 def write_report(results: dict, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     plot_accuracy(results, out_dir / "accuracy.png")
@@ -79,7 +85,7 @@ def write_report(results: dict, out_dir: Path) -> None:
         "",
         f"Model: {base}. "
         f"{fed['num_clients']} clients ({len(results['rounds'][0]['clients'])} per round, "
-        f"{fed.get('client_sampling', 'random')}), {fed['rounds']} rounds x "
+        f"{fed.get('client_sampling', 'random')}{_weights(fed)}), {fed['rounds']} rounds x "
         + (f"{fed['local_epochs']} local epochs" if fed["local_epochs"] else
            f"{fed['local_steps']} local steps")
         + _learning_rates(cfg)

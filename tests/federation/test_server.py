@@ -50,6 +50,12 @@ def test_one_round_moves_serialized_tensors_and_aggregates():
     assert r.metrics == {"w0": 3.0} and r.rejected == []
 
 
+def test_equal_weights_average_the_updates_whatever_the_clients_hold():
+    final, _ = server(_train(), equal_weights=True).run({"w": torch.zeros(3)}, rounds=1)
+    # (+1 +2 +3 +4) / 4 = 2.5, where weights by 10, 20, 30, 40 samples give 3.0
+    assert torch.allclose(final["w"], torch.full((3,), 2.5))
+
+
 def test_a_nan_update_is_rejected_logged_and_never_aggregated(caplog):
     with caplog.at_level(logging.WARNING, logger="fedumm"):
         final, records = server(_train(bad={"site-4"})).run({"w": torch.zeros(3)}, rounds=2)
