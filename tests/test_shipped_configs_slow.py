@@ -21,9 +21,9 @@ def test_quickstart_tells_the_true_story(tmp_path):
     acc = {k: v["metrics"]["vqa_accuracy"] for k, v in res["baselines"].items()}
     fed = res["final"]["metrics"]["vqa_accuracy"]
     # The assistant foundation answers two families: useful zero-shot, well below fine-tuned.
-    assert 20 <= acc["zero_shot"] <= acc["centralized"] - 20  # 24.7 and 80.8 measured
+    assert 20 <= acc["zero_shot"] <= acc["centralized"] - 20  # 24.7 and 75.3 measured
     assert acc["zero_shot"] + 5 <= acc["local"] and acc["local"] + 5 <= fed
-    assert 0.9 * acc["centralized"] <= fed <= acc["centralized"]  # 93.4% measured (target 90%)
+    assert 0.9 * acc["centralized"] <= fed <= acc["centralized"]  # 96.5% measured (target 90%)
     assert res["communication"]["ratio"] >= 20
     assert sum(r["seconds"] for r in res["rounds"]) <= 300
 
