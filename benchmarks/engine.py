@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 
+from as_measured import QUICKSTART_AS_MEASURED
+
 
 def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
     from fedumm.config import load_config
@@ -31,9 +33,7 @@ def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
         f"data.train_samples={num_clients * per_client}",
         "partition.scheme=iid", "baselines.zero_shot=false", "baselines.local=false",
         "baselines.centralized=false", f"threads={threads}",
-        "model.foundation=captioner", "federation.lr_decay=none",  # as measured
-        "federation.client_sampling=random", "federation.lr=0.003",
-        "federation.client_weights=partition",
+        *QUICKSTART_AS_MEASURED,
     ]  # fmt: skip
     cfg = load_config("configs/quickstart.yaml", overrides)
     with tempfile.TemporaryDirectory() as out:

@@ -24,14 +24,12 @@ import time
 from pathlib import Path
 
 import psutil
+from as_measured import QUICKSTART_AS_MEASURED
 
 JOB = ["data.train_samples=2000", "data.test_samples=200", "federation.rounds=3",
        "federation.local_steps=20", "eval.every=1", "baselines.zero_shot=false",
        "baselines.local=false", "baselines.centralized=false", "threads=1",
-       "checkpoint_every=0",
-       "model.foundation=captioner", "federation.lr_decay=none",
-       "federation.client_sampling=random", "federation.lr=0.003",
-       "federation.client_weights=partition"]  # fmt: skip
+       "checkpoint_every=0", *QUICKSTART_AS_MEASURED]  # fmt: skip
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from as_measured import QUICKSTART_AS_MEASURED
+
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 
@@ -42,10 +44,7 @@ def job(clients: int, strategy: str, samples: int, rounds: int, seed: int) -> li
             f"federation.rounds={rounds}", "federation.local_steps=5", "federation.batch_size=1",
             f"federation.strategy.name={strategy}", f"eval.every={rounds}",
             "baselines.zero_shot=false", "baselines.local=false", "baselines.centralized=false",
-            "threads=1", "checkpoint_every=1",
-            "model.foundation=captioner", "federation.lr_decay=none",
-            "federation.client_sampling=random", "federation.lr=0.003",
-            "federation.client_weights=partition"]  # fmt: skip
+            "threads=1", "checkpoint_every=1", *QUICKSTART_AS_MEASURED]  # fmt: skip
 
 
 def child(out: str, sets: list[str]) -> None:
