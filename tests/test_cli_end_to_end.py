@@ -39,6 +39,9 @@ def test_run_writes_the_promised_results(tiny_run):
     report = (out / "report.md").read_text()
     assert "Adapter-only federation sends" in report
     assert "(2 per round, cyclic, equal weights)" in report  # the quick start's sampling, weights
+    cpu = res["runtime"]  # the machine: its numbers are bit for bit on that machine only
+    assert cpu["device_name"] and cpu["threads"] >= 1
+    assert f" on {cpu['device_name']}, {cpu['threads']} threads, fp32" in report
     assert "federated LoRA (fedavg)" in result.output
 
 
@@ -104,6 +107,7 @@ def test_pretrain_command_writes_a_loadable_foundation(tmp_path):
     assert result.exit_code == 0, result.output
     card = json.loads((tmp_path / "pretraining.json").read_text())
     assert {"caption_exact_match", "caption_to_image_loss"} <= card["metrics"].keys()
+    assert card["runtime"]["device"] == "cpu" and card["runtime"]["device_name"]  # the CPU model
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer.json").is_file()
 
 

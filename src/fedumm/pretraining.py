@@ -125,7 +125,8 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
         seconds=time.perf_counter() - start,
         parameters=sum(p.numel() for p in model.parameters()),
     )
-    card = {"config": cfg.model_dump(), "metrics": metrics}
+    # where it was trained: another CPU's kernels train the same config to other weights
+    card = {"config": cfg.model_dump(), "metrics": metrics, "runtime": runtime.describe()}
     if cfg.architecture == "janus":
         save_janus(model.cpu(), processor, out_dir, card)
     else:

@@ -44,10 +44,13 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _where(runtime: dict | None) -> str:
-    """' on cuda:0 (NVIDIA H100, bf16)': where the run ran, from results.json."""
+    """' on NVIDIA H100, bf16' or ' on AMD EPYC, AVX2, 2 threads, fp32': where the run ran,
+    from results.json (the CPU's instruction set and threads decide its last bits)."""
     if not runtime:
         return ""
     device = runtime.get("device_name") or runtime["device"]
+    if runtime.get("threads"):
+        device += f", {runtime['threads']} threads"
     if runtime.get("devices"):
         device = f"{len(runtime['devices'])} workers ({', '.join(runtime['devices'])})"
     return f" on {device}, {runtime['precision']}"

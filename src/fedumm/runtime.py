@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import platform
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -64,10 +66,22 @@ class Runtime:
                "micro_batch_size": self.micro_batch_size}  # fmt: skip
         if self.device.type == "cuda":
             out["device_name"] = torch.cuda.get_device_name(self.device)
+        else:  # the kernels torch picks by instruction set change the last bits of training
+            out["device_name"] = f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
+            out["threads"] = torch.get_num_threads()
         return out
 
 
 CPU = Runtime()
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 9454"), as the OS reports it."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 class OutOfMemory(RuntimeError):
