@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import numpy as np
@@ -216,7 +215,7 @@ def main() -> None:
     cuda = device.type == "cuda"
     runtime = Runtime(device, "bf16" if cuda else "fp32")
     dtype = torch.bfloat16 if cuda else torch.float32
-    card = torch.cuda.get_device_name(device) if cuda else platform.processor() or "CPU"
+    card = runtime.device_name
     print(f"{args.preset} {args.family} on {card}, {runtime.precision}, LoRA r=8 q/k/v/o, "
           f"batch {args.batch} x {seq} tokens, torch {torch.__version__}", flush=True)  # fmt: skip
     t0 = time.perf_counter()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import numpy as np
@@ -85,7 +84,7 @@ def main() -> None:
     total = sum(p.numel() for p in model.parameters())
     row = {
         "preset": args.preset, "device": str(device),
-        "card": torch.cuda.get_device_name(device) if gpu else platform.processor() or "cpu",
+        "card": runtime.device_name,
         "text_layers": model.config.get_text_config().num_hidden_layers,
         "parameters": total, "batch": args.batch,
         "understanding_step_s": understand, "generation_step_s": generate,

@@ -59,15 +59,20 @@ class Runtime:
         """Build batches in a background thread (on a GPU the CPU is otherwise idle)."""
         return self.device.type == "cuda"
 
+    @property
+    def device_name(self) -> str:
+        """The GPU's name, or the CPU's model and the instruction set whose kernels torch uses
+        (they change the last bits of training: "AMD EPYC, AVX2")."""
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
+
     def describe(self) -> dict:
         """What results.json records of where a run ran."""
-        out = {"device": str(self.device), "precision": self.precision,
-               "gradient_checkpointing": self.gradient_checkpointing,
+        out = {"device": str(self.device), "device_name": self.device_name,
+               "precision": self.precision, "gradient_checkpointing": self.gradient_checkpointing,
                "micro_batch_size": self.micro_batch_size}  # fmt: skip
-        if self.device.type == "cuda":
-            out["device_name"] = torch.cuda.get_device_name(self.device)
-        else:  # the kernels torch picks by instruction set change the last bits of training
-            out["device_name"] = f"{cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
+        if self.device.type != "cuda":
             out["threads"] = torch.get_num_threads()
         return out
 
