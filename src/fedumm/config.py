@@ -829,6 +829,13 @@ class PretrainConfig(Section):
     codebook_images: int = Field(3000, ge=10, description="Images the codebook is fit on.")
     train_samples: int = Field(20000, ge=1, description="Caption scenes for pretraining.")
     test_samples: int = Field(300, ge=1, description="Held-out caption scenes for evaluation.")
+    short_captions: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of caption-to-image prompts that are short object lists ('two red "
+        "circles and a square.') instead of dense captions.",
+    )
     matching_samples: int = Field(
         0, ge=0, description="Image-caption matching pairs (yes/no, as BLIP's ITM); 0 = none."
     )

@@ -36,17 +36,18 @@ from fedumm.training import evaluation_loss, train_steps
 
 def pretraining_data(processor: Processor, cfg: PretrainConfig, split: str, n: int) -> dict:
     """The pretraining mixture, by objective: captioning and caption-to-image each from half of
-    `n` scenes, then image-caption matching pairs and question-answer pairs, as many as `cfg`
-    asks for training and `n` of each for the held-out split (when `cfg` has them)."""
-    samples = sw.caption_dataset(n, split, cfg.seed)
-    images = np.stack([s.image for s in samples])
+    `n` scenes (a `cfg.short_captions` share of the drawing prompts short object lists), then
+    image-caption matching pairs and question-answer pairs, as many as `cfg` asks for training
+    and `n` of each for the held-out split (when `cfg` has them)."""
+    scenes = sw.caption_scenes(n, split, cfg.seed)
+    images = np.stack([sw.render(s) for s in scenes])
     read = processor.encode_images(images[0::2])
     drawn = processor.encode_generation_images(images[1::2])
+    prompts = sw.mixed_captions(scenes[1::2], cfg.short_captions, cfg.seed, split)
     parts = {
-        "captioning": [processor.understanding(ids, "", s.caption)
-                       for s, ids in zip(samples[0::2], read)],
-        "generation": [processor.generation(s.caption, ids)
-                       for s, ids in zip(samples[1::2], drawn)],
+        "captioning": [processor.understanding(ids, "", sw.caption(s))
+                       for s, ids in zip(scenes[0::2], read)],
+        "generation": [processor.generation(text, ids) for text, ids in zip(prompts, drawn)],
     }  # fmt: skip
     families = tuple(cfg.question_families)
     extra = {

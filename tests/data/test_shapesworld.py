@@ -70,6 +70,34 @@ def test_caption_and_relation():
     assert sw.relation(sw.Obj("circle", "red", 1, 1), sw.Obj("circle", "red", 2, 2)) is None
 
 
+def test_short_caption_groups_objects_and_counts_in_words():
+    scene = sw.Scene((
+        sw.Obj("circle", "red", 0, 0), sw.Obj("square", "blue", 0, 3),
+        sw.Obj("circle", "red", 2, 1), sw.Obj("circle", "green", 3, 3),
+    ))  # fmt: skip
+    assert sw.short_caption(scene, with_colors=True) == (
+        "two red circles, a blue square and a green circle."
+    )
+    assert sw.short_caption(scene, with_colors=False) == "three circles and a square."
+    one = sw.Scene((sw.Obj("triangle", "purple", 1, 1),))
+    assert sw.short_caption(one, with_colors=False) == "a triangle."
+
+
+def test_mixed_captions_replace_about_their_share_and_are_seeded():
+    scenes = sw.caption_scenes(400, "train", 0)
+    dense = [sw.caption(s) for s in scenes]
+    assert sw.mixed_captions(scenes, 0.0, 0, "train") == dense
+    mixed = sw.mixed_captions(scenes, 0.5, 0, "train")
+    assert mixed == sw.mixed_captions(scenes, 0.5, 0, "train")
+    short = [m != d for m, d in zip(mixed, dense)]
+    assert 0.4 < np.mean(short) < 0.6
+    for scene, text, is_short in zip(scenes, mixed, short):
+        if is_short:
+            assert text in (sw.short_caption(scene, True), sw.short_caption(scene, False))
+    colorless = [t for t, s in zip(mixed, short) if s and not any(c in t for c in sw.COLORS)]
+    assert 0.3 < len(colorless) / sum(short) < 0.7
+
+
 def test_caption_matching_pairs_half_true_half_one_attribute_off():
     pairs = sw.caption_matching_dataset(40, "train", seed=0)
     scenes = sw._scenes(0, "train", 40, stream=7)

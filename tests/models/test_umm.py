@@ -89,6 +89,24 @@ def test_pretraining_with_matching_and_questions_reports_their_accuracy(tmp_path
     assert "question_accuracy" not in plain and "caption_matching_accuracy" not in plain
 
 
+def test_short_captions_change_only_the_drawing_prompts():
+    from fedumm.config import PretrainConfig
+    from fedumm.pretraining import pretraining_data
+    from tests.conftest import TINY_PRETRAIN
+
+    _, processor = foundation.build(PretrainConfig(**TINY_PRETRAIN))
+    plain = pretraining_data(processor, PretrainConfig(**TINY_PRETRAIN), "train", 64)
+    cfg = PretrainConfig(**TINY_PRETRAIN, short_captions=1.0)
+    short = pretraining_data(processor, cfg, "train", 64)
+    assert [e.input_ids for e in short["captioning"]] == [e.input_ids for e in plain["captioning"]]
+
+    def counts_all_objects(part: list) -> list[bool]:  # the dense caption's "3 objects."
+        return [" object" in processor.decode_text(e.prompt) for e in part]
+
+    assert all(counts_all_objects(plain["generation"]))
+    assert not any(counts_all_objects(short["generation"]))
+
+
 def test_missing_foundation_is_a_clear_error(tmp_path):
     import pytest
 

@@ -169,6 +169,22 @@ def caption(scene: Scene) -> str:
     return text
 
 
+_COUNT_WORDS = {1: "a", 2: "two", 3: "three", 4: "four"}
+
+
+def short_caption(scene: Scene, with_colors: bool) -> str:
+    """A short object list, as people caption a photo: 'two red circles and a blue square.', or
+    without colours 'three circles and a square.' Objects are grouped by what the caption names,
+    in reading order of each group's first object; no count of all objects, no layout."""
+    groups: dict[str, int] = {}
+    for o in scene.reading_order():
+        name = o.phrase() if with_colors else o.shape
+        groups[name] = groups.get(name, 0) + 1
+    names = [f"{_COUNT_WORDS[k]} {name}{'s' if k > 1 else ''}" for name, k in groups.items()]
+    listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"{listing}."
+
+
 def _unique(scene: Scene, **attrs: str) -> Obj | None:
     hits = [o for o in scene.objects if all(getattr(o, k) == v for k, v in attrs.items())]
     return hits[0] if len(hits) == 1 else None
@@ -284,9 +300,27 @@ def _questions(
     return out
 
 
+def caption_scenes(n: int, split: str, seed: int) -> list[Scene]:
+    """The `n` scenes of `caption_dataset`."""
+    return _scenes(seed, split, n, stream=3)
+
+
 def caption_dataset(n: int, split: str, seed: int) -> list[CaptionSample]:
     """`n` image-caption pairs: the pretraining distribution (no questions, no prompt templates)."""
-    return [CaptionSample(render(s), caption(s)) for s in _scenes(seed, split, n, stream=3)]
+    return [CaptionSample(render(s), caption(s)) for s in caption_scenes(n, split, seed)]
+
+
+def mixed_captions(scenes: list[Scene], short_share: float, seed: int, split: str) -> list[str]:
+    """A caption per scene: dense, or for a `short_share` of them drawn by `seed`, short
+    (`short_caption`, with or without colours in equal shares)."""
+    if not short_share:
+        return [caption(s) for s in scenes]
+    rng = np.random.default_rng([seed, 10, 0 if split == "train" else 1])
+    out = []
+    for s in scenes:
+        short, with_colors = rng.random() < short_share, rng.random() < 0.5
+        out.append(short_caption(s, with_colors) if short else caption(s))
+    return out
 
 
 def altered(scene: Scene, rng: np.random.Generator) -> Scene:
