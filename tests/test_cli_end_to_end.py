@@ -87,7 +87,7 @@ def test_an_unknown_foundation_is_refused_with_the_names_that_exist(tmp_path):
                                  "--set", "model.foundation=asistant"])  # fmt: skip
     assert result.exit_code == 2
     assert "model.foundation: 'asistant' is neither a shipped foundation (builtin, assistant, " \
-           "captioner; builtin = assistant)" in result.output  # fmt: skip
+           "assistant-v2, captioner; builtin = assistant-v2)" in result.output  # fmt: skip
     assert not (tmp_path / "x").exists()
 
 

@@ -20,14 +20,16 @@ def test_defaults_and_shipped_configs_validate():
     pretraining = set(Path("configs").glob("pretrain*.yaml"))
     shipped = sorted(set(Path("configs").glob("*.yaml")) - pretraining)
     assert len(shipped) >= 3 and all(isinstance(load_run_config(p), RunConfig) for p in shipped)
-    # The schema's defaults are the captioner's; the assistant (the default foundation) adds
-    # questions of two families and a longer schedule.
+    # The schema's defaults are the captioner's; the assistant adds questions of two families
+    # and a longer schedule; assistant-v2 (the default foundation) short captions besides.
     assert load_config("configs/pretrain_captioner.yaml", schema=PretrainConfig) == PretrainConfig()
-    assistant = load_config("configs/pretrain.yaml", schema=PretrainConfig)
+    assistant = load_config("configs/pretrain_assistant.yaml", schema=PretrainConfig)
     assert assistant.question_samples == 4000
     assert assistant.question_families == ["existence", "color"]
+    v2 = load_config("configs/pretrain.yaml", schema=PretrainConfig)
+    assert v2.model_copy(update={"short_captions": 0.0, "threads": 2}) == assistant
     janus = load_config("configs/pretrain_janus.yaml", schema=PretrainConfig)
-    assert janus.architecture == "janus" and len(pretraining) == 3
+    assert janus.architecture == "janus" and len(pretraining) == 4
 
 
 def test_overrides_are_parsed_as_yaml():

@@ -465,8 +465,8 @@ def pretrain(
     ),
     set_: SetOption = None,
 ) -> None:
-    """Pretrain a foundation: captions, caption-to-image, and optionally questions of some
-    families and image-caption matching (configs/pretrain.yaml rebuilds the shipped one)."""
+    """Pretrain a foundation: captions, caption-to-image, and optionally short captions, questions
+    of some families and image-caption matching (configs/pretrain.yaml rebuilds the default)."""
     cfg: PretrainConfig = _load(config, set_, PretrainConfig)
     from tqdm.auto import tqdm
 

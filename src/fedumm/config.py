@@ -247,8 +247,8 @@ class PartitionConfig(Section):
 class ModelConfig(Section):
     foundation: str = Field(
         "builtin",
-        description="A shipped foundation (builtin = assistant, captioner) or a folder written "
-        "by `fedumm pretrain`.",
+        description="A shipped foundation (builtin = assistant-v2, assistant, captioner) or a "
+        "folder written by `fedumm pretrain`.",
     )
     name_or_path: str | None = Field(
         None, description="A Hugging Face image-text-to-text model (folder or hub id) instead."

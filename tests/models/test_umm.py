@@ -4,6 +4,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
+from fedumm.config import PretrainConfig, load_config
 from fedumm.data import shapesworld as sw
 from fedumm.models import foundation
 from fedumm.models.generate import generate
@@ -112,8 +113,8 @@ def test_missing_foundation_is_a_clear_error(tmp_path):
 
     from fedumm.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"'nope' is neither a shipped foundation \(builtin, "
-                       r"assistant, captioner; builtin = assistant\) nor a folder"):  # fmt: skip
+    listed = r"\(builtin, assistant, assistant-v2, captioner; builtin = assistant-v2\)"
+    with pytest.raises(ConfigError, match=rf"'nope' is neither a shipped foundation {listed}"):
         foundation.load("nope")
     with pytest.raises(ConfigError, match="neither a shipped foundation"):
         foundation.load(tmp_path / "nope")
@@ -122,16 +123,22 @@ def test_missing_foundation_is_a_clear_error(tmp_path):
 
 
 def test_shipped_foundations_by_name_and_checksum():
-    """`builtin` is the assistant; the captioner the earlier results used stays loadable by name;
-    their checksums differ, and a copy of a foundation has the same checksum as the original."""
-    assert foundation.location("builtin") == foundation.location("assistant")
+    """`builtin` is assistant-v2; the assistant and captioner that earlier results used stay
+    loadable by name; their checksums differ; each card holds the config that rebuilds it."""
+    assert foundation.location("builtin") == foundation.location("assistant-v2")
     sums = {name: foundation.checksum(foundation.location(name)) for name in foundation.names()}
-    assert sums["builtin"] == sums["assistant"] != sums["captioner"]
+    assert sums["builtin"] == sums["assistant-v2"]
+    assert len({sums["assistant-v2"], sums["assistant"], sums["captioner"]}) == 3
     cards = {name: json.loads((foundation.location(name) / "pretraining.json").read_text())
-             for name in ("assistant", "captioner")}  # fmt: skip
+             for name in ("assistant-v2", "assistant", "captioner")}  # fmt: skip
+    assert cards["assistant-v2"]["config"]["short_captions"] == 0.5
+    assert "short_captions" not in cards["assistant"]["config"]  # made before short captions
     assert cards["assistant"]["config"]["question_samples"] > 0
     assert "question_samples" not in cards["captioner"]["config"]  # made before questions existed
-    for name in ("assistant", "captioner"):
+    for name, recipe in (("assistant-v2", "pretrain"), ("assistant", "pretrain_assistant")):
+        shipped = PretrainConfig(**cards[name]["config"])
+        assert load_config(f"configs/{recipe}.yaml", schema=PretrainConfig) == shipped
+    for name in cards:
         model, _ = foundation.load(name)
         assert model.config.num_hidden_layers == cards[name]["config"]["num_layers"]
 

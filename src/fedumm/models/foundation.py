@@ -1,9 +1,12 @@
 """Foundation checkpoints: a UMM built from a pretraining config, saved, loaded and named.
 
-Two foundations ship inside the package (`assets/foundations/<name>`, about 4 MB each), and
-`fedumm pretrain` (fedumm.pretraining) rebuilds each bit for bit from its config and seed:
-- `assistant` (the default, also called `builtin`): captions, caption-to-image and questions of
-  two families (configs/pretrain.yaml); the downstream question families are a shift from it.
+Three foundations ship inside the package (`assets/foundations/<name>`, about 4 MB each), and
+`fedumm pretrain` (fedumm.pretraining) rebuilds each bit for bit from its config and seed on the
+same machine and thread count:
+- `assistant-v2` (the default, also called `builtin`): the assistant's mixture with half of the
+  caption-to-image prompts short object lists (configs/pretrain.yaml).
+- `assistant`: captions, caption-to-image and questions of two families
+  (configs/pretrain_assistant.yaml); the default from 2026-11-26 to 2026-11-27.
 - `captioner`: captions and caption-to-image only, never a question
   (configs/pretrain_captioner.yaml); the results measured before 2026-11-26 used it.
 """
@@ -27,7 +30,7 @@ from fedumm.models.text_tokenizer import train_text_tokenizer
 from fedumm.models.umm import UMMConfig, UMMForCausalLM
 
 FOUNDATIONS = Path(__file__).resolve().parent.parent / "assets" / "foundations"
-DEFAULT = "assistant"  # what `builtin` names
+DEFAULT = "assistant-v2"  # what `builtin` names
 
 
 def build(cfg: PretrainConfig) -> tuple[UMMForCausalLM, UMMProcessor]:
