@@ -16,7 +16,7 @@ demo: $(BIN)/fedumm  ## run the default federation; results in runs/quickstart/
 	$(BIN)/fedumm run configs/quickstart.yaml -o runs/quickstart
 
 test: $(BIN)/fedumm  ## the fast test suite (every feature end to end at tiny scale)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15  # the slowest, for whoever trims the suite
 
 test-all: $(BIN)/fedumm  ## including the slow end-to-end runs
 	$(BIN)/python -m pytest -q -m ""
