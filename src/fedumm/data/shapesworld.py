@@ -3,8 +3,9 @@
 A scene is 1-4 coloured shapes placed in the cells of a 4x4 grid on a 32x32 RGB canvas; each object
 is drawn 6 px wide at a random 0-1 px offset inside its 8 px cell, so one scene has many pixel
 renderings, and questions about counts, relations and attributes need several cells, never one
-pixel. From one scene we derive VQA pairs (six question families) and dense captions, which are
-both the captioning targets and the text-to-image prompts of pretraining.
+pixel. From one scene we derive VQA pairs (six question families), dense captions, which are
+both the captioning targets and the text-to-image prompts of pretraining, and short object
+lists, which a pretraining config can mix into those prompts (`mixed_captions`).
 
 Train and test scenes are disjoint by construction: a scene's split is a hash of its content (which
 object in which cell), not of the seed, so no test scene can ever appear in training.
@@ -180,7 +181,9 @@ def short_caption(scene: Scene, with_colors: bool) -> str:
     for o in scene.reading_order():
         name = o.phrase() if with_colors else o.shape
         groups[name] = groups.get(name, 0) + 1
-    names = [f"{_COUNT_WORDS[k]} {name}{'s' if k > 1 else ''}" for name, k in groups.items()]
+    names = [
+        f"{_COUNT_WORDS.get(k, str(k))} {name}{'s' if k > 1 else ''}" for name, k in groups.items()
+    ]
     listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     return f"{listing}."
 
