@@ -66,7 +66,6 @@ def test_generate_respects_band_and_padding(tiny_foundation):
 
 
 def test_pretraining_is_reproducible(tiny_foundation, tmp_path):
-    from fedumm.config import PretrainConfig
     from tests.conftest import TINY_PRETRAIN
 
     pretrain(PretrainConfig(**TINY_PRETRAIN), tmp_path)
@@ -76,7 +75,6 @@ def test_pretraining_is_reproducible(tiny_foundation, tmp_path):
 
 
 def test_pretraining_with_matching_and_questions_reports_their_accuracy(tmp_path):
-    from fedumm.config import PretrainConfig
     from tests.conftest import TINY_PRETRAIN
 
     cfg = PretrainConfig(**TINY_PRETRAIN, matching_samples=32, question_samples=32)
@@ -91,7 +89,6 @@ def test_pretraining_with_matching_and_questions_reports_their_accuracy(tmp_path
 
 
 def test_short_captions_change_only_the_drawing_prompts():
-    from fedumm.config import PretrainConfig
     from fedumm.pretraining import pretraining_data
     from tests.conftest import TINY_PRETRAIN
 
@@ -144,7 +141,7 @@ def test_shipped_foundations_by_name_and_checksum():
 
 
 def test_pretraining_questions_ask_only_their_families():
-    from fedumm.config import ConfigError, PretrainConfig, load_config
+    from fedumm.config import ConfigError
 
     asked = sw.pretraining_questions(60, "train", 0, ("existence", "color"))
     assert {q.family for q in asked} == {"existence", "color"}

@@ -316,8 +316,6 @@ def caption_dataset(n: int, split: str, seed: int) -> list[CaptionSample]:
 def mixed_captions(scenes: list[Scene], short_share: float, seed: int, split: str) -> list[str]:
     """A caption per scene: dense, or for a `short_share` of them drawn by `seed`, short
     (`short_caption`, with or without colours in equal shares)."""
-    if not short_share:
-        return [caption(s) for s in scenes]
     rng = np.random.default_rng([seed, 10, 0 if split == "train" else 1])
     out = []
     for s in scenes:
