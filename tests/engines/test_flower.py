@@ -43,7 +43,11 @@ def _assert_same(runs):
     assert os.getpid() not in pids  # the clients trained in Flower's worker processes
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "scaffold", "fedsa_lora"])
+# By default FedSA-LoRA (personalized scoring); FedAvg is matched by the secure aggregation
+# test and SCAFFOLD's node state by the deployment test below, so those two cases are slow.
+@pytest.mark.parametrize("strategy", [pytest.param("fedavg", marks=pytest.mark.slow),
+                                      pytest.param("scaffold", marks=pytest.mark.slow),
+                                      "fedsa_lora"])  # fmt: skip
 def test_flower_simulation_matches_the_embedded_engine(tiny_foundation, tmp_path, strategy):
     _assert_same(_runs(tmp_path, tiny_foundation, f"federation.strategy.name={strategy}"))
 
