@@ -34,7 +34,7 @@ def server(train_client, per_round=4, evaluate=lambda p: {}, strategy="fedavg", 
            clients=CLIENTS, **rules):  # fmt: skip
     """A server reaching `clients` in this process, each training by `train_client`;
     `rules`: RoundRules' fields."""
-    transport = InProcess(train_client, clients)
+    transport = InProcess(train_client, clients, rules.get("equal_weights", False))
     return Server(clients, build_strategy(strategy), transport, evaluate, per_round, seed,
                   RoundRules(**rules), progress=False)  # fmt: skip
 
@@ -54,6 +54,10 @@ def test_equal_weights_average_the_updates_whatever_the_clients_hold():
     final, _ = server(_train(), equal_weights=True).run({"w": torch.zeros(3)}, rounds=1)
     # (+1 +2 +3 +4) / 4 = 2.5, where weights by 10, 20, 30, 40 samples give 3.0
     assert torch.allclose(final["w"], torch.full((3,), 2.5))
+    # Under secure aggregation the clients mask weight * update with the same weights.
+    secure, _ = server(_train(), equal_weights=True, secure_threshold=3).run(
+        {"w": torch.zeros(3)}, rounds=1)  # fmt: skip
+    assert torch.allclose(secure["w"], torch.full((3,), 2.5), atol=1e-5)
 
 
 def test_a_nan_update_is_rejected_logged_and_never_aggregated(caplog):

@@ -48,11 +48,10 @@ class InProcess:
 
     def finish(self, update: ClientUpdate, inboxes: dict[str, bytes] | None) -> bytes:
         """The client's upload of its trained `update` (masked under secure aggregation)."""
-        weight = 1 if self.equal_weights else update.num_samples
         if inboxes is None:
-            return upload(update, weight)
+            return upload(update)
         cid = update.client_id
-        return upload(update, weight, self.sessions[cid], inboxes[cid])
+        return upload(update, self.equal_weights, self.sessions[cid], inboxes[cid])
 
     def exchange(
         self, rnd: int, down: bytes, clients: list[ClientData],

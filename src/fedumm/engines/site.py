@@ -50,9 +50,9 @@ class Site:
         of it, the upload: masked under secure aggregation, where `inbox` holds the round's
         secrets for this site)."""
         update = self.fl.train_client(self.client, wire.unpack(message), rnd)
-        weight = 1 if self.cfg.federation.client_weights == "equal" else update.num_samples
         session = self.sessions.get(self.name) if inbox is not None else None
-        up = upload(update, weight, session, inbox)
+        equal = self.cfg.federation.client_weights == "equal"
+        up = upload(update, equal, session, inbox)
         meta = {"num_samples": update.num_samples, "num_steps": update.num_steps,
                 "metrics": {**update.metrics, "pid": os.getpid(),
                             "device": str(self.fl.runtime.device)}}  # fmt: skip

@@ -114,12 +114,13 @@ def _on(params: Params | None, device) -> Params | None:
     return None if params is None else {k: v.to(device) for k, v in params.items()}
 
 
-def upload(update: ClientUpdate, weight: float, session: ClientSession | None = None,
-           inbox: bytes | None = None) -> bytes:  # fmt: skip
+def upload(update: ClientUpdate, equal_weights: bool = False,
+           session: ClientSession | None = None, inbox: bytes | None = None) -> bytes:  # fmt: skip
     """What leaves a client: its update serialized; under secure aggregation (`session`, with
-    the `inbox` the task brought) masked first, as weight * update in fixed point."""
+    the `inbox` the task brought) masked first, as weight * update in fixed point, the weight
+    the server gives it: its samples, or 1 under `equal_weights` (client_weights equal)."""
     params = update.params
     if session is not None:
         session.receive(inbox)
-        params = session.mask(params, weight)
+        params = session.mask(params, 1 if equal_weights else update.num_samples)
     return wire.pack(params)
