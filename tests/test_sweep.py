@@ -7,7 +7,7 @@ from pathlib import Path
 from fedumm.cli import app
 from fedumm.models import BUILTIN_TARGETS
 from fedumm.models.foundation import checksum
-from fedumm.sweep import Cell, summarize
+from fedumm.sweep import Cell, grid_figure, summarize
 from tests.tiny import TINY_RUN, runner
 
 
@@ -221,3 +221,17 @@ def test_a_sweep_runs_every_cell_on_the_engine_its_config_names(tiny_foundation,
     cell = json.loads((out / "cells" / "alpha=1.0" / "results.json").read_text())
     assert cell["flare"]["env"] == "sim" and cell["config"]["engine"] == "flare"
     assert (out / "cells" / "alpha=1.0" / "flare" / "fedumm" / "server" / "log.txt").is_file()
+
+
+def test_a_plot_with_long_series_names_keeps_its_panels_wide():
+    """clients-alpha's plot: a legend of long partition names, inside the panel, made
+    tight_layout shrink the panel to a sliver; the legend now sits beside it."""
+    keys = ["federation.num_clients", "partition"]
+    rows = [{keys[0]: k, keys[1]: f"scheme=dirichlet,alpha={a}", "vqa_accuracy": 60.0 - k,
+             "vqa_accuracy_pct_of_centralized": 90.0, "centralized_vqa_accuracy": 66.0}
+            for k in (2, 4, 8, 16) for a in ("1.0", "0.5", "0.1")]  # fmt: skip
+    fig = grid_figure(rows, keys, ["vqa_accuracy"])
+    assert fig.axes[0].get_position().width > 0.4  # of the figure's width; it was 0.009
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "centralized", "scheme=dirichlet,alpha=1.0", "scheme=dirichlet,alpha=0.5",
+        "scheme=dirichlet,alpha=0.1"]  # fmt: skip

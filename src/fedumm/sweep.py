@@ -336,7 +336,18 @@ def _pivot(
 
 
 def plot_grid(rows: list[dict], keys: list[str], metrics: list[str], path: Path) -> None:
-    """Bars: the first axis along x, the second as series, one panel per value of the rest."""
+    """`grid_figure` saved to `path`."""
+    from fedumm.report import plt
+
+    fig = grid_figure(rows, keys, metrics)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def grid_figure(rows: list[dict], keys: list[str], metrics: list[str]):
+    """Bars: the first axis along x, the second as series, one panel per value of the rest.
+    The legend (titled with the second axis) sits right of each panel: inside, a legend wider
+    than the panel made tight_layout shrink the panel to nothing."""
     from fedumm.report import plt
 
     short = short_names(keys)
@@ -357,10 +368,12 @@ def plot_grid(rows: list[dict], keys: list[str], metrics: list[str], path: Path)
                          0.0)
                     for g in groups
                 ]  # fmt: skip
-                label = f"{short[keys[1]]}={s}" if s is not None else None
+                label = str(s) if s is not None else None
                 ax.bar(np.arange(len(groups)) + j * bar, heights, bar, label=label)
             ax.set_xticks(np.arange(len(groups)) + 0.4 - bar / 2)
             ax.set_xticklabels([str(g) for g in groups], rotation=30, ha="right")
+            if keys:
+                ax.set_xlabel(short[keys[0]])
             ax.set_ylabel(HEADLINES[metric][0])
             if panel:
                 ax.set_title(", ".join(f"{short[k]}={v}" for k, v in zip(keys[2:], panel)))
@@ -368,9 +381,8 @@ def plot_grid(rows: list[dict], keys: list[str], metrics: list[str], path: Path)
                 ax.axhline(rows[0][f"centralized_{metric}"], color="black", linestyle="--",
                            label="centralized")  # fmt: skip
             if len(keys) > 1 or reference:
-                ax.set_ylim(top=ax.get_ylim()[1] * 1.25)  # room for the legend above the bars
-                ax.legend(ncol=min(len(series) + reference, 4), fontsize="small", loc="upper left")
+                ax.legend(title=short[keys[1]] if len(keys) > 1 else None, fontsize="small",
+                          loc="upper left", bbox_to_anchor=(1.01, 1.0))  # fmt: skip
             ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
