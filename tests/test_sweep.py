@@ -7,6 +7,7 @@ from pathlib import Path
 from fedumm.cli import app
 from fedumm.models import BUILTIN_TARGETS
 from fedumm.models.foundation import checksum
+from fedumm.report import plt
 from fedumm.sweep import Cell, grid_figure, summarize
 from tests.tiny import TINY_RUN, runner
 
@@ -235,3 +236,4 @@ def test_a_plot_with_long_series_names_keeps_its_panels_wide():
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
         "centralized", "scheme=dirichlet,alpha=1.0", "scheme=dirichlet,alpha=0.5",
         "scheme=dirichlet,alpha=0.1"]  # fmt: skip
+    plt.close(fig)
