@@ -22,9 +22,12 @@ from tests.tiny import TINY_RUN, run_tiny, runner, wait_for_checkpoint
 
 TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2", "threads=1",
                "baselines.local=false", "baselines.centralized=false"]  # fmt: skip
+SECURE = [*TWO_CLIENTS, "federation.num_clients=3", "federation.clients_per_round=3",
+          "federation.secure_aggregation.enabled=true",
+          "federation.secure_aggregation.threshold=2"]  # fmt: skip
 
 
-# By default FedSA-LoRA (personalized scoring); FedAvg is matched by the POC test below and
+# By default FedSA-LoRA (personalized scoring); FedAvg is matched (masked) by the POC test and
 # SCAFFOLD's client states by the resume-after-kill test, so those two cases are slow.
 @pytest.mark.parametrize("strategy", [pytest.param("fedavg", marks=pytest.mark.slow),
                                       pytest.param("scaffold", marks=pytest.mark.slow),
@@ -65,12 +68,13 @@ def test_an_unknown_engine_is_refused(tiny_foundation, tmp_path):
 
 
 def test_poc_mode_runs_real_processes_and_stops_them(tiny_foundation, tmp_path):
-    """FedAvg through POC (a server and a client per site, as separate processes): the
-    embedded engine's adapter, bytes, client losses and scores; nothing left running."""
+    """FedAvg under secure aggregation through POC (a server and a client per site, as
+    separate processes; the key protocol as FLARE tasks between them): the embedded engine's
+    adapter, bytes, client losses and scores; nothing left running."""
     runs = {}
     for engine, env in (("embedded", []), ("flare", ["--flare-env", "poc"])):
         out = tmp_path / engine
-        result = run_tiny(out, tiny_foundation, *TWO_CLIENTS, cli=["--engine", engine, *env])
+        result = run_tiny(out, tiny_foundation, *SECURE, cli=["--engine", engine, *env])
         assert result.exit_code == 0, result.output
         runs[engine] = json.loads((out / "results.json").read_text())
     a = load_file(tmp_path / "embedded" / "global_adapter.safetensors")
@@ -81,12 +85,13 @@ def test_poc_mode_runs_real_processes_and_stops_them(tiny_foundation, tmp_path):
     assert flare["baselines"]["zero_shot"] == embedded["baselines"]["zero_shot"]
     for mine, theirs in zip(embedded["rounds"], flare["rounds"]):
         assert (mine["bytes_up"], mine["bytes_down"]) == (theirs["bytes_up"], theirs["bytes_down"])
+        assert theirs["secagg_bytes"] == mine["secagg_bytes"] > 0
         assert mine["metrics"] == theirs["metrics"]
         for site, metrics in mine["client_metrics"].items():
             assert theirs["client_metrics"][site]["loss"] == pytest.approx(metrics["loss"], 1e-6)
     clients = {site: m["pid"] for r in flare["rounds"] for site, m in r["client_metrics"].items()}
     server = flare["flare"]["server_pid"]
-    assert flare["flare"]["env"] == "poc" and len({*clients.values(), server, os.getpid()}) == 4
+    assert flare["flare"]["env"] == "poc" and len({*clients.values(), server, os.getpid()}) == 5
     assert not any(psutil.pid_exists(pid) for pid in [*clients.values(), server])
     assert not [p for p in psutil.process_iter(["cmdline"])
                 if "nvflare" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
@@ -180,14 +185,10 @@ def test_site_devices_are_checked_and_named(tiny_foundation, tmp_path):
     assert not (tmp_path / "sim" / "flare").exists()
 
 
-SECURE = [*TWO_CLIENTS, "federation.num_clients=3", "federation.clients_per_round=3",
-          "federation.secure_aggregation.enabled=true",
-          "federation.secure_aggregation.threshold=2"]  # fmt: skip
-
-
+@pytest.mark.slow  # by default through POC: test_poc_mode_runs_real_processes_and_stops_them
 def test_secure_aggregation_across_flare_processes(tiny_foundation, tmp_path):
-    """The key protocol as FLARE tasks between processes: the embedded engine's adapter and
-    bytes."""
+    """The key protocol as FLARE tasks between the simulator's processes: the embedded
+    engine's adapter and bytes."""
     runs = {}
     for engine in ("embedded", "flare"):
         result = run_tiny(tmp_path / engine, tiny_foundation, *SECURE, cli=["--engine", engine])
