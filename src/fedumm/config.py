@@ -8,6 +8,7 @@ work starts, with the dotted name of the key.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import re
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+log = logging.getLogger("fedumm")
 
 # ShapesWorld's question families (fedumm.data.shapesworld asks them); here so a pretraining config
 # can name them without the config importing the data layer above it.
@@ -360,6 +363,22 @@ class SecureAggregationConfig(Section):
         "null = a majority of the round's sampled clients.",
     )
 
+    allow_minority: bool = Field(
+        False,
+        description="Accept a threshold of half the round's clients or fewer (a server that "
+        "splits the clients could then learn one's update); a warning says so.",
+    )
+    signed_keys: bool = Field(
+        False,
+        description="Clients sign their keys with their site identity and check every peer's, "
+        "so a server that substitutes keys is caught.",
+    )
+    identities: str | None = Field(
+        None,
+        description="signed_keys: folder of site identities (`fedumm identities`, or FLARE's "
+        "provisioned kits); null = made for the run (embedded engine only).",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _from_bool(cls, value: Any) -> Any:
@@ -486,6 +505,19 @@ class FederationConfig(Section):
             )
         if self.max_update_norm is not None:
             raise ValueError("max_update_norm cannot be checked on masked updates; unset it")
+        t = secure.survivors_needed(sampled)
+        if 2 * t <= sampled:
+            if not secure.allow_minority:
+                raise ValueError(
+                    f"secure_aggregation.threshold ({t}) is half or less of the {sampled} "
+                    "clients sampled per round: a server that splits them into groups could "
+                    "unmask one; raise it, or set secure_aggregation.allow_minority: true"
+                )
+            log.warning("secure_aggregation.threshold %d of %d clients (allow_minority): a "
+                        "server that splits the clients could unmask one's update", t,
+                        sampled)  # fmt: skip
+        if secure.identities is not None and not Path(secure.identities).is_dir():
+            raise ValueError(f"secure_aggregation.identities: {secure.identities} is not a folder")
         return self
 
     @model_validator(mode="after")
@@ -711,6 +743,29 @@ class RunConfig(Section):
     tracking: TrackingConfig = Field(
         default_factory=TrackingConfig, description="Experiment tracking (TensorBoard, MLflow)."
     )
+
+    @model_validator(mode="after")
+    def _identities_reach_every_process(self) -> RunConfig:
+        secure = self.federation.secure_aggregation
+        signed = secure.enabled and secure.signed_keys
+        if signed and not secure.identities and self.engine != "embedded":
+            raise ValueError(
+                f"federation.secure_aggregation.signed_keys under the {self.engine} engine: "
+                "each site runs in its own process and needs its identity from a folder; write "
+                f"one with `fedumm identities DIR --sites {self.federation.num_clients}` and "
+                "set secure_aggregation.identities: DIR"
+            )
+        return self
+
+    def holds(self, client_index: int, task: str) -> bool:
+        """Whether client `client_index` (0 = site-1) holds data of `task`."""
+        if task not in self.data.tasks:
+            return False
+        chosen = self.partition.client_tasks
+        return chosen is None or chosen[client_index % len(chosen)] in (task, "both")
+
+    def task_clients(self, task: str) -> int:
+        return sum(self.holds(i, task) for i in range(self.federation.num_clients))
 
     def holds(self, client_index: int, task: str) -> bool:
         """Whether client `client_index` (0 = site-1) holds data of `task`."""

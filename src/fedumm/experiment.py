@@ -28,6 +28,8 @@ from fedumm.federation.adaptive_regularization import middle_layer_keys
 from fedumm.federation.attacks import poison
 from fedumm.federation.client import ClientData, local_update, site_names
 from fedumm.federation.client_states import ClientStates
+from fedumm.federation.identity import Identities
+from fedumm.federation.secure_aggregation import ClientPolicy
 from fedumm.federation.server import RoundRules, Server, Transport
 from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.strategies.base import Strategy
@@ -138,6 +140,7 @@ class Federation:
     ranks: dict[str, int]  # client -> its own LoRA rank, where ranks differ
     runtime: Runtime  # where the model runs, in what precision
     seconds: dict[str, float]  # how long building it took: model, data, partition
+    identities: Identities | None = None  # secure aggregation's signed keys: the sites'
 
     @property
     def clients(self) -> list[ClientData]:
@@ -146,6 +149,13 @@ class Federation:
     @property
     def initial(self) -> Params:
         return self.fresh[self.rank]
+
+    def secagg_policy(self, site: str) -> ClientPolicy:
+        """What `site` accepts from the server in secure aggregation: its config's threshold,
+        and with signed keys, its identity."""
+        secure, fed = self.cfg.federation.secure_aggregation, self.cfg.federation
+        return ClientPolicy(secure.survivors_needed(fed.sampled_per_round), secure.allow_minority,
+                            self.identities.of(site) if self.identities else None)  # fmt: skip
 
     def client(self, site: str) -> ClientData:
         for c in self.clients:
@@ -225,8 +235,12 @@ def build_federation(cfg: RunConfig) -> Federation:
     malicious = []
     if cfg.attack.kind != "none":
         malicious = draw_share(ids, cfg.attack.fraction, derive_seed(cfg.seed, 0xBAD))
+    secure = fed.secure_aggregation
+    identities = (
+        Identities(secure.identities, ids) if secure.enabled and secure.signed_keys else None
+    )
     return Federation(cfg, model, processor, rank, fresh, tasks, split, strategy,
-                      ClientStates(), malicious, ranks, runtime, seconds)  # fmt: skip
+                      ClientStates(), malicious, ranks, runtime, seconds, identities)  # fmt: skip
 
 
 Connect = Callable[[Federation], Transport]
@@ -338,7 +352,7 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
         deadline=fed.round_deadline, duration=duration, claims=_claims(fed, clients),
         equal_weights=fed.client_weights == "equal",
         secure_threshold=secure.survivors_needed(fed.sampled_per_round) if secure.enabled
-        else None,
+        else None, secure_root=fl.identities.root if fl.identities else None,
     )  # fmt: skip
     server = Server(clients, strategy, transport, evaluate, fed.sampled_per_round, cfg.seed,
                     rules, cfg.eval.every, progress, fed.client_sampling)  # fmt: skip

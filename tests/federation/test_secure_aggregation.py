@@ -2,9 +2,12 @@
 the server cannot key, Shamir shares that recover the masks of clients that drop out after
 masking, and rounds that abort cleanly below the threshold."""
 
+import base64
+import contextlib
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,11 +16,12 @@ from hypothesis import strategies as st
 from fedumm.config import ConfigError
 from fedumm.federation.client import ClientData
 from fedumm.federation.secure_aggregation import (
-    MODULUS,
+    WEIGHT,
+    ClientPolicy,
     ClientSession,
     ProtocolError,
     ServerSession,
-    _pair_mask,
+    _masks,
     decode,
     encode,
     reconstruct,
@@ -36,11 +40,14 @@ def _updates(seed: int, ids=IDS) -> dict[str, dict[str, torch.Tensor]]:
             for u in ids}  # fmt: skip
 
 
-def _protocol(updates: dict, weights: dict, threshold: int, drop_after_masking=()):
+def _protocol(updates: dict, weights: dict, threshold: int, drop_after_masking=(),
+              answer: bool = True):  # fmt: skip
     """One round between a ServerSession and ClientSessions; returns (sum, everything the
-    server received, the sessions)."""
+    server received, the sessions). Clients accept any threshold here (allow_minority);
+    a client that refuses to unmask simply does not answer."""
     rnd = 3
-    clients = {u: ClientSession(u, rnd) for u in updates}
+    policy = ClientPolicy(2, allow_minority=True)
+    clients = {u: ClientSession(u, rnd, policy) for u in updates}
     secagg = ServerSession(rnd, threshold)
     adverts = {u: c.advertise() for u, c in clients.items()}
     roster, listed = secagg.roster(adverts)
@@ -51,10 +58,24 @@ def _protocol(updates: dict, weights: dict, threshold: int, drop_after_masking=(
         c.receive(inboxes[u])
         if u not in drop_after_masking:
             masked[u] = c.mask(updates[u], weights[u])
+    seen = {"adverts": adverts, "shares": shares, "masked": masked, "inboxes": inboxes}
+    if not answer:
+        return None, seen, clients
     request = secagg.unmask_request(sorted(masked))
-    answers = {u: clients[u].unmask(request) for u in masked}
-    seen = {"adverts": adverts, "shares": shares, "masked": masked, "answers": answers}
-    return secagg.unmask(masked, answers), seen, clients
+    answers = {}
+    for u in masked:
+        with contextlib.suppress(ProtocolError):
+            answers[u] = clients[u].unmask(request)
+    seen["answers"] = answers
+    total, weight = secagg.unmask(masked, answers)
+    assert weight == pytest.approx(sum(weights[u] for u in masked))
+    return total, seen, clients
+
+
+def _decoded(masked: dict) -> dict:
+    """A masked upload read as fixed-point values (what the server sees of one client)."""
+    flat = {k: v.numpy().view(np.uint64).reshape(-1) for k, v in masked.items()}
+    return decode(flat, {k: tuple(v.shape) for k, v in masked.items()})
 
 
 def _plain_sum(updates, weights, ids):
@@ -95,21 +116,23 @@ def test_the_server_cannot_recover_one_clients_update_from_what_it_receives():
     _, seen, clients = _protocol(updates, weights, threshold=3)
     y = seen["masked"]["site-3"]
     # 1. The masked upload carries no trace of the update: decoded, it is noise of about 2^61.
-    noise = decode(y)
+    noise = _decoded(y)
     assert noise["a"].abs().mean() > 1e9 and noise["b"].abs().mean() > 1e9
     # 2. The old attack: masks regenerated from the run seed, as the server could before.
-    old = {k: (v - torch.randint(0, MODULUS, v.shape, generator=torch.Generator().manual_seed(
-        derive_seed(0, 3, 0x5A)))) % MODULUS for k, v in y.items()}  # fmt: skip
-    assert not torch.allclose(decode(old)["a"], planted["a"].double(), atol=1.0)
+    rng = np.random.default_rng(derive_seed(0, 3, 0x5A))
+    old = {k: torch.from_numpy((v.numpy().view(np.uint64) - rng.integers(
+        0, 2**64, v.shape, dtype=np.uint64)).view(np.int64)) for k, v in y.items()}  # fmt: skip
+    assert not torch.allclose(_decoded(old)["a"], planted["a"].double(), atol=1.0)
     # 3. What the server legitimately reconstructs for a survivor is its self-mask seed (from
     # the b shares); with it, the pairwise masks are still there.
     b_shares = [tuple((int(x), int(h, 16))) for x, h in
                 (json.loads(a)["b"]["site-3"] for a in seen["answers"].values())]  # fmt: skip
     seed = reconstruct(b_shares[:3]).to_bytes(32, "big")
     assert seed == clients["site-3"].b_seed
-    shapes = {k: v.shape for k, v in planted.items()}
-    without_self = {k: (y[k] - m) % MODULUS for k, m in _pair_mask(seed, shapes).items()}
-    assert not torch.allclose(decode(without_self)["a"], planted["a"].double(), atol=1.0)
+    shapes = {k: tuple(v.shape) for k, v in y.items()}
+    without_self = {k: torch.from_numpy((y[k].numpy().view(np.uint64).reshape(-1) - m).view(
+        np.int64)).reshape(shapes[k]) for k, m in _masks(seed, shapes).items()}  # fmt: skip
+    assert not torch.allclose(_decoded(without_self)["a"], planted["a"].double(), atol=1.0)
     # 4. ...and no answer hands it a survivor's mask key: only dropped clients' are shared.
     assert all(json.loads(a)["s"] == {} for a in seen["answers"].values())
     # 5. The shares it routed are ciphertexts: no share of site-3's key is in clear.
@@ -119,14 +142,17 @@ def test_the_server_cannot_recover_one_clients_update_from_what_it_receives():
 
 def test_a_client_never_reveals_both_secrets_of_one_client_nor_answers_twice():
     updates, weights = _updates(2), dict.fromkeys(IDS, 1.0)
-    _, _, clients = _protocol(updates, weights, threshold=3)
-    greedy = json.dumps({"round": 3, "survivors": ["site-1"], "dropped": ["site-1"]}).encode()
-    fresh = ClientSession("site-9", 3)
-    with pytest.raises(ProtocolError, match="both secrets of one client"):
-        fresh.unmask(greedy)
-    again = json.dumps({"round": 3, "survivors": ["site-2"], "dropped": []}).encode()
+    _, _, clients = _protocol(updates, weights, threshold=3, answer=False)
+    others = IDS[1:]
+    greedy = json.dumps({"round": 3, "survivors": IDS, "dropped": ["site-2"]}).encode()
+    with pytest.raises(ProtocolError, match="do not split the peers"):
+        clients["site-1"].unmask(greedy)
+    fair = json.dumps({"round": 3, "survivors": IDS, "dropped": []}).encode()
+    assert json.loads(clients["site-1"].unmask(fair))["s"] == {}
+    again = json.dumps({"round": 3, "survivors": ["site-1", *others[:2]],
+                        "dropped": others[2:]}).encode()  # fmt: skip
     with pytest.raises(ProtocolError, match="asked twice"):
-        clients["site-1"].unmask(again)  # it answered once in _protocol
+        clients["site-1"].unmask(again)
 
 
 def test_malformed_or_replayed_key_messages_drop_their_sender(caplog):
@@ -190,7 +216,9 @@ def test_shamir_shares_reconstruct_with_any_t_of_them():
 
 def test_fixed_point_round_trips():
     values = {"w": torch.tensor([0.5, -1.25, 3.0])}
-    assert torch.allclose(decode(encode(values, 4.0))["w"], 4.0 * values["w"].double())
+    decoded = decode(encode(values, 4.0), {"w": (3,), WEIGHT: (1,)})
+    assert torch.allclose(decoded["w"], 4.0 * values["w"].double())
+    assert float(decoded[WEIGHT]) == 4.0
 
 
 @pytest.mark.parametrize(
@@ -225,7 +253,8 @@ def test_stragglers_under_secure_aggregation_end_to_end(tiny_foundation, tmp_pat
     for name, secure in (("plain", "false"), ("secure", "true")):
         result = run_tiny(tmp_path / name, tiny_foundation, *late,
                           f"federation.secure_aggregation.enabled={secure}",
-                          "federation.secure_aggregation.threshold=2")  # fmt: skip
+                          "federation.secure_aggregation.threshold=2",
+                          "federation.secure_aggregation.allow_minority=true")  # fmt: skip
         assert result.exit_code == 0, result.output
         adapters[name] = load_file(tmp_path / name / "global_adapter.safetensors")
     rounds = json.loads((tmp_path / "secure" / "results.json").read_text())["rounds"]
@@ -233,3 +262,202 @@ def test_stragglers_under_secure_aggregation_end_to_end(tiny_foundation, tmp_pat
     a, b = adapters["plain"], adapters["secure"]
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     assert max(float(v.abs().max()) for v in b.values()) < 5  # no mask left in it
+
+
+# ------------------------------------------------------------------ attacks a curious server tries
+
+
+def _one_client_round(n: int = 3, rnd: int = 1, policy=None):
+    """Sessions of n clients and the server, up to masking (inboxes received)."""
+    policy = policy or ClientPolicy(2)
+    ids = [f"site-{i}" for i in range(1, n + 1)]
+    clients = {u: ClientSession(u, rnd, policy) for u in ids}
+    secagg = ServerSession(rnd, policy.threshold)
+    roster, listed = secagg.roster({u: c.advertise() for u, c in clients.items()})
+    inboxes = secagg.route({u: clients[u].share(roster) for u in listed})
+    for u in ids:
+        clients[u].receive(inboxes[u])
+    return clients, secagg, roster
+
+
+def test_no_two_tensors_of_an_upload_share_a_mask_word():
+    """Before, tensor i's mask was tensor 0's keystream shifted by i blocks: two all-zero
+    tensors of 4,096 values shared 4,094 mask words."""
+    clients, _, _ = _one_client_round()
+    y = clients["site-1"].mask({"a": torch.zeros(4096), "b": torch.zeros(4096)}, 1.0)
+    shared = set(y["a"].tolist()) & set(y["b"].tolist())
+    assert len(shared) == 0
+
+
+def test_knowing_every_tensor_of_an_upload_but_one_leaves_the_last_masked():
+    """The server knows tensor 'a' (a layer that got no gradient: still zero) and tries to read
+    'b' from a's mask at every alignment; before, it read 4,094 of 4,096 values exactly."""
+    clients, _, _ = _one_client_round()
+    secret = torch.randn(4096, generator=torch.Generator().manual_seed(0))
+    y = clients["site-2"].mask({"a": torch.zeros(4096), "b": secret}, 1.0)
+    mask_a = y["a"].numpy().view(np.uint64)  # q(0) = 0: the upload is the mask
+    masked_b = y["b"].numpy().view(np.uint64)
+    best = 0
+    for shift in range(-8, 9):  # any keystream offset between the two tensors
+        lo, hi = max(0, shift), min(4096, 4096 + shift)
+        guess = (masked_b[lo - shift : hi - shift] - mask_a[lo:hi]).view(np.int64) / 2**24
+        best = max(
+            best, int((np.abs(guess - secret.numpy()[lo - shift : hi - shift]) < 1e-6).sum())
+        )
+    assert best == 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 2.0**40])
+def test_a_client_withdraws_an_update_it_cannot_mask_and_the_round_sums_the_others(bad, caplog):
+    """Before, NaN, inf and |x| >= 2^39 were encoded as 0 and the client's weight stayed in
+    the divisor. Now the client withdraws (sends nothing) and is recovered as dropped."""
+    clients = [ClientData(f"site-{i}", [None] * 10) for i in range(1, 5)]
+
+    def train(client, params, rnd):
+        value = float(client.client_id.split("-")[1])
+        out = {k: v + (bad if client.client_id == "site-2" else value) for k, v in params.items()}
+        from fedumm.federation.update import ClientUpdate
+
+        return ClientUpdate(client.client_id, out, len(client.data), 1)
+
+    with caplog.at_level(logging.WARNING, logger="fedumm"):
+        final, records = server(train, 4, clients=clients, secure_threshold=3).run(
+            {"w": torch.zeros(3)}, 1)  # fmt: skip
+    assert torch.allclose(final["w"], torch.full((3,), (1 + 3 + 4) / 3), atol=1e-5)
+    assert records[0].rejected[0]["client_id"] == "site-2"
+    assert "withdrew its update" in records[0].rejected[0]["reason"]
+    assert "site-2 withdraws its update" in caplog.text
+
+
+def test_the_divisor_is_the_sum_of_the_weights_clients_masked():
+    """A client masks with weight 1,000 while claiming its partition's 10 samples. Before, the
+    server divided by the claims (40): the 'mean' came out 25x the largest update. Now the
+    weight travels masked and the result is a true weighted mean of the updates."""
+    clients = [ClientData(f"site-{i}", [None] * 10) for i in range(1, 5)]
+    engine = server(_train(), 4, clients=clients, secure_threshold=3)
+
+    def inflating(update, inboxes):
+        cid = update.client_id
+        weight = 1000 if cid == "site-4" else update.num_samples
+        from fedumm.federation import wire
+
+        session = engine.transport.sessions[cid]
+        session.receive(inboxes[cid])
+        return wire.pack(session.mask(update.params, weight))
+
+    engine.transport.finish = inflating
+    final, _ = engine.run({"w": torch.zeros(3)}, 1)
+    expected = (10 * 1 + 10 * 2 + 10 * 3 + 1000 * 4) / 1030
+    assert torch.allclose(final["w"], torch.full((3,), expected), atol=1e-5)
+    assert float(final["w"].max()) <= 4  # inside the updates' range, whatever the weights
+
+
+def test_clients_check_what_the_server_asks():
+    """Threshold below the site's, t <= n/2, a roster without my own keys, a U2 smaller than
+    t or outside the roster, an unmasking request outside U2: refused by the client."""
+    clients, secagg, roster = _one_client_round(4, policy=ClientPolicy(3))
+    message = json.loads(roster)
+    for t, why in ((2, "below this site's 3"), (5, "more than half")):
+        asked = json.dumps({**message, "threshold": t}).encode()
+        with pytest.raises(ProtocolError, match=why):
+            clients["site-1"].share(asked)
+    fresh = ClientSession("site-1", 1, ClientPolicy(3))
+    fresh.advertise()
+    with pytest.raises(ProtocolError, match="own keys"):  # the server swapped mine
+        fresh.share(roster)
+    minority = ClientSession("site-1", 1, ClientPolicy(2))
+    keys = {u: message["keys"][u] for u in ("site-2", "site-3", "site-4")}
+    keys["site-1"] = json.loads(minority.advertise())
+    keys["site-1"] = {k: keys["site-1"][k] for k in ("c_pk", "s_pk")}
+    with pytest.raises(ProtocolError, match="more than half"):
+        minority.share(json.dumps({"round": 1, "threshold": 2, "keys": keys}).encode())
+    session = clients["site-1"]
+    inbox = lambda peers: json.dumps({"round": 1, "peers": peers, "from": {}}).encode()  # noqa: E731
+    for peers, why in ((["site-1", "site-2"], "fewer than the threshold 3"),
+                       (["site-1", "site-2", "site-9"], "not of the roster")):  # fmt: skip
+        with pytest.raises(ProtocolError, match=why):
+            session.receive(inbox(peers))
+    session.mask({"w": torch.zeros(2)}, 1.0)
+    outside = json.dumps({"round": 1, "survivors": ["site-1", "site-2", "site-3", "site-9"],
+                          "dropped": ["site-4"]}).encode()  # fmt: skip
+    with pytest.raises(ProtocolError, match="do not split the peers"):
+        session.unmask(outside)
+    too_few = json.dumps({"round": 1, "survivors": ["site-1", "site-2"],
+                          "dropped": ["site-3", "site-4"]}).encode()  # fmt: skip
+    with pytest.raises(ProtocolError, match="threshold 3"):
+        session.unmask(too_few)
+
+
+def test_a_key_of_small_order_drops_its_sender_not_the_round(caplog):
+    """An all-zero X25519 key used to make every honest client's share() raise ValueError,
+    which crashed the embedded run and killed FLARE sites."""
+    ids = ["site-1", "site-2", "site-3", "site-4"]
+    clients = {u: ClientSession(u, 1, ClientPolicy(3)) for u in ids}
+    adverts = {u: c.advertise() for u, c in clients.items()}
+    evil = json.loads(adverts["site-4"])
+    evil["c_pk"] = evil["s_pk"] = base64.b64encode(bytes(32)).decode()
+    adverts["site-4"] = json.dumps(evil).encode()
+    secagg = ServerSession(1, 3)
+    with caplog.at_level(logging.WARNING, logger="fedumm"):
+        roster, listed = secagg.roster(adverts)
+    assert listed == ids[:3] and "refused site-4: a public key of small order" in caplog.text
+    assert all(clients[u].share(roster) for u in listed)
+    # a server that lets it through anyway: the honest client refuses the roster, cleanly
+    forged = json.loads(roster)
+    forged["keys"]["site-4"] = {"c_pk": evil["c_pk"], "s_pk": evil["s_pk"]}
+    with pytest.raises(ProtocolError, match="small order"):
+        clients["site-1"].share(json.dumps(forged).encode())
+
+
+def _substitute_keys(signed: bool):
+    """The server gives site-1 a roster in which every other client's keys are its own (a
+    man in the middle), decrypts the shares site-1 sends them, and unmasks site-1 alone."""
+    from fedumm.federation.identity import simulated_identities
+    from fedumm.federation.secure_aggregation import _check_keys
+
+    ids = ["site-1", "site-2", "site-3"]
+    made = simulated_identities(ids) if signed else {}
+    victim = ClientSession("site-1", 1, ClientPolicy(2, identity=made.get("site-1")))
+    advert = json.loads(victim.advertise())
+    fakes = {u: ClientSession(u, 1, ClientPolicy(2)) for u in ids[1:]}  # the server's keys
+    keys = {"site-1": {k: v for k, v in advert.items() if k not in ("round", "client")}}
+    keys.update({u: {k: v for k, v in json.loads(f.advertise()).items()
+                     if k not in ("round", "client")} for u, f in fakes.items()})  # fmt: skip
+    roster = json.dumps({"round": 1, "threshold": 2, "keys": keys}).encode()
+    _check_keys("site-1", keys["site-1"], 1, None)
+    shares = json.loads(victim.share(roster))["to"]
+    for u, fake in fakes.items():  # the server, holding the fake keys, decrypts
+        fake.roster = {v: {k: base64.b64decode(keys[v][k]) for k in ("c_pk", "s_pk")}
+                       for v in ids}  # fmt: skip
+        fake.peers = ids
+        fake.receive(json.dumps({"round": 1, "peers": ids, "from": {"site-1": shares[u]}}).encode())
+    secret = {"w": torch.linspace(-1, 1, 6)}
+    victim.receive(json.dumps({"round": 1, "peers": ids, "from": {}}).encode())
+    y = victim.mask(secret, 1.0)
+    b = reconstruct(
+        [tuple((x, int(h, 16))) for x, h in (f.held["site-1"]["b"] for f in fakes.values())]
+    )
+    s = reconstruct(
+        [tuple((x, int(h, 16))) for x, h in (f.held["site-1"]["s"] for f in fakes.values())]
+    )
+    seed = b.to_bytes(32, "big")
+    assert s.to_bytes(32, "big") == victim.s_private  # its mask key too
+    from fedumm.federation.secure_aggregation import _pair_context, agree
+
+    shapes = {k: tuple(v.shape) for k, v in y.items()}
+    flat = {k: v.numpy().view(np.uint64).reshape(-1).copy() for k, v in y.items()}
+    for k, m in _masks(seed, shapes).items():
+        flat[k] -= m
+    for u, fake in fakes.items():
+        key = agree(fake.s_private, base64.b64decode(keys["site-1"]["s_pk"]),
+                    _pair_context(1, "site-1", u))  # the server holds the fake key  # fmt: skip
+        for k, m in _masks(key, shapes).items():
+            flat[k] -= m  # site-1 < every other: it added each pair's mask
+    return decode(flat, shapes)["w"], secret["w"]
+
+
+def test_a_server_that_substitutes_keys_reads_an_update_unless_keys_are_signed():
+    recovered, secret = _substitute_keys(signed=False)
+    assert torch.allclose(recovered.float(), secret, atol=1e-6)  # the attack works unsigned
+    with pytest.raises(ProtocolError, match="not signed|not issued|not site-2's"):
+        _substitute_keys(signed=True)

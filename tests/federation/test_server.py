@@ -8,6 +8,7 @@ import torch
 from fedumm.engines.embedded import InProcess
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData
+from fedumm.federation.secure_aggregation import ClientPolicy
 from fedumm.federation.server import RoundFailed, RoundRules, Server
 from fedumm.federation.strategies import build_strategy
 from fedumm.federation.update import ClientUpdate
@@ -34,7 +35,9 @@ def server(train_client, per_round=4, evaluate=lambda p: {}, strategy="fedavg", 
            clients=CLIENTS, **rules):  # fmt: skip
     """A server reaching `clients` in this process, each training by `train_client`;
     `rules`: RoundRules' fields."""
-    transport = InProcess(train_client, clients, rules.get("equal_weights", False))
+    accept = ClientPolicy(rules.get("secure_threshold") or 2, allow_minority=True)
+    transport = InProcess(train_client, clients, rules.get("equal_weights", False),
+                          policy=lambda client: accept)  # fmt: skip
     return Server(clients, build_strategy(strategy), transport, evaluate, per_round, seed,
                   RoundRules(**rules), progress=False)  # fmt: skip
 

@@ -19,7 +19,12 @@ from fedumm.config import RunConfig
 from fedumm.experiment import Federation, build_federation, run_experiment
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, upload
-from fedumm.federation.secure_aggregation import ClientSession, ProtocolError, client_answer
+from fedumm.federation.secure_aggregation import (
+    ClientPolicy,
+    ClientSession,
+    ProtocolError,
+    client_answer,
+)
 from fedumm.federation.server import Transport
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.runtime import worker_devices
@@ -39,8 +44,12 @@ class InProcess:
         clients: list[ClientData],
         equal_weights: bool = False,
         evaluate_personal: Callable[[Params, ClientData], dict] | None = None,
+        policy: Callable[[str], ClientPolicy] | None = None,
     ):
+        """`policy(client)`: what that client accepts from the server in secure aggregation
+        (default: a threshold of 2 and more than half the roster, unsigned keys)."""
         self.train_client = train_client
+        self.policy = policy or (lambda client: ClientPolicy())
         self.all_clients = clients
         self.equal_weights = equal_weights
         self._evaluate_personal = evaluate_personal
@@ -68,7 +77,8 @@ class InProcess:
         answers = {}
         for cid, payload in payloads.items():
             try:
-                answers[cid] = client_answer(self.sessions, cid, rnd, phase, payload)
+                answers[cid] = client_answer(self.sessions, cid, rnd, phase, payload,
+                                             self.policy(cid))  # fmt: skip
             except ProtocolError as e:  # the client refuses the request: it counts as dropped
                 log.warning("secure aggregation round %d: %s did not answer %s: %s", rnd, cid,
                             phase, e)  # fmt: skip
@@ -85,7 +95,7 @@ class InProcess:
 
 def _in_process(fl: Federation) -> InProcess:
     return InProcess(fl.train_client, fl.clients, fl.cfg.federation.client_weights == "equal",
-                     fl.evaluate_personal)  # fmt: skip
+                     fl.evaluate_personal, fl.secagg_policy)  # fmt: skip
 
 
 class DevicePool:

@@ -62,7 +62,8 @@ class Site:
         """This site's answer in the key protocol; empty: it refuses the request (the server
         then counts it as dropped)."""
         try:
-            return client_answer(self.sessions, self.name, rnd, phase, payload)
+            policy = self.fl.secagg_policy(self.name)
+            return client_answer(self.sessions, self.name, rnd, phase, payload, policy)
         except ProtocolError as e:
             log.warning("secure aggregation round %d: %s refused %s: %s", rnd, self.name, phase, e)
             return b""

@@ -8,6 +8,7 @@ the strategy computes on the model's device; what it keeps and what it sends is 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,13 +18,15 @@ from peft import PeftModel
 from fedumm.config import FederationConfig
 from fedumm.federation import wire
 from fedumm.federation.adaptive_regularization import Both, middle_layer_proximal
-from fedumm.federation.secure_aggregation import ClientSession
+from fedumm.federation.secure_aggregation import ClientSession, ProtocolError
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models.lora import adapter_parameters, get_adapter, set_adapter
 from fedumm.models.processor import Encoded
 from fedumm.runtime import CPU, Runtime, model_device
 from fedumm.training import model_loss, train_steps
+
+log = logging.getLogger("fedumm")
 
 
 @dataclass
@@ -118,9 +121,15 @@ def upload(update: ClientUpdate, equal_weights: bool = False,
            session: ClientSession | None = None, inbox: bytes | None = None) -> bytes:  # fmt: skip
     """What leaves a client: its update serialized; under secure aggregation (`session`, with
     the `inbox` the task brought) masked first, as weight * update in fixed point, the weight
-    the server gives it: its samples, or 1 under `equal_weights` (client_weights equal)."""
+    the server gives it: its samples, or 1 under `equal_weights` (client_weights equal).
+    Empty when the client withdraws (an update it cannot mask, an inbox it refuses)."""
     params = update.params
     if session is not None:
-        session.receive(inbox)
-        params = session.mask(params, 1 if equal_weights else update.num_samples)
+        try:
+            session.receive(inbox)
+            params = session.mask(params, 1 if equal_weights else update.num_samples)
+        except ProtocolError as e:  # withdraw: the others' shares recover my masks
+            log.warning("secure aggregation round %d: %s withdraws its update: %s",
+                        session.round, update.client_id, e)  # fmt: skip
+            return b""
     return wire.pack(params)

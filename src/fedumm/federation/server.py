@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from fedumm.evaluation.metrics import headlines
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData
-from fedumm.federation.secure_aggregation import ProtocolError, ServerSession
+from fedumm.federation.secure_aggregation import WEIGHT, ProtocolError, ServerSession
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import (
     Claims,
@@ -103,6 +104,7 @@ class RoundRules:
     claims: Claims = field(default_factory=Claims)  # what a client may claim of its work
     equal_weights: bool = False  # weigh every client the same, whatever it claims
     secure_threshold: int | None = None  # secure aggregation, with this many survivors needed
+    secure_root: bytes | None = None  # signed keys: the root every site's certificate chains to
 
 
 class Server:
@@ -243,7 +245,7 @@ class Server:
     def _secure_setup(self, rnd: int, sampled: list[ClientData], record: RoundRecord):
         """Rounds 0 and 1 of the protocol: keys advertised, shares routed. Returns the session
         and each sharing client's inbox (who is missing from it dropped before masking)."""
-        secagg = ServerSession(rnd, self.rules.secure_threshold)
+        secagg = ServerSession(rnd, self.rules.secure_threshold, self.rules.secure_root)
         ids = [c.client_id for c in sampled]
         adverts = self.transport.secagg(rnd, "advertise", {cid: b"" for cid in ids})
         roster, listed = secagg.roster(adverts)
@@ -257,6 +259,9 @@ class Server:
 
     @staticmethod
     def _receive(update: ClientUpdate, up: bytes) -> Params:
+        if not up:
+            raise UpdateRejected(f"client {update.client_id} withdrew its update (it could not "
+                                 "mask it: see its log)")  # fmt: skip
         try:
             return wire.unpack(up)
         except Exception as e:  # whatever the bytes were, they were not a message
@@ -266,8 +271,9 @@ class Server:
 
     def _validate(self, update: ClientUpdate, global_params: Params) -> None:
         template = self.strategy.upload_template(global_params, update.client_id)
-        if self.secure:  # masked uploads are fixed-point integers
-            template = {k: v.long() for k, v in template.items()}
+        if self.secure:  # masked uploads are fixed-point integers, with the weight beside
+            template = {**{k: v.long() for k, v in template.items()},
+                        WEIGHT: torch.zeros(1, dtype=torch.long)}  # fmt: skip
         validate_update(update, template, self.rules.max_update_norm, self.rules.claims)
 
     @staticmethod
@@ -282,7 +288,8 @@ class Server:
         record: RoundRecord,
     ) -> ClientUpdate:  # fmt: skip
         """Round 3 of the protocol: the survivors' shares remove every mask; the server's one
-        view of the round is the weighted mean of the survivors' updates."""
+        view of the round is the weighted mean of the survivors' updates, divided by the sum of
+        the weights they masked (not by what they claim: the server never sees a weight)."""
         survivors = [u.client_id for u in masked]
         if len(survivors) < secagg.threshold:
             raise ProtocolError(f"{len(survivors)} masked uploads survived, fewer than the "
@@ -292,11 +299,12 @@ class Server:
         up, down = sum(map(len, answers.values())), len(request) * len(survivors)
         record.bytes_up, record.bytes_down = record.bytes_up + up, record.bytes_down + down
         record.secagg_bytes += up + down
-        summed = secagg.unmask({u.client_id: u.params for u in masked}, answers)
-        total = sum(u.num_samples for u in masked)
+        summed, total = secagg.unmask({u.client_id: u.params for u in masked}, answers)
+        if not total > 0:
+            raise ProtocolError(f"the survivors' weights sum to {total:g}, not a positive number")
         mean = {k: (summed[k] / total).to(global_params[k].dtype) for k in summed}
         steps = round(sum(u.num_steps for u in masked) / len(masked))
-        return ClientUpdate("secure-aggregate", mean, total, steps)
+        return ClientUpdate("secure-aggregate", mean, max(1, round(total)), steps)
 
     def run(
         self,
