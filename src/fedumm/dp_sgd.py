@@ -17,6 +17,8 @@ import warnings
 
 import torch
 
+from fedumm.privacy_random import PrivacyRandom, SeededRandom
+
 # Opacus's hooks on a model whose inputs need no gradient (frozen embeddings): expected here.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are")
 
@@ -29,7 +31,7 @@ class DPSGD:
     """
 
     def __init__(self, model: torch.nn.Module, clip_norm: float, noise_multiplier: float,
-                 seed: int):  # fmt: skip
+                 noise: PrivacyRandom | SeededRandom):  # fmt: skip
         from opacus import GradSampleModule
 
         if clip_norm <= 0:
@@ -37,7 +39,7 @@ class DPSGD:
         self.module = GradSampleModule(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.clip_norm, self.noise_multiplier = clip_norm, noise_multiplier
-        self.generator = torch.Generator().manual_seed(seed)
+        self.noise = noise
 
     def privatize(self) -> torch.Tensor:
         """Replace each .grad by its private version; returns the per-sample norms before
@@ -50,7 +52,7 @@ class DPSGD:
         for p, g in zip(self.params, samples):
             data_free = p.grad - g.mean(0)  # e.g. a proximal term: no sample in it
             # drawn on the CPU: the same noise whatever device trains
-            noise = torch.normal(0.0, std, p.shape, generator=self.generator).to(p.device)
+            noise = self.noise.normal(p.shape, std).to(p.device)
             clipped = torch.einsum("b,b...->...", scale, g)
             p.grad = (clipped + noise) / batch + data_free
             p.grad_sample = None

@@ -354,8 +354,9 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
         secure_threshold=secure.survivors_needed(fed.sampled_per_round) if secure.enabled
         else None, secure_root=fl.identities.root if fl.identities else None,
     )  # fmt: skip
+    private = fed.strategy.name == "dp_fedavg" and not fed.seeded_privacy_noise
     server = Server(clients, strategy, transport, evaluate, fed.sampled_per_round, cfg.seed,
-                    rules, cfg.eval.every, progress, fed.client_sampling)  # fmt: skip
+                    rules, cfg.eval.every, progress, fed.client_sampling, private)  # fmt: skip
     final_params, _ = server.run(global_params, fed.rounds, first_round, after_round)
     if "generation" in tasks:  # the federated model's pictures, next to the baselines'
         set_adapter(model, final_params)

@@ -197,7 +197,8 @@ def _privacy_lines(results: dict) -> list[str]:
         p = results.get(key)
         if p:
             eps = "infinite (no noise)" if p["epsilon"] is None else f"{p['epsilon']:.2f}"
-            out.append(f"Privacy, {what}: epsilon {eps} at delta {p['delta']:g}.")
+            drawn = f", clients sampled by the {p['sampling']}" if p.get("sampling") else ""
+            out.append(f"Privacy, {what}: epsilon {eps} at delta {p['delta']:g}{drawn}.")
     if out and results["config"]["federation"].get("seeded_privacy_noise"):
         out.append("**Epsilon is a simulation figure**: the noise was drawn from the run seed "
                    "(`federation.seeded_privacy_noise`), so whoever holds the config can "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-
 import numpy as np
 
 
@@ -17,10 +15,3 @@ def draw_share(client_ids: list[str], fraction: float, seed: int) -> list[str]:
     count = round(fraction * len(client_ids))
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(client_ids, count, replace=False).tolist()) if count else []
-
-
-def privacy_seed(seeded: bool, *parts: int) -> int:
-    """The seed of noise that protects privacy. From the run seed only when a simulation asks
-    for reproducible noise (whoever holds the config can then regenerate and subtract it);
-    otherwise 63 bits from the operating system, which nobody can recompute."""
-    return derive_seed(*parts) if seeded else secrets.randbits(63)

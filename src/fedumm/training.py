@@ -22,7 +22,7 @@ from fedumm.runtime import (
     release_host_memory,
     to_device,
 )
-from fedumm.seeding import privacy_seed
+from fedumm.privacy_random import privacy_random
 
 
 @dataclass
@@ -52,14 +52,19 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 TRIM_EVERY = 50  # steps between handing freed host memory back (release_host_memory)
 
 
-def batches(n: int, batch_size: int, steps: int, generator: torch.Generator):
-    """Index batches for `steps` steps, reshuffling each epoch; yields at most `n` per batch."""
+def batches(n: int, batch_size: int, steps: int,
+            permute: torch.Generator | Callable[[int], torch.Tensor]):  # fmt: skip
+    """Index batches for `steps` steps, reshuffling each epoch; yields at most `n` per batch.
+    `permute(n)` draws each epoch's order (a generator: torch.randperm with it)."""
+    if isinstance(permute, torch.Generator):
+        generator = permute
+        permute = lambda n: torch.randperm(n, generator=generator)  # noqa: E731
     size = min(batch_size, n)
-    order = torch.randperm(n, generator=generator)
+    order = permute(n)
     pos = 0
     for _ in range(steps):
         if pos + size > n:
-            order, pos = torch.randperm(n, generator=generator), 0
+            order, pos = permute(n), 0
         yield order[pos : pos + size].tolist()
         pos += size
 
@@ -108,10 +113,14 @@ def train_steps(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
+    order_from: torch.Generator | Callable[[int], torch.Tensor] = generator
     private = None
     if dp_sgd:
         clip, noise, seeded = dp_sgd
-        private = DPSGD(model, clip, noise, privacy_seed(seeded, seed, 0xD5))
+        randomness = privacy_random(seeded, seed, 0xD5)
+        private = DPSGD(model, clip, noise, randomness)
+        if not seeded:  # the accountant's sampling rate B / n holds only if nobody can
+            order_from = randomness.permutation  # predict the batches: the OS draws them
     forward = private.module if private else model
     scaler = runtime.grad_scaler()
     device = model_device(model)
@@ -121,7 +130,7 @@ def train_steps(
         pieces = [collate([data[i] for i in part]) for part in runtime.micro_batches(idx)]
         return len(idx), [(to_device(b, device), target_tokens(b)) for b in pieces]
 
-    order = batches(len(data), batch_size, steps, generator)
+    order = batches(len(data), batch_size, steps, order_from)
     stream = prefetched(order, build) if runtime.prefetch else map(build, order)
     model.train()
     losses, samples = [], 0

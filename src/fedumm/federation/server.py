@@ -32,6 +32,7 @@ from fedumm.federation.update import (
     UpdateRejected,
     validate_update,
 )
+from fedumm.privacy_random import PrivacyRandom
 from fedumm.seeding import derive_seed
 from fedumm.training import nonfinite
 
@@ -122,12 +123,18 @@ class Server:
         eval_every: int = 1,
         progress: bool = True,
         sampling: str = "random",
+        private_sampling: bool = False,
     ):
         """`transport`: how the clients are reached; `rules`: faults, admission and secure
         aggregation (secure_aggregation.py: the server then learns only the sum); `sampling`:
-        how a round's clients are drawn (`sample`)."""
+        how a round's clients are drawn (`sample`), from operating-system randomness with
+        `private_sampling` (client-level DP's amplification by sampling needs draws nobody
+        can predict)."""
         if sampling not in ("random", "cyclic"):
             raise ValueError(f"client sampling {sampling!r} is neither 'random' nor 'cyclic'")
+        if private_sampling and sampling != "random":
+            raise ValueError("private sampling draws clients at random; cyclic is predictable")
+        self.private_sampling = private_sampling
         rules = rules or RoundRules()
         if rules.deadline is not None and rules.duration is None:
             raise ValueError("a round deadline needs a duration for each client's local work")
@@ -155,8 +162,11 @@ class Server:
         only, so a resumed run draws what the uninterrupted one did. `random`: drawn
         uniformly. `cyclic`: the next slice of a seeded shuffle of every client, reshuffled
         each cycle, so each trains once every ceil(clients / per round) rounds; a cycle's
-        last, short slice is topped up at random from the cycle's others."""
+        last, short slice is topped up at random from the cycle's others. Private: drawn
+        uniformly by the operating system (not reproducible, nor predictable)."""
         n, k = len(self.clients), self.clients_per_round
+        if self.private_sampling:
+            return [self.clients[i] for i in PrivacyRandom().choice(n, k)]
         rng = np.random.default_rng(derive_seed(self.seed, rnd, 0xC11E))
         if self.sampling == "random":
             chosen = rng.choice(n, k, replace=False)

@@ -8,6 +8,7 @@ import torch
 from fedumm.dp_sgd import DPSGD
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.models.lora import get_adapter, set_adapter
+from fedumm.privacy_random import SeededRandom
 from fedumm.training import TrainingHooks, train_steps
 from tests.tiny import run_tiny
 
@@ -22,7 +23,7 @@ def _grads(tiny, dp=None, hooks=None):
     """The gradient of one batch of 6, as DP-SGD (dp = (C, z)) or plain, without a step."""
     _random_adapter(tiny)
     model = tiny.model
-    private = DPSGD(model, *dp, seed=3) if dp else None
+    private = DPSGD(model, *dp, noise=SeededRandom(3)) if dp else None
     batch = tiny.collate(tiny.client.data[:6])
     model.zero_grad(set_to_none=True)
     loss = (private.module if private else model)(**batch).loss

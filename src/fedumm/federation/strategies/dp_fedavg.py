@@ -8,7 +8,9 @@ clients that answered:
 Weights are uniform: sample-count weights would let one client move the model by more than
 C / |S|. After T rounds with sampling rate q = |S| / N the privacy loss (epsilon, delta) comes
 from Opacus's RDP accountant (which assumes Poisson sampling of clients; we sample a fixed
-number without replacement, the usual approximation).
+number without replacement, the usual approximation). Amplification by sampling holds only if
+nobody can predict who is sampled: outside a seeded simulation the server draws each round's
+clients from the operating system (server.py), and cyclic sampling is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.strategies.norm_clipping import clip_to_norm
-from fedumm.seeding import privacy_seed
+from fedumm.privacy_random import privacy_random
 
 
 def privacy_spent(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
@@ -52,16 +54,15 @@ class DPFedAvg(Strategy):
     def aggregate(self, global_params, updates):
         self.progress["rounds"] += 1
         clip, z = self.hp["clip_norm"], self.hp["noise_multiplier"]
-        seed = privacy_seed(self.context.seeded_noise, self.context.seed,
-                            int(self.progress["rounds"]), 0xD9)  # fmt: skip
-        generator = torch.Generator().manual_seed(seed)
+        noise = privacy_random(self.context.seeded_noise, self.context.seed,
+                               int(self.progress["rounds"]), 0xD9)  # fmt: skip
         total = {k: torch.zeros_like(v) for k, v in global_params.items()}
         for u in updates:
             delta = {k: u.params[k] - v for k, v in global_params.items()}
             for k, d in clip_to_norm(delta, clip).items():
                 total[k] += d
         return {
-            k: v + (total[k] + z * clip * torch.randn(v.shape, generator=generator)) / len(updates)
+            k: v + (total[k] + noise.normal(v.shape, z * clip)) / len(updates)
             for k, v in global_params.items()
         }
 
@@ -75,4 +76,6 @@ class DPFedAvg(Strategy):
             "delta": delta, "noise_multiplier": self.hp["noise_multiplier"],
             "clip_norm": self.hp["clip_norm"], "sample_rate": q, "rounds": rounds,
             "accountant": "opacus RDPAccountant",
+            "sampling": "run seed (a simulation)" if self.context.seeded_noise
+            else "operating system",
         }}  # fmt: skip
