@@ -14,6 +14,7 @@ import torch
 from fedumm.dp_sgd import DPSGD
 from fedumm.models.janus import CODES
 from fedumm.models.processor import IGNORE, Encoded
+from fedumm.privacy_random import privacy_random
 from fedumm.runtime import (
     CPU,
     Runtime,
@@ -22,7 +23,6 @@ from fedumm.runtime import (
     release_host_memory,
     to_device,
 )
-from fedumm.privacy_random import privacy_random
 
 
 @dataclass

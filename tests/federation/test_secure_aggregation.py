@@ -368,7 +368,7 @@ def test_clients_check_what_the_server_asks():
     minority = ClientSession("site-1", 1, ClientPolicy(2))
     keys = {u: message["keys"][u] for u in ("site-2", "site-3", "site-4")}
     keys["site-1"] = json.loads(minority.advertise())
-    keys["site-1"] = {k: keys["site-1"][k] for k in ("c_pk", "s_pk")}
+    keys["site-1"] = {k: keys["site-1"][k] for k in ("c_pk", "s_pk", "b_commit")}
     with pytest.raises(ProtocolError, match="more than half"):
         minority.share(json.dumps({"round": 1, "threshold": 2, "keys": keys}).encode())
     session = clients["site-1"]

@@ -63,6 +63,7 @@ RANGE = 2.0**39  # |sum of weighted values| the encoding holds: 2^63 / SCALE
 PRIME = 2**521 - 1  # Shamir's field: larger than any 32-byte secret
 WEIGHT = "secure_aggregation.weight"  # the masked upload's entry for the client's weight
 KEY_BYTES = 32
+PUBLIC = ("c_pk", "s_pk", "b_commit")  # what a client advertises (and signs)
 SHARE_HEX = 131  # hex digits of a field element (fixed width: every share has one size)
 
 
@@ -263,8 +264,16 @@ def _unb64(text, size: int | None, what: str) -> bytes:
     return data
 
 
+def _commit(seed: bytes) -> bytes:
+    """SHA-256 of a self-mask seed: lets the server check the seed it reconstructs (a wrong
+    share would otherwise give a wrong sum), reveals nothing of a 256-bit seed."""
+    import hashlib
+
+    return hashlib.sha256(b"fedumm-secagg-b|" + seed).digest()
+
+
 def _signed_part(rnd: int, client: str, keys: dict) -> bytes:
-    return _pack({"round": rnd, "client": client, "c_pk": keys["c_pk"], "s_pk": keys["s_pk"],
+    return _pack({"round": rnd, "client": client, **{k: keys[k] for k in PUBLIC},
                   "purpose": "fedumm-secagg-keys"})  # fmt: skip
 
 
@@ -275,7 +284,8 @@ def _check_keys(u: str, keys, rnd: int, root: bytes | None) -> dict[str, str]:
         raise ProtocolError(f"{u}'s keys are not a record")
     for k in ("c_pk", "s_pk"):
         agree(_new_private(), _unb64(keys.get(k), KEY_BYTES, f"{u}'s {k}"), "check")
-    checked = {"c_pk": keys["c_pk"], "s_pk": keys["s_pk"]}
+    _unb64(keys.get("b_commit"), KEY_BYTES, f"{u}'s b_commit")
+    checked = {k: keys[k] for k in PUBLIC}
     if root is not None:
         cert, sig = keys.get("cert"), keys.get("sig")
         if not isinstance(cert, str):
@@ -334,7 +344,8 @@ class ClientSession:
 
     def _keys(self) -> dict[str, str]:
         return {"c_pk": _b64(self._public(self.c_private)),
-                "s_pk": _b64(self._public(self.s_private))}  # fmt: skip
+                "s_pk": _b64(self._public(self.s_private)),
+                "b_commit": _b64(_commit(self.b_seed))}  # fmt: skip
 
     def advertise(self) -> bytes:
         keys = self._keys()
@@ -360,7 +371,7 @@ class ClientSession:
             raise ProtocolError(f"threshold {t} for a roster of {n}: it must be more than half "
                                 "of it and at most all of it")  # fmt: skip
         mine = keys.get(self.me)
-        if not isinstance(mine, dict) or {k: mine.get(k) for k in ("c_pk", "s_pk")} != self._keys():
+        if not isinstance(mine, dict) or {k: mine.get(k) for k in PUBLIC} != self._keys():
             raise ProtocolError(f"the roster does not carry {self.me}'s own keys")
         root = self.policy.identity.root_pem if self.policy.identity else None
         checked = {u: _check_keys(u, pk, self.round, root) for u, pk in keys.items()}
@@ -600,10 +611,17 @@ class ServerSession:
                 total[k] += masked[u][k].contiguous().numpy().view(np.uint64).reshape(-1)
         for v in survivors:
             seed = self._secret(b_shares[v], v, "self-mask seed")
+            if _commit(seed) != _unb64(self.keys[v]["b_commit"], KEY_BYTES, "commitment"):
+                raise ProtocolError(f"the shares of {v}'s self-mask seed do not reconstruct "
+                                    "the seed it committed to (a wrong share)")  # fmt: skip
             for k, m in _masks(seed, shapes).items():
                 total[k] -= m
         for v in dropped:
             s_private = self._secret(s_shares[v], v, "mask key")
+            public = _raw(_x25519().from_private_bytes(s_private).public_key())
+            if public != _unb64(self.keys[v]["s_pk"], KEY_BYTES, "key"):
+                raise ProtocolError(f"the shares of {v}'s mask key do not reconstruct the key "
+                                    "it advertised (a wrong share)")  # fmt: skip
             for u in survivors:
                 key = agree(s_private, _unb64(self.keys[u]["s_pk"], KEY_BYTES, "key"),
                             _pair_context(self.round, u, v))  # fmt: skip
