@@ -528,6 +528,22 @@ def tiny_model(family: FamilyArgument, out: ModelOutOption, seed: SeedOption = 0
 
 
 @app.command()
+def identities(
+    out: Annotated[Path, typer.Argument(help="Folder to write (rootCA.pem, site-K.crt/.key).")],
+    sites: Annotated[int, typer.Option(help="How many sites: site-1..site-N.", min=1)] = 8,
+) -> None:
+    """Write a root certificate and a signing identity per site, for secure aggregation's
+    signed keys (federation.secure_aggregation: {signed_keys: true, identities: OUT}). Give
+    each site its own .key and .crt, and every site rootCA.pem; keep the root's key nowhere
+    (it is not written: no further identity can be issued from this folder)."""
+    from fedumm.federation.client import site_names
+    from fedumm.federation.identity import write_identities
+
+    write_identities(out, site_names(sites))
+    typer.echo(f"wrote rootCA.pem and {sites} site identities (site-1..site-{sites}) to {out}")
+
+
+@app.command()
 def config(
     pretraining: Annotated[
         bool, typer.Option("--pretrain", help="The pretraining schema.")

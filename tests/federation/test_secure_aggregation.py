@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedumm.cli import app
 from fedumm.config import ConfigError
 from fedumm.federation.client import ClientData
 from fedumm.federation.secure_aggregation import (
@@ -461,3 +462,48 @@ def test_a_server_that_substitutes_keys_reads_an_update_unless_keys_are_signed()
     assert torch.allclose(recovered.float(), secret, atol=1e-6)  # the attack works unsigned
     with pytest.raises(ProtocolError, match="not signed|not issued|not site-2's"):
         _substitute_keys(signed=True)
+
+
+SIGNED = ["federation.num_clients=3", "federation.clients_per_round=3", "threads=1",
+          "federation.rounds=2", "baselines.local=false", "baselines.centralized=false",
+          "federation.secure_aggregation.enabled=true"]  # fmt: skip
+
+
+def test_signed_keys_end_to_end_with_made_and_written_identities(tiny_foundation, tmp_path):
+    """`fedumm run` with signed keys (identities made for the run, then a folder from
+    `fedumm identities`) ends with the unsigned run's adapter; a folder without a site's
+    identity is refused naming what is missing."""
+    from safetensors.torch import load_file
+
+    from tests.tiny import run_tiny, runner
+
+    written = tmp_path / "identities"
+    made = runner.invoke(app, ["identities", str(written), "--sites", "3"])
+    assert made.exit_code == 0 and (written / "site-3.key").stat().st_mode & 0o077 == 0
+    runs = {"unsigned": [], "made": ["federation.secure_aggregation.signed_keys=true"],
+            "written": ["federation.secure_aggregation.signed_keys=true",
+                        f"federation.secure_aggregation.identities={written}"]}  # fmt: skip
+    adapters = {}
+    for name, extra in runs.items():
+        result = run_tiny(tmp_path / name, tiny_foundation, *SIGNED, *extra)
+        assert result.exit_code == 0, result.output
+        adapters[name] = load_file(tmp_path / name / "global_adapter.safetensors")
+        rounds = json.loads((tmp_path / name / "results.json").read_text())["rounds"]
+        assert all(r["aborted"] is None and len(r["client_metrics"]) == 3 for r in rounds)
+    for name in ("made", "written"):
+        a, b = adapters["unsigned"], adapters[name]
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    (written / "site-2.key").unlink()
+    result = run_tiny(tmp_path / "broken", tiny_foundation, *runs["written"][1:], *SIGNED,
+                      "federation.secure_aggregation.signed_keys=true")  # fmt: skip
+    assert result.exit_code != 0
+    assert "no identity for site-2" in str(result.exception) + result.output
+
+
+def test_signed_keys_across_processes_need_a_folder():
+    with pytest.raises(ConfigError, match="needs its identity from a folder"):
+        load_run_config(None, ["federation.secure_aggregation.enabled=true", "engine=flare",
+                               "federation.secure_aggregation.signed_keys=true"])  # fmt: skip
+    with pytest.raises(ConfigError, match="is half or less of the 8 clients"):
+        load_run_config(None, ["federation.secure_aggregation.enabled=true",
+                               "federation.secure_aggregation.threshold=4"])  # fmt: skip
