@@ -507,3 +507,31 @@ def test_signed_keys_across_processes_need_a_folder():
     with pytest.raises(ConfigError, match="is half or less of the 8 clients"):
         load_run_config(None, ["federation.secure_aggregation.enabled=true",
                                "federation.secure_aggregation.threshold=4"])  # fmt: skip
+
+
+def test_a_session_saved_as_json_resumes_the_round_and_keeps_no_identity():
+    """How an engine that keeps client state between messages (Flower) stores a session:
+    plain JSON, the site's identity key left out (the site re-attaches its own)."""
+    from fedumm.federation.identity import simulated_identities
+
+    made = simulated_identities(IDS[:3])
+    policies = {u: ClientPolicy(2, identity=made[u]) for u in IDS[:3]}
+    clients = {u: ClientSession(u, 2, policies[u]) for u in IDS[:3]}
+    secagg = ServerSession(2, 2, made["site-1"].root_pem)
+    roster, listed = secagg.roster({u: c.advertise() for u, c in clients.items()})
+    shares = {u: clients[u].share(roster) for u in listed}
+    saved = {u: c.to_json() for u, c in clients.items()}
+    assert all("PRIVATE KEY" not in text for text in saved.values())
+    clients = {u: ClientSession.from_json(saved[u], policies[u]) for u in IDS[:3]}
+    inboxes = secagg.route(shares)
+    updates = _updates(4, IDS[:3])
+    masked = {}
+    for u, c in clients.items():
+        c.receive(inboxes[u])
+        masked[u] = c.mask(updates[u], 1.0)
+    request = secagg.unmask_request(sorted(masked))
+    total, weight = secagg.unmask(masked, {u: c.unmask(request) for u, c in clients.items()})
+    plain = _plain_sum(updates, dict.fromkeys(IDS[:3], 1.0), IDS[:3])
+    assert weight == 3.0 and all(torch.allclose(total[k], plain[k], atol=1e-5) for k in plain)
+    with pytest.raises(ProtocolError, match="not a saved secure-aggregation session"):
+        ClientSession.from_json('{"me": 1}')
