@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from fedumm.cli import app
 from fedumm.config import RunConfig
-from fedumm.engines.flare_client import CRASH_ENV
+from fedumm.engines.flare import last_trained
+from fedumm.engines.flare_client import CRASH_ENV, SiteState, StateMissing
 from fedumm.engines.site import site_config
 from tests.tiny import TINY_RUN, run_tiny, runner, wait_for_checkpoint
 
@@ -257,6 +258,130 @@ def test_a_killed_flare_run_resumes_to_the_uninterrupted_result(tiny_foundation,
     for mine, theirs in zip(reference["rounds"], resumed["rounds"]):
         for site, m in mine["client_metrics"].items():
             assert theirs["client_metrics"][site]["loss"] == pytest.approx(m["loss"], 1e-6)
+
+
+@pytest.mark.slow  # the retention and refusal rules: test_site_state_* below, without FLARE
+def test_a_flare_run_stopped_rounds_after_its_checkpoint_resumes_each_site_from_it(
+    tiny_foundation, tmp_path, monkeypatch
+):
+    """SCAFFOLD checkpointed every 5 rounds; site-2 dies at round 9, so the job stops with the
+    checkpoint of round 5 while the sites have trained up to round 8 (site-1: 9). Each site
+    still has its control variate of round 5; resumed without one file, the job is refused
+    naming it; with it, the adapter is the one of a run never interrupted."""
+    longer = [*TWO_CLIENTS, "federation.rounds=10", "federation.strategy.name=scaffold",
+              "checkpoint_every=5", "federation.min_clients=2",
+              "flare.round_timeout=25"]  # round 1's wait includes the sites' start-up  # fmt: skip
+    clean = run_tiny(tmp_path / "clean", tiny_foundation, *longer)
+    assert clean.exit_code == 0, clean.output
+    killed = tmp_path / "killed"
+    monkeypatch.setenv(CRASH_ENV, "site-2@9")
+    stopped = run_tiny(killed, tiny_foundation, *longer, cli=["--engine", "flare"])
+    monkeypatch.delenv(CRASH_ENV)
+    assert stopped.exit_code == 1 and "RoundFailed: round 9" in stopped.output, stopped.output
+    assert json.loads((killed / "checkpoint.json").read_text())["round"] == 5
+    state = killed / "flare" / "state"
+    assert (state / "site-1" / "state-00009.safetensors").is_file()  # trained past round 5
+
+    needed = state / "site-1" / "state-00005.safetensors"
+    aside = needed.rename(tmp_path / needed.name)
+    refused = runner.invoke(app, ["run", "--resume", str(killed), "--quiet"])
+    assert refused.exit_code == 1
+    assert f"site-1 cannot resume after round 5: its state file {needed} is missing" in (
+        refused.output
+    )
+    assert not (killed / "results.json").exists()
+    aside.rename(needed)
+
+    result = runner.invoke(app, ["run", "--resume", str(killed), "--quiet"])
+    assert result.exit_code == 0, result.output
+    a = load_file(tmp_path / "clean" / "global_adapter.safetensors")
+    b = load_file(killed / "global_adapter.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
+    resumed = json.loads((killed / "results.json").read_text())
+    reference = json.loads((tmp_path / "clean" / "results.json").read_text())
+    assert [r["round"] for r in resumed["rounds"]] == list(range(1, 11))
+    for mine, theirs in zip(reference["rounds"], resumed["rounds"]):
+        for site, m in mine["client_metrics"].items():
+            assert theirs["client_metrics"][site]["loss"] == pytest.approx(m["loss"], 1e-6)
+
+
+def _site_rounds(folder) -> list[int]:
+    return sorted(int(p.stem.split("-")[1]) for p in folder.glob("state-*.safetensors"))
+
+
+def _train(kept: SiteState, rnd: int, keep_from: int) -> None:
+    """A round's training as the site does it: the state changed, then kept."""
+    kept.state["c"] = torch.full((2,), float(rnd))
+    kept.after(rnd, keep_from)
+
+
+def test_site_state_keeps_back_to_the_checkpoint_and_resumes_from_it(tmp_path):
+    """Checkpoints every 5 rounds (as the server says them: the latest before each round),
+    the job stopped in round 9: the sites keep their state of round 5, and a resumed job
+    restores it, dropping the stopped run's later files."""
+    folder = tmp_path / "site-1"
+    kept = SiteState(folder, {})
+    kept.before(resumed=0)
+    for rnd in range(1, 10):
+        _train(kept, rnd, keep_from=5 * ((rnd - 1) // 5))
+    assert _site_rounds(folder) == [5, 6, 7, 8, 9]
+    again = SiteState(folder, {})
+    again.before(resumed=5, trained=5)
+    assert again.state["c"].tolist() == [5.0, 5.0]
+    assert _site_rounds(folder) == [5]
+    _train(again, 6, keep_from=5)
+    assert _site_rounds(folder) == [5, 6]
+    _train(again, 11, keep_from=10)  # not sampled in 7-10: a resume from 10 needs round 6
+    assert _site_rounds(folder) == [6, 11]
+    _train(again, 12, keep_from=11)
+    assert _site_rounds(folder) == [11, 12]
+
+
+def test_site_state_of_a_site_that_skipped_rounds(tmp_path):
+    """Sampled in rounds 1 and 3 only, checkpoint 5: its file of round 3 is the one kept and
+    restored; one that never trained before the checkpoint resumes empty."""
+    folder = tmp_path / "site-2"
+    kept = SiteState(folder, {})
+    for rnd, keep_from in ((1, 0), (3, 0), (7, 5), (8, 5)):
+        _train(kept, rnd, keep_from)
+    assert _site_rounds(folder) == [3, 7, 8]
+    again = SiteState(folder, {})
+    again.before(resumed=5, trained=3)
+    assert again.state["c"].tolist() == [3.0, 3.0]
+    fresh = SiteState(tmp_path / "site-3", {})
+    fresh.before(resumed=5, trained=0)
+    assert fresh.state == {}
+
+
+def test_site_state_refuses_to_resume_without_the_file_it_needs(tmp_path):
+    folder = tmp_path / "site-1"
+    kept = SiteState(folder, {})
+    for rnd in (1, 2, 3, 4, 5, 6):
+        _train(kept, rnd, keep_from=rnd)  # keeps the newest only: as without checkpoints
+    missing = folder / "state-00005.safetensors"
+    with pytest.raises(StateMissing, match=f"site-1 cannot resume after round 5: its state file "
+                                           f"{missing} is missing"):  # fmt: skip
+        SiteState(folder, {}).before(resumed=5, trained=5)
+    (folder / "state-00006.safetensors").unlink()
+    with pytest.raises(StateMissing, match="the state files there: none"):
+        SiteState(folder, {}).before(resumed=5, trained=4)
+    assert SiteState(folder, {}).before(resumed=5, trained=0) is None  # never trained: empty
+
+
+def test_site_state_of_a_fresh_job_starts_empty(tmp_path):
+    """A fresh job ignores what an earlier job left in the folder, and deletes it."""
+    folder = tmp_path / "site-1"
+    _train(SiteState(folder, {}), 4, keep_from=0)
+    kept = SiteState(folder, {})
+    kept.before(resumed=0)
+    assert kept.state == {} and _site_rounds(folder) == []
+
+
+def test_the_server_knows_each_sites_last_answered_round():
+    records = [{"round": 1, "client_metrics": {"site-1": {}, "site-2": {}}},
+               {"round": 2, "client_metrics": {"site-1": {}}},
+               {"round": 3, "client_metrics": {}}]  # fmt: skip
+    assert last_trained(records) == {"site-1": 2, "site-2": 1}
 
 
 @pytest.mark.slow

@@ -9,6 +9,12 @@ trains its own site's share.
 Both sides therefore run our code (strategy, validation, local training); FLARE only moves the
 bytes. A message is our serialized tensors (`wire.pack`) inside `FLModel.params`, so only the
 adapter travels, from the first round on, and bytes are counted as in the embedded engine.
+
+Resume: each site keeps its state (SCAFFOLD's c_i, FedSA-LoRA's B) on its own disk
+(flare_client.SiteState). Every training task tells it the round of the server's latest
+checkpoint, so it keeps the file a resume from there needs; a resumed job tells each site the
+checkpoint's round and the last round up to it the server has the site's answer of, so the
+site restores that state or refuses, naming the missing file, and the job stops.
 """
 
 from __future__ import annotations
@@ -27,10 +33,17 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from nvflare.app_common.workflows.model_controller import ModelController
 
 from fedumm.config import RunConfig
-from fedumm.engines.flare_client import CONFIG_NAME, SECAGG
+from fedumm.engines.flare_client import (
+    CONFIG_NAME,
+    ERROR,
+    KEEP_FROM,
+    RESUMED,
+    SECAGG,
+    TRAINED,
+)
 from fedumm.engines.site import site_config
 from fedumm.experiment import run_experiment
-from fedumm.federation import wire
+from fedumm.federation import checkpoint, wire
 from fedumm.federation.client import ClientData, site_names
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.runtime import resolve_device
@@ -42,14 +55,48 @@ FAILURE = "flare_failure.txt"  # written by the server when the federation fails
 SHUTDOWN_GRACE = 60  # seconds FLARE may take to end after the server wrote its results
 
 
+class SiteRefused(RuntimeError):
+    """A site answered a task with a refusal (e.g. it lacks the state a resume needs)."""
+
+
+def last_trained(records: list[dict]) -> dict[str, int]:
+    """Each site's last round in `records` (a checkpoint's) the server has its answer of: the
+    site wrote its state of that round before it answered."""
+    return {site: r["round"] for r in records for site in r["client_metrics"]}
+
+
 class FlareTransport:
     """Exchange through the controller: a round's task goes to its clients (one task for all,
     or one each when each gets its own secure-aggregation inbox); answers come back as the
-    tasks' results."""
+    tasks' results. `out_dir` holds the checkpoints (`checkpoint_every` rounds apart, 0:
+    none); with `resume`, the job continues from the one there."""
 
-    def __init__(self, controller: ModelController, timeout: int):
+    def __init__(self, controller: ModelController, timeout: int, out_dir: Path | None = None,
+                 checkpoint_every: int = 0, resume: bool = False):  # fmt: skip
         self.controller = controller
         self.timeout = timeout
+        self.out_dir, self.checkpoint_every = out_dir, checkpoint_every
+        self.resumed, self.trained = 0, {}
+        if resume:
+            ck = checkpoint.load(out_dir)
+            self.resumed, self.trained = ck.round, last_trained(ck.records)
+
+    def _state_meta(self, sites: list[str]) -> dict:
+        """What a site needs to restore its state at its first task (`SiteState.before`)."""
+        if not self.resumed:
+            return {RESUMED: 0}
+        return {RESUMED: self.resumed, TRAINED: {s: self.trained.get(s, 0) for s in sites}}
+
+    def keep_from(self, rnd: int) -> int:
+        """The round whose site state a resume may still need, as of round `rnd`: the latest
+        checkpoint's (0: none yet), read from disk, where it is durable before round `rnd` is
+        sent; without checkpoints, `rnd` (a site keeps its newest state only)."""
+        if not self.checkpoint_every:
+            return rnd
+        try:
+            return int(checkpoint.read_manifest(self.out_dir)["round"])
+        except checkpoint.CheckpointError:
+            return 0  # every file is kept
 
     def _ask(self, task_name: str, tasks: dict[str, FLModel]) -> dict[str, FLModel]:
         """Send each site its task; the answers by site (a silent site is missing)."""
@@ -60,7 +107,17 @@ class FlareTransport:
             results = self.controller.send_model_and_wait(
                 task_name=task_name, targets=list(tasks), data=first, timeout=self.timeout
             )
-            return {result.meta["client_name"]: result for result in results}
+            results = {result.meta["client_name"]: result for result in results}
+        else:
+            results = self._ask_each(task_name, tasks)
+        refusals = [f"{site}: {r.meta[ERROR]}" for site, r in results.items()
+                    if r.meta and r.meta.get(ERROR)]  # fmt: skip
+        if refusals:
+            raise SiteRefused("; ".join(refusals))
+        return results
+
+    def _ask_each(self, task_name: str, tasks: dict[str, FLModel]) -> dict[str, FLModel]:
+        """Each site its own task, all at once; the answers by site."""
         results, lock = {}, threading.Lock()
 
         def collect(result: FLModel) -> None:
@@ -80,10 +137,11 @@ class FlareTransport:
         self, rnd: int, down: bytes, clients: list[ClientData],
         inboxes: dict[str, bytes] | None = None,
     ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
-        shared = FLModel(params={"message": down}, current_round=rnd)
+        told = {KEEP_FROM: self.keep_from(rnd), **self._state_meta([c.client_id for c in clients])}
+        shared = FLModel(params={"message": down}, current_round=rnd, meta=told)
         tasks = {c.client_id: shared if inboxes is None else FLModel(
-            params={"message": down, "inbox": inboxes[c.client_id]}, current_round=rnd)
-            for c in clients}  # fmt: skip
+            params={"message": down, "inbox": inboxes[c.client_id]}, current_round=rnd,
+            meta=dict(told)) for c in clients}  # fmt: skip
         answers = {}
         for site, result in self._ask(TASK, tasks).items():
             meta = result.meta
@@ -108,7 +166,8 @@ class FlareTransport:
     def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
         """Each client's metrics for its own model (personalized strategies: a part of it
         never leaves the client), from one evaluation task."""
-        task = FLModel(params={"message": wire.pack(params)})
+        meta = self._state_meta([c.client_id for c in clients])
+        task = FLModel(params={"message": wire.pack(params)}, meta=meta)
         answers = self._ask(EVALUATE, {c.client_id: task for c in clients})
         missing = [c.client_id for c in clients if c.client_id not in answers]
         if missing:
@@ -133,8 +192,9 @@ class FedummController(ModelController):
 
     def run(self) -> None:
         cfg = RunConfig.model_validate_json(self.config)
-        transport = FlareTransport(self, self.round_timeout)
         out = Path(self.out_dir)
+        transport = FlareTransport(self, self.round_timeout, out, cfg.checkpoint_every,
+                                   self.resume)  # fmt: skip
         try:
             info = {"flare": {"env": cfg.flare.env, "server_pid": os.getpid()}}
             run_experiment(cfg, out, lambda fl: transport, progress=False, resume=self.resume,
