@@ -376,7 +376,7 @@ class SecureAggregationConfig(Section):
     identities: str | None = Field(
         None,
         description="signed_keys: folder of site identities (`fedumm identities`, or FLARE's "
-        "provisioned kits); null = made for the run (embedded engine only).",
+        "provisioned kits); null = made for the run (FLARE POC: its provisioned kits).",
     )
 
     @model_validator(mode="before")
@@ -758,12 +758,12 @@ class RunConfig(Section):
     def _identities_reach_every_process(self) -> RunConfig:
         secure = self.federation.secure_aggregation
         signed = secure.enabled and secure.signed_keys
-        if signed and not secure.identities and self.engine != "embedded":
+        if signed and not secure.identities and self.engine == "flower":
             raise ValueError(
-                f"federation.secure_aggregation.signed_keys under the {self.engine} engine: "
-                "each site runs in its own process and needs its identity from a folder; write "
-                f"one with `fedumm identities DIR --sites {self.federation.num_clients}` and "
-                "set secure_aggregation.identities: DIR"
+                "federation.secure_aggregation.signed_keys under the flower engine: each site "
+                "runs in its own process and needs its identity from a folder; write one with "
+                f"`fedumm identities DIR --sites {self.federation.num_clients}` and set "
+                "secure_aggregation.identities: DIR"
             )
         return self
 

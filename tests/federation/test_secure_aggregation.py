@@ -502,7 +502,7 @@ def test_signed_keys_end_to_end_with_made_and_written_identities(tiny_foundation
 
 def test_signed_keys_across_processes_need_a_folder():
     with pytest.raises(ConfigError, match="needs its identity from a folder"):
-        load_run_config(None, ["federation.secure_aggregation.enabled=true", "engine=flare",
+        load_run_config(None, ["federation.secure_aggregation.enabled=true", "engine=flower",
                                "federation.secure_aggregation.signed_keys=true"])  # fmt: skip
     with pytest.raises(ConfigError, match="is half or less of the 8 clients"):
         load_run_config(None, ["federation.secure_aggregation.enabled=true",

@@ -262,8 +262,9 @@ def run_flare(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     for old in workspace.glob("*") if workspace.exists() else []:
         if not (resume and old == Path(cfg.flare.state_dir)):  # what the sites kept stays
             shutil.rmtree(old) if old.is_dir() else old.unlink()
-    config_file = _write_config(cfg, workspace / "job_input")
     sites = site_names(cfg.federation.num_clients)
+    cfg = _with_identities(cfg, workspace, sites)
+    config_file = _write_config(cfg, workspace / "job_input")
     for stale in ("results.json", FAILURE):
         (out_dir / stale).unlink(missing_ok=True)
     with _beside_client_script():
@@ -281,6 +282,27 @@ def run_flare(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     if not results.is_file():
         raise RuntimeError(_failure_report(out_dir, workspace))
     return json.loads(results.read_text())
+
+
+POC_KITS = Path("poc") / "example_project" / "prod_00"  # where FLARE's POC provisions its kits
+
+
+def _with_identities(cfg: RunConfig, workspace: Path, sites: list[str]) -> RunConfig:
+    """Signed secure-aggregation keys with no identities folder named: in POC mode the sites
+    sign with their provisioned startup kits (client.crt / client.key, rootCA.pem), as a real
+    FLARE deployment would; in the simulator, with identities written for the run."""
+    secure = cfg.federation.secure_aggregation
+    if not (secure.enabled and secure.signed_keys) or secure.identities:
+        return cfg
+    if cfg.flare.env == "poc":
+        folder = workspace / POC_KITS
+    else:
+        from fedumm.federation.identity import write_identities
+
+        folder = write_identities(workspace / "identities", sites)
+    secure = secure.model_copy(update={"identities": str(folder)})
+    fed = cfg.federation.model_copy(update={"secure_aggregation": secure})
+    return cfg.model_copy(update={"federation": fed})
 
 
 def _failure_report(out_dir: Path, workspace: Path, why: str | None = None) -> str:
@@ -334,6 +356,10 @@ def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig, out_dir: Pa
         docker_image=None, use_he=False, project_conf_path="", examples_dir=None,
     )  # fmt: skip
     _check_ports_free(workspace / "project.yml")
+    kits = workspace.parent / POC_KITS
+    if cfg.federation.secure_aggregation.identities == str(kits) and not kits.is_dir():
+        raise RuntimeError(f"FLARE's POC provisioning wrote no startup kits at {kits}, where "
+                           "the signed secure-aggregation keys expect them")  # fmt: skip
     try:
         poc_env._start_poc(poc_workspace=env.poc_workspace, gpu_ids=[],
                            excluded=[env.username], services_list=[])  # fmt: skip
