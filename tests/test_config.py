@@ -150,3 +150,19 @@ def test_a_modality_scenario_needs_the_classification_task(tmp_path):
 def test_shipped_classification_config_validates():
     cfg = load_config("configs/classification.yaml")
     assert cfg.data.tasks == ["classification"] and cfg.federation.sampled_per_round == 2
+
+
+@pytest.mark.parametrize("deployment", [["engine=flare", "flare.env=poc"],
+                                        ["engine=flower", "flower.env=deployment"]])  # fmt: skip
+def test_deployments_refuse_noise_anyone_can_regenerate(deployment):
+    """Real processes are a deployment: DP noise from the run seed (which whoever holds the
+    config can subtract) is refused there, by RunConfig.check_deployment, as it is for the
+    exports (tests/test_cli_end_to_end.py); the same config simulates."""
+    seeded = "federation.seeded_privacy_noise=true"
+    where = deployment[1].replace("=", " ")  # flare.env poc
+    refused = rf"federation\.seeded_privacy_noise: {where} is a deployment, where noise anyone"
+    with pytest.raises(ConfigError, match=refused):
+        load_config(None, [*deployment, seeded])
+    simulated = load_config(None, [deployment[0], seeded])
+    assert simulated.deployment is None and simulated.federation.seeded_privacy_noise
+    assert load_config(None, deployment).deployment == where

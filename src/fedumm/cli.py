@@ -218,18 +218,14 @@ def _run_sweep(plan, out: Path, progress: bool, overwrite: bool, jobs: int) -> l
 
 
 def _deployment_config(config: Path, set_: list[str] | None, engine: str, what: str) -> RunConfig:
-    """The config an exported `engine` deployment runs: its extra installed, and no privacy
-    noise that anyone holding the config could regenerate."""
+    """The config an exported `engine` deployment runs: its extra installed, and nothing a
+    deployment refuses (RunConfig.check_deployment)."""
     cfg = _load(config, [*(set_ or []), f"engine={engine}"], RunConfig)
     from fedumm.extras import require
 
     with _exit_on(ConfigError, code=2):
         require(engine, f"fedumm {engine} export")
-        if cfg.federation.seeded_privacy_noise:
-            raise ConfigError(
-                f"federation.seeded_privacy_noise: an exported {what} is a deployment, "
-                "where noise anyone can regenerate protects nothing; unset it"
-            )
+        cfg.check_deployment(f"an exported {what}")
     return cfg
 
 
@@ -274,22 +270,35 @@ def flower_export(
         str, typer.Option(help="Where the ServerApp writes results.json, on the SuperLink's "
                           "machine (an absolute path).")
     ] = "/tmp/fedumm/results",
+    superlink: Annotated[
+        str, typer.Option(help="The SuperLink's address as the SuperNodes reach it, HOST:PORT "
+                          "(the generated TLS certificate is for HOST).")
+    ] = "127.0.0.1:8000",
     set_: SetOption = None,
 ) -> None:  # fmt: skip
-    """Write a Flower app folder that `flwr run` deploys on a SuperLink and its SuperNodes."""
+    """Write a Flower app folder that `flwr run` deploys on a SuperLink and its SuperNodes,
+    with TLS certificates, the SuperNodes' authentication keys and README.md: the commands."""
     cfg = _deployment_config(config, set_, "flower", "app")
     with _exit_on(ConfigError, code=2):
         if not Path(results).is_absolute():
             raise ConfigError(f"--results {results}: give an absolute path (the ServerApp runs "
                               "in the SuperLink's folder)")  # fmt: skip
-    from fedumm.engines.flower import export_app
+        host, _, port = superlink.rpartition(":")
+        host = host.strip("[]")  # [::1]:8000
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--superlink {superlink}: expected HOST:PORT")
+        from fedumm.engines.flower import export_deployment
 
-    folder = export_app(cfg, out, results)
+        readme = export_deployment(cfg, out, results, host, int(port))
     k = cfg.federation.num_clients
-    typer.echo(f"Flower app for {k} SuperNodes: {folder}")
+    typer.echo(f"Flower app for {k} SuperNodes: {out}")
+    if cfg.flower.certificates is None:
+        typer.echo(f"TLS certificate (for {host}) and SuperNode keys: {out / 'certificates'}; "
+                   "each site-K.key goes to site K only")  # fmt: skip
     typer.echo(
-        'start each SuperNode with --node-config "partition-id=K num-partitions='
-        f'{k}" (K = 0..{k - 1} is site-K+1), then: flwr run {folder} <connection>'
+        f"start the SuperLink with TLS and --enable-supernode-auth, register each site's key, "
+        f'start each SuperNode with its key and --node-config "partition-id=K num-partitions='
+        f'{k}" (K = 0..{k - 1} is site-K+1), then flwr run: the commands are in {readme}'
     )
 
 

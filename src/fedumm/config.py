@@ -717,6 +717,22 @@ class FlowerConfig(Section):
     connect_timeout: int = Field(
         120, ge=1, description="Seconds the server waits for every SuperNode to connect."
     )
+    insecure: bool = Field(
+        False,
+        description="Deployment without TLS or SuperNode authentication (any process reaching "
+        "the SuperLink joins); for debugging only.",
+    )
+    certificates: str | None = Field(
+        None,
+        description="Folder of your own ca.crt, superlink.crt/.key and site-K.key/.pub for "
+        "deployments; null = fedumm generates them.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_or_not(self) -> FlowerConfig:
+        if self.insecure and self.certificates is not None:
+            raise ValueError("certificates with insecure: an insecure deployment uses none")
+        return self
 
 
 class RunConfig(Section):
@@ -777,15 +793,21 @@ class RunConfig(Section):
     def task_clients(self, task: str) -> int:
         return sum(self.holds(i, task) for i in range(self.federation.num_clients))
 
-    def holds(self, client_index: int, task: str) -> bool:
-        """Whether client `client_index` (0 = site-1) holds data of `task`."""
-        if task not in self.data.tasks:
-            return False
-        chosen = self.partition.client_tasks
-        return chosen is None or chosen[client_index % len(chosen)] in (task, "both")
+    @property
+    def deployment(self) -> str | None:
+        """The deployment this config runs as (real processes: 'flare.env poc', 'flower.env
+        deployment'), or None for a simulation or the embedded engine."""
+        env = {"flare": self.flare.env, "flower": self.flower.env}.get(self.engine)
+        return f"{self.engine}.env {env}" if env in ("poc", "deployment") else None
 
-    def task_clients(self, task: str) -> int:
-        return sum(self.holds(i, task) for i in range(self.federation.num_clients))
+    def check_deployment(self, where: str) -> None:
+        """Refuse what no deployment may run; every deployment path calls this before any work:
+        `where` is 'flare.env poc', 'flower.env deployment' or an export ('an exported app')."""
+        if self.federation.seeded_privacy_noise:
+            raise ConfigError(
+                f"federation.seeded_privacy_noise: {where} is a deployment, where noise anyone "
+                "can regenerate protects nothing; unset it"
+            )
 
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:
@@ -839,15 +861,8 @@ class RunConfig(Section):
                 f"partition.client_tasks names {', '.join(sorted(missing - set(self.data.tasks)))}"
                 f" but data.tasks is {self.data.tasks}"
             )
-        if (
-            self.federation.seeded_privacy_noise
-            and self.engine == "flare"
-            and (self.flare.env == "poc")
-        ):
-            raise ValueError(
-                "federation.seeded_privacy_noise with flare.env poc: real processes are a "
-                "deployment, where noise anyone can regenerate protects nothing; unset it"
-            )
+        if self.deployment is not None:
+            self.check_deployment(self.deployment)
         named = self.flare.site_devices
         if isinstance(named, dict):
             sites = {f"site-{i}" for i in range(1, self.federation.num_clients + 1)}

@@ -86,7 +86,150 @@ def test_flower_without_flwr_is_refused_naming_the_extra(monkeypatch, tiny_found
     assert "engine: flower needs Flower" in result.output and "fedumm[flower]" in result.output
 
 
+def test_node_state_is_kept_as_json_not_pickle():
+    """A node's context.state holds its secure-aggregation sessions (private keys among them)
+    as JSON text, which reading runs no code from (a pickle would); they come back equal,
+    and its strategy state too."""
+    from types import SimpleNamespace
+
+    import torch
+    from flwr.app import Context, RecordDict
+
+    from fedumm.engines.flower import STATE, _keep, _restore
+    from fedumm.federation.secure_aggregation import ClientPolicy, ClientSession
+
+    session = ClientSession("site-1", 3, ClientPolicy(2), threshold=2, peers=["site-1", "site-2"],
+                            roster={"site-2": {"c_pk": bytes(range(32))}})  # fmt: skip
+    site = SimpleNamespace(state={"c_i": torch.arange(4.0)}, sessions={"site-1": session})
+    context = Context(1, 1, {"partition-id": 0}, RecordDict(), {})
+    _keep(site, context)
+    stored = context.state[STATE]["sessions"]
+    assert isinstance(stored, str)  # text, not a pickle's bytes
+    assert json.loads(json.loads(stored)["site-1"])["me"] == "site-1"
+    back = SimpleNamespace(state={"stale": torch.zeros(1)}, sessions={})
+    _restore(back, context)
+    assert back.sessions == {"site-1": session}
+    assert back.state.keys() == {"c_i"} and torch.equal(back.state["c_i"], torch.arange(4.0))
+
+
+def _recorded(monkeypatch, cfg, home):
+    """A LocalDeployment whose processes and `flwr` calls are recorded, not run."""
+    import subprocess
+
+    from fedumm.engines.flower import LocalDeployment
+
+    deployment, calls = LocalDeployment(cfg, home), []
+    monkeypatch.setattr(deployment, "start", lambda name, command: calls.append(command))
+    monkeypatch.setattr(deployment, "flwr", lambda *args, **kw: calls.append(["flwr", *args])
+                        or subprocess.CompletedProcess(args, 0, "", ""))  # fmt: skip
+    deployment.start_superlink()
+    deployment.start_supernodes()
+    return deployment, calls
+
+
+def test_a_deployment_runs_with_tls_and_supernode_authentication(monkeypatch, tmp_path, caplog):
+    """flower.env deployment: the SuperLink serves TLS with a certificate fedumm made for
+    127.0.0.1 and admits only registered SuperNodes; each site's key is registered, then its
+    SuperNode starts verifying the SuperLink against the CA and signing with its key; `flwr`
+    trusts the CA; private keys 0600. --insecure only under flower.insecure, with a warning."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    from fedumm.config import RunConfig
+
+    cfg = RunConfig.model_validate({"federation": {"num_clients": 2, "clients_per_round": 2}})
+    deployment, calls = _recorded(monkeypatch, cfg, tmp_path / "flower")
+    certs = tmp_path / "flower" / "certificates"
+    assert deployment.certs == certs.resolve()
+    superlink, *rest = calls
+    assert superlink[0] == "flower-superlink" and "--insecure" not in superlink
+    for flag, file in (("--ssl-ca-certfile", "ca.crt"), ("--ssl-certfile", "superlink.crt"),
+                       ("--ssl-keyfile", "superlink.key")):  # fmt: skip
+        assert superlink[superlink.index(flag) + 1] == str(certs / file)
+    assert "--enable-supernode-auth" in superlink
+    assert rest[0] == ["flwr", "ls", "local"]  # waited for the SuperLink
+    for i, site in enumerate(["site-1", "site-2"]):
+        register, node = rest[1 + 2 * i : 3 + 2 * i]
+        assert register == ["flwr", "supernode", "register", str(certs / f"{site}.pub"), "local"]
+        assert node[0] == "flower-supernode" and "--insecure" not in node
+        assert node[node.index("--root-certificates") + 1] == str(certs / "ca.crt")
+        assert node[node.index("--auth-supernode-private-key") + 1] == str(certs / f"{site}.key")
+        assert node[node.index("--node-config") + 1] == f"partition-id={i} num-partitions=2"
+        key = load_ssh_private_key((certs / f"{site}.key").read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+    assert {f.name: f.stat().st_mode & 0o777 for f in certs.iterdir() if f.suffix == ".key"} == {
+        "superlink.key": 0o600, "site-1.key": 0o600, "site-2.key": 0o600}  # fmt: skip
+    ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    link = x509.load_pem_x509_certificate((certs / "superlink.crt").read_bytes())
+    link.verify_directly_issued_by(ca)
+    names = link.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    toml = (tmp_path / "flower" / "config.toml").read_text()
+    assert f'root-certificates = "{certs / "ca.crt"}"' in toml and "insecure" not in toml
+
+    insecure = cfg.model_copy(update={"flower": cfg.flower.model_copy(update={"insecure": True})})
+    with caplog.at_level("WARNING", logger="fedumm"):
+        _, calls = _recorded(monkeypatch, insecure, tmp_path / "insecure")
+    assert [c[1] for c in calls if c[0].startswith("flower-")] == ["--insecure"] * 3
+    assert not any("register" in c for c in calls)
+    assert "runs without TLS and admits any SuperNode" in caplog.text
+    assert not (tmp_path / "insecure" / "certificates").exists()
+
+
+def test_the_deployment_refuses_supernodes_without_a_registered_key(tmp_path):
+    """The SuperLink fedumm starts, with two registered SuperNodes online: a SuperNode without
+    a key, one with a key nobody registered, and one without TLS all fail to join and exit;
+    the SuperLink logs why, and lists only the two sites."""
+    from fedumm.config import RunConfig
+    from fedumm.engines.flower import (
+        LocalDeployment,
+        _free_port,
+        supernode_command,
+        write_certificates,
+    )
+
+    cfg = RunConfig.model_validate({"federation": {"num_clients": 2, "clients_per_round": 2}})
+    deployment = LocalDeployment(cfg, tmp_path / "flower")
+    stranger = write_certificates(tmp_path / "stranger", ["127.0.0.1"], ["site-1"])
+    try:
+        deployment.start_superlink()
+        deployment.start_supernodes()
+        signed = supernode_command(deployment.certs, deployment.address, deployment.sites, 0)
+        at = signed.index("--auth-supernode-private-key")
+        before, after = signed[:at], signed[at + 2 :]
+        intruders = {
+            "no-key": before + after,
+            "unregistered-key": [*before, signed[at], str(stranger / "site-1.key"), *after],
+            "no-tls": ["flower-supernode", "--insecure", "--superlink", deployment.address],
+        }
+        started = {name: deployment.start(name, [*command, "--port", str(_free_port()),
+                                                 "--max-retries", "1"])
+                   for name, command in intruders.items()}  # fmt: skip
+        for name, process in started.items():
+            assert process.wait(timeout=120) != 0, name
+            log = (tmp_path / "flower" / "logs" / f"{name}.log").read_text()
+            assert "Failed to initialize the connection to the SuperLink" in log, name
+        superlink = (tmp_path / "flower" / "logs" / "superlink.log").read_text()
+        assert "[/v1/fleet/register-node][ApiError" in superlink  # no key: no self-registration
+        assert "No SuperNode found with the given public key" in superlink  # unregistered key
+        deadline, online = time.time() + 60, []
+        while len(online) < 2 and time.time() < deadline:
+            listed = deployment.flwr("supernode", "ls", "local", "--format", "json")
+            online = [n for n in json.loads(listed.stdout)["nodes"] if n["status"] == "online"]
+            time.sleep(0.5)
+        assert len(online) == 2  # the registered sites joined; nobody else
+        assert len(json.loads(listed.stdout)["nodes"]) == 2
+    finally:
+        deployment.stop()
+
+
 def test_export_writes_an_app_that_flwr_run_deploys(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
     import tomllib
 
     result = runner.invoke(
@@ -99,10 +242,41 @@ def test_export_writes_an_app_that_flwr_run_deploys(tmp_path):
             str(tmp_path / "app"),
             "--results",
             "/srv/fedumm/results",
+            "--superlink",
+            "link.example.org:9443",
         ],
     )
     assert result.exit_code == 0, result.output
     assert "partition-id=K num-partitions=8" in result.output
+    assert str(tmp_path / "app" / "README.md") in result.output
+    # TLS and SuperNode authentication: the certificate for the SuperLink's host, a key pair
+    # per site, and the commands that use them, none with --insecure.
+    certs = tmp_path / "app" / "certificates"
+    from cryptography import x509
+
+    link = x509.load_pem_x509_certificate((certs / "superlink.crt").read_bytes())
+    names = link.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "link.example.org" in names.get_values_for_type(x509.DNSName)
+    assert {f.name for f in certs.glob("site-*.key")} == {f"site-{k}.key" for k in range(1, 9)}
+    assert {(f.stat().st_mode & 0o777) for f in certs.glob("*.key")} == {0o600}
+    readme = (tmp_path / "app" / "README.md").read_text()
+    assert "insecure" not in readme
+    assert ("flower-superlink --ssl-ca-certfile certificates/ca.crt --ssl-certfile "
+            "certificates/superlink.crt --ssl-keyfile certificates/superlink.key "
+            "--enable-supernode-auth --host 0.0.0.0 --port 9443") in readme  # fmt: skip
+    assert "flwr supernode register certificates/site-8.pub fedumm" in readme
+    assert ("flower-supernode --root-certificates certificates/ca.crt "
+            "--auth-supernode-private-key certificates/site-8.key --superlink "
+            "link.example.org:9443 --node-config 'partition-id=7 num-partitions=8'"
+            ) in readme  # fmt: skip
+    # `flwr run` ships the app as a FAB: no key or certificate travels in it.
+    flwr = Path(sys.executable).parent / "flwr"
+    built = subprocess.run([str(flwr), "build", "--app", str(tmp_path / "app")], cwd=tmp_path,
+                           capture_output=True, text=True)  # fmt: skip
+    assert built.returncode == 0, built.stdout + built.stderr
+    (fab,) = tmp_path.glob("*.fab")
+    assert sorted(zipfile.ZipFile(fab).namelist()) == [
+        ".info/CONTENT", "README.md", "fedumm_app.py", "pyproject.toml"]  # fmt: skip
     project = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]
     assert project["app"]["components"] == {
         "serverapp": "fedumm_app:server_app",
@@ -138,9 +312,56 @@ def test_a_deployment_on_a_superlink_and_two_supernodes(tiny_foundation, tmp_pat
     results = runs["flower"][0]
     pids = [m["pid"] for r in results["rounds"] for m in r["client_metrics"].values()]
     assert len(set(pids)) == len(pids)  # every message its own ClientApp process
-    assert (tmp_path / "flower" / "flower" / "logs" / "site-2.log").is_file()
+    home = tmp_path / "flower" / "flower"
+    assert (home / "logs" / "site-2.log").is_file()
+    assert "root-certificates" in (home / "config.toml").read_text()  # TLS, fedumm's own CA
+    assert (home / "certificates" / "site-2.key").is_file()  # the nodes' authentication keys
     flower = [p for p in psutil.process_iter(["cmdline", "create_time", "status"])
               if p.info["create_time"] >= start and p.info["status"] != psutil.STATUS_ZOMBIE
               and any(n in " ".join(p.info["cmdline"] or []) for n in
                       ("flower-super", "flwr-serverapp", "flwr-clientapp"))]  # fmt: skip
     assert not flower, [p.info["cmdline"] for p in flower]
+
+
+def test_your_own_certificates_are_checked_and_used(tmp_path):
+    """flower.certificates: the export's commands use your folder (and write no keys of their
+    own); a file it lacks is refused naming the key and the path, before any work, by the
+    export and by a deployment. flower.insecure is for local debugging: no export, no
+    certificates."""
+    from pydantic import ValidationError
+
+    from fedumm.config import ConfigError, RunConfig
+    from fedumm.engines.flower import run_flower, write_certificates
+
+    mine = write_certificates(tmp_path / "mine", ["link.example.org"], ["site-1", "site-2"])
+    two = ["--set", "federation.num_clients=2", "--set", "federation.clients_per_round=2"]
+
+    def export(out, *settings):
+        return runner.invoke(app, ["flower", "export", "configs/quickstart.yaml", "-o", str(out),
+                                   "--superlink", "link.example.org:9443", *two,
+                                   *(a for s in settings for a in ("--set", s))])  # fmt: skip
+
+    result = export(tmp_path / "app", f"flower.certificates={mine}")
+    assert result.exit_code == 0, result.output
+    readme = (tmp_path / "app" / "README.md").read_text()
+    assert f"--ssl-certfile {mine / 'superlink.crt'}" in readme
+    assert f"--auth-supernode-private-key {mine / 'site-2.key'}" in readme
+    assert not (tmp_path / "app" / "certificates").exists()
+
+    (mine / "site-2.pub").unlink()
+    result = export(tmp_path / "app2", f"flower.certificates={mine}")
+    assert result.exit_code == 2
+    assert f"flower.certificates: {mine / 'site-2.pub'} does not exist" in result.output
+    assert not (tmp_path / "app2").exists()
+    cfg = RunConfig.model_validate({
+        "federation": {"num_clients": 2, "clients_per_round": 2}, "engine": "flower",
+        "flower": {"env": "deployment", "certificates": str(mine)}})  # fmt: skip
+    with pytest.raises(ConfigError, match=f"flower.certificates: {mine / 'site-2.pub'} does"):
+        run_flower(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+    with pytest.raises(ValidationError, match="certificates with insecure"):
+        cfg.flower.model_validate({"insecure": True, "certificates": str(mine)})
+    result = export(tmp_path / "app3", "flower.insecure=true")
+    assert result.exit_code == 2 and "flower.insecure: an exported app" in result.output
+    assert not (tmp_path / "app3").exists()

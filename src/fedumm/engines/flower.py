@@ -6,9 +6,11 @@ loop's `Transport`): each round's broadcast goes to the round's clients as Flowe
 messages through the `Grid`, and their uploads come back as the replies; so fedumm's strategy
 aggregates, not Flower's. Clients: a `ClientApp` that runs a `Site` (engines/site.py) for the
 SuperNode's partition id: site-1 is partition 0. What a strategy keeps on a client (SCAFFOLD's
-c_i, FedSA-LoRA's B) and its secure-aggregation session live in the node's `context.state`,
-which Flower keeps between messages. Messages carry our serialized tensors (`wire.pack`) as raw
-arrays of an `ArrayRecord`, so the bytes counted are those of the embedded engine.
+c_i, FedSA-LoRA's B) and its secure-aggregation session live in the node's `context.state`
+(tensors and JSON, no pickle), which Flower keeps between messages. Messages carry our
+serialized tensors (`wire.pack`) as raw arrays of an `ArrayRecord`, so the bytes counted are
+those of the embedded engine. Deployments (local, or exported) run with TLS and SuperNode
+authentication: only SuperNodes whose public key was registered join.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -214,17 +215,23 @@ def _site(config: str, context: Context):
 
 def _restore(site, context: Context) -> None:
     """The site's state and secure-aggregation sessions as this node last left them."""
+    from fedumm.federation.secure_aggregation import ClientSession
+
     record = context.state.get(STATE)
     site.state.clear()
     site.sessions.clear()
     if record is not None:
         site.state.update(wire.unpack(bytes(record["state"])))
-        site.sessions.update(pickle.loads(bytes(record["sessions"])))  # this node's own
+        sessions = json.loads(str(record["sessions"]))  # this node's own: {site: session JSON}
+        site.sessions.update({name: ClientSession.from_json(text)
+                              for name, text in sessions.items()})  # fmt: skip
 
 
 def _keep(site, context: Context) -> None:
-    context.state[STATE] = ConfigRecord({"state": wire.pack(site.state),
-                                         "sessions": pickle.dumps(site.sessions)})  # fmt: skip
+    """The site's state (tensors, `wire`) and sessions (JSON text: data, no code to run when
+    read, unlike a pickle) in the node's context.state."""
+    sessions = json.dumps({name: s.to_json() for name, s in site.sessions.items()})
+    context.state[STATE] = ConfigRecord({"state": wire.pack(site.state), "sessions": sessions})
 
 
 def make_client_app(config: str | None = None) -> ClientApp:
@@ -285,10 +292,13 @@ def run_flower(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     if resume:
         raise ValueError("--resume under Flower: the nodes keep their state only for one run; "
                          "resume with the embedded or FLARE engine")  # fmt: skip
+    deployed = cfg.flower.env == "deployment"
+    if deployed and cfg.flower.certificates is not None:  # refused before any work
+        certificate_folder(cfg.flower.certificates, site_names(cfg.federation.num_clients), True)
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").unlink(missing_ok=True)
-    if cfg.flower.env == "deployment":
+    if deployed:
         _run_deployment(cfg, out_dir)
     else:
         _run_simulation(cfg, out_dir)
@@ -323,63 +333,235 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _run_deployment(cfg: RunConfig, out_dir: Path) -> None:
-    """Flower's deployment on this machine, as a user runs it on several: a SuperLink and one
-    SuperNode per site (--node-config partition-id=K), each its own process group; the app
-    `fedumm flower export` writes, started with `flwr run`; every process stopped after. The
-    SuperLink, the nodes and their logs live in OUT/flower."""
-    import fedumm
+# ------------------------------------------------------------------------------ certificates
 
+CA, LINK_CERT, LINK_KEY = "ca.crt", "superlink.crt", "superlink.key"  # in a certificates folder
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """`data` in a file only its owner reads (0600 from its creation)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # a file that existed keeps its mode otherwise
+        f.write(data)
+
+
+def write_certificates(folder: Path, hosts: list[str], sites: list[str], days: int = 365) -> Path:
+    """What TLS and SuperNode authentication need, in `folder`, in the formats Flower reads: a CA
+    (ca.crt); the SuperLink's certificate for `hosts` (names or IP addresses), signed by the CA,
+    and its key (superlink.crt, superlink.key); each site's authentication key pair (site-K.key,
+    site-K.pub: EC P-384, OpenSSH format). Private keys 0600 in a 0700 folder; the CA's own key
+    is not kept, so nothing else can be signed with it."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    link_key = ec.generate_private_key(ec.SECP384R1())
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def certificate(subject: str, key, extensions: list) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(name(subject))
+                   .issuer_name(name("fedumm Flower CA")).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=days))
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                                  critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       ca_key.public_key()), critical=False))  # fmt: skip
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(ca_key, hashes.SHA384())
+
+    def san(host: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            return x509.DNSName(host)
+
+    usage = dict.fromkeys(("content_commitment", "data_encipherment", "key_agreement",
+                           "encipher_only", "decipher_only"), False)  # fmt: skip
+    ca = certificate("fedumm Flower CA", ca_key, [
+        (x509.BasicConstraints(ca=True, path_length=0), True),
+        (x509.KeyUsage(digital_signature=False, key_encipherment=False, key_cert_sign=True,
+                       crl_sign=True, **usage), True)])  # fmt: skip
+    link = certificate(hosts[0], link_key, [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
+                       crl_sign=False, **usage), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        (x509.SubjectAlternativeName([san(h) for h in dict.fromkeys(hosts)]), False)])  # fmt: skip
+    pem = serialization.Encoding.PEM
+    (folder / CA).write_bytes(ca.public_bytes(pem))
+    (folder / LINK_CERT).write_bytes(link.public_bytes(pem))
+    _write_private(folder / LINK_KEY, link_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    for site in sites:
+        key = ec.generate_private_key(ec.SECP384R1())
+        _write_private(folder / f"{site}.key", key.private_bytes(
+            pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))  # fmt: skip
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH)  # fmt: skip
+        (folder / f"{site}.pub").write_bytes(public + b"\n")
+    return folder.resolve()
+
+
+def certificate_folder(folder: str, sites: list[str], node_keys: bool) -> Path:
+    """The folder flower.certificates names, checked to hold what a deployment reads: the CA,
+    the SuperLink's certificate and key, each site's public key and (`node_keys`: a local
+    deployment starts the SuperNodes) its private key."""
+    from fedumm.config import ConfigError
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"flower.certificates: {path} is not a folder")
+    needed = [CA, LINK_CERT, LINK_KEY, *(f"{s}.pub" for s in sites),
+              *(f"{s}.key" for s in sites if node_keys)]  # fmt: skip
+    for name in needed:
+        if not (path / name).is_file():
+            raise ConfigError(
+                f"flower.certificates: {path / name} does not exist (the folder holds {CA}, "
+                f"{LINK_CERT}, {LINK_KEY} and site-K.key / site-K.pub for each site, as "
+                "`fedumm flower export` writes them)"
+            )
+    return path.resolve()
+
+
+def superlink_command(certs: Path | None, host: str, port: int) -> list[str]:
+    """flower-superlink on `host:port`: TLS with the certificates in `certs`, admitting only
+    registered SuperNodes; `certs` None (flower.insecure): neither."""
+    security = ["--insecure"] if certs is None else [
+        "--ssl-ca-certfile", str(certs / CA), "--ssl-certfile", str(certs / LINK_CERT),
+        "--ssl-keyfile", str(certs / LINK_KEY), "--enable-supernode-auth"]  # fmt: skip
+    return ["flower-superlink", *security, "--host", host, "--port", str(port),
+            "--disable-runtime-dependency-installation"]  # fmt: skip
+
+
+def supernode_command(certs: Path | None, superlink: str, sites: list[str], index: int,
+                      port: int | None = None) -> list[str]:  # fmt: skip
+    """flower-supernode for site `index` (0: site-1) of `sites`: verifying the SuperLink's
+    certificate against the CA in `certs`, signing its requests with the site's key;
+    `port`: its local Runtime API's (Flower's default when None)."""
+    site = sites[index]
+    security = ["--insecure"] if certs is None else [
+        "--root-certificates", str(certs / CA),
+        "--auth-supernode-private-key", str(certs / f"{site}.key")]  # fmt: skip
+    return ["flower-supernode", *security, "--superlink", superlink,
+            *([] if port is None else ["--port", str(port)]),
+            "--node-config", f"partition-id={index} num-partitions={len(sites)}"]  # fmt: skip
+
+
+# ------------------------------------------------------------------------ local deployment
+
+
+class LocalDeployment:
+    """Flower's deployment on this machine, as a user runs it on several: a SuperLink on
+    127.0.0.1 and one SuperNode per site, each its own process group logging to HOME/logs;
+    `flwr` configured in HOME (its connection: "local"). TLS, and only SuperNodes whose key was
+    registered are admitted, unless flower.insecure; certificates and keys: flower.certificates,
+    or generated in HOME/certificates. `stop` ends every process."""
+
+    def __init__(self, cfg: RunConfig, home: Path):
+        import fedumm
+
+        self.cfg, self.home = cfg, Path(home)
+        self.sites = site_names(cfg.federation.num_clients)
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.processes: dict[str, subprocess.Popen] = {}
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        if cfg.flower.insecure:
+            self.certs = None
+        elif cfg.flower.certificates is not None:
+            self.certs = certificate_folder(cfg.flower.certificates, self.sites, node_keys=True)
+        else:
+            self.certs = write_certificates(self.home / "certificates", ["127.0.0.1", "localhost"],
+                                            self.sites)  # fmt: skip
+        security = ("insecure = true" if self.certs is None
+                    else f"root-certificates = {json.dumps(str(self.certs / CA))}")  # fmt: skip
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
+            f'address = "{self.address}"\n{security}\n'
+        )
+        self.bin = Path(sys.executable).parent  # Flower starts its helpers by name
+        source = str(Path(fedumm.__file__).resolve().parents[1])  # the nodes import this fedumm
+        self.env = {
+            **os.environ,
+            "PATH": f"{self.bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FLWR_HOME": str(self.home),
+            "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
+        }
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+        """`command` (a Flower executable by name, then its arguments) as process `name`."""
+        with open(self.home / "logs" / f"{name}.log", "w") as log_file:
+            process = subprocess.Popen([str(self.bin / command[0]), *command[1:]], env=self.env,
+                                       stdout=log_file, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
+        self.processes[name] = process
+        return process
+
+    def flwr(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(self.bin / "flwr"), *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout)  # fmt: skip
+
+    def start_superlink(self) -> None:
+        """The SuperLink, waited for until `flwr` reaches it."""
+        if self.certs is None:
+            log.warning("flower.insecure: the SuperLink at %s runs without TLS and admits any "
+                        "SuperNode; whoever reaches it can join the federation and read its "
+                        "messages", self.address)  # fmt: skip
+        link = self.start("superlink", superlink_command(self.certs, "127.0.0.1", self.port))
+        deadline = time.monotonic() + self.cfg.flower.connect_timeout
+        while (listed := self.flwr("ls", "local")).returncode:
+            if time.monotonic() > deadline or link.poll() is not None:
+                raise RuntimeError(f"the Flower SuperLink did not start; its log: "
+                                   f"{self.home / 'logs' / 'superlink.log'}; flwr ls: "
+                                   f"{(listed.stdout + listed.stderr).strip()[-500:]}")  # fmt: skip
+            time.sleep(0.5)
+
+    def start_supernodes(self) -> None:
+        """One SuperNode per site, its public key registered first (`flwr supernode
+        register`), as only registered SuperNodes are admitted."""
+        for i, site in enumerate(self.sites):
+            if self.certs is not None:
+                registered = self.flwr("supernode", "register", str(self.certs / f"{site}.pub"),
+                                       "local")  # fmt: skip
+                if registered.returncode:
+                    why = (registered.stdout + registered.stderr).strip()
+                    raise RuntimeError(f"flwr supernode register {site}.pub failed: {why}")
+            self.start(site, supernode_command(self.certs, self.address, self.sites, i,
+                                               _free_port()))  # fmt: skip
+
+    def stop(self) -> None:
+        _stop(list(self.processes.values()))
+
+
+def _run_deployment(cfg: RunConfig, out_dir: Path) -> None:
+    """flower.env deployment: a `LocalDeployment` in OUT/flower runs the app `fedumm flower
+    export` writes, started with `flwr run`; every process stopped after."""
     home = out_dir / "flower"
     shutil.rmtree(home, ignore_errors=True)
-    (home / "logs").mkdir(parents=True)
-    link, k = _free_port(), cfg.federation.num_clients
-    (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{link}"\n'
-        "insecure = true\n"
-    )
     app = export_app(cfg, home / "app", str(out_dir))
-    bin_dir = Path(sys.executable).parent  # Flower starts its helpers by name
-    source = str(Path(fedumm.__file__).resolve().parents[1])  # the nodes import this fedumm
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(home),
-        "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])),
-    }
-    commands = {
-        "superlink": [
-            str(bin_dir / "flower-superlink"),
-            "--insecure",
-            "--port",
-            str(link),
-            "--disable-runtime-dependency-installation",
-        ]
-    }
-    for i, site in enumerate(site_names(k)):
-        commands[site] = [str(bin_dir / "flower-supernode"), "--insecure", "--superlink",
-                          f"127.0.0.1:{link}", "--port", str(_free_port()), "--node-config",
-                          f"partition-id={i} num-partitions={k}"]  # fmt: skip
-    processes = []
+    deployment = LocalDeployment(cfg, home)
     try:
-        for name, command in commands.items():
-            with open(home / "logs" / f"{name}.log", "w") as log_file:
-                processes.append(subprocess.Popen(command, env=env, stdout=log_file,
-                                                  stderr=subprocess.STDOUT,
-                                                  start_new_session=True))  # fmt: skip
-        flwr = str(bin_dir / "flwr")
-        deadline = time.monotonic() + cfg.flower.connect_timeout
-        while subprocess.run([flwr, "ls", "local"], env=env, capture_output=True).returncode:
-            if time.monotonic() > deadline or processes[0].poll() is not None:
-                raise RuntimeError(f"the Flower SuperLink did not start; its log: "
-                                   f"{home / 'logs' / 'superlink.log'}")  # fmt: skip
-            time.sleep(0.5)
+        deployment.start_superlink()
+        deployment.start_supernodes()
         budget = cfg.flower.round_timeout * (cfg.federation.rounds + 2)
-        run = subprocess.run([flwr, "run", str(app), "local", "--stream"], env=env,
-                             capture_output=True, text=True, timeout=budget)  # fmt: skip
+        run = deployment.flwr("run", str(app), "local", "--stream", timeout=budget)
         (home / "logs" / "serverapp.log").write_text(run.stdout + run.stderr)
-        listed = subprocess.run([flwr, "ls", "local", "--format", "json"], env=env,
-                                capture_output=True, text=True)  # fmt: skip
+        listed = deployment.flwr("ls", "local", "--format", "json")
         status = json.loads(listed.stdout)["runs"][0] if listed.returncode == 0 else {}
         if status.get("status") != "finished:completed":  # `flwr run` exits 0 even then
             raise RuntimeError(
@@ -387,7 +569,7 @@ def _run_deployment(cfg: RunConfig, out_dir: Path) -> None:
                 f"{status.get('status-details', '')}; logs in {home / 'logs'}"
             )
     finally:
-        _stop(processes)
+        deployment.stop()
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -450,3 +632,96 @@ def export_app(cfg: RunConfig, app_dir: Path, out_dir: str) -> Path:
         '__all__ = ["client_app", "server_app"]\n'
     )
     return app_dir
+
+
+README = """\
+# fedumm on Flower: {k} sites, TLS and SuperNode authentication
+
+This Flower app runs fedumm's federation on a SuperLink at {address} and one SuperNode per site.
+Every connection is encrypted (TLS: each SuperNode and `flwr` check the SuperLink's certificate
+against ca.crt), and the SuperLink admits only SuperNodes whose public key was registered: a
+SuperNode without a registered key is refused.
+
+## Certificates and keys
+
+{origin}
+
+| file | goes to | secret |
+|---|---|---|
+| ca.crt | every machine (SuperLink, sites, where `flwr` runs) | no |
+| superlink.crt, superlink.key | the SuperLink's machine | superlink.key |
+| site-K.pub | where `flwr supernode register` runs | no |
+| site-K.key | site K's machine, and no other | yes |
+
+The commands below run from this folder; on another machine, give the paths there.
+
+## 1. The SuperLink (on {host}, fedumm[flower] installed)
+
+    {superlink}
+
+## 2. Register each site's key (where `flwr` runs)
+
+Add the connection to `$FLWR_HOME/config.toml` (default `~/.flwr/config.toml`):
+
+    [superlink.fedumm]
+    address = "{address}"
+    root-certificates = "{ca}"
+
+then:
+
+{register}
+
+## 3. Each site's SuperNode (on site K's machine, fedumm[flower] installed)
+
+{supernodes}
+
+## 4. The run
+
+    flwr run . fedumm --stream
+
+The ServerApp writes results.json to {results} on the SuperLink's machine.
+
+## What this does not protect
+
+The SuperLink's port also serves Flower's Control API (`flwr run`, `flwr supernode register`),
+which open-source Flower does not authenticate: whoever reaches the port can register a key of
+their own and join. Let only the sites' machines and yours reach it (a firewall, a VPN).
+"""
+
+
+def export_deployment(cfg: RunConfig, out: Path, results: str, host: str, port: int) -> Path:
+    """`fedumm flower export`: the app in `out`; unless flower.certificates names your own, the
+    certificates and keys for a SuperLink at `host:port` in out/certificates; and out/README.md
+    with the commands that start the SuperLink and SuperNodes with TLS and SuperNode
+    authentication. Returns the README's path."""
+    import shlex
+
+    from fedumm.config import ConfigError
+
+    if cfg.flower.insecure:
+        raise ConfigError("flower.insecure: an exported app runs across machines, with TLS and "
+                          "SuperNode authentication; unset it")  # fmt: skip
+    sites = site_names(cfg.federation.num_clients)
+    out = Path(out)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if cfg.flower.certificates is not None:
+        certs = certificate_folder(cfg.flower.certificates, sites, node_keys=False)
+        shown, origin = certs, f"Your own, in {certs} (flower.certificates)."
+    else:
+        certs = write_certificates(out / "certificates", [host, "localhost", "127.0.0.1"], sites)
+        shown = Path("certificates")
+        origin = (f"Written by `fedumm flower export` in certificates/: the SuperLink's "
+                  f"certificate is for {host}, valid for a year; the CA's own key was not "
+                  "kept.")  # fmt: skip
+    export_app(cfg, out, results)
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    bind = host if loopback else ("::" if ":" in host else "0.0.0.0")
+    listed = "\n".join  # one indented command per line
+    (out / "README.md").write_text(README.format(
+        k=len(sites), address=address, origin=origin, host=host, results=results,
+        superlink=shlex.join(superlink_command(shown, bind, port)), ca=certs / CA,
+        register=listed(f"    flwr supernode register {shlex.quote(str(shown / f'{s}.pub'))} "
+                        "fedumm" for s in sites),
+        supernodes=listed(f"    {shlex.join(supernode_command(shown, address, sites, i))}"
+                          for i in range(len(sites)))))  # fmt: skip
+    return out / "README.md"
