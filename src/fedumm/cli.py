@@ -225,7 +225,7 @@ def _deployment_config(config: Path, set_: list[str] | None, engine: str, what: 
 
     with _exit_on(ConfigError, code=2):
         require(engine, f"fedumm {engine} export")
-        cfg.check_deployment(f"an exported {what}")
+        cfg.check_deployment(f"an exported {what}", exported=True)
     return cfg
 
 

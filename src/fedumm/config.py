@@ -770,19 +770,6 @@ class RunConfig(Section):
         default_factory=TrackingConfig, description="Experiment tracking (TensorBoard, MLflow)."
     )
 
-    @model_validator(mode="after")
-    def _identities_reach_every_process(self) -> RunConfig:
-        secure = self.federation.secure_aggregation
-        signed = secure.enabled and secure.signed_keys
-        if signed and not secure.identities and self.engine == "flower":
-            raise ValueError(
-                "federation.secure_aggregation.signed_keys under the flower engine: each site "
-                "runs in its own process and needs its identity from a folder; write one with "
-                f"`fedumm identities DIR --sites {self.federation.num_clients}` and set "
-                "secure_aggregation.identities: DIR"
-            )
-        return self
-
     def holds(self, client_index: int, task: str) -> bool:
         """Whether client `client_index` (0 = site-1) holds data of `task`."""
         if task not in self.data.tasks:
@@ -800,13 +787,22 @@ class RunConfig(Section):
         env = {"flare": self.flare.env, "flower": self.flower.env}.get(self.engine)
         return f"{self.engine}.env {env}" if env in ("poc", "deployment") else None
 
-    def check_deployment(self, where: str) -> None:
+    def check_deployment(self, where: str, exported: bool = False) -> None:
         """Refuse what no deployment may run; every deployment path calls this before any work:
-        `where` is 'flare.env poc', 'flower.env deployment' or an export ('an exported app')."""
+        `where` is 'flare.env poc', 'flower.env deployment' or an export ('an exported app'),
+        which runs on machines fedumm cannot hand identities to (`exported`)."""
         if self.federation.seeded_privacy_noise:
             raise ConfigError(
                 f"federation.seeded_privacy_noise: {where} is a deployment, where noise anyone "
                 "can regenerate protects nothing; unset it"
+            )
+        secure = self.federation.secure_aggregation
+        if exported and secure.enabled and secure.signed_keys and not secure.identities:
+            raise ConfigError(
+                f"federation.secure_aggregation.signed_keys: {where} runs on the sites' own "
+                "machines, each needing its own identity: set secure_aggregation.identities to "
+                "a folder at the same path on every machine (rootCA.pem and that site's "
+                ".crt/.key from `fedumm identities`, or a FLARE project's provisioned kits)"
             )
 
     @model_validator(mode="after")

@@ -53,10 +53,15 @@ def test_flower_simulation_matches_the_embedded_engine(tiny_foundation, tmp_path
 
 
 def test_secure_aggregation_through_flower_messages(tiny_foundation, tmp_path):
-    """The key protocol as Flower query messages; each node's session (keys, shares) kept in
-    its context.state between the protocol's messages."""
+    """The key protocol as Flower query messages, keys signed with the sites' identities; each
+    node's session (keys, shares) kept in its context.state between the protocol's messages
+    and restored under the site's own policy."""
+    identities = tmp_path / "identities"  # the same certificates, so the same bytes
+    assert runner.invoke(app, ["identities", str(identities), "--sites", "2"]).exit_code == 0
     runs = _runs(tmp_path, tiny_foundation, "federation.secure_aggregation.enabled=true",
-                 "federation.secure_aggregation.threshold=2")  # fmt: skip
+                 "federation.secure_aggregation.threshold=2",
+                 "federation.secure_aggregation.signed_keys=true",
+                 f"federation.secure_aggregation.identities={identities}")  # fmt: skip
     _assert_same(runs)
     for mine, theirs in zip(runs["embedded"][0]["rounds"], runs["flower"][0]["rounds"]):
         assert theirs["secagg_bytes"] == mine["secagg_bytes"] > 0
@@ -106,9 +111,11 @@ def test_node_state_is_kept_as_json_not_pickle():
     stored = context.state[STATE]["sessions"]
     assert isinstance(stored, str)  # text, not a pickle's bytes
     assert json.loads(json.loads(stored)["site-1"])["me"] == "site-1"
-    back = SimpleNamespace(state={"stale": torch.zeros(1)}, sessions={})
+    sites_own = SimpleNamespace(secagg_policy=lambda name: ClientPolicy(2))  # from its config
+    back = SimpleNamespace(state={"stale": torch.zeros(1)}, sessions={}, fl=sites_own)
     _restore(back, context)
-    assert back.sessions == {"site-1": session}
+    assert back.sessions == {"site-1": session}  # its policy the site's, never the stored one
+    assert "policy" not in json.loads(json.loads(stored)["site-1"])
     assert back.state.keys() == {"c_i"} and torch.equal(back.state["c_i"], torch.arange(4.0))
 
 

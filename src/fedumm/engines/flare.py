@@ -41,7 +41,7 @@ from fedumm.engines.flare_client import (
     SECAGG,
     TRAINED,
 )
-from fedumm.engines.site import site_config
+from fedumm.engines.site import site_config, with_identities
 from fedumm.experiment import run_experiment
 from fedumm.federation import checkpoint, wire
 from fedumm.federation.client import ClientData, site_names
@@ -263,7 +263,8 @@ def run_flare(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
         if not (resume and old == Path(cfg.flare.state_dir)):  # what the sites kept stays
             shutil.rmtree(old) if old.is_dir() else old.unlink()
     sites = site_names(cfg.federation.num_clients)
-    cfg = _with_identities(cfg, workspace, sites)
+    poc = cfg.flare.env == "poc"  # POC sites sign with their provisioned kits, as deployed
+    cfg = with_identities(cfg, workspace / (POC_KITS if poc else "identities"), write=not poc)
     config_file = _write_config(cfg, workspace / "job_input")
     for stale in ("results.json", FAILURE):
         (out_dir / stale).unlink(missing_ok=True)
@@ -285,24 +286,6 @@ def run_flare(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
 
 
 POC_KITS = Path("poc") / "example_project" / "prod_00"  # where FLARE's POC provisions its kits
-
-
-def _with_identities(cfg: RunConfig, workspace: Path, sites: list[str]) -> RunConfig:
-    """Signed secure-aggregation keys with no identities folder named: in POC mode the sites
-    sign with their provisioned startup kits (client.crt / client.key, rootCA.pem), as a real
-    FLARE deployment would; in the simulator, with identities written for the run."""
-    secure = cfg.federation.secure_aggregation
-    if not (secure.enabled and secure.signed_keys) or secure.identities:
-        return cfg
-    if cfg.flare.env == "poc":
-        folder = workspace / POC_KITS
-    else:
-        from fedumm.federation.identity import write_identities
-
-        folder = write_identities(workspace / "identities", sites)
-    secure = secure.model_copy(update={"identities": str(folder)})
-    fed = cfg.federation.model_copy(update={"secure_aggregation": secure})
-    return cfg.model_copy(update={"federation": fed})
 
 
 def _failure_report(out_dir: Path, workspace: Path, why: str | None = None) -> str:

@@ -223,7 +223,7 @@ def _restore(site, context: Context) -> None:
     if record is not None:
         site.state.update(wire.unpack(bytes(record["state"])))
         sessions = json.loads(str(record["sessions"]))  # this node's own: {site: session JSON}
-        site.sessions.update({name: ClientSession.from_json(text)
+        site.sessions.update({name: ClientSession.from_json(text, site.fl.secagg_policy(name))
                               for name, text in sessions.items()})  # fmt: skip
 
 
@@ -298,6 +298,9 @@ def run_flower(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").unlink(missing_ok=True)
+    from fedumm.engines.site import with_identities
+
+    cfg = with_identities(cfg, out_dir / "identities")  # signed keys: one identity per site
     if deployed:
         _run_deployment(cfg, out_dir)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from fedumm.config import RunConfig
 from fedumm.experiment import build_federation
@@ -28,6 +29,22 @@ def site_config(cfg: RunConfig, site: str) -> RunConfig:
     device = cfg.flare.site_device(site, sites.index(site), cfg.runtime.device)
     return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
         update={"device": device, "devices": None})})  # fmt: skip
+
+
+def with_identities(cfg: RunConfig, folder: Path, write: bool = True) -> RunConfig:
+    """The config a multi-process run hands its sites: with signed secure-aggregation keys and
+    no identities folder named, `folder` (written now with an identity per site, unless
+    `write` is False: FLARE's POC provisions its own kits there)."""
+    secure = cfg.federation.secure_aggregation
+    if not (secure.enabled and secure.signed_keys) or secure.identities:
+        return cfg
+    if write:
+        from fedumm.federation.identity import write_identities
+
+        write_identities(folder, site_names(cfg.federation.num_clients))
+    secure = secure.model_copy(update={"identities": str(folder)})
+    fed = cfg.federation.model_copy(update={"secure_aggregation": secure})
+    return cfg.model_copy(update={"federation": fed})
 
 
 class Site:

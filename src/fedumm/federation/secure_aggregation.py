@@ -476,18 +476,17 @@ class ClientSession:
 
     def to_json(self) -> str:
         """The session as JSON (bytes as base64), for an engine that keeps a client's state
-        between messages (Flower's context.state): plain data, nothing that runs code when read."""
-        data = asdict(self)
-        data["policy"] = {**data["policy"], "identity": None}  # the site's, re-attached on load
+        between messages (Flower's context.state): plain data, nothing that runs code when read,
+        and no policy (the site's own, with its identity key, is given back on loading)."""
+        data = {k: v for k, v in asdict(self).items() if k != "policy"}
         return json.dumps(_jsonable(data), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, policy: ClientPolicy | None = None) -> ClientSession:
-        """The session `to_json` wrote, under `policy` (the site's: its identity is never
-        saved); ProtocolError if the text is not one."""
+    def from_json(cls, text: str, policy: ClientPolicy) -> ClientSession:
+        """The session `to_json` wrote, under the site's `policy` (a session never decides
+        what it accepts from what was stored); ProtocolError if the text is not one."""
         try:
-            data = _unjsonable(json.loads(text))
-            data["policy"] = policy or ClientPolicy(**data["policy"])
+            data = {**_unjsonable(json.loads(text)), "policy": policy}
             return cls(**{f.name: data[f.name] for f in fields(cls)})
         except (ValueError, TypeError, KeyError) as e:
             raise ProtocolError(f"not a saved secure-aggregation session ({e})") from None
