@@ -4,6 +4,7 @@ adapter, for FedAvg, SCAFFOLD (control variates live in the client processes) an
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,7 +160,7 @@ def test_a_flare_projects_startup_kits_are_site_identities(tmp_path):
     site) sign secure aggregation's keys; another site's kit does not pass as this one."""
     from nvflare.recipe import poc_env
 
-    from fedumm.federation.identity import IdentityError, load_identity, verify
+    from fedumm.federation.identity import Identities, IdentityError, load_identity, verify
 
     sites = ["site-1", "site-2", "site-3"]
     poc_env.prepare_poc_provision(clients=sites, number_of_clients=3, workspace=str(tmp_path),
@@ -171,6 +172,9 @@ def test_a_flare_projects_startup_kits_are_site_identities(tmp_path):
         verify(one.root_pem, "site-1", two.certificate_pem, b"keys", two.sign(b"keys"))
     with pytest.raises(IdentityError, match="not site-1's"):
         verify(one.root_pem, "site-1", one.certificate_pem, b"keys", two.sign(b"keys"))
+    server_only = tmp_path / "server-machine"  # the server's machine holds its own kit only
+    shutil.copytree(kits / "server", server_only / "server")
+    assert Identities(server_only, sites).root == Identities(kits, sites).root == one.root_pem
 
 
 def test_poc_refuses_a_port_in_use(tiny_foundation, tmp_path):

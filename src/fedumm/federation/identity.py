@@ -179,7 +179,17 @@ class Identities:
 
     @property
     def root(self) -> bytes:
-        """The root every identity must chain to."""
-        if self.folder is not None and (self.folder / "rootCA.pem").is_file():
-            return (self.folder / "rootCA.pem").read_bytes()
-        return self.of(self.sites[0]).root_pem
+        """The root every identity must chain to: the folder's rootCA.pem, or any FLARE kit's
+        in it (the server's machine holds its own kit, not the sites')."""
+        if self.folder is None:
+            return self.of(self.sites[0]).root_pem
+        for candidate in [
+            self.folder / "rootCA.pem",
+            *sorted(self.folder.glob("*/startup/rootCA.pem")),
+        ]:
+            if candidate.is_file():
+                return candidate.read_bytes()
+        raise FileNotFoundError(
+            f"secure_aggregation.identities: no rootCA.pem in {self.folder}, "
+            "nor in a FLARE kit's startup/ folder in it"
+        )
