@@ -143,7 +143,9 @@ def test_attack_dropout_and_norm_bound_through_the_cli(tiny_foundation, tmp_path
 def test_dp_and_secure_aggregation(runs, run_dirs, tiny_foundation, tmp_path):
     """DP-FedAvg reports its privacy loss; secure aggregation leaves FedAvg's result as it is."""
     privacy = runs["dp_fedavg"]["privacy"]
-    assert privacy["epsilon"] > 0 and privacy["rounds"] == 2 and privacy["sample_rate"] == 2 / 3
+    assert privacy["epsilon"] > 0 and privacy["rounds"] == 2
+    # the quick start draws its clients cyclically: predictable, so no amplification
+    assert privacy["sample_rate"] == 1.0 and privacy["sampling"].startswith("cyclic")
     result = run_tiny(tmp_path, tiny_foundation, "federation.secure_aggregation=true",
                       *NO_BASELINES)  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedumm.config import ConfigError
 from fedumm.federation.client import ClientData
 from fedumm.federation.strategies import FederationContext, build_strategy
+from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.privacy_random import PrivacyRandom, SeededRandom
-from fedumm.validation import load_run_config
 from tests.federation.strategies.conftest import update
 from tests.federation.test_server import _train, server
 
@@ -72,7 +71,18 @@ def test_dp_rounds_draw_their_clients_from_the_operating_system():
     assert draws[0] != draws[1] and all(len(set(d)) == 5 for d in draws[0])
 
 
-def test_dp_fedavg_refuses_cyclic_sampling():
-    with pytest.raises(ConfigError, match="client_sampling cyclic with strategy dp_fedavg"):
-        load_run_config(None, ["federation.strategy.name=dp_fedavg",
-                               "federation.client_sampling=cyclic"])  # fmt: skip
+def test_cyclic_sampling_is_accounted_with_q_1():
+    """A cycle tells who trains next: no amplification by sampling. Accounted as if every
+    round held every client (an upper bound), and results.json says so."""
+    spent = {}
+    for sampling in ("random", "cyclic"):
+        s = build_strategy("dp_fedavg", FederationContext(num_clients=8, client_sampling=sampling),
+                           noise_multiplier=1.1)  # fmt: skip
+        for _ in range(30):
+            s.aggregate({"w": torch.zeros(1)}, [update("a", {"w": [0.1]}, 1)])
+        spent[sampling] = s.summary(sampled_per_round=2)["privacy"]
+    assert spent["random"]["sample_rate"] == 0.25 and spent["cyclic"]["sample_rate"] == 1.0
+    assert spent["cyclic"]["epsilon"] == privacy_spent(1.1, 1.0, 30, 1e-5)
+    assert spent["cyclic"]["epsilon"] > 3 * spent["random"]["epsilon"]  # 34.9 against 9.3
+    assert spent["cyclic"]["sampling"] == "cyclic (predictable: accounted with q = 1)"
+    assert spent["random"]["sampling"] == "operating system"

@@ -521,16 +521,6 @@ class FederationConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _private_sampling(self) -> FederationConfig:
-        if self.strategy.name == "dp_fedavg" and self.client_sampling == "cyclic":
-            raise ValueError(
-                "client_sampling cyclic with strategy dp_fedavg: the accountant's sampling rate "
-                "assumes clients nobody can predict, and a cycle tells who trains next; use "
-                "random (drawn by the operating system unless seeded_privacy_noise)"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _sampled_within_population(self) -> FederationConfig:
         if self.sample_fraction is None and self.clients_per_round > self.num_clients:
             raise ValueError(

@@ -230,7 +230,7 @@ def build_federation(cfg: RunConfig) -> Federation:
     ranks = dict(zip(ids, (lora and lora.client_ranks) or ()))
     fed = cfg.federation
     context = FederationContext(len(clients), lora.alpha if lora else 1.0, ranks, cfg.seed,
-                                fed.seeded_privacy_noise)  # fmt: skip
+                                fed.seeded_privacy_noise, fed.client_sampling)  # fmt: skip
     strategy = build_strategy(fed.strategy.name, context, **fed.strategy.hyperparameters())
     malicious = []
     if cfg.attack.kind != "none":
@@ -354,7 +354,11 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
         secure_threshold=secure.survivors_needed(fed.sampled_per_round) if secure.enabled
         else None, secure_root=fl.identities.root if fl.identities else None,
     )  # fmt: skip
-    private = fed.strategy.name == "dp_fedavg" and not fed.seeded_privacy_noise
+    private = (
+        fed.strategy.name == "dp_fedavg"
+        and not fed.seeded_privacy_noise
+        and fed.client_sampling == "random"
+    )  # (cyclic is accounted with q = 1)
     server = Server(clients, strategy, transport, evaluate, fed.sampled_per_round, cfg.seed,
                     rules, cfg.eval.every, progress, fed.client_sampling, private)  # fmt: skip
     final_params, _ = server.run(global_params, fed.rounds, first_round, after_round)

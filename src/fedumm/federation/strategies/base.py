@@ -35,6 +35,7 @@ class FederationContext:
     client_ranks: dict[str, int] = field(default_factory=dict)  # only where ranks differ
     seed: int = 0  # the run seed
     seeded_noise: bool = False  # DP noise from the run seed (simulations that ask for it only)
+    client_sampling: str = "random"  # how the server draws a round's clients: random or cyclic
 
 
 class Strategy(ABC):

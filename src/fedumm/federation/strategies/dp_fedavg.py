@@ -10,7 +10,9 @@ C / |S|. After T rounds with sampling rate q = |S| / N the privacy loss (epsilon
 from Opacus's RDP accountant (which assumes Poisson sampling of clients; we sample a fixed
 number without replacement, the usual approximation). Amplification by sampling holds only if
 nobody can predict who is sampled: outside a seeded simulation the server draws each round's
-clients from the operating system (server.py), and cyclic sampling is refused.
+clients from the operating system (server.py). Cyclic sampling is predictable (a cycle tells
+who trains next), so it is accounted with q = 1: every round counted as if it held every
+client, an upper bound on what each client spends.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class DPFedAvg(Strategy):
 
     def summary(self, sampled_per_round: int) -> dict:
         rounds = int(self.progress["rounds"])
-        q = sampled_per_round / self.context.num_clients
+        cyclic = self.context.client_sampling == "cyclic"
+        q = 1.0 if cyclic else sampled_per_round / self.context.num_clients
         delta = self.hp["target_delta"]
         epsilon = privacy_spent(self.hp["noise_multiplier"], q, rounds, delta)
         return {"privacy": {
@@ -76,6 +79,6 @@ class DPFedAvg(Strategy):
             "delta": delta, "noise_multiplier": self.hp["noise_multiplier"],
             "clip_norm": self.hp["clip_norm"], "sample_rate": q, "rounds": rounds,
             "accountant": "opacus RDPAccountant",
-            "sampling": "run seed (a simulation)" if self.context.seeded_noise
-            else "operating system",
+            "sampling": "cyclic (predictable: accounted with q = 1)" if cyclic
+            else "run seed (a simulation)" if self.context.seeded_noise else "operating system",
         }}  # fmt: skip
