@@ -341,51 +341,26 @@ def _free_port() -> int:
 CA, LINK_CERT, LINK_KEY = "ca.crt", "superlink.crt", "superlink.key"  # in a certificates folder
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """`data` in a file only its owner reads (0600 from its creation)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o600)  # a file that existed keeps its mode otherwise
-        f.write(data)
-
-
 def write_certificates(folder: Path, hosts: list[str], sites: list[str], days: int = 365) -> Path:
     """What TLS and SuperNode authentication need, in `folder`, in the formats Flower reads: a CA
     (ca.crt); the SuperLink's certificate for `hosts` (names or IP addresses), signed by the CA,
     and its key (superlink.crt, superlink.key); each site's authentication key pair (site-K.key,
     site-K.pub: EC P-384, OpenSSH format). Private keys 0600 in a 0700 folder; the CA's own key
     is not kept, so nothing else can be signed with it."""
-    import datetime
     import ipaddress
 
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from fedumm.federation.identity import issue_certificate, write_private
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o700)
-    now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     link_key = ec.generate_private_key(ec.SECP384R1())
-
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-    def certificate(subject: str, key, extensions: list) -> x509.Certificate:
-        builder = (x509.CertificateBuilder().subject_name(name(subject))
-                   .issuer_name(name("fedumm Flower CA")).public_key(key.public_key())
-                   .serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=days))
-                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                                  critical=False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                       ca_key.public_key()), critical=False))  # fmt: skip
-        for extension, critical in extensions:
-            builder = builder.add_extension(extension, critical=critical)
-        return builder.sign(ca_key, hashes.SHA384())
 
     def san(host: str) -> x509.GeneralName:
         try:
@@ -395,24 +370,23 @@ def write_certificates(folder: Path, hosts: list[str], sites: list[str], days: i
 
     usage = dict.fromkeys(("content_commitment", "data_encipherment", "key_agreement",
                            "encipher_only", "decipher_only"), False)  # fmt: skip
-    ca = certificate("fedumm Flower CA", ca_key, [
-        (x509.BasicConstraints(ca=True, path_length=0), True),
+    issuer = "fedumm Flower CA"
+    ca = issue_certificate(issuer, ca_key.public_key(), issuer, ca_key, True, days, (
         (x509.KeyUsage(digital_signature=False, key_encipherment=False, key_cert_sign=True,
-                       crl_sign=True, **usage), True)])  # fmt: skip
-    link = certificate(hosts[0], link_key, [
-        (x509.BasicConstraints(ca=False, path_length=None), True),
+                       crl_sign=True, **usage), True),))  # fmt: skip
+    link = issue_certificate(hosts[0], link_key.public_key(), issuer, ca_key, False, days, (
         (x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
                        crl_sign=False, **usage), True),
         (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-        (x509.SubjectAlternativeName([san(h) for h in dict.fromkeys(hosts)]), False)])  # fmt: skip
+        (x509.SubjectAlternativeName([san(h) for h in dict.fromkeys(hosts)]), False)))  # fmt: skip
     pem = serialization.Encoding.PEM
     (folder / CA).write_bytes(ca.public_bytes(pem))
     (folder / LINK_CERT).write_bytes(link.public_bytes(pem))
-    _write_private(folder / LINK_KEY, link_key.private_bytes(
+    write_private(folder / LINK_KEY, link_key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
     for site in sites:
         key = ec.generate_private_key(ec.SECP384R1())
-        _write_private(folder / f"{site}.key", key.private_bytes(
+        write_private(folder / f"{site}.key", key.private_bytes(
             pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))  # fmt: skip
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                serialization.PublicFormat.OpenSSH)  # fmt: skip

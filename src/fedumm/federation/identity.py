@@ -87,9 +87,14 @@ def verify(root_pem: bytes, name: str, certificate_pem: bytes, message: bytes,
         raise IdentityError(f"the signature on {name}'s keys is not {name}'s") from None
 
 
-def _certificate(subject: str, public_key, issuer: str, issuer_key, ca: bool) -> bytes:
+def issue_certificate(subject: str, public_key, issuer: str, issuer_key, ca: bool,
+                      days: int = 365, extensions: tuple = ()):  # fmt: skip
+    """An X.509 certificate (cryptography's object) for `public_key`, common name `subject`,
+    signed by `issuer_key` in the name of `issuer`, valid from 5 minutes ago for `days`;
+    `extensions`: more (extension, critical) pairs, e.g. a TLS server's names and usages."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
     now = datetime.datetime.now(datetime.timezone.utc)
     name = lambda cn: x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)])  # noqa: E731
@@ -100,10 +105,40 @@ def _certificate(subject: str, public_key, issuer: str, issuer_key, ca: bool) ->
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=365))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
     )
-    return builder.sign(issuer_key, None).public_bytes(serialization.Encoding.PEM)
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    if isinstance(issuer_key, ed25519.Ed25519PrivateKey):
+        digest = None  # Ed25519 hashes by itself
+    elif isinstance(issuer_key, ec.EllipticCurvePrivateKey):
+        digest = hashes.SHA384()
+    else:
+        digest = hashes.SHA256()
+    return builder.sign(issuer_key, digest)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """`data` in a file only its owner reads (0600 from its creation)."""
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # a file that existed keeps its mode otherwise
+        f.write(data)
+
+
+def _certificate(subject: str, public_key, issuer: str, issuer_key, ca: bool) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    cert = issue_certificate(subject, public_key, issuer, issuer_key, ca)
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _pem(key) -> bytes:
@@ -130,17 +165,13 @@ def simulated_identities(names: list[str]) -> dict[str, Identity]:
 def write_identities(folder: Path, names: list[str]) -> Path:
     """`fedumm identities`: a root and one identity per site in `folder` (keys readable by
     their owner only). Hand each site its own .key, and every site rootCA.pem."""
-    import os
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     made = simulated_identities(names)
     (folder / "rootCA.pem").write_bytes(next(iter(made.values())).root_pem)
     for n, identity in made.items():
         (folder / f"{n}.crt").write_bytes(identity.certificate_pem)
-        key = folder / f"{n}.key"
-        key.write_bytes(identity.private_key_pem)
-        os.chmod(key, 0o600)
+        write_private(folder / f"{n}.key", identity.private_key_pem)
     return folder
 
 
