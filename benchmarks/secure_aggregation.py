@@ -1,5 +1,5 @@
 """What secure aggregation costs per round: bytes of its key protocol and of the masked uploads,
-and seconds on the clients and the server, for 8 and 16 clients, with no dropout and with a
+and seconds on the clients and the server, for 8, 16 and 64 clients, with no dropout and with a
 quarter of the clients dropping after masking (their masks recovered from Shamir shares).
 
 Runs the protocol of fedumm.federation.secure_aggregation directly (the same code the engines
@@ -8,7 +8,7 @@ with LoRA r=8 on q/k/v/o (8,388,608 parameters). Each client's time is the media
 clients; the round's time is what it would take with the clients in parallel: the slowest
 client's share + mask plus the server's work.
 
-    python benchmarks/secure_aggregation.py [--clients 8 16] [--sizes 43280 8388608]
+    python benchmarks/secure_aggregation.py [--clients 8 16 64] [--sizes 43280 8388608]
 """
 
 from __future__ import annotations
@@ -55,10 +55,11 @@ def one_round(n: int, size: int, dropped: int, seed: int = 0) -> dict:
     request = server.unmask_request(sorted(masked))
     answers = {u: timed(u, clients[u].unmask, request) for u in masked}
     t0 = time.perf_counter()
-    total = server.unmask(masked, answers)
+    total, weight = server.unmask(masked, answers)
     server_seconds += time.perf_counter() - t0
     expected = sum(10.0 * updates[u]["w"].double() for u in masked)
     assert torch.allclose(total["w"], expected, atol=1e-4), "the unmasked sum is wrong"
+    assert weight == 10.0 * len(masked), "the weights' sum is wrong"
     protocol = (sum(map(len, adverts.values())) + len(roster) * len(listed)
                 + sum(map(len, shares.values())) + sum(map(len, inboxes.values()))
                 + len(request) * len(masked) + sum(map(len, answers.values())))  # fmt: skip
@@ -72,7 +73,7 @@ def one_round(n: int, size: int, dropped: int, seed: int = 0) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 16, 64])
     parser.add_argument("--sizes", type=int, nargs="+", default=[43_280, 8_388_608])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
