@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 from fedumm.cli import app
 from fedumm.config import ConfigError
+from fedumm.federation import wire
 from fedumm.federation.client import ClientData
+from fedumm.federation.identity import verify
 from fedumm.federation.secure_aggregation import (
     WEIGHT,
     ClientPolicy,
@@ -28,6 +30,7 @@ from fedumm.federation.secure_aggregation import (
     reconstruct,
     split,
 )
+from fedumm.federation.update import ClientUpdate
 from fedumm.seeding import derive_seed
 from fedumm.validation import load_run_config
 from tests.federation.test_server import _train, server
@@ -317,8 +320,6 @@ def test_a_client_withdraws_an_update_it_cannot_mask_and_the_round_sums_the_othe
     def train(client, params, rnd):
         value = float(client.client_id.split("-")[1])
         out = {k: v + (bad if client.client_id == "site-2" else value) for k, v in params.items()}
-        from fedumm.federation.update import ClientUpdate
-
         return ClientUpdate(client.client_id, out, len(client.data), 1)
 
     with caplog.at_level(logging.WARNING, logger="fedumm"):
@@ -340,8 +341,6 @@ def test_the_divisor_is_the_sum_of_the_weights_clients_masked():
     def inflating(update, inboxes):
         cid = update.client_id
         weight = 1000 if cid == "site-4" else update.num_samples
-        from fedumm.federation import wire
-
         session = engine.transport.sessions[cid]
         session.receive(inboxes[cid])
         return wire.pack(session.mask(update.params, weight))
@@ -542,3 +541,57 @@ def test_a_session_saved_as_json_resumes_the_round_and_keeps_no_identity():
     assert weight == 3.0 and all(torch.allclose(total[k], plain[k], atol=1e-5) for k in plain)
     with pytest.raises(ProtocolError, match="not a saved secure-aggregation session"):
         ClientSession.from_json('{"me": 1}', ClientPolicy())
+
+
+def test_runs_with_separate_processes_hand_their_sites_identities(tmp_path):
+    """engines/site.with_identities: signed keys and no folder named get one written for the
+    run (FLARE's simulator, Flower); FLARE's POC names its provisioned kits without writing;
+    a named folder, or unsigned keys, are left as they are."""
+    from fedumm.engines.site import with_identities
+    from fedumm.federation.identity import Identities
+
+    signed = load_run_config(None, ["federation.secure_aggregation.enabled=true",
+                                    "federation.secure_aggregation.signed_keys=true",
+                                    "federation.num_clients=3",
+                                    "federation.clients_per_round=3"])  # fmt: skip
+    cfg = with_identities(signed, tmp_path / "written")
+    folder = cfg.federation.secure_aggregation.identities
+    assert folder == str(tmp_path / "written") and len(list((tmp_path / "written").iterdir())) == 7
+    identities = Identities(folder, ["site-1", "site-2", "site-3"])
+    one = identities.of("site-3")
+    verify(identities.root, "site-3", one.certificate_pem, b"k", one.sign(b"k"))
+    kits = with_identities(signed, tmp_path / "kits", write=False)
+    assert kits.federation.secure_aggregation.identities == str(tmp_path / "kits")
+    assert not (tmp_path / "kits").exists()
+    assert with_identities(cfg, tmp_path / "other") is cfg
+    unsigned = load_run_config(None, ["federation.secure_aggregation.enabled=true"])
+    assert with_identities(unsigned, tmp_path / "none") is unsigned
+
+
+def test_a_site_that_refuses_its_inbox_withdraws_instead_of_failing(tiny_foundation, caplog):
+    """How FLARE and Flower sites answer: a site whose inbox breaks the protocol (here U2
+    smaller than t) sends an empty upload, which the server rejects as withdrawn; it raises
+    nothing."""
+    from fedumm.engines.site import Site
+    from fedumm.federation.server import Server
+    from fedumm.federation.update import UpdateRejected
+    from tests.tiny import TINY_RUN
+
+    cfg = load_run_config(None, [*TINY_RUN, f"model.foundation={tiny_foundation}",
+                                 "federation.clients_per_round=3", "threads=1",
+                                 "federation.secure_aggregation.enabled=true"])  # fmt: skip
+    site = Site(cfg, "site-1")
+    site.secagg(1, "advertise", b"")
+    clients = {u: ClientSession(u, 1, ClientPolicy(2)) for u in ("site-2", "site-3")}
+    secagg = ServerSession(1, 2)
+    adverts = {"site-1": site.sessions["site-1"].advertise(),
+               **{u: c.advertise() for u, c in clients.items()}}  # fmt: skip
+    roster, _ = secagg.roster(adverts)
+    assert site.secagg(1, "share", roster)
+    short = json.dumps({"round": 1, "peers": ["site-1"], "from": {}}).encode()
+    message = wire.pack(site.fl.initial)
+    with caplog.at_level(logging.WARNING, logger="fedumm"):
+        meta, up = site.train(1, message, short)
+    assert up == b"" and "site-1 withdraws its update" in caplog.text
+    with pytest.raises(UpdateRejected, match="withdrew its update"):
+        Server._receive(ClientUpdate("site-1", {}, meta["num_samples"], 1), up)
