@@ -41,7 +41,7 @@ from fedumm.engines.flare_client import (
     SECAGG,
     TRAINED,
 )
-from fedumm.engines.site import site_config, with_identities
+from fedumm.engines.site import site_config, update_of, with_identities
 from fedumm.experiment import run_experiment
 from fedumm.federation import checkpoint, wire
 from fedumm.federation.client import ClientData, site_names
@@ -146,9 +146,7 @@ class FlareTransport:
         for site, result in self._ask(TASK, tasks).items():
             meta = result.meta
             try:
-                update = ClientUpdate(site, {}, int(meta["num_samples"]), int(meta["num_steps"]),
-                                      dict(meta.get("metrics", {})))  # fmt: skip
-                answers[site] = (update, bytes(result.params["upload"]))
+                answers[site] = (update_of(site, meta), bytes(result.params["upload"]))
             except (KeyError, TypeError, ValueError) as e:  # a malformed answer: as if it failed
                 self.controller.warning(f"round {rnd}: unusable answer from {site}: {e!r}")
         return [answers[c.client_id] for c in clients if c.client_id in answers]

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedumm.config import RunConfig
+from fedumm.engines.site import update_of
 from fedumm.experiment import run_experiment
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, site_names
@@ -137,9 +138,7 @@ class FlowerTransport:
         for site, content in self._ask("train", contents, rnd).items():
             try:
                 meta = json.loads(str(content["fedumm"]["meta"]))
-                update = ClientUpdate(site, {}, int(meta["num_samples"]), int(meta["num_steps"]),
-                                      dict(meta.get("metrics", {})))  # fmt: skip
-                answers[site] = (update, _bytes(content["upload"]))
+                answers[site] = (update_of(site, meta), _bytes(content["upload"]))
             except (KeyError, TypeError, ValueError) as e:  # a malformed answer: as if it failed
                 log.warning("round %d: unusable answer from %s: %r", rnd, site, e)
         return [answers[c.client_id] for c in clients if c.client_id in answers]

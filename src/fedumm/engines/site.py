@@ -16,7 +16,7 @@ from fedumm.experiment import build_federation
 from fedumm.federation import wire
 from fedumm.federation.client import site_names, upload
 from fedumm.federation.secure_aggregation import ClientSession, ProtocolError, client_answer
-from fedumm.federation.update import Params
+from fedumm.federation.update import ClientUpdate, Params
 
 log = logging.getLogger("fedumm")
 
@@ -45,6 +45,13 @@ def with_identities(cfg: RunConfig, folder: Path, write: bool = True) -> RunConf
     secure = secure.model_copy(update={"identities": str(folder)})
     fed = cfg.federation.model_copy(update={"secure_aggregation": secure})
     return cfg.model_copy(update={"federation": fed})
+
+
+def update_of(site: str, meta: dict) -> ClientUpdate:
+    """What the server reads of `site`'s answer to a training task (the meta `Site.train`
+    returns, carried by the engine); KeyError, TypeError or ValueError if it is not one."""
+    return ClientUpdate(site, {}, int(meta["num_samples"]), int(meta["num_steps"]),
+                        dict(meta.get("metrics", {})))  # fmt: skip
 
 
 class Site:
