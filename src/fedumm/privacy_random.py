@@ -24,8 +24,6 @@ from fedumm.seeding import derive_seed
 class PrivacyRandom:
     """Uniforms, Gaussians and permutations from AES-256-CTR under a 256-bit key."""
 
-    seeded = False
-
     def __init__(self, key: bytes | None = None):
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -58,8 +56,6 @@ class PrivacyRandom:
 class SeededRandom:
     """The simulation path: a torch.Generator from the run seed and where the draw happens
     (reproducible, and so regenerable by whoever holds the config)."""
-
-    seeded = True
 
     def __init__(self, *parts: int):
         self.generator = torch.Generator().manual_seed(derive_seed(*parts))

@@ -52,13 +52,9 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 TRIM_EVERY = 50  # steps between handing freed host memory back (release_host_memory)
 
 
-def batches(n: int, batch_size: int, steps: int,
-            permute: torch.Generator | Callable[[int], torch.Tensor]):  # fmt: skip
+def batches(n: int, batch_size: int, steps: int, permute: Callable[[int], torch.Tensor]):
     """Index batches for `steps` steps, reshuffling each epoch; yields at most `n` per batch.
-    `permute(n)` draws each epoch's order (a generator: torch.randperm with it)."""
-    if isinstance(permute, torch.Generator):
-        generator = permute
-        permute = lambda n: torch.randperm(n, generator=generator)  # noqa: E731
+    `permute(n)` draws each epoch's order."""
     size = min(batch_size, n)
     order = permute(n)
     pos = 0
@@ -113,14 +109,14 @@ def train_steps(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    order_from: torch.Generator | Callable[[int], torch.Tensor] = generator
+    permute = lambda n: torch.randperm(n, generator=generator)  # noqa: E731
     private = None
     if dp_sgd:
         clip, noise, seeded = dp_sgd
         randomness = privacy_random(seeded, seed, 0xD5)
         private = DPSGD(model, clip, noise, randomness)
         if not seeded:  # the accountant's sampling rate B / n holds only if nobody can
-            order_from = randomness.permutation  # predict the batches: the OS draws them
+            permute = randomness.permutation  # predict the batches: the OS draws them
     forward = private.module if private else model
     scaler = runtime.grad_scaler()
     device = model_device(model)
@@ -130,7 +126,7 @@ def train_steps(
         pieces = [collate([data[i] for i in part]) for part in runtime.micro_batches(idx)]
         return len(idx), [(to_device(b, device), target_tokens(b)) for b in pieces]
 
-    order = batches(len(data), batch_size, steps, order_from)
+    order = batches(len(data), batch_size, steps, permute)
     stream = prefetched(order, build) if runtime.prefetch else map(build, order)
     model.train()
     losses, samples = [], 0
