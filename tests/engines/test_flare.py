@@ -274,17 +274,7 @@ def test_a_killed_flare_run_resumes_to_the_uninterrupted_result(tiny_foundation,
     assert json.loads((killed / "checkpoint.json").read_text())["round"] < 4
     assert list((killed / "flare" / "state" / "site-1").glob("state-*.safetensors"))
 
-    result = runner.invoke(app, ["run", "--resume", str(killed), "--quiet"])
-    assert result.exit_code == 0, result.output
-    a = load_file(tmp_path / "clean" / "global_adapter.safetensors")
-    b = load_file(killed / "global_adapter.safetensors")
-    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
-    resumed = json.loads((killed / "results.json").read_text())
-    reference = json.loads((tmp_path / "clean" / "results.json").read_text())
-    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
-    for mine, theirs in zip(reference["rounds"], resumed["rounds"]):
-        for site, m in mine["client_metrics"].items():
-            assert theirs["client_metrics"][site]["loss"] == pytest.approx(m["loss"], 1e-6)
+    _assert_resumes_to(killed, tmp_path / "clean", rounds=4)
 
 
 @pytest.mark.slow  # the retention and refusal rules: test_site_state_* below, without FLARE
@@ -319,14 +309,20 @@ def test_a_flare_run_stopped_rounds_after_its_checkpoint_resumes_each_site_from_
     assert not (killed / "results.json").exists()
     aside.rename(needed)
 
+    _assert_resumes_to(killed, tmp_path / "clean", rounds=10)
+
+
+def _assert_resumes_to(killed, clean, rounds: int) -> None:
+    """`fedumm run --resume` of the run in `killed` ends as the uninterrupted run in `clean`:
+    the same adapter (1e-5), rounds 1..`rounds`, and every client's loss in every round."""
     result = runner.invoke(app, ["run", "--resume", str(killed), "--quiet"])
     assert result.exit_code == 0, result.output
-    a = load_file(tmp_path / "clean" / "global_adapter.safetensors")
+    a = load_file(clean / "global_adapter.safetensors")
     b = load_file(killed / "global_adapter.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
     resumed = json.loads((killed / "results.json").read_text())
-    reference = json.loads((tmp_path / "clean" / "results.json").read_text())
-    assert [r["round"] for r in resumed["rounds"]] == list(range(1, 11))
+    reference = json.loads((clean / "results.json").read_text())
+    assert [r["round"] for r in resumed["rounds"]] == list(range(1, rounds + 1))
     for mine, theirs in zip(reference["rounds"], resumed["rounds"]):
         for site, m in mine["client_metrics"].items():
             assert theirs["client_metrics"][site]["loss"] == pytest.approx(m["loss"], 1e-6)
