@@ -5,7 +5,9 @@ these overrides put it back, so that one list keeps the three benchmarks' tables
 """
 
 QUICKSTART_AS_MEASURED = [
-    "model.foundation=captioner", "federation.lr_decay=none",
-    "federation.client_sampling=random", "federation.lr=0.003",
+    "model.foundation=captioner",
+    "federation.lr_decay=none",
+    "federation.client_sampling=random",
+    "federation.lr=0.003",
     "federation.client_weights=partition",
-]  # fmt: skip
+]

@@ -28,13 +28,19 @@ def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
     from fedumm.engines import run_federation
 
     overrides = [
-        f"federation.num_clients={num_clients}", f"federation.clients_per_round={num_clients}",
-        f"federation.rounds={rounds}", "federation.local_steps=20", "eval.every=1",
+        f"federation.num_clients={num_clients}",
+        f"federation.clients_per_round={num_clients}",
+        f"federation.rounds={rounds}",
+        "federation.local_steps=20",
+        "eval.every=1",
         f"data.train_samples={num_clients * per_client}",
-        "partition.scheme=iid", "baselines.zero_shot=false", "baselines.local=false",
-        "baselines.centralized=false", f"threads={threads}",
+        "partition.scheme=iid",
+        "baselines.zero_shot=false",
+        "baselines.local=false",
+        "baselines.centralized=false",
+        f"threads={threads}",
         *QUICKSTART_AS_MEASURED,
-    ]  # fmt: skip
+    ]
     cfg = load_config("configs/quickstart.yaml", overrides)
     with tempfile.TemporaryDirectory() as out:
         results = run_federation(cfg, out, progress=False)
@@ -63,24 +69,41 @@ def main() -> None:
         return
     runs = {}
     for n in (1, 16):
-        cmd = [sys.executable, __file__, "--child", str(n), "--rounds", str(args.rounds),
-               "--samples-per-client", str(args.samples_per_client),
-               "--threads", str(args.threads)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(n),
+            "--rounds",
+            str(args.rounds),
+            "--samples-per-client",
+            str(args.samples_per_client),
+            "--threads",
+            str(args.threads),
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         runs[n] = json.loads(out.strip().splitlines()[-1])
     one, many = runs[1], runs[16]
     overhead = many["round_seconds"] / many["pure_seconds"]
     rss_ratio = many["peak_rss_mb"] / one["peak_rss_mb"]
-    print(f"rounds measured: {args.rounds - 1} (after a warm-up round), "
-          f"{args.samples_per_client} samples per client, {args.threads} thread(s)")  # fmt: skip
-    print(f"(a) engine overhead, 16 clients: {many['round_seconds']:.2f} s in rounds / "
-          f"{many['pure_seconds']:.2f} s local training + evaluation = {overhead:.3f} "
-          f"(target <= 1.05) {'OK' if overhead <= 1.05 else 'MISSED'}")  # fmt: skip
-    print(f"(b) peak RSS: 1 client {one['peak_rss_mb']:.0f} MB, 16 clients "
-          f"{many['peak_rss_mb']:.0f} MB, ratio {rss_ratio:.3f} "
-          f"(target <= 1.3) {'OK' if rss_ratio <= 1.3 else 'MISSED'}")  # fmt: skip
-    print(f"(c) client training throughput: {many['samples_per_second']:.0f} samples/s "
-          f"(1-client run: {one['samples_per_second']:.0f} samples/s)")  # fmt: skip
+    print(
+        f"rounds measured: {args.rounds - 1} (after a warm-up round), "
+        f"{args.samples_per_client} samples per client, {args.threads} thread(s)"
+    )
+    print(
+        f"(a) engine overhead, 16 clients: {many['round_seconds']:.2f} s in rounds / "
+        f"{many['pure_seconds']:.2f} s local training + evaluation = {overhead:.3f} "
+        f"(target <= 1.05) {'OK' if overhead <= 1.05 else 'MISSED'}"
+    )
+    print(
+        f"(b) peak RSS: 1 client {one['peak_rss_mb']:.0f} MB, 16 clients "
+        f"{many['peak_rss_mb']:.0f} MB, ratio {rss_ratio:.3f} "
+        f"(target <= 1.3) {'OK' if rss_ratio <= 1.3 else 'MISSED'}"
+    )
+    print(
+        f"(c) client training throughput: {many['samples_per_second']:.0f} samples/s "
+        f"(1-client run: {one['samples_per_second']:.0f} samples/s)"
+    )
 
 
 if __name__ == "__main__":

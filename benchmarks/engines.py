@@ -26,10 +26,19 @@ from pathlib import Path
 import psutil
 from as_measured import QUICKSTART_AS_MEASURED
 
-JOB = ["data.train_samples=2000", "data.test_samples=200", "federation.rounds=3",
-       "federation.local_steps=20", "eval.every=1", "baselines.zero_shot=false",
-       "baselines.local=false", "baselines.centralized=false", "threads=1",
-       "checkpoint_every=0", *QUICKSTART_AS_MEASURED]  # fmt: skip
+JOB = [
+    "data.train_samples=2000",
+    "data.test_samples=200",
+    "federation.rounds=3",
+    "federation.local_steps=20",
+    "eval.every=1",
+    "baselines.zero_shot=false",
+    "baselines.local=false",
+    "baselines.centralized=false",
+    "threads=1",
+    "checkpoint_every=0",
+    *QUICKSTART_AS_MEASURED,
+]
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 
@@ -55,8 +64,18 @@ def measure(engine: str, clients: int, out: Path) -> dict:
         "flower-deploy": ["--engine", "flower", "--set", "flower.env=deployment"],
     }[engine]
     sets = [*JOB, f"federation.num_clients={clients}", f"federation.clients_per_round={clients}"]
-    command = [sys.executable, "-m", "fedumm.cli", "run", str(CONFIG), "-o", str(out), "--quiet",
-               *flags, *(a for s in sets for a in ("--set", s))]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "fedumm.cli",
+        "run",
+        str(CONFIG),
+        "-o",
+        str(out),
+        "--quiet",
+        *flags,
+        *(a for s in sets for a in ("--set", s)),
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root, peak, processes = psutil.Process(proc.pid), 0, set()
@@ -74,8 +93,14 @@ def measure(engine: str, clients: int, out: Path) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{engine} with {clients} clients failed; rerun: {' '.join(command)}")
     final = json.loads((out / "results.json").read_text())["final"]["metrics"]
-    return {"engine": engine, "clients": clients, "wall_s": wall, "peak_mb": peak / 2**20,
-            "processes": len(processes), "accuracy": final["vqa_accuracy"]}  # fmt: skip
+    return {
+        "engine": engine,
+        "clients": clients,
+        "wall_s": wall,
+        "peak_mb": peak / 2**20,
+        "processes": len(processes),
+        "accuracy": final["vqa_accuracy"],
+    }
 
 
 def main() -> None:
@@ -91,8 +116,11 @@ def main() -> None:
         for engine in args.engines:
             row = measure(engine, clients, args.out.resolve() / f"{engine}-{clients}")
             rows.append(row)
-            print(f"{engine:<14}{clients:>8}{row['wall_s']:>9.1f}{row['peak_mb']:>10.0f}"
-                  f"{row['processes']:>11}{row['accuracy']:>8.1f}", flush=True)  # fmt: skip
+            print(
+                f"{engine:<14}{clients:>8}{row['wall_s']:>9.1f}{row['peak_mb']:>10.0f}"
+                f"{row['processes']:>11}{row['accuracy']:>8.1f}",
+                flush=True,
+            )
     (args.out / "engines.json").write_text(json.dumps(rows, indent=2))
 
 

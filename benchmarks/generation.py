@@ -40,15 +40,25 @@ def main() -> None:
     model, processor = foundation.load()
     prompts = geneval.evaluation_prompts(24, seed=0)
     texts = [prompts[i % len(prompts)].prompt for i in range(args.images)]
-    print(f"built-in UMM ({sum(p.numel() for p in model.parameters()):,} parameters), "
-          f"{args.images} images of {processor.vq.tokens_per_image} tokens, "
-          f"{args.threads} threads")  # fmt: skip
+    print(
+        f"built-in UMM ({sum(p.numel() for p in model.parameters()):,} parameters), "
+        f"{args.images} images of {processor.vq.tokens_per_image} tokens, "
+        f"{args.threads} threads"
+    )
     print(f"{'batch':>6} {'guidance':>9} {'seconds':>8} {'images/s':>9}")
     for batch in (1, 16, 64, 256):
         n = min(args.images, 32) if batch == 1 else args.images  # batch 1 is slow: fewer images
         for scale in (1.0, 3.0):
-            seconds = best_of(args.repeats, text_to_image, model, processor, texts[:n], seed=0,
-                              guidance_scale=scale, batch_size=batch)  # fmt: skip
+            seconds = best_of(
+                args.repeats,
+                text_to_image,
+                model,
+                processor,
+                texts[:n],
+                seed=0,
+                guidance_scale=scale,
+                batch_size=batch,
+            )
             print(f"{batch:>6} {scale:>9} {seconds:>8.2f} {n / seconds:>9.1f}")
     images = text_to_image(model, processor, texts, seed=0)
     scorer = ShapesWorldParser()

@@ -48,8 +48,9 @@ from fedumm.tasks import evaluate as evaluate_tasks
 GIB = 2**30
 
 
-def build(family: str, preset: str, runtime: Runtime, dtype: torch.dtype,
-          text_layers: int | None = None):  # fmt: skip
+def build(
+    family: str, preset: str, runtime: Runtime, dtype: torch.dtype, text_layers: int | None = None
+):
     """(model with LoRA r=8 on q/k/v/o, processor): random weights made on the device;
     `text_layers` cuts the language model to that many layers (a reduced size for a CPU)."""
     arch = architecture(family, preset)
@@ -63,8 +64,9 @@ def build(family: str, preset: str, runtime: Runtime, dtype: torch.dtype,
     base.requires_grad_(False).eval()
     place(base, runtime)
     processor = HFProcessor(family, config, tokenizer, arch.image_processor())
-    model = add_lora(base, 8, 16.0, 0.0, DEFAULT_TARGETS, seed=0,
-                     scope=FAMILIES[family].language_model)  # fmt: skip
+    model = add_lora(
+        base, 8, 16.0, 0.0, DEFAULT_TARGETS, seed=0, scope=FAMILIES[family].language_model
+    )
     return model, processor
 
 
@@ -122,28 +124,48 @@ def fedumm_client(model, processor, data, steps: int, batch: int, runtime: Runti
     return steps * batch / update.metrics["train_seconds"]
 
 
-def federation(model, processor, clients: int, per_client: int, seq: int, steps: int,
-               batch: int, runtime: Runtime, rounds: int = 2) -> dict:  # fmt: skip
+def federation(
+    model,
+    processor,
+    clients: int,
+    per_client: int,
+    seq: int,
+    steps: int,
+    batch: int,
+    runtime: Runtime,
+    rounds: int = 2,
+) -> dict:
     """A FedAvg federation of `clients` (all sampled), evaluated on 16 questions each round;
     the last round's wall time, its clients' pure train + eval time, and peak memory."""
     fed = FederationConfig(local_steps=steps, batch_size=batch, lr=1e-4)
-    members = [ClientData(f"site-{i + 1}", samples(processor, per_client, seq, i))
-               for i in range(clients)]  # fmt: skip
+    members = [
+        ClientData(f"site-{i + 1}", samples(processor, per_client, seq, i)) for i in range(clients)
+    ]
     test = [e.prompt_only() for e in samples(processor, 16, seq, 99)]
     task = VQATask([], [], test, ["yes"] * 16, ["yes/no"] * 16, "benchmark")
     strategy = build_strategy("fedavg")
 
     def train(client, message, rnd):
-        return local_update(model, client, message, fed, rnd * 100 + members.index(client),
-                            processor.collate, strategy, runtime=runtime)  # fmt: skip
+        return local_update(
+            model,
+            client,
+            message,
+            fed,
+            rnd * 100 + members.index(client),
+            processor.collate,
+            strategy,
+            runtime=runtime,
+        )
 
     def evaluate(params):
         set_adapter(model, params)
-        return evaluate_tasks({"vqa": task}, model, processor, EvalConfig(batch_size=16),
-                              runtime=runtime)  # fmt: skip
+        return evaluate_tasks(
+            {"vqa": task}, model, processor, EvalConfig(batch_size=16), runtime=runtime
+        )
 
-    server = Server(members, strategy, InProcess(train, members), evaluate, clients, seed=0,
-                    progress=False)  # fmt: skip
+    server = Server(
+        members, strategy, InProcess(train, members), evaluate, clients, seed=0, progress=False
+    )
     start = get_adapter(model)
     if runtime.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runtime.device)
@@ -152,12 +174,17 @@ def federation(model, processor, clients: int, per_client: int, seq: int, steps:
     pure = sum(m["train_seconds"] for m in last.client_metrics.values()) + last.eval_seconds
     peak = torch.cuda.max_memory_allocated(runtime.device) if runtime.device.type == "cuda" else 0
     set_adapter(model, start)
-    return {"round_seconds": last.seconds, "pure_seconds": pure, "peak_bytes": peak,
-            "clients": clients}  # fmt: skip
+    return {
+        "round_seconds": last.seconds,
+        "pure_seconds": pure,
+        "peak_bytes": peak,
+        "clients": clients,
+    }
 
 
-def largest_batch(model, processor, seq: int, runtime: Runtime, cap_bytes: int,
-                  limit: int = 512) -> int:  # fmt: skip
+def largest_batch(
+    model, processor, seq: int, runtime: Runtime, cap_bytes: int, limit: int = 512
+) -> int:
     """(e) The largest batch that trains one step within `cap_bytes` of device memory."""
     total = torch.cuda.get_device_properties(runtime.device).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, cap_bytes / total), runtime.device)
@@ -178,8 +205,9 @@ def _one_step(model, processor, batch: int, seq: int, runtime: Runtime) -> bool:
     fed = FederationConfig(local_steps=1, batch_size=batch, lr=1e-4)
     message = get_adapter(model)
     try:
-        local_update(model, ClientData("probe", data), message, fed, 0, processor.collate,
-                     runtime=runtime)  # fmt: skip
+        local_update(
+            model, ClientData("probe", data), message, fed, 0, processor.collate, runtime=runtime
+        )
         return True
     except torch.OutOfMemoryError:
         return False
@@ -216,8 +244,11 @@ def main() -> None:
     runtime = Runtime(device, "bf16" if cuda else "fp32")
     dtype = torch.bfloat16 if cuda else torch.float32
     card = runtime.device_name
-    print(f"{args.preset} {args.family} on {card}, {runtime.precision}, LoRA r=8 q/k/v/o, "
-          f"batch {args.batch} x {seq} tokens, torch {torch.__version__}", flush=True)  # fmt: skip
+    print(
+        f"{args.preset} {args.family} on {card}, {runtime.precision}, LoRA r=8 q/k/v/o, "
+        f"batch {args.batch} x {seq} tokens, torch {torch.__version__}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     model, processor = build(args.family, args.preset, runtime, dtype)
     print(
@@ -225,14 +256,18 @@ def main() -> None:
         f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters",
         flush=True,
     )
-    out: dict = {"preset": args.preset, "card": card, "precision": runtime.precision,
-                 "batch": args.batch, "seq": seq}  # fmt: skip
+    out: dict = {
+        "preset": args.preset,
+        "card": card,
+        "precision": runtime.precision,
+        "batch": args.batch,
+        "seq": seq,
+    }
 
     data = samples(processor, args.batch * 4, seq, 0)
     batch = to_device(processor.collate(data[: args.batch]), device)
     out["plain_samples_per_s"] = plain(model, batch, steps, runtime)
-    out["fedumm_samples_per_s"] = fedumm_client(model, processor, data, steps, args.batch,
-                                                runtime)  # fmt: skip
+    out["fedumm_samples_per_s"] = fedumm_client(model, processor, data, steps, args.batch, runtime)
     ratio = out["fedumm_samples_per_s"] / out["plain_samples_per_s"]
     print(f"(a) plain torch + peft: {out['plain_samples_per_s']:.2f} samples/s", flush=True)
     print(
@@ -245,18 +280,23 @@ def main() -> None:
     eight = federation(model, processor, 8, per_client, seq, local, args.batch, runtime)
     overhead = eight["round_seconds"] / eight["pure_seconds"]
     out["round_overhead"] = overhead
-    print(f"(c) 8-client round: {eight['round_seconds']:.2f} s / {eight['pure_seconds']:.2f} s "
-          f"training + evaluation = {overhead:.3f} (target <= 1.05) {verdict(overhead <= 1.05)}",
-          flush=True)  # fmt: skip
+    print(
+        f"(c) 8-client round: {eight['round_seconds']:.2f} s / {eight['pure_seconds']:.2f} s "
+        f"training + evaluation = {overhead:.3f} (target <= 1.05) {verdict(overhead <= 1.05)}",
+        flush=True,
+    )
 
     if cuda:
         one = federation(model, processor, 1, per_client, seq, 2, args.batch, runtime, 1)
         many = federation(model, processor, 16, per_client, seq, 2, args.batch, runtime, 1)
         growth = many["peak_bytes"] / one["peak_bytes"]
         out["peak_gib_1"], out["peak_gib_16"] = one["peak_bytes"] / GIB, many["peak_bytes"] / GIB
-        print(f"(d) peak GPU memory: 1 client {out['peak_gib_1']:.2f} GiB, 16 clients "
-              f"{out['peak_gib_16']:.2f} GiB, ratio {growth:.3f} (target <= 1.05) "
-              f"{verdict(growth <= 1.05)}", flush=True)  # fmt: skip
+        print(
+            f"(d) peak GPU memory: 1 client {out['peak_gib_1']:.2f} GiB, 16 clients "
+            f"{out['peak_gib_16']:.2f} GiB, ratio {growth:.3f} (target <= 1.05) "
+            f"{verdict(growth <= 1.05)}",
+            flush=True,
+        )
     else:
         print("(d) peak GPU memory: skipped (needs CUDA)")
 
@@ -271,8 +311,11 @@ def main() -> None:
             cap = min(gb * 10**9, total)
             found = largest_batch(big, processor, seq, gc, cap)
             out[f"largest_batch_{gb}gb"] = found
-            print(f"(e) LLaVA-1.5-7B, bf16 + gradient checkpointing, within {cap / 1e9:.0f} GB: "
-                  f"largest batch {found} x {seq} tokens", flush=True)  # fmt: skip
+            print(
+                f"(e) LLaVA-1.5-7B, bf16 + gradient checkpointing, within {cap / 1e9:.0f} GB: "
+                f"largest batch {found} x {seq} tokens",
+                flush=True,
+            )
     else:
         print("(e) largest batch: skipped" + ("" if cuda else " (needs CUDA)"))
     print(f"wall {time.perf_counter() - t0:.0f} s")

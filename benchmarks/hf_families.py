@@ -28,34 +28,48 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     overrides = [
-        "data.train_samples=2000", "data.test_samples=200", "federation.num_clients=4",
-        "federation.clients_per_round=4", f"federation.rounds={args.rounds}",
-        "federation.local_steps=20", "eval.every=1", "federation.batch_size=16",
-        "federation.lr=0.01", "baselines.lr=null", "federation.lr_decay=none",  # as measured
+        "data.train_samples=2000",
+        "data.test_samples=200",
+        "federation.num_clients=4",
+        "federation.clients_per_round=4",
+        f"federation.rounds={args.rounds}",
+        "federation.local_steps=20",
+        "eval.every=1",
+        "federation.batch_size=16",
+        "federation.lr=0.01",
+        "baselines.lr=null",
+        "federation.lr_decay=none",  # as measured
         "federation.client_weights=partition",
-        "partition.alpha=0.5", f"threads={args.threads}" if args.threads else "threads=null",
-    ]  # fmt: skip
-    print("| family | parameters | LoRA parameters | adapter MB/round | full MB/round | ratio "
-          "| zero-shot | local | federated | centralized | seconds |")  # fmt: skip
+        "partition.alpha=0.5",
+        f"threads={args.threads}" if args.threads else "threads=null",
+    ]
+    print(
+        "| family | parameters | LoRA parameters | adapter MB/round | full MB/round | ratio "
+        "| zero-shot | local | federated | centralized | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:
             path = build_random(family, Path(tmp) / family)
-            cfg = load_config("configs/quickstart.yaml",
-                              [*overrides, f"model.name_or_path={path}"])  # fmt: skip
+            cfg = load_config("configs/quickstart.yaml", [*overrides, f"model.name_or_path={path}"])
             start = time.perf_counter()
             results = run_federation(cfg, Path(tmp) / f"run-{family}", progress=False)
             seconds = time.perf_counter() - start
             comm, base = results["communication"], results["baselines"]
-            accuracy = [base["zero_shot"]["metrics"]["vqa_accuracy"],
-                        base["local"]["metrics"]["vqa_accuracy"],
-                        results["final"]["metrics"]["vqa_accuracy"],
-                        base["centralized"]["metrics"]["vqa_accuracy"]]  # fmt: skip
-            print(f"| {family} | {comm['total_parameters']:,} | {comm['trainable_parameters']:,} "
-                  f"| {comm['adapter_bytes_per_round'] / 1e6:.3f} "
-                  f"| {comm['full_finetune_bytes_per_round'] / 1e6:.2f} | {comm['ratio']:.0f}x | "
-                  + " | ".join(f"{a:.1f}" for a in accuracy) + f" | {seconds:.0f} |",
-                  flush=True)  # fmt: skip
+            accuracy = [
+                base["zero_shot"]["metrics"]["vqa_accuracy"],
+                base["local"]["metrics"]["vqa_accuracy"],
+                results["final"]["metrics"]["vqa_accuracy"],
+                base["centralized"]["metrics"]["vqa_accuracy"],
+            ]
+            print(
+                f"| {family} | {comm['total_parameters']:,} | {comm['trainable_parameters']:,} "
+                f"| {comm['adapter_bytes_per_round'] / 1e6:.3f} "
+                f"| {comm['full_finetune_bytes_per_round'] / 1e6:.2f} | {comm['ratio']:.0f}x | "
+                + " | ".join(f"{a:.1f}" for a in accuracy)
+                + f" | {seconds:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

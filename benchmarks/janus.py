@@ -83,13 +83,17 @@ def main() -> None:
         sample = time.perf_counter() - start
     total = sum(p.numel() for p in model.parameters())
     row = {
-        "preset": args.preset, "device": str(device),
+        "preset": args.preset,
+        "device": str(device),
         "card": runtime.device_name,
         "text_layers": model.config.get_text_config().num_hidden_layers,
-        "parameters": total, "batch": args.batch,
-        "understanding_step_s": understand, "generation_step_s": generate,
-        "sample_one_image_s": sample, "image_shape": list(image.shape),
-    }  # fmt: skip
+        "parameters": total,
+        "batch": args.batch,
+        "understanding_step_s": understand,
+        "generation_step_s": generate,
+        "sample_one_image_s": sample,
+        "image_shape": list(image.shape),
+    }
     print(json.dumps(row, indent=2))
     if args.out:
         with open(args.out, "w") as f:

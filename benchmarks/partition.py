@@ -33,7 +33,7 @@ def main() -> None:
         "dirichlet alpha=1.0": lambda r: partition.dirichlet_label_skew(labels, k, 1.0, r, 20)[0],
         "quantity (power law)": lambda r: partition.quantity_skew(
             len(labels), k, r, "power", 0.5, 1.5, 20
-        ),  # fmt: skip
+        ),
         "shards (2 per client)": lambda r: partition.pathological_shards(labels, k, 2, r),
     }
     print(f"{args.samples:,} samples, {k} clients")

@@ -38,13 +38,25 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 
 def job(clients: int, strategy: str, samples: int, rounds: int, seed: int) -> list[str]:
-    return [f"seed={seed}", f"data.train_samples={samples}", "data.test_samples=200",
-            "partition.min_samples=1",
-            f"federation.num_clients={clients}", "federation.clients_per_round=10",
-            f"federation.rounds={rounds}", "federation.local_steps=5", "federation.batch_size=1",
-            f"federation.strategy.name={strategy}", f"eval.every={rounds}",
-            "baselines.zero_shot=false", "baselines.local=false", "baselines.centralized=false",
-            "threads=1", "checkpoint_every=1", *QUICKSTART_AS_MEASURED]  # fmt: skip
+    return [
+        f"seed={seed}",
+        f"data.train_samples={samples}",
+        "data.test_samples=200",
+        "partition.min_samples=1",
+        f"federation.num_clients={clients}",
+        "federation.clients_per_round=10",
+        f"federation.rounds={rounds}",
+        "federation.local_steps=5",
+        "federation.batch_size=1",
+        f"federation.strategy.name={strategy}",
+        f"eval.every={rounds}",
+        "baselines.zero_shot=false",
+        "baselines.local=false",
+        "baselines.centralized=false",
+        "threads=1",
+        "checkpoint_every=1",
+        *QUICKSTART_AS_MEASURED,
+    ]
 
 
 def child(out: str, sets: list[str]) -> None:
@@ -64,8 +76,9 @@ def measure(clients: int, strategy: str, args, out: Path) -> dict:
         shutil.rmtree(out)
     sets = job(clients, strategy, args.samples, args.rounds, args.seed)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", str(out), *sets],
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", str(out), *sets], capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"{clients} clients, {strategy} failed:\n{proc.stderr[-3000:]}")
@@ -75,17 +88,21 @@ def measure(clients: int, strategy: str, args, out: Path) -> dict:
     rounds = [r["seconds"] - r["eval_seconds"] for r in res["rounds"]][1:]
     overhead = [r["seconds"] - r["eval_seconds"] - r["train_seconds"] for r in res["rounds"]][1:]
     return {
-        "clients": clients, "strategy": strategy, "wall": wall,
-        "setup": setup, "partition": res["setup_seconds"]["partition"],
+        "clients": clients,
+        "strategy": strategy,
+        "wall": wall,
+        "setup": setup,
+        "partition": res["setup_seconds"]["partition"],
         "data": res["setup_seconds"]["data"],
-        "round": statistics.median(rounds), "overhead": statistics.median(overhead),
+        "round": statistics.median(rounds),
+        "overhead": statistics.median(overhead),
         "after": res["wall_seconds"] - setup - sum(r["seconds"] for r in res["rounds"]),
         "peak_rss": peak,
         "results_bytes": (out / "results.json").stat().st_size,
         "plot_bytes": sum(p.stat().st_size for p in out.glob("*.png")),
         "state_files": len(list(out.glob("client_states/*"))),
         "repaired": res["partition"].get("repaired", {}).get("vqa", {}).get("clients", 0),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -100,28 +117,35 @@ def main() -> None:
     parser.add_argument("-o", "--out", type=Path, default=Path("runs/scale"))
     args = parser.parse_args()
     rows = []
-    header = (f"{'clients':>8} {'strategy':<9}{'set-up s':>9}{'of which partition':>19}"
-              f"{'s/round':>8}{'overhead ms':>12}{'after s':>8}{'peak RSS GB':>12}"
-              f"{'results MB':>11}{'plots MB':>9}{'repaired':>9}")  # fmt: skip
+    header = (
+        f"{'clients':>8} {'strategy':<9}{'set-up s':>9}{'of which partition':>19}"
+        f"{'s/round':>8}{'overhead ms':>12}{'after s':>8}{'peak RSS GB':>12}"
+        f"{'results MB':>11}{'plots MB':>9}{'repaired':>9}"
+    )
     print(header)
     for strategy in args.strategies:
         for k in args.clients:
             r = measure(k, strategy, args, args.out / f"{strategy}-{k}")
             rows.append(r)
-            print(f"{k:>8,} {strategy:<9}{r['setup']:>9.1f}{r['partition']:>19.1f}"
-                  f"{r['round']:>8.2f}{r['overhead'] * 1e3:>12.1f}{r['after']:>8.1f}"
-                  f"{r['peak_rss'] / 1e9:>12.2f}"
-                  f"{r['results_bytes'] / 1e6:>11.2f}{r['plot_bytes'] / 1e6:>9.2f}"
-                  f"{r['repaired']:>9,}", flush=True)  # fmt: skip
+            print(
+                f"{k:>8,} {strategy:<9}{r['setup']:>9.1f}{r['partition']:>19.1f}"
+                f"{r['round']:>8.2f}{r['overhead'] * 1e3:>12.1f}{r['after']:>8.1f}"
+                f"{r['peak_rss'] / 1e9:>12.2f}"
+                f"{r['results_bytes'] / 1e6:>11.2f}{r['plot_bytes'] / 1e6:>9.2f}"
+                f"{r['repaired']:>9,}",
+                flush=True,
+            )
     (args.out / "scale.json").write_text(json.dumps(rows, indent=2))
     for strategy in args.strategies:
         cells = {r["clients"]: r for r in rows if r["strategy"] == strategy}
         low, high = cells[min(cells)], cells[max(cells)]
         rss = high["peak_rss"] / low["peak_rss"]
-        print(f"{strategy}: s/round {max(cells):,} vs {min(cells):,} clients: "
-              f"{high['round'] / low['round']:.2f}x (overhead {high['overhead'] * 1e3:.1f} vs "
-              f"{low['overhead'] * 1e3:.1f} ms); peak RSS {rss:.2f}x; "
-              f"set-up at {max(cells):,}: {high['setup']:.1f} s")  # fmt: skip
+        print(
+            f"{strategy}: s/round {max(cells):,} vs {min(cells):,} clients: "
+            f"{high['round'] / low['round']:.2f}x (overhead {high['overhead'] * 1e3:.1f} vs "
+            f"{low['overhead'] * 1e3:.1f} ms); peak RSS {rss:.2f}x; "
+            f"set-up at {max(cells):,}: {high['setup']:.1f} s"
+        )
 
 
 if __name__ == "__main__":

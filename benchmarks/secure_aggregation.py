@@ -60,15 +60,27 @@ def one_round(n: int, size: int, dropped: int, seed: int = 0) -> dict:
     expected = sum(10.0 * updates[u]["w"].double() for u in masked)
     assert torch.allclose(total["w"], expected, atol=1e-4), "the unmasked sum is wrong"
     assert weight == 10.0 * len(masked), "the weights' sum is wrong"
-    protocol = (sum(map(len, adverts.values())) + len(roster) * len(listed)
-                + sum(map(len, shares.values())) + sum(map(len, inboxes.values()))
-                + len(request) * len(masked) + sum(map(len, answers.values())))  # fmt: skip
+    protocol = (
+        sum(map(len, adverts.values()))
+        + len(roster) * len(listed)
+        + sum(map(len, shares.values()))
+        + sum(map(len, inboxes.values()))
+        + len(request) * len(masked)
+        + sum(map(len, answers.values()))
+    )
     working = [seconds[u] for u in ids[dropped:]]
-    return {"clients": n, "parameters": size, "dropped": dropped, "threshold": threshold,
-            "protocol_bytes": protocol, "plain_upload_bytes": plain_bytes,
-            "masked_upload_bytes": masked_bytes, "client_seconds": statistics.median(working),
-            "server_seconds": server_seconds,
-            "round_seconds": max(working) + server_seconds}  # fmt: skip
+    return {
+        "clients": n,
+        "parameters": size,
+        "dropped": dropped,
+        "threshold": threshold,
+        "protocol_bytes": protocol,
+        "plain_upload_bytes": plain_bytes,
+        "masked_upload_bytes": masked_bytes,
+        "client_seconds": statistics.median(working),
+        "server_seconds": server_seconds,
+        "round_seconds": max(working) + server_seconds,
+    }
 
 
 def main() -> None:
@@ -88,11 +100,15 @@ def main() -> None:
         for n in args.clients:
             for dropped in (0, n // 4):
                 r = one_round(n, size, dropped)
-                uploads = (f"{r['plain_upload_bytes'] / 1e6:,.2f} -> "
-                           f"{r['masked_upload_bytes'] / 1e6:,.2f}")  # fmt: skip
-                print(f"| {n} | {size:,} | {dropped} | {r['protocol_bytes'] / 1e3:,.1f} | "
-                      f"{uploads} | {r['client_seconds']:.3f} | {r['server_seconds']:.3f} | "
-                      f"{r['round_seconds']:.3f} |", flush=True)  # fmt: skip
+                uploads = (
+                    f"{r['plain_upload_bytes'] / 1e6:,.2f} -> {r['masked_upload_bytes'] / 1e6:,.2f}"
+                )
+                print(
+                    f"| {n} | {size:,} | {dropped} | {r['protocol_bytes'] / 1e3:,.1f} | "
+                    f"{uploads} | {r['client_seconds']:.3f} | {r['server_seconds']:.3f} | "
+                    f"{r['round_seconds']:.3f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

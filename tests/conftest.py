@@ -10,9 +10,17 @@ from fedumm.pretraining import pretrain
 from tests.official_formats import crisismmd, hateful_memes, vqa_root  # noqa: F401 (fixtures)
 
 TINY_PRETRAIN = dict(
-    steps=3, train_samples=64, test_samples=8, codebook_images=60, hidden_size=32,
-    intermediate_size=64, num_layers=2, num_heads=2, text_vocab_size=300, batch_size=16,
-)  # fmt: skip
+    steps=3,
+    train_samples=64,
+    test_samples=8,
+    codebook_images=60,
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=2,
+    text_vocab_size=300,
+    batch_size=16,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,15 @@ from PIL import Image
 
 from fedumm.data import shapesworld, vqa_v2
 
-CRISIS_HEADER = ("event_name\ttweet_id\timage_id\ttweet_text\timage\tlabel\tlabel_text\t"
-                 "label_image\tlabel_text_image")  # fmt: skip
-CRISIS_LABELS = ("not_humanitarian", "infrastructure_and_utility_damage",
-                 "rescue_volunteering_or_donation_effort")  # fmt: skip
+CRISIS_HEADER = (
+    "event_name\ttweet_id\timage_id\ttweet_text\timage\tlabel\tlabel_text\t"
+    "label_image\tlabel_text_image"
+)
+CRISIS_LABELS = (
+    "not_humanitarian",
+    "infrastructure_and_utility_damage",
+    "rescue_volunteering_or_donation_effort",
+)
 
 
 def picture(path, seed, size=(48, 40)):
@@ -39,18 +44,34 @@ def write_vqa_v2_split(root, subtype, n, corrupt=None):
         qid = image_id * 1000 + i % 2
         answer = ["yes", "no", "2"][i % 3]
         humans = [answer] * 7 + ["maybe"] * 3
-        questions.append({"image_id": image_id, "question": f"is it thing {i}?",
-                          "question_id": qid})  # fmt: skip
-        annotations.append({
-            "question_id": qid, "image_id": image_id, "question_type": "is it",
-            "answer_type": "number" if answer == "2" else "yes/no",
-            "multiple_choice_answer": answer,
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
-                        for k, a in enumerate(humans)],
-        })  # fmt: skip
-    vqa_v2.questions_file(root, subtype).write_text(json.dumps(
-        {"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "license": {},
-         "data_subtype": subtype, "questions": questions}))  # fmt: skip
+        questions.append(
+            {"image_id": image_id, "question": f"is it thing {i}?", "question_id": qid}
+        )
+        annotations.append(
+            {
+                "question_id": qid,
+                "image_id": image_id,
+                "question_type": "is it",
+                "answer_type": "number" if answer == "2" else "yes/no",
+                "multiple_choice_answer": answer,
+                "answers": [
+                    {"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
+                    for k, a in enumerate(humans)
+                ],
+            }
+        )
+    vqa_v2.questions_file(root, subtype).write_text(
+        json.dumps(
+            {
+                "info": {},
+                "task_type": "Open-Ended",
+                "data_type": "mscoco",
+                "license": {},
+                "data_subtype": subtype,
+                "questions": questions,
+            }
+        )
+    )
     vqa_v2.annotations_file(root, subtype).write_text(
         json.dumps({"info": {}, "license": {}, "data_subtype": subtype, "annotations": annotations})
     )
@@ -73,8 +94,9 @@ def hateful_memes(tmp_path):
         for i in range(n):
             img = f"img/{name[:3]}{i:03d}.png"
             picture(root / img, i)
-            lines.append(json.dumps({"id": i, "img": img, "label": i % 2,
-                                     "text": f"meme text {i}"}))  # fmt: skip
+            lines.append(
+                json.dumps({"id": i, "img": img, "label": i % 2, "text": f"meme text {i}"})
+            )
         if name == "train.jsonl":
             (root / "img" / "bad.png").write_bytes(b"not a png")
             lines.append(json.dumps({"id": 99, "img": "img/bad.png", "label": 1, "text": "x"}))
@@ -93,8 +115,10 @@ def crisismmd(tmp_path):
             image = f"data_image/hurricane_irma/10_9_2017/{split}{i}_0.jpg"
             picture(root / image, 100 + i, size=(60, 44))
             label = CRISIS_LABELS[i % 3]
-            rows.append(f"hurricane_irma\t{i}\t{i}_0\ttweet number {i}\t{image}\t{label}\t"
-                        f"{label}\t{label}\tPositive")  # fmt: skip
+            rows.append(
+                f"hurricane_irma\t{i}\t{i}_0\ttweet number {i}\t{image}\t{label}\t"
+                f"{label}\t{label}\tPositive"
+            )
         name = f"task_humanitarian_text_img_{split}.tsv"
         (split_dir / name).write_text("\n".join(rows) + "\n")
     return root

@@ -9,8 +9,7 @@ from safetensors.torch import load_file
 from fedumm.federation.strategies import STRATEGIES
 from tests.tiny import assert_trained, client_losses, run_tiny
 
-NO_BASELINES = ["baselines.zero_shot=false", "baselines.local=false",
-                "baselines.centralized=false"]  # fmt: skip
+NO_BASELINES = ["baselines.zero_shot=false", "baselines.local=false", "baselines.centralized=false"]
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +23,9 @@ def run_dirs(tiny_foundation, tmp_path_factory):
     for name in STRATEGIES:
         folder = tmp_path_factory.mktemp(name)
         extra = extras.get(name, [])
-        result = run_tiny(folder, tiny_foundation, f"federation.strategy.name={name}",
-                          *NO_BASELINES, *extra)  # fmt: skip
+        result = run_tiny(
+            folder, tiny_foundation, f"federation.strategy.name={name}", *NO_BASELINES, *extra
+        )
         assert result.exit_code == 0, (name, result.output)
         out[name] = folder
     return out
@@ -68,19 +68,28 @@ def test_scaffold_and_fednova_are_not_fedavg_under_skew(tiny_foundation, tmp_pat
     """Dirichlet alpha 0.1, 8 clients, local epochs (so clients take different step counts)."""
     adapters = {}
     for name in ("fedavg", "scaffold", "fednova"):
-        result = run_tiny(tmp_path / name, tiny_foundation, f"federation.strategy.name={name}",
-                          "partition.alpha=0.1", "data.train_samples=320",
-                          "federation.num_clients=8", "federation.clients_per_round=8",
-                          "federation.local_epochs=0.5", "federation.rounds=3",
-                          *NO_BASELINES)  # fmt: skip
+        result = run_tiny(
+            tmp_path / name,
+            tiny_foundation,
+            f"federation.strategy.name={name}",
+            "partition.alpha=0.1",
+            "data.train_samples=320",
+            "federation.num_clients=8",
+            "federation.clients_per_round=8",
+            "federation.local_epochs=0.5",
+            "federation.rounds=3",
+            *NO_BASELINES,
+        )
         assert result.exit_code == 0, result.output
         res = json.loads((tmp_path / name / "results.json").read_text())
         steps = {m["steps"] for r in res["rounds"] for m in r["client_metrics"].values()}
         assert len(steps) > 1
         adapters[name] = load_file(tmp_path / name / "global_adapter.safetensors")
     for name in ("scaffold", "fednova"):
-        gap = max((adapters[name][k] - adapters["fedavg"][k]).abs().max().item()
-                  for k in adapters["fedavg"])  # fmt: skip
+        gap = max(
+            (adapters[name][k] - adapters["fedavg"][k]).abs().max().item()
+            for k in adapters["fedavg"]
+        )
         assert gap > 1e-4, name
 
 
@@ -93,8 +102,9 @@ def test_unused_hyperparameter_and_unknown_algorithm_are_refused(tiny_foundation
 
 
 def test_client_rank_larger_than_the_layer_is_refused(tiny_foundation, tmp_path):
-    result = run_tiny(tmp_path, tiny_foundation, "federation.strategy.name=flora",
-                      "lora.client_ranks=[2, 500, 2]")  # fmt: skip
+    result = run_tiny(
+        tmp_path, tiny_foundation, "federation.strategy.name=flora", "lora.client_ranks=[2, 500, 2]"
+    )
     assert result.exit_code == 1 and "LoRA rank 500 exceeds" in result.output
 
 
@@ -109,8 +119,14 @@ def test_attack_dropout_and_norm_bound_through_the_cli(tiny_foundation, tmp_path
     clean = tmp_path / "clean"
     assert run_tiny(clean, tiny_foundation, *NO_BASELINES).exit_code == 0
     attacked = tmp_path / "attacked"
-    result = run_tiny(attacked, tiny_foundation, "attack.kind=sign_flip", "attack.fraction=0.34",
-                      "federation.dropout=0.3", *NO_BASELINES)  # fmt: skip
+    result = run_tiny(
+        attacked,
+        tiny_foundation,
+        "attack.kind=sign_flip",
+        "attack.fraction=0.34",
+        "federation.dropout=0.3",
+        *NO_BASELINES,
+    )
     assert result.exit_code == 0, result.output
     res = json.loads((attacked / "results.json").read_text())
     assert res["attack"]["kind"] == "sign_flip" and len(res["attack"]["clients"]) == 1
@@ -119,9 +135,16 @@ def test_attack_dropout_and_norm_bound_through_the_cli(tiny_foundation, tmp_path
     b = load_file(attacked / "global_adapter.safetensors")
     assert any(not torch.equal(a[k], b[k]) for k in a)
     bounded = tmp_path / "bounded"
-    result = run_tiny(bounded, tiny_foundation, "attack.kind=scale", "attack.magnitude=1000",
-                      "attack.fraction=0.34", "federation.max_update_norm=1.0",
-                      "federation.clients_per_round=3", *NO_BASELINES)  # fmt: skip
+    result = run_tiny(
+        bounded,
+        tiny_foundation,
+        "attack.kind=scale",
+        "attack.magnitude=1000",
+        "attack.fraction=0.34",
+        "federation.max_update_norm=1.0",
+        "federation.clients_per_round=3",
+        *NO_BASELINES,
+    )
     assert result.exit_code == 0, result.output
     res = json.loads((bounded / "results.json").read_text())
     evil = res["attack"]["clients"][0]
@@ -129,15 +152,21 @@ def test_attack_dropout_and_norm_bound_through_the_cli(tiny_foundation, tmp_path
     assert rejected == [evil, evil]  # the scaled update is refused every round, nobody else
     # One slow device (4x slower): 8 nominal steps of work against a deadline of 3.
     slow = tmp_path / "slow"
-    result = run_tiny(slow, tiny_foundation, "federation.stragglers=0.34",
-                      "federation.round_deadline=3", "federation.clients_per_round=3",
-                      *NO_BASELINES)  # fmt: skip
+    result = run_tiny(
+        slow,
+        tiny_foundation,
+        "federation.stragglers=0.34",
+        "federation.round_deadline=3",
+        "federation.clients_per_round=3",
+        *NO_BASELINES,
+    )
     assert result.exit_code == 0, result.output
     rounds = json.loads((slow / "results.json").read_text())["rounds"]
     late = [r["late"] for r in rounds]
     assert late[0] == late[1] and len(late[0]) == 1
-    assert all(late[0][0] not in r["client_metrics"] and len(r["client_metrics"]) == 2
-               for r in rounds)  # fmt: skip
+    assert all(
+        late[0][0] not in r["client_metrics"] and len(r["client_metrics"]) == 2 for r in rounds
+    )
 
 
 def test_dp_and_secure_aggregation(runs, run_dirs, tiny_foundation, tmp_path):
@@ -146,8 +175,9 @@ def test_dp_and_secure_aggregation(runs, run_dirs, tiny_foundation, tmp_path):
     assert privacy["epsilon"] > 0 and privacy["rounds"] == 2
     # the quick start draws its clients cyclically: predictable, so no amplification
     assert privacy["sample_rate"] == 1.0 and privacy["sampling"].startswith("cyclic")
-    result = run_tiny(tmp_path, tiny_foundation, "federation.secure_aggregation=true",
-                      *NO_BASELINES)  # fmt: skip
+    result = run_tiny(
+        tmp_path, tiny_foundation, "federation.secure_aggregation=true", *NO_BASELINES
+    )
     assert result.exit_code == 0, result.output
     secure = load_file(tmp_path / "global_adapter.safetensors")
     plain = load_file(run_dirs["fedavg"] / "global_adapter.safetensors")
@@ -168,17 +198,32 @@ def test_robust_rules_resist_sign_flipping_where_fedavg_does_not(tiny_foundation
     def distance(a, b):
         return float(torch.sqrt(sum(((a[k] - b[k]) ** 2).sum() for k in a)))
 
-    common = ["federation.num_clients=5", "federation.clients_per_round=5", "partition.alpha=1.0",
-              "data.train_samples=200", "attack.fraction=0.2", *NO_BASELINES]  # fmt: skip
+    common = [
+        "federation.num_clients=5",
+        "federation.clients_per_round=5",
+        "partition.alpha=1.0",
+        "data.train_samples=200",
+        "attack.fraction=0.2",
+        *NO_BASELINES,
+    ]
     deviation = {}
-    for rule, extra in [("fedavg", []), ("median", []), ("trimmed_mean", []),
-                        ("krum", ["federation.strategy.num_byzantine=1",
-                                  "federation.strategy.multi_krum=3"])]:  # fmt: skip
+    for rule, extra in [
+        ("fedavg", []),
+        ("median", []),
+        ("trimmed_mean", []),
+        ("krum", ["federation.strategy.num_byzantine=1", "federation.strategy.multi_krum=3"]),
+    ]:
         final = {}
         for kind in ("none", "sign_flip"):
             out = tmp_path / f"{rule}-{kind}"
-            result = run_tiny(out, tiny_foundation, f"federation.strategy.name={rule}",
-                              f"attack.kind={kind}", *common, *extra)  # fmt: skip
+            result = run_tiny(
+                out,
+                tiny_foundation,
+                f"federation.strategy.name={rule}",
+                f"attack.kind={kind}",
+                *common,
+                *extra,
+            )
             assert result.exit_code == 0, result.output
             final[kind] = load_file(out / "global_adapter.safetensors")
         deviation[rule] = distance(final["none"], final["sign_flip"]) / distance(

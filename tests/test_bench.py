@@ -62,8 +62,9 @@ def test_communication_bench_measures_adapter_against_full_finetuning(tiny_found
 
 def test_compute_communication_bench_draws_accuracy_against_bytes(tiny_foundation, tmp_path):
     out = tmp_path / "cc"
-    result = _bench("compute-communication", out, tiny_foundation,
-                    "federation.rounds", "federation.local_steps")  # fmt: skip
+    result = _bench(
+        "compute-communication", out, tiny_foundation, "federation.rounds", "federation.local_steps"
+    )
     assert result.exit_code == 0, result.output
     text = (out / "bench.md").read_text()
     rows = {int(r[1]): r for r in _table_rows(text, "") if re.fullmatch(r"\d+", r[0])}
@@ -85,13 +86,20 @@ def test_robustness_tables_per_client_setting_and_the_3_point_check(tmp_path):
 
     axes = {"clients": None, "attack.kind": None, "federation.strategy": None}
     sweep = SimpleNamespace(cells=[SimpleNamespace(values=axes)])
-    scores = {("IID", "none", "name=fedavg"): 40.0, ("IID", "none", "name=median"): 38.0,
-              ("IID", "sign_flip", "name=fedavg"): 2.5, ("IID", "sign_flip", "name=median"): 37.0,
-              ("skew", "none", "name=fedavg"): 30.0, ("skew", "none", "name=median"): 30.0,
-              ("skew", "sign_flip", "name=fedavg"): 1.0,
-              ("skew", "sign_flip", "name=median"): 26.9}  # fmt: skip
-    rows = [{"clients": c, "attack.kind": k, "federation.strategy": r, "vqa_accuracy": a}
-            for (c, k, r), a in scores.items()]  # fmt: skip
+    scores = {
+        ("IID", "none", "name=fedavg"): 40.0,
+        ("IID", "none", "name=median"): 38.0,
+        ("IID", "sign_flip", "name=fedavg"): 2.5,
+        ("IID", "sign_flip", "name=median"): 37.0,
+        ("skew", "none", "name=fedavg"): 30.0,
+        ("skew", "none", "name=median"): 30.0,
+        ("skew", "sign_flip", "name=fedavg"): 1.0,
+        ("skew", "sign_flip", "name=median"): 26.9,
+    }
+    rows = [
+        {"clients": c, "attack.kind": k, "federation.strategy": r, "vqa_accuracy": a}
+        for (c, k, r), a in scores.items()
+    ]
     text = "\n".join(robustness(sweep, rows, tmp_path))
     iid, skew = text.split("(skew)")
     assert "(IID)" in iid and "| sign_flip | 2.5 (-37.5) | 37.0 (-1.0) |" in iid
@@ -114,8 +122,12 @@ def test_fedmllm_table_puts_local_first_and_checks_the_papers_findings(tmp_path)
 
     from fedumm.sweep import Cell
 
-    scores = {("FedAvg", "alpha=5.0"): 70.0, ("FedAvg", "alpha=0.5"): 50.0,
-              ("FedProx", "alpha=5.0"): 80.0, ("FedProx", "alpha=0.5"): 16.0}  # fmt: skip
+    scores = {
+        ("FedAvg", "alpha=5.0"): 70.0,
+        ("FedAvg", "alpha=0.5"): 50.0,
+        ("FedProx", "alpha=5.0"): 80.0,
+        ("FedProx", "alpha=0.5"): 16.0,
+    }
     rows = []
     for (method, scenario), acc in scores.items():
         row = {"method": method, "scenario": scenario, "classification_accuracy": acc}
@@ -136,9 +148,27 @@ def test_fedmllm_table_puts_local_first_and_checks_the_papers_findings(tmp_path)
 def test_the_gpu_benchmark_runs_at_tiny_scale_on_the_cpu(tmp_path):
     """benchmarks/gpu.py is measured on a GPU; here it must run end to end at tiny scale."""
     out = tmp_path / "gpu.json"
-    done = subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--preset",
-                           "tiny", "--seq", "40", "--batch", "2", "--steps", "2", "--out",
-                           str(out)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu.py",
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--seq",
+            "40",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for line in ("(a) plain torch + peft:", "(b) fedumm client training:", "(c) 8-client round:"):
         assert line in done.stdout

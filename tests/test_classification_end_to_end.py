@@ -12,9 +12,11 @@ from fedumm.experiment import build_federation
 from tests.tiny import run_tiny, runner
 
 CLASSIFICATION = [
-    "data.tasks=[classification]", "data.classification.train_samples=72",
-    "data.classification.test_samples=12", "partition.alpha=1.0",
-]  # fmt: skip
+    "data.tasks=[classification]",
+    "data.classification.train_samples=72",
+    "data.classification.test_samples=12",
+    "partition.alpha=1.0",
+]
 
 
 def test_a_cross_modal_federation_reports_scores_and_its_partition(tiny_foundation, tmp_path):
@@ -33,8 +35,10 @@ def test_a_cross_modal_federation_reports_scores_and_its_partition(tiny_foundati
     part = results["partition"]
     kept = [c["tasks"]["classification"]["modalities"] for c in part["clients"]]
     assert [k[IMAGE] > 0 for k in kept].count(True) == 1  # one image-only client
-    assert all(k[IMAGE_TEXT] == 0 and sum(k.values()) == c["samples"]
-               for k, c in zip(kept, part["clients"]))  # fmt: skip
+    assert all(
+        k[IMAGE_TEXT] == 0 and sum(k.values()) == c["samples"]
+        for k, c in zip(kept, part["clients"])
+    )
     assert part["modality"] == "cross-modal (1 image-only clients)"
     report = (out / "report.md").read_text()
     assert "Classification AUC (%)" in report and "partition_modality.png" in report
@@ -43,9 +47,14 @@ def test_a_cross_modal_federation_reports_scores_and_its_partition(tiny_foundati
 
 def test_partition_command_shows_what_each_client_keeps(tiny_foundation, tmp_path):
     args = ["partition", "configs/classification.yaml", "-o", str(tmp_path)]
-    for item in [*CLASSIFICATION, f"model.foundation={tiny_foundation}", "federation.num_clients=3",
-                 "partition.modality.scenario=missing", "partition.modality.drop_probability=0.5",
-                 "partition.min_samples=4"]:  # fmt: skip
+    for item in [
+        *CLASSIFICATION,
+        f"model.foundation={tiny_foundation}",
+        "federation.num_clients=3",
+        "partition.modality.scenario=missing",
+        "partition.modality.drop_probability=0.5",
+        "partition.min_samples=4",
+    ]:
         args += ["--set", item]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -58,11 +67,18 @@ def test_partition_command_shows_what_each_client_keeps(tiny_foundation, tmp_pat
 
 
 def test_centralized_data_is_the_clients_data_with_their_modalities(tiny_foundation):
-    cfg = load_config("configs/classification.yaml", [
-        *CLASSIFICATION, f"model.foundation={tiny_foundation}", "federation.num_clients=3",
-        "partition.min_samples=4", "partition.modality.scenario=hybrid",
-        "partition.modality.presence_probability=0.5", "data.classification.agnostic_prompt=true",
-    ])  # fmt: skip
+    cfg = load_config(
+        "configs/classification.yaml",
+        [
+            *CLASSIFICATION,
+            f"model.foundation={tiny_foundation}",
+            "federation.num_clients=3",
+            "partition.min_samples=4",
+            "partition.modality.scenario=hybrid",
+            "partition.modality.presence_probability=0.5",
+            "data.classification.agnostic_prompt=true",
+        ],
+    )
     fl = build_federation(cfg)
     held = sorted(tuple(e.input_ids) for c in fl.clients for e in c.data)
     assert held == sorted(tuple(e.input_ids) for e in fl.partition.pooled)

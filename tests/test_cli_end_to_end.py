@@ -66,8 +66,14 @@ def test_another_seed_gives_other_numbers(tiny_run, tiny_foundation, tmp_path):
 
 
 def test_iid_partition_and_no_baselines(tiny_foundation, tmp_path):
-    result = _run(tmp_path, tiny_foundation, "partition.scheme=iid", "baselines.zero_shot=false",
-                  "baselines.local=false", "baselines.centralized=false")  # fmt: skip
+    result = _run(
+        tmp_path,
+        tiny_foundation,
+        "partition.scheme=iid",
+        "baselines.zero_shot=false",
+        "baselines.local=false",
+        "baselines.centralized=false",
+    )
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["baselines"] == {}
@@ -75,19 +81,39 @@ def test_iid_partition_and_no_baselines(tiny_foundation, tmp_path):
 
 
 def test_bad_config_is_refused_before_any_work(tmp_path):
-    result = runner.invoke(app, ["run", "configs/quickstart.yaml", "-o", str(tmp_path / "x"),
-                                 "--set", "partition.alpha=-1"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "configs/quickstart.yaml",
+            "-o",
+            str(tmp_path / "x"),
+            "--set",
+            "partition.alpha=-1",
+        ],
+    )
     assert result.exit_code == 2
     assert "partition.alpha: Input should be greater than 0" in result.output
     assert not (tmp_path / "x").exists()
 
 
 def test_an_unknown_foundation_is_refused_with_the_names_that_exist(tmp_path):
-    result = runner.invoke(app, ["run", "configs/quickstart.yaml", "-o", str(tmp_path / "x"),
-                                 "--set", "model.foundation=asistant"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "configs/quickstart.yaml",
+            "-o",
+            str(tmp_path / "x"),
+            "--set",
+            "model.foundation=asistant",
+        ],
+    )
     assert result.exit_code == 2
-    assert "model.foundation: 'asistant' is neither a shipped foundation (builtin, assistant, " \
-           "assistant-v2, captioner; builtin = assistant-v2)" in result.output  # fmt: skip
+    assert (
+        "model.foundation: 'asistant' is neither a shipped foundation (builtin, assistant, "
+        "assistant-v2, captioner; builtin = assistant-v2)" in result.output
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -119,9 +145,14 @@ def test_help_and_strategy_list():
 
 
 def test_local_epochs_give_unequal_steps_and_fraction_samples(tiny_foundation, tmp_path):
-    result = _run(tmp_path, tiny_foundation, "federation.local_epochs=0.5",
-                  "federation.sample_fraction=0.34", "baselines.local=false",
-                  "baselines.zero_shot=false")  # fmt: skip
+    result = _run(
+        tmp_path,
+        tiny_foundation,
+        "federation.local_epochs=0.5",
+        "federation.sample_fraction=0.34",
+        "baselines.local=false",
+        "baselines.zero_shot=false",
+    )
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "results.json").read_text())
     sizes = {c["client_id"]: c["samples"] for c in res["partition"]["clients"]}
@@ -145,9 +176,14 @@ def test_config_command_prints_a_valid_annotated_config(tmp_path):
 def test_cosine_lr_decay_lowers_the_client_lr_in_later_rounds(tiny_foundation, tmp_path):
     rounds = {}
     for decay in ("none", "cosine"):
-        result = _run(tmp_path / decay, tiny_foundation, f"federation.lr_decay={decay}",
-                      "baselines.zero_shot=false", "baselines.local=false",
-                      "baselines.centralized=false")  # fmt: skip
+        result = _run(
+            tmp_path / decay,
+            tiny_foundation,
+            f"federation.lr_decay={decay}",
+            "baselines.zero_shot=false",
+            "baselines.local=false",
+            "baselines.centralized=false",
+        )
         assert result.exit_code == 0, result.output
         rounds[decay] = json.loads((tmp_path / decay / "results.json").read_text())["rounds"]
     # Round 1 of 2 trains at the full rate under both; round 2 at half the rate under cosine.
@@ -173,8 +209,13 @@ def test_baselines_train_at_their_own_lr(tiny_foundation, tmp_path, monkeypatch)
         return train(*args, **kwargs)
 
     monkeypatch.setattr(experiment, "local_update", recording)
-    result = _run(tmp_path / "lr", tiny_foundation, "federation.lr=0.003", "baselines.lr=0.02",
-                  "baselines.zero_shot=false")  # fmt: skip
+    result = _run(
+        tmp_path / "lr",
+        tiny_foundation,
+        "federation.lr=0.003",
+        "baselines.lr=0.02",
+        "baselines.zero_shot=false",
+    )
     assert result.exit_code == 0, result.output
     assert rates == {"federated": {0.003}, "baselines": {0.02}}
     assert "at lr 0.003 (the baselines at 0.02)" in (tmp_path / "lr" / "report.md").read_text()
@@ -196,8 +237,13 @@ def test_partition_command_writes_the_partition_a_run_uses(tiny_run, tiny_founda
 
 @pytest.mark.parametrize("scheme", ["quantity", "shards"])
 def test_size_and_shard_skew_run_end_to_end(tiny_foundation, tmp_path, scheme):
-    result = _run(tmp_path, tiny_foundation, f"partition.scheme={scheme}",
-                  "partition.quantity_law=power", "baselines.local=false")  # fmt: skip
+    result = _run(
+        tmp_path,
+        tiny_foundation,
+        f"partition.scheme={scheme}",
+        "partition.quantity_law=power",
+        "baselines.local=false",
+    )
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "results.json").read_text())
     sizes = [c["samples"] for c in res["partition"]["clients"]]
@@ -236,8 +282,18 @@ def test_lora_strategies_refuse_full_fine_tuning(tiny_foundation, tmp_path):
 
 @pytest.mark.parametrize(("engine", "what"), [("flare", "job"), ("flower", "app")])
 def test_an_export_refuses_noise_anyone_can_regenerate(tmp_path, engine, what):
-    result = runner.invoke(app, [engine, "export", "configs/quickstart.yaml", "-o", str(tmp_path),
-                                 "--set", "federation.seeded_privacy_noise=true"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            engine,
+            "export",
+            "configs/quickstart.yaml",
+            "-o",
+            str(tmp_path),
+            "--set",
+            "federation.seeded_privacy_noise=true",
+        ],
+    )
     assert result.exit_code == 2
     assert f"an exported {what} is a deployment" in result.output
     assert not any(tmp_path.iterdir())

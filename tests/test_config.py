@@ -33,8 +33,9 @@ def test_defaults_and_shipped_configs_validate():
 
 
 def test_overrides_are_parsed_as_yaml():
-    cfg = load_config("configs/quickstart.yaml", ["federation.rounds=3", "lora.r=4",
-                                                  "partition.scheme=iid"])  # fmt: skip
+    cfg = load_config(
+        "configs/quickstart.yaml", ["federation.rounds=3", "lora.r=4", "partition.scheme=iid"]
+    )
     assert (cfg.federation.rounds, cfg.lora.r, cfg.partition.scheme) == (3, 4, "iid")
 
 
@@ -45,33 +46,55 @@ def test_overrides_are_parsed_as_yaml():
         ("federation:\n  rounds: many\n", "federation.rounds: Input should be a valid integer"),
         ("partition:\n  alpha: 0\n", "partition.alpha: Input should be greater than 0"),
         ("lora:\n  r: 0\n", "lora.r: Input should be greater than or equal to 1"),
-        ("federation:\n  num_clients: 2\n  clients_per_round: 3\n",
-         "clients_per_round (3) exceeds num_clients (2)"),
-        ("federation:\n  strategy:\n    name: fedfoo\n",
-         "known: dp_fedavg, fedadagrad, fedadam, fedavg, fedavgm, fedex_lora, fednova"),
-        ("federation:\n  strategy:\n    name: fedprox\n    mu: -0.1\n",
-         "federation.strategy.mu: Input should be greater than or equal to 0"),
-        ("federation:\n  strategy:\n    name: fedadam\n    beta1: 1.0\n",
-         "federation.strategy.beta1: Input should be less than 1"),
-        ("federation:\n  strategy:\n    name: fedyogi\n    beta2: -0.5\n",
-         "federation.strategy.beta2: Input should be greater than or equal to 0"),
-        ("federation:\n  strategy:\n    name: fedavg\n    mu: 0.1\n",
-         "mu not used by fedavg (it uses: none)"),
-        ("lora:\n  client_ranks: [4, 8]\n",
-         "lora.client_ranks has 2 entries for 8 clients"),
-        ("lora:\n  client_ranks: [4, 8, 4, 4, 4, 4, 4, 4]\n",
-         "fedavg averages factors of one shape; use a strategy that mixes ranks: flora"),
-        ("lora:\n  client_ranks: [4, 0, 4, 4, 4, 4, 4, 4]\n",
-         "lora.client_ranks: Value error, every rank must be >= 1"),
-        ("data:\n  train_samples: 50\npartition:\n  min_samples: 10\n",
-         "cannot give 8 clients partition.min_samples (10) each"),
-        ("data:\n  train_samples: 5\npartition:\n  min_samples: 1\n",
-         "federation.num_clients (8) is more than data.train_samples (5)"),
-        ("data:\n  train_samples: 50\npartition:\n  scheme: shards\n  shards_per_client: 7\n"
-         "  min_samples: 1\n",
-         "data.train_samples (50) cannot make 8 clients x partition.shards_per_client (7) shards"),
+        (
+            "federation:\n  num_clients: 2\n  clients_per_round: 3\n",
+            "clients_per_round (3) exceeds num_clients (2)",
+        ),
+        (
+            "federation:\n  strategy:\n    name: fedfoo\n",
+            "known: dp_fedavg, fedadagrad, fedadam, fedavg, fedavgm, fedex_lora, fednova",
+        ),
+        (
+            "federation:\n  strategy:\n    name: fedprox\n    mu: -0.1\n",
+            "federation.strategy.mu: Input should be greater than or equal to 0",
+        ),
+        (
+            "federation:\n  strategy:\n    name: fedadam\n    beta1: 1.0\n",
+            "federation.strategy.beta1: Input should be less than 1",
+        ),
+        (
+            "federation:\n  strategy:\n    name: fedyogi\n    beta2: -0.5\n",
+            "federation.strategy.beta2: Input should be greater than or equal to 0",
+        ),
+        (
+            "federation:\n  strategy:\n    name: fedavg\n    mu: 0.1\n",
+            "mu not used by fedavg (it uses: none)",
+        ),
+        ("lora:\n  client_ranks: [4, 8]\n", "lora.client_ranks has 2 entries for 8 clients"),
+        (
+            "lora:\n  client_ranks: [4, 8, 4, 4, 4, 4, 4, 4]\n",
+            "fedavg averages factors of one shape; use a strategy that mixes ranks: flora",
+        ),
+        (
+            "lora:\n  client_ranks: [4, 0, 4, 4, 4, 4, 4, 4]\n",
+            "lora.client_ranks: Value error, every rank must be >= 1",
+        ),
+        (
+            "data:\n  train_samples: 50\npartition:\n  min_samples: 10\n",
+            "cannot give 8 clients partition.min_samples (10) each",
+        ),
+        (
+            "data:\n  train_samples: 5\npartition:\n  min_samples: 1\n",
+            "federation.num_clients (8) is more than data.train_samples (5)",
+        ),
+        (
+            "data:\n  train_samples: 50\npartition:\n  scheme: shards\n  shards_per_client: 7\n"
+            "  min_samples: 1\n",
+            "data.train_samples (50) cannot make 8 clients x "
+            "partition.shards_per_client (7) shards",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_configs_are_refused_naming_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError) as err:
         load_run_config(_write(tmp_path, text))
@@ -94,8 +117,14 @@ def test_pretrain_schema_checks_heads():
 
 
 def test_local_epochs_and_sample_fraction():
-    fed = load_config(None, ["federation.local_epochs=2", "federation.batch_size=10",
-                             "federation.sample_fraction=0.25"]).federation  # fmt: skip
+    fed = load_config(
+        None,
+        [
+            "federation.local_epochs=2",
+            "federation.batch_size=10",
+            "federation.sample_fraction=0.25",
+        ],
+    ).federation
     assert fed.steps_for(45) == 9 and fed.steps_for(1) == 1  # ceil(2 * 45 / 10)
     assert fed.sampled_per_round == 2  # 0.25 of the default 8 clients
     assert load_config(None, ["federation.sample_fraction=0.01"]).federation.sampled_per_round == 1
@@ -127,16 +156,25 @@ CLASSIFICATION = "data:\n  tasks: [classification]\nfederation:\n  num_clients: 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("partition:\n  modality:\n    scenario: partial\n",
-         "partition.modality.scenario: Input should be 'aligned', 'missing', 'cross' or 'hybrid'"),
-        ("partition:\n  modality:\n    drop_probability: 1.5\n",
-         "partition.modality.drop_probability: Input should be less than or equal to 1"),
-        ("partition:\n  modality:\n    presence_probability: -0.2\n",
-         "partition.modality.presence_probability: Input should be greater than or equal to 0"),
-        ("partition:\n  modality:\n    scenario: cross\n    image_only_clients: 11\n",
-         "image_only_clients (11) exceeds the 10 clients holding the classification task"),
+        (
+            "partition:\n  modality:\n    scenario: partial\n",
+            "partition.modality.scenario: "
+            "Input should be 'aligned', 'missing', 'cross' or 'hybrid'",
+        ),
+        (
+            "partition:\n  modality:\n    drop_probability: 1.5\n",
+            "partition.modality.drop_probability: Input should be less than or equal to 1",
+        ),
+        (
+            "partition:\n  modality:\n    presence_probability: -0.2\n",
+            "partition.modality.presence_probability: Input should be greater than or equal to 0",
+        ),
+        (
+            "partition:\n  modality:\n    scenario: cross\n    image_only_clients: 11\n",
+            "image_only_clients (11) exceeds the 10 clients holding the classification task",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_modality_scenarios_are_named(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(_write(tmp_path, CLASSIFICATION + text))
@@ -152,8 +190,9 @@ def test_shipped_classification_config_validates():
     assert cfg.data.tasks == ["classification"] and cfg.federation.sampled_per_round == 2
 
 
-@pytest.mark.parametrize("deployment", [["engine=flare", "flare.env=poc"],
-                                        ["engine=flower", "flower.env=deployment"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "deployment", [["engine=flare", "flare.env=poc"], ["engine=flower", "flower.env=deployment"]]
+)
 def test_deployments_refuse_noise_anyone_can_regenerate(deployment):
     """Real processes are a deployment: DP noise from the run seed (which whoever holds the
     config can subtract) is refused there, by RunConfig.check_deployment, as it is for the

@@ -14,8 +14,12 @@ pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-SMALL = ["federation.num_clients=3", "federation.clients_per_round=3", "threads=1",
-         "baselines.local=false"]  # fmt: skip
+SMALL = [
+    "federation.num_clients=3",
+    "federation.clients_per_round=3",
+    "threads=1",
+    "baselines.local=false",
+]
 
 
 def _run(out, foundation, *overrides, cli=()):
@@ -53,10 +57,12 @@ def test_generation_is_the_same_images_on_the_gpu(tiny_foundation, tmp_path):
 
 @pytest.mark.parametrize(
     "savers",
-    [["runtime.precision=bf16", "model.dtype=bfloat16"],
-     ["runtime.precision=fp16"],
-     ["runtime.gradient_checkpointing=true", "runtime.micro_batch_size=3"]],
-)  # fmt: skip
+    [
+        ["runtime.precision=bf16", "model.dtype=bfloat16"],
+        ["runtime.precision=fp16"],
+        ["runtime.gradient_checkpointing=true", "runtime.micro_batch_size=3"],
+    ],
+)
 def test_memory_savers_train_on_the_gpu(tiny_foundation, tmp_path, savers):
     plain, a = _run(tmp_path / "plain", tiny_foundation, "runtime.device=cuda")
     saved, b = _run(tmp_path / "saved", tiny_foundation, "runtime.device=cuda", *savers)
@@ -68,10 +74,18 @@ def test_memory_savers_train_on_the_gpu(tiny_foundation, tmp_path, savers):
 
 
 def test_two_workers_on_one_gpu_give_the_one_worker_federation(tiny_foundation, tmp_path):
-    one, a = _run(tmp_path / "one", tiny_foundation, "runtime.device=cuda:0",
-                  "federation.strategy.name=scaffold")  # fmt: skip
-    two, b = _run(tmp_path / "two", tiny_foundation, "runtime.devices=[cuda:0, cuda:0]",
-                  "federation.strategy.name=scaffold")  # fmt: skip
+    one, a = _run(
+        tmp_path / "one",
+        tiny_foundation,
+        "runtime.device=cuda:0",
+        "federation.strategy.name=scaffold",
+    )
+    two, b = _run(
+        tmp_path / "two",
+        tiny_foundation,
+        "runtime.devices=[cuda:0, cuda:0]",
+        "federation.strategy.name=scaffold",
+    )
     assert two["runtime"]["devices"] == ["cuda:0", "cuda:0"]
     assert _largest_gap(a, b) < 1e-5
     assert one["final"]["metrics"]["vqa_accuracy"] == two["final"]["metrics"]["vqa_accuracy"]
@@ -79,12 +93,18 @@ def test_two_workers_on_one_gpu_give_the_one_worker_federation(tiny_foundation, 
 
 def test_flare_sites_train_on_the_devices_they_are_given(tiny_foundation, tmp_path):
     pytest.importorskip("nvflare")
-    results, _ = _run(tmp_path / "flare", tiny_foundation, "federation.num_clients=2",
-                      "federation.clients_per_round=2", "baselines.centralized=false",
-                      "flare.site_devices={site-1: 'cuda:0', site-2: cpu}",
-                      cli=["--engine", "flare"])  # fmt: skip
-    devices = {site: m["device"] for r in results["rounds"]
-               for site, m in r["client_metrics"].items()}  # fmt: skip
+    results, _ = _run(
+        tmp_path / "flare",
+        tiny_foundation,
+        "federation.num_clients=2",
+        "federation.clients_per_round=2",
+        "baselines.centralized=false",
+        "flare.site_devices={site-1: 'cuda:0', site-2: cpu}",
+        cli=["--engine", "flare"],
+    )
+    devices = {
+        site: m["device"] for r in results["rounds"] for site, m in r["client_metrics"].items()
+    }
     assert devices == {"site-1": "cuda:0", "site-2": "cpu"}
 
 
@@ -94,9 +114,15 @@ def test_running_out_of_gpu_memory_names_the_savers(tiny_foundation, tmp_path):
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(200e6 / total, 0)
     try:
-        result = run_tiny(tmp_path / "oom", tiny_foundation, *SMALL, "runtime.device=cuda",
-                          "data.train_samples=6000", "federation.batch_size=6000",
-                          "partition.scheme=iid")  # fmt: skip
+        result = run_tiny(
+            tmp_path / "oom",
+            tiny_foundation,
+            *SMALL,
+            "runtime.device=cuda",
+            "data.train_samples=6000",
+            "federation.batch_size=6000",
+            "partition.scheme=iid",
+        )
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
         torch.cuda.empty_cache()

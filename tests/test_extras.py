@@ -19,15 +19,23 @@ BLOCK = f"import sys; sys.modules.update(dict.fromkeys({OPTIONAL!r}))"  # import
 
 
 def _lean(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", f"{BLOCK}\n{code}"], capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", f"{BLOCK}\n{code}"], capture_output=True, text=True, timeout=600
+    )
 
 
 def test_import_and_a_run_need_none_of_the_extras(tiny_foundation, tmp_path):
-    sets = [f"--set={item}" for item in [*TINY_RUN, f"model.foundation={tiny_foundation}",
-                                         "threads=1", "data.tasks=[vqa, classification]",
-                                         "data.classification.train_samples=60",
-                                         "data.classification.test_samples=12"]]  # fmt: skip
+    sets = [
+        f"--set={item}"
+        for item in [
+            *TINY_RUN,
+            f"model.foundation={tiny_foundation}",
+            "threads=1",
+            "data.tasks=[vqa, classification]",
+            "data.classification.train_samples=60",
+            "data.classification.test_samples=12",
+        ]
+    ]
     args = ["run", "configs/quickstart.yaml", "-o", str(tmp_path), "--quiet", *sets]
     done = _lean(f"from fedumm.cli import app; app({args!r})")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -37,13 +45,20 @@ def test_import_and_a_run_need_none_of_the_extras(tiny_foundation, tmp_path):
 
 @pytest.mark.parametrize(
     "setting, message",
-    [("engine=flare", "engine: flare needs NVIDIA FLARE, which is not installed: pip install "
-                      "'fedumm[flare]'"),
-     ("federation.strategy.name=dp_fedavg", "federation.strategy.name: dp_fedavg needs Opacus"),
-     ("federation.dp_sgd.enabled=true", "pip install 'fedumm[privacy]'"),
-     ("data.kind=hf_dataset", "data.kind: hf_dataset needs Hugging Face datasets, which is not "
-                              "installed: pip install 'fedumm[datasets]'")],
-)  # fmt: skip
+    [
+        (
+            "engine=flare",
+            "engine: flare needs NVIDIA FLARE, which is not installed: pip install 'fedumm[flare]'",
+        ),
+        ("federation.strategy.name=dp_fedavg", "federation.strategy.name: dp_fedavg needs Opacus"),
+        ("federation.dp_sgd.enabled=true", "pip install 'fedumm[privacy]'"),
+        (
+            "data.kind=hf_dataset",
+            "data.kind: hf_dataset needs Hugging Face datasets, which is not "
+            "installed: pip install 'fedumm[datasets]'",
+        ),
+    ],
+)
 def test_a_config_that_needs_a_missing_extra_names_it(monkeypatch, setting, message):
     for module in OPTIONAL:
         monkeypatch.setitem(sys.modules, module, None)

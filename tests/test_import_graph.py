@@ -22,8 +22,10 @@ def _graph() -> dict[str, set[str]]:
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 # `from pkg import mod` imports pkg.mod; `from mod import name`, mod
-                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files
-                           else node.module for a in node.names]  # fmt: skip
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                    for a in node.names
+                ]
             for target in targets:
                 while target and target not in files:  # `from pkg import name`: the package
                     target = target.rpartition(".")[0]

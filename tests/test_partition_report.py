@@ -12,9 +12,15 @@ from fedumm.experiment import write_partition
 from fedumm.partition_report import SHOWN, ClientTable, plot_partitions
 from tests.tiny import run_tiny
 
-MANY = ["federation.num_clients=60", "data.train_samples=150", "partition.min_samples=2",
-        "partition.alpha=0.1", "federation.rounds=2", "baselines.local=false",
-        "federation.strategy.name=scaffold"]  # fmt: skip
+MANY = [
+    "federation.num_clients=60",
+    "data.train_samples=150",
+    "partition.min_samples=2",
+    "partition.alpha=0.1",
+    "federation.rounds=2",
+    "baselines.local=false",
+    "federation.strategy.name=scaffold",
+]
 
 
 def test_a_federation_of_60_clients_is_summarized(tiny_foundation, tmp_path):
@@ -33,17 +39,27 @@ def test_a_federation_of_60_clients_is_summarized(tiny_foundation, tmp_path):
     assert sum("(largest)" in r for r in rows) == SHOWN and "samples_moved" not in report
     assert f"{repaired['samples_moved']:,} random samples of the largest" in report
     # SCAFFOLD's control variates: a file per client that trained, none for the others
-    trained = {c for r in json.loads((tmp_path / "results.json").read_text())["rounds"]
-               for c in r["client_metrics"]}  # fmt: skip
+    trained = {
+        c
+        for r in json.loads((tmp_path / "results.json").read_text())["rounds"]
+        for c in r["client_metrics"]
+    }
     files = {p.name.split(".")[0] for p in (tmp_path / "client_states").iterdir()}
     assert files == trained and len(trained) <= 4
 
 
 def test_both_forms_of_partition_json_are_the_same_table(tiny_foundation, tmp_path, monkeypatch):
-    cfg = load_config("configs/quickstart.yaml", [
-        f"model.foundation={tiny_foundation}", "data.train_samples=150", "data.test_samples=8",
-        "federation.num_clients=45", "partition.min_samples=2", "federation.clients_per_round=2",
-    ])  # fmt: skip
+    cfg = load_config(
+        "configs/quickstart.yaml",
+        [
+            f"model.foundation={tiny_foundation}",
+            "data.train_samples=150",
+            "data.test_samples=8",
+            "federation.num_clients=45",
+            "partition.min_samples=2",
+            "federation.clients_per_round=2",
+        ],
+    )
     arrays = write_partition(cfg, tmp_path / "arrays")
     monkeypatch.setattr(partition_report, "SUMMARY_CLIENTS", 100)
     from fedumm import experiment
@@ -66,11 +82,21 @@ def _synthetic(num_clients: int) -> dict:
     counts = rng.poisson(rng.dirichlet(np.full(5, 0.3), num_clients) * 6)
     counts[:, 0] += 1
     client, label = np.nonzero(counts)
-    return {"description": "synthetic", "keys": {"vqa": "answer"},
-            "labels": {"vqa": list("abcde")},
-            "client_arrays": {"samples": counts.sum(1).tolist(), "label_counts": {"vqa": {
-                "client": client.tolist(), "label": label.tolist(),
-                "count": counts[client, label].tolist()}}}}  # fmt: skip
+    return {
+        "description": "synthetic",
+        "keys": {"vqa": "answer"},
+        "labels": {"vqa": list("abcde")},
+        "client_arrays": {
+            "samples": counts.sum(1).tolist(),
+            "label_counts": {
+                "vqa": {
+                    "client": client.tolist(),
+                    "label": label.tolist(),
+                    "count": counts[client, label].tolist(),
+                }
+            },
+        },
+    }
 
 
 def test_the_summarized_plot_does_not_grow_with_the_population(tmp_path):
@@ -108,8 +134,9 @@ def test_a_summary_shows_only_clients_that_hold_the_task():
     summary = _synthetic(100)
     cells = summary["client_arrays"]["label_counts"]["vqa"]
     keep = [i for i, c in enumerate(cells["client"]) if c < 10]  # 10 of 100 clients hold vqa
-    summary["client_arrays"]["label_counts"]["vqa"] = {k: [v[i] for i in keep]
-                                                       for k, v in cells.items()}  # fmt: skip
+    summary["client_arrays"]["label_counts"]["vqa"] = {
+        k: [v[i] for i in keep] for k, v in cells.items()
+    }
     table = ClientTable.of(summary)
     rows, _ = table.shown("vqa")
     assert sorted(rows) == list(range(10))

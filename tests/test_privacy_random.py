@@ -40,8 +40,12 @@ def test_dp_fedavg_noise_differs_when_the_os_entropy_differs_only_above_bit_32(m
     monkeypatch.setattr(secrets, "token_bytes", lambda n=32: next(keys))  # the new path
     noise = []
     for _ in range(2):
-        s = build_strategy("dp_fedavg", FederationContext(num_clients=10, seed=7),
-                           clip_norm=0.5, noise_multiplier=1.2)  # fmt: skip
+        s = build_strategy(
+            "dp_fedavg",
+            FederationContext(num_clients=10, seed=7),
+            clip_norm=0.5,
+            noise_multiplier=1.2,
+        )
         noise.append(s.aggregate({"w": torch.zeros(100)}, [update("a", {"w": [0.0] * 100}, 1)]))
     assert not torch.allclose(noise[0]["w"], noise[1]["w"])
 
@@ -60,10 +64,12 @@ def test_dp_rounds_draw_their_clients_from_the_operating_system():
     """Same run seed, two servers: a seeded draw repeats, a private one does not (so the
     accountant's q = k / N holds against whoever holds the config)."""
     clients = [ClientData(f"site-{i}", [None] * 10) for i in range(1, 21)]
-    seeded = [[c.client_id for c in server(_train(), 5, clients=clients).sample(r)]
-              for r in range(1, 6)]  # fmt: skip
-    assert seeded == [[c.client_id for c in server(_train(), 5, clients=clients).sample(r)]
-                      for r in range(1, 6)]  # fmt: skip
+    seeded = [
+        [c.client_id for c in server(_train(), 5, clients=clients).sample(r)] for r in range(1, 6)
+    ]
+    assert seeded == [
+        [c.client_id for c in server(_train(), 5, clients=clients).sample(r)] for r in range(1, 6)
+    ]
     private = [server(_train(), 5, clients=clients) for _ in "ab"]
     for s in private:
         s.private_sampling = True
@@ -76,8 +82,11 @@ def test_cyclic_sampling_is_accounted_with_q_1():
     round held every client (an upper bound), and results.json says so."""
     spent = {}
     for sampling in ("random", "cyclic"):
-        s = build_strategy("dp_fedavg", FederationContext(num_clients=8, client_sampling=sampling),
-                           noise_multiplier=1.1)  # fmt: skip
+        s = build_strategy(
+            "dp_fedavg",
+            FederationContext(num_clients=8, client_sampling=sampling),
+            noise_multiplier=1.1,
+        )
         for _ in range(30):
             s.aggregate({"w": torch.zeros(1)}, [update("a", {"w": [0.1]}, 1)])
         spent[sampling] = s.summary(sampled_per_round=2)["privacy"]

@@ -22,15 +22,19 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusa
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["runtime.device=cuda"], "runtime.device: 'cuda' asked for, but this machine has no "
-                                  "CUDA device"),
+        (
+            ["runtime.device=cuda"],
+            "runtime.device: 'cuda' asked for, but this machine has no CUDA device",
+        ),
         (["runtime.device=cuda:3"], "available: cpu"),
         (["runtime.devices=[cpu, cuda:1]"], "runtime.devices: 'cuda:1' asked for"),
-        (["runtime.devices=all"], "runtime.devices: 'all' GPUs asked for, but this machine has "
-                                  "none"),
+        (
+            ["runtime.devices=all"],
+            "runtime.devices: 'all' GPUs asked for, but this machine has none",
+        ),
         (["runtime.precision=fp16"], "runtime.precision: fp16 needs a CUDA device"),
     ],
-)  # fmt: skip
+)
 def test_devices_this_machine_lacks_are_refused_before_any_work(
     tiny_foundation, tmp_path, overrides, message
 ):
@@ -50,13 +54,15 @@ def test_a_device_beyond_the_count_names_what_exists():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("runtime.device=gpu", "runtime.device: Value error, unknown device 'gpu'; expected auto, "
-                               "cpu, cuda or cuda:N"),
+        (
+            "runtime.device=gpu",
+            "runtime.device: Value error, unknown device 'gpu'; expected auto, cpu, cuda or cuda:N",
+        ),
         ("runtime.devices=[]", "runtime.devices"),
         ("runtime.precision=int8", "runtime.precision: Input should be 'fp32', 'bf16' or 'fp16'"),
         ("runtime.micro_batch_size=0", "runtime.micro_batch_size: Input should be greater than"),
     ],
-)  # fmt: skip
+)
 def test_bad_runtime_keys_are_named(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_config(None, [override])
@@ -74,8 +80,7 @@ def test_auto_is_the_cpu_without_a_gpu_and_the_first_gpu_with_one():
 
 
 def _train(model, data, collate, runtime, steps=3):
-    stats = train_steps(model, data, steps, 8, 1e-2, 0.0, seed=5, collate=collate,
-                        runtime=runtime)  # fmt: skip
+    stats = train_steps(model, data, steps, 8, 1e-2, 0.0, seed=5, collate=collate, runtime=runtime)
     return get_adapter(model), stats.loss
 
 
@@ -89,8 +94,12 @@ def lora_model(tiny_foundation):
     base, processor = foundation.load(tiny_foundation)
     model = add_lora(base, 2, 4.0, 0.0, ["q_proj", "v_proj", "lm_head"], seed=0)
     samples = sw.vqa_dataset(40, "train", 0, ("color", "count"))
-    data = encode_vqa(processor, __import__("numpy").stack([s.image for s in samples]),
-                      [s.question for s in samples], [s.answer for s in samples])  # fmt: skip
+    data = encode_vqa(
+        processor,
+        __import__("numpy").stack([s.image for s in samples]),
+        [s.question for s in samples],
+        [s.answer for s in samples],
+    )
     return model, data, processor.collate
 
 
@@ -126,10 +135,12 @@ def test_bf16_trains_fp32_adapters_on_a_bf16_base(lora_model):
 
     torch.optim.AdamW.step = step
     try:
-        first = train_steps(model, data, 1, 8, 1e-2, 0.0, 5, collate, runtime=Runtime(
-            precision="bf16"))  # fmt: skip
-        later = train_steps(model, data, 30, 8, 1e-2, 0.0, 6, collate, runtime=Runtime(
-            precision="bf16"))  # fmt: skip
+        first = train_steps(
+            model, data, 1, 8, 1e-2, 0.0, 5, collate, runtime=Runtime(precision="bf16")
+        )
+        later = train_steps(
+            model, data, 30, 8, 1e-2, 0.0, 6, collate, runtime=Runtime(precision="bf16")
+        )
     finally:
         torch.optim.AdamW.step = original
     assert later.loss < first.loss
@@ -141,8 +152,14 @@ def test_bf16_trains_fp32_adapters_on_a_bf16_base(lora_model):
 def test_a_client_update_leaves_the_device_on_the_cpu(lora_model):
     model, data, collate = lora_model
     message = get_adapter(model)
-    update = local_update(model, ClientData("site-1", data), message,
-                          FederationConfig(local_steps=2, batch_size=8), 1, collate)  # fmt: skip
+    update = local_update(
+        model,
+        ClientData("site-1", data),
+        message,
+        FederationConfig(local_steps=2, batch_size=8),
+        1,
+        collate,
+    )
     assert {v.device.type for v in update.params.values()} == {"cpu"}
 
 
@@ -183,8 +200,14 @@ def test_out_of_memory_names_the_savers_and_the_run_resumes(tiny_foundation, tmp
     assert MEMORY_ADVICE in result.output.replace("\n", "")
     assert f"the checkpoint of round 1 is in {out}" in result.output.replace("\n", "")
 
-    result = run_tiny(out, tiny_foundation, "baselines.local=false", "federation.rounds=3",
-                      "runtime.micro_batch_size=4", cli=["--resume", str(out)])  # fmt: skip
+    result = run_tiny(
+        out,
+        tiny_foundation,
+        "baselines.local=false",
+        "federation.rounds=3",
+        "runtime.micro_batch_size=4",
+        cli=["--resume", str(out)],
+    )
     assert result.exit_code == 0, result.output
     assert calls[-1].micro_batch_size == 4
     assert json.loads((out / "results.json").read_text())["runtime"]["micro_batch_size"] == 4

@@ -33,9 +33,11 @@ def _sweep(path, out, *extra):
 
 
 def test_grid_table_and_resume(tiny_foundation, tmp_path):
-    path = _write_sweep(tmp_path, tiny_foundation,
-                        "  federation.strategy.name: [fedavg, ffa_lora]\n"
-                        "  partition.alpha: [0.1, 1.0]\n")  # fmt: skip
+    path = _write_sweep(
+        tmp_path,
+        tiny_foundation,
+        "  federation.strategy.name: [fedavg, ffa_lora]\n  partition.alpha: [0.1, 1.0]\n",
+    )
     out = tmp_path / "out"
     result = _sweep(path, out, "--set", "baselines.centralized=false")
     assert result.exit_code == 0, result.output
@@ -99,8 +101,10 @@ def test_grid_table_and_resume(tiny_foundation, tmp_path):
     result = _sweep(path, out, "--set", "seed=5", "--overwrite")
     assert result.exit_code == 0, result.output
     assert "reused" not in result.output
-    assert json.loads((out / "cells" / rows[0]["cell"] / "results.json").read_text())[
-        "config"]["seed"] == 5  # fmt: skip
+    assert (
+        json.loads((out / "cells" / rows[0]["cell"] / "results.json").read_text())["config"]["seed"]
+        == 5
+    )
 
 
 def test_cells_as_a_percentage_of_the_reference_centralized_run(tiny_foundation, tmp_path):
@@ -126,16 +130,25 @@ def test_cells_as_a_percentage_of_the_reference_centralized_run(tiny_foundation,
 
 def test_a_row_gives_each_headline_as_a_percentage_of_centralized():
     cell = Cell("alpha=0.1", {"partition.alpha": 0.1}, None)
-    results = {"final": {"metrics": {"vqa_accuracy": 30.0, "geneval_overall": 45.0}},
-               "rounds": [{"bytes_up": 10, "bytes_down": 20, "seconds": 1.5}],
-               "wall_seconds": 2.0}  # fmt: skip
+    results = {
+        "final": {"metrics": {"vqa_accuracy": 30.0, "geneval_overall": 45.0}},
+        "rounds": [{"bytes_up": 10, "bytes_down": 20, "seconds": 1.5}],
+        "wall_seconds": 2.0,
+    }
     row = summarize(cell, results, {"vqa_accuracy": 60.0, "geneval_overall": 0.0})
     assert row["vqa_accuracy_pct_of_centralized"] == 50.0
     assert row["geneval_overall_pct_of_centralized"] is None  # undefined, not infinite
     assert row["centralized_vqa_accuracy"] == 60.0
-    assert summarize(cell, results).keys() == {"partition.alpha", "vqa_accuracy",
-        "geneval_overall", "bytes_up_per_round", "bytes_down_per_round", "federation_seconds",
-        "wall_seconds", "cell"}  # fmt: skip
+    assert summarize(cell, results).keys() == {
+        "partition.alpha",
+        "vqa_accuracy",
+        "geneval_overall",
+        "bytes_up_per_round",
+        "bytes_down_per_round",
+        "federation_seconds",
+        "wall_seconds",
+        "cell",
+    }
 
 
 def test_a_bad_grid_value_is_refused_before_any_run(tiny_foundation, tmp_path):
@@ -159,8 +172,10 @@ def test_a_grid_value_may_be_a_whole_section(tmp_path):
     fedavg, krum = load_sweep(path).cells
     assert fedavg.name == "strategy=name=fedavg"
     assert krum.name == "strategy=name=krum_num_byzantine=2_multi_krum=8"
-    assert krum.config.federation.strategy.hyperparameters() == {"num_byzantine": 2,
-                                                                 "multi_krum": 8}  # fmt: skip
+    assert krum.config.federation.strategy.hyperparameters() == {
+        "num_byzantine": 2,
+        "multi_krum": 8,
+    }
 
 
 def test_every_shipped_sweep_validates():
@@ -189,8 +204,14 @@ def test_a_named_axis_sets_several_keys_and_shows_its_label(tmp_path):
     assert fedavg.name == "method=FedAvg-alpha=0.5"
     assert fedavg.config.baselines.local and not fedprox.config.baselines.local
     assert fedprox.config.federation.strategy.name == "fedprox"
-    row = summarize(fedprox, {"rounds": [{"bytes_up": 1, "bytes_down": 1, "seconds": 1.0}],
-                              "final": {"metrics": {}}, "wall_seconds": 1.0})  # fmt: skip
+    row = summarize(
+        fedprox,
+        {
+            "rounds": [{"bytes_up": 1, "bytes_down": 1, "seconds": 1.0}],
+            "final": {"metrics": {}},
+            "wall_seconds": 1.0,
+        },
+    )
     assert row["method"] == "FedProx"
     path.write_text(base + "grid:\n  method: [fedavg]\n")
     try:
@@ -216,8 +237,16 @@ def test_local_steps_under_local_epochs_do_not_make_another_run():
 def test_a_sweep_runs_every_cell_on_the_engine_its_config_names(tiny_foundation, tmp_path):
     path = _write_sweep(tmp_path, tiny_foundation, "  partition.alpha: [1.0]\n")
     out = tmp_path / "out"
-    result = _sweep(path, out, "--set", "engine=flare", "--set", "baselines.centralized=false",
-                    "--set", "federation.num_clients=2")  # fmt: skip
+    result = _sweep(
+        path,
+        out,
+        "--set",
+        "engine=flare",
+        "--set",
+        "baselines.centralized=false",
+        "--set",
+        "federation.num_clients=2",
+    )
     assert result.exit_code == 0, result.output
     cell = json.loads((out / "cells" / "alpha=1.0" / "results.json").read_text())
     assert cell["flare"]["env"] == "sim" and cell["config"]["engine"] == "flare"
@@ -228,12 +257,23 @@ def test_a_plot_with_long_series_names_keeps_its_panels_wide():
     """clients-alpha's plot: a legend of long partition names, inside the panel, made
     tight_layout shrink the panel to a sliver; the legend now sits beside it."""
     keys = ["federation.num_clients", "partition"]
-    rows = [{keys[0]: k, keys[1]: f"scheme=dirichlet,alpha={a}", "vqa_accuracy": 60.0 - k,
-             "vqa_accuracy_pct_of_centralized": 90.0, "centralized_vqa_accuracy": 66.0}
-            for k in (2, 4, 8, 16) for a in ("1.0", "0.5", "0.1")]  # fmt: skip
+    rows = [
+        {
+            keys[0]: k,
+            keys[1]: f"scheme=dirichlet,alpha={a}",
+            "vqa_accuracy": 60.0 - k,
+            "vqa_accuracy_pct_of_centralized": 90.0,
+            "centralized_vqa_accuracy": 66.0,
+        }
+        for k in (2, 4, 8, 16)
+        for a in ("1.0", "0.5", "0.1")
+    ]
     fig = grid_figure(rows, keys, ["vqa_accuracy"])
     assert fig.axes[0].get_position().width > 0.4  # of the figure's width; it was 0.009
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
-        "centralized", "scheme=dirichlet,alpha=1.0", "scheme=dirichlet,alpha=0.5",
-        "scheme=dirichlet,alpha=0.1"]  # fmt: skip
+        "centralized",
+        "scheme=dirichlet,alpha=1.0",
+        "scheme=dirichlet,alpha=0.5",
+        "scheme=dirichlet,alpha=0.1",
+    ]
     plt.close(fig)

@@ -28,8 +28,13 @@ def test_tensorboard_event_files_hold_every_round_and_the_baselines(tiny_foundat
         for client, m in r["client_metrics"].items():
             logged = {e.step: e.value for e in events.Scalars(f"client/{client}/loss")}
             assert logged[r["round"]] == pytest.approx(m["loss"])
-    assert {"traffic/bytes_up", "time/round_seconds", "baseline/zero_shot/vqa_accuracy",
-            "baseline/centralized/vqa_accuracy", "final/vqa_accuracy"} <= set(scalars)  # fmt: skip
+    assert {
+        "traffic/bytes_up",
+        "time/round_seconds",
+        "baseline/zero_shot/vqa_accuracy",
+        "baseline/centralized/vqa_accuracy",
+        "final/vqa_accuracy",
+    } <= set(scalars)
     assert "accuracy" in events.Tags()["images"]
     assert "config" in "".join(events.Tags()["tensors"])  # the config, as text
 
@@ -41,8 +46,14 @@ def test_mlflow_holds_the_rounds_params_and_artifacts_and_a_resume_continues_the
 
     out, uri = tmp_path / "run", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     (tmp_path / "store").mkdir()
-    result = run_tiny(out, tiny_foundation, "tracking.backend=mlflow", "federation.rounds=3",
-                      f"tracking.mlflow_uri={uri}", *QUICK)  # fmt: skip
+    result = run_tiny(
+        out,
+        tiny_foundation,
+        "tracking.backend=mlflow",
+        "federation.rounds=3",
+        f"tracking.mlflow_uri={uri}",
+        *QUICK,
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert (tmp_path / "store" / "artifacts").is_dir()  # beside the store, not in the cwd
@@ -57,18 +68,22 @@ def test_mlflow_holds_the_rounds_params_and_artifacts_and_a_resume_continues_the
         (r["round"], pytest.approx(r["metrics"]["vqa_accuracy"])) for r in results["rounds"]
     ]
     assert run.data.metrics["baseline/zero_shot/vqa_accuracy"] == pytest.approx(
-        results["baselines"]["zero_shot"]["metrics"]["vqa_accuracy"])  # fmt: skip
+        results["baselines"]["zero_shot"]["metrics"]["vqa_accuracy"]
+    )
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"report.md", "results.json", "accuracy.png", "adapter"} <= artifacts
     assert {a.path for a in client.list_artifacts(run_id, "adapter")} >= {
-        "adapter/adapter_config.json", "adapter/adapter_model.safetensors"}  # fmt: skip
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    }
 
     # the run extended by one round (resumed from its last checkpoint) logs into the same run
     from fedumm.cli import app
     from tests.tiny import runner
 
-    result = runner.invoke(app, ["run", "--resume", str(out), "--quiet", "--force", "--set",
-                                 "federation.rounds=4"])  # fmt: skip
+    result = runner.invoke(
+        app, ["run", "--resume", str(out), "--quiet", "--force", "--set", "federation.rounds=4"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "tracking.json").read_text())["mlflow_run_id"] == run_id
     steps = [m.step for m in client.get_metric_history(run_id, "global/vqa_accuracy")]
@@ -101,8 +116,16 @@ def test_a_sweep_logs_every_cell_as_its_own_mlflow_run(tiny_foundation, tmp_path
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     path = _write_sweep(tmp_path, tiny_foundation, "  partition.alpha: [0.1, 1.0]\n")
     out = tmp_path / "out"
-    result = _sweep(path, out, "--set", "baselines.centralized=false", "--set",
-                    "tracking.backend=mlflow", "--set", f"tracking.mlflow_uri={uri}")  # fmt: skip
+    result = _sweep(
+        path,
+        out,
+        "--set",
+        "baselines.centralized=false",
+        "--set",
+        "tracking.backend=mlflow",
+        "--set",
+        f"tracking.mlflow_uri={uri}",
+    )
     assert result.exit_code == 0, result.output
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("fedumm").experiment_id])

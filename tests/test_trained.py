@@ -47,8 +47,9 @@ def test_the_adapter_loads_with_peft_alone_and_gives_fedumms_logits(llava_run):
     trained = load(open_run(out))
     batch = _batch(trained.processor)
     expected = _logits(trained.model, batch)
-    peft_model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base),
-                                           out / "adapter")  # fmt: skip
+    peft_model = PeftModel.from_pretrained(
+        AutoModelForImageTextToText.from_pretrained(base), out / "adapter"
+    )
     got = _logits(peft_model.eval(), batch)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     # and the adapter is the trained one, not the fresh one (B = 0 would be the base's logits)
@@ -64,22 +65,25 @@ def test_a_merged_export_loads_with_transformers_alone(llava_run, tmp_path):
     batch = _batch(trained.processor)
     merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged").eval()
     assert not any("lora" in k for k in merged.state_dict())
-    torch.testing.assert_close(_logits(merged, batch), _logits(trained.model, batch),
-                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        _logits(merged, batch), _logits(trained.model, batch), atol=1e-5, rtol=0
+    )
     for name in ("tokenizer_config.json", "preprocessor_config.json"):
         assert (tmp_path / "merged" / name).is_file()
 
     result = runner.invoke(app, ["export", str(out), "-o", str(tmp_path / "adapter")])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors"]  # fmt: skip
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
 
 
-def test_eval_reproduces_the_runs_final_scores_and_the_zero_shot_baseline(tiny_foundation,
-                                                                          tmp_path):  # fmt: skip
+def test_eval_reproduces_the_runs_final_scores_and_the_zero_shot_baseline(
+    tiny_foundation, tmp_path
+):
     out = tmp_path / "run"
-    result = run_tiny(out, tiny_foundation, "baselines.local=false",
-                      "baselines.centralized=false")  # fmt: skip
+    result = run_tiny(out, tiny_foundation, "baselines.local=false", "baselines.centralized=false")
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     result = runner.invoke(app, ["eval", str(out), "--baseline", "zero_shot", "--quiet"])
@@ -93,21 +97,43 @@ def test_eval_reproduces_the_runs_final_scores_and_the_zero_shot_baseline(tiny_f
     picture = tmp_path / "scene.png"
     Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(picture)
     question = "what color is the circle?"
-    result = runner.invoke(app, ["ask", str(out), "--image", str(picture), "--question",
-                                 question])  # fmt: skip
+    result = runner.invoke(app, ["ask", str(out), "--image", str(picture), "--question", question])
     assert result.exit_code == 0, result.output
     answer = ask(open_run(out), picture, question)  # a tiny model may end its reply at once
     assert result.output.strip() == (answer or EMPTY_ANSWER)
-    result = runner.invoke(app, ["draw", str(out), "--prompt", "a red circle", "--prompt",
-                                 "a blue square", "-o", str(tmp_path / "drawn.png")])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "draw",
+            str(out),
+            "--prompt",
+            "a red circle",
+            "--prompt",
+            "a blue square",
+            "-o",
+            str(tmp_path / "drawn.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     drawn = np.asarray(Image.open(tmp_path / "drawn.png"))
     assert drawn.shape[1] == 2 * drawn.shape[0]  # two images side by side
 
     # the evaluation of another data set: the same adapter on VQA families it never saw alone
     other = tmp_path / "other"
-    result = runner.invoke(app, ["eval", str(out), "-o", str(other), "--quiet", "--set",
-                                 "data.test_samples=12", "--set", "seed=5"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            str(out),
+            "-o",
+            str(other),
+            "--quiet",
+            "--set",
+            "data.test_samples=12",
+            "--set",
+            "seed=5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((other / "eval.json").read_text())["data"]["vqa"]["test_samples"] == 12
 
@@ -142,8 +168,9 @@ def test_fedsa_writes_each_clients_model_and_flora_its_folded_deltas(tiny_founda
     trained = load(open_run(out))
     batch = _batch(trained.processor)
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
-    torch.testing.assert_close(_logits(merged, batch), _logits(trained.model, batch),
-                               atol=1e-5, rtol=0)  # fmt: skip
+    torch.testing.assert_close(
+        _logits(merged, batch), _logits(trained.model, batch), atol=1e-5, rtol=0
+    )
     scored = runner.invoke(app, ["eval", str(out), "--quiet"])
     assert scored.exit_code == 0, scored.output
     again = json.loads((out / "eval" / "eval.json").read_text())["metrics"]

@@ -7,13 +7,22 @@ from fedumm.cli import app
 runner = CliRunner()
 
 TINY_RUN = [
-    "data.train_samples=96", "data.test_samples=24", "partition.min_samples=4",
-    "federation.num_clients=3", "federation.clients_per_round=2", "federation.rounds=2",
-    "federation.local_steps=2", "federation.batch_size=8", "lora.r=2", "eval.batch_size=24",
-    "data.generation.train_samples=48", "data.generation.test_prompts_per_tag=2",
-    "eval.images_per_prompt=2", "eval.every=1",
+    "data.train_samples=96",
+    "data.test_samples=24",
+    "partition.min_samples=4",
+    "federation.num_clients=3",
+    "federation.clients_per_round=2",
+    "federation.rounds=2",
+    "federation.local_steps=2",
+    "federation.batch_size=8",
+    "lora.r=2",
+    "eval.batch_size=24",
+    "data.generation.train_samples=48",
+    "data.generation.test_prompts_per_tag=2",
+    "eval.images_per_prompt=2",
+    "eval.every=1",
     "federation.lr_decay=none",  # two rounds at one lr (cosine has tests of its own)
-]  # fmt: skip
+]
 
 
 def run_tiny(out, foundation, *overrides, cli=()):
@@ -26,8 +35,10 @@ def run_tiny(out, foundation, *overrides, cli=()):
 
 def client_losses(results: dict) -> list[float]:
     """The clients' mean training loss in each round of a run's results."""
-    return [sum(m["loss"] for m in r["client_metrics"].values()) / len(r["client_metrics"])
-            for r in results["rounds"]]  # fmt: skip
+    return [
+        sum(m["loss"] for m in r["client_metrics"].values()) / len(r["client_metrics"])
+        for r in results["rounds"]
+    ]
 
 
 def assert_trained(results: dict) -> None:

@@ -68,15 +68,17 @@ def communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
         sent = _traffic(res["rounds"])
         scores = [r["metrics"].get(metric, -1.0) for r in res["rounds"]]
         first = next((i for i, s in enumerate(scores) if s >= target), None)
-        table.append([
-            f"LoRA r={lora['r']}" if lora else "full fine-tuning",
-            f"{res['communication']['trainable_parameters']:,}",
-            f"{traffic / 1e6:.2f}",
-            f"{full[0] / traffic:.1f}x" if full else "-",
-            f"{res['final']['metrics'][metric]:.1f}",
-            res["rounds"][first]["round"] if first is not None else "not reached",
-            f"{sent[first] / 1e6:.1f}" if first is not None else "-",
-        ])  # fmt: skip
+        table.append(
+            [
+                f"LoRA r={lora['r']}" if lora else "full fine-tuning",
+                f"{res['communication']['trainable_parameters']:,}",
+                f"{traffic / 1e6:.2f}",
+                f"{full[0] / traffic:.1f}x" if full else "-",
+                f"{res['final']['metrics'][metric]:.1f}",
+                res["rounds"][first]["round"] if first is not None else "not reached",
+                f"{sent[first] / 1e6:.1f}" if first is not None else "-",
+            ]
+        )
     lines = [
         f"## Bytes and accuracy ({HEADLINES[metric][0]}; target {target:.1f}, the lowest final "
         "score of any cell)",
@@ -92,7 +94,7 @@ def communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
                 "MB sent to reach target",
             ],
             table,
-        ),  # fmt: skip
+        ),
         "",
         "## Published backbones: LoRA (r) on the language model's q/k/v/o vs the whole model",
         "",
@@ -103,10 +105,19 @@ def communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
     sizes = published_sizes()
     lines += _table(
         ["model", "parameters", "r", "LoRA parameters", "LoRA MB", "full MB", "ratio"],
-        [[s["model"], f"{s['parameters'] / 1e9:.2f} B", s["r"], f"{s['lora_parameters']:,}",
-          f"{2 * s['lora_parameters'] / 1e6:.1f}", f"{2 * s['parameters'] / 1e6:,.0f}",
-          f"{s['parameters'] / s['lora_parameters']:,.0f}x"] for s in sizes],
-    )  # fmt: skip
+        [
+            [
+                s["model"],
+                f"{s['parameters'] / 1e9:.2f} B",
+                s["r"],
+                f"{s['lora_parameters']:,}",
+                f"{2 * s['lora_parameters'] / 1e6:.1f}",
+                f"{2 * s['parameters'] / 1e6:,.0f}",
+                f"{s['parameters'] / s['lora_parameters']:,.0f}x",
+            ]
+            for s in sizes
+        ],
+    )
     return lines
 
 
@@ -126,8 +137,15 @@ def compute_communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str
         for ax, metric in zip(axes[0], metrics):
             ax.plot(sent / 1e6, [r["metrics"][metric] for r in evaluated], marker="o", label=name)
         final = res["final"]["metrics"]
-        table.append([fed["local_steps"], fed["rounds"], fed["local_steps"] * fed["rounds"],
-                      f"{sent[-1] / 1e6:.1f}", *(f"{final[m]:.1f}" for m in metrics)])  # fmt: skip
+        table.append(
+            [
+                fed["local_steps"],
+                fed["rounds"],
+                fed["local_steps"] * fed["rounds"],
+                f"{sent[-1] / 1e6:.1f}",
+                *(f"{final[m]:.1f}" for m in metrics),
+            ]
+        )
     for ax, metric in zip(axes[0], metrics):
         ax.set_xlabel("MB sent (up + down, cumulative)")
         ax.set_ylabel(HEADLINES[metric][0])
@@ -148,7 +166,7 @@ def compute_communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str
                 *(HEADLINES[m][0] for m in metrics),
             ],
             table,
-        ),  # fmt: skip
+        ),
         "",
         "![accuracy against bytes sent](curve.png)",
     ]
@@ -167,8 +185,10 @@ def robustness(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
         kinds = list(dict.fromkeys(r["attack.kind"] for r in part))
         score = {(r["attack.kind"], r["federation.strategy"]): r[metric] for r in part}
         change = {(k, rule): score[k, rule] - score["none", rule] for k in kinds for rule in rules}
-        table = [[k] + [f"{score[k, rule]:.1f} ({change[k, rule]:+.1f})" for rule in rules]
-                 for k in kinds]  # fmt: skip
+        table = [
+            [k] + [f"{score[k, rule]:.1f} ({change[k, rule]:+.1f})" for rule in rules]
+            for k in kinds
+        ]
         held = [rule for rule in rules if min(change[k, rule] for k in kinds) >= -3.0]
         where = ", ".join(str(v) for v in setting)
         lines += [
@@ -189,10 +209,13 @@ def privacy(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
     metric = headlines(rows[0])[0]
     delta = rows[0]["delta"]
     table = [
-        [r["federation.strategy.noise_multiplier"],
-         "inf (no noise)" if r["epsilon"] is None else f"{r['epsilon']:.2f}", f"{r[metric]:.1f}"]
+        [
+            r["federation.strategy.noise_multiplier"],
+            "inf (no noise)" if r["epsilon"] is None else f"{r['epsilon']:.2f}",
+            f"{r[metric]:.1f}",
+        ]
         for r in rows
-    ]  # fmt: skip
+    ]
     return [
         f"## Client-level DP: epsilon at delta {delta:g} against {HEADLINES[metric][0]}",
         "",
@@ -210,8 +233,10 @@ def fedmllm(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
     def scores(metric: str) -> tuple[dict, dict]:
         """(method, column) -> federated score; column -> local-only score where it ran."""
         local = f"local_{metric}"
-        return ({(r[down], r[across]): r[metric] for r in rows},
-                {r[across]: r[local] for r in rows if local in r})  # fmt: skip
+        return (
+            {(r[down], r[across]): r[metric] for r in rows},
+            {r[across]: r[local] for r in rows if local in r},
+        )
 
     lines = []
     for metric in headlines(rows[0]):
@@ -227,11 +252,18 @@ def fedmllm(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
     name = HEADLINES[metric][0].removesuffix(" (%)").lower()
     fed = {c: [r[metric] for r in rows if r[across] == c] for c in columns}
     everywhere = [c for c in columns if c in local and min(fed[c]) > local[c]]
-    lines += ["## FedMLLM's findings on these numbers", "",
-              f"- Every federated method beats local-only ({name}) in {len(everywhere)} of "
-              f"{len(local)} scenarios; the margin of the best / worst method over local-only: "
-              + ", ".join(f"{c} {max(fed[c]) - local[c]:+.1f} / {min(fed[c]) - local[c]:+.1f}"
-                          for c in columns if c in local) + "."]  # fmt: skip
+    lines += [
+        "## FedMLLM's findings on these numbers",
+        "",
+        f"- Every federated method beats local-only ({name}) in {len(everywhere)} of "
+        f"{len(local)} scenarios; the margin of the best / worst method over local-only: "
+        + ", ".join(
+            f"{c} {max(fed[c]) - local[c]:+.1f} / {min(fed[c]) - local[c]:+.1f}"
+            for c in columns
+            if c in local
+        )
+        + ".",
+    ]
     skews = [c for c in columns if str(c).startswith("alpha=") and c in local]
     if len(skews) > 1:
         first, last = skews[0], skews[-1]
@@ -263,17 +295,31 @@ ANALYSES: dict[str, Callable[[Sweep, list[dict], Path], list[str]]] = {
 def write_bench(sweep: Sweep, rows: list[dict], out: Path) -> str:
     """Write OUT/bench.md (description, analysis, grid table); return the analysis part."""
     source = SWEEPS / f"{sweep.name}.yaml"
-    description = [line.removeprefix("#").strip() for line in source.read_text().splitlines()
-                   if line.startswith("#")]  # fmt: skip
+    description = [
+        line.removeprefix("#").strip()
+        for line in source.read_text().splitlines()
+        if line.startswith("#")
+    ]
     analysis = ANALYSES[sweep.name](sweep, rows, out) if sweep.name in ANALYSES else []
     runs = [*rows, *([{"wall_seconds": _reference_wall(out)}] if sweep.reference else [])]
     wall = sum(r["wall_seconds"] for r in runs)
     grid = (out / "sweep.md").read_text().split("\n", 2)[2]  # below its title
-    text = "\n".join([
-        f"# fedumm bench {sweep.name}", "", *description, "",
-        f"{len(rows)} cells{' and a reference run' if sweep.reference else ''}; sum of their "
-        f"wall times {wall / 60:.1f} min.", "", *analysis, "", "## Grid", "", grid,
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            f"# fedumm bench {sweep.name}",
+            "",
+            *description,
+            "",
+            f"{len(rows)} cells{' and a reference run' if sweep.reference else ''}; sum of their "
+            f"wall times {wall / 60:.1f} min.",
+            "",
+            *analysis,
+            "",
+            "## Grid",
+            "",
+            grid,
+        ]
+    )
     (out / "bench.md").write_text(text)
     return "\n".join(analysis)
 

@@ -30,9 +30,13 @@ EMPTY_ANSWER = "(an empty answer: the model ended its reply at once)"  # what `a
 
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a config key, e.g. --set federation.rounds=4 "
-                 "(repeatable; values are parsed as YAML)."),
-]  # fmt: skip
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a config key, e.g. --set federation.rounds=4 "
+        "(repeatable; values are parsed as YAML).",
+    ),
+]
 QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
 SeedOption = Annotated[int, typer.Option(help="The random seed.")]
 
@@ -77,8 +81,9 @@ def _stored_config(run_dir: Path, overrides: list[str] | None) -> RunConfig:
 def _setup_logging(quiet: bool = False) -> None:
     """fedumm's log lines on stderr; `quiet` also silences transformers' progress bars and
     its notices (a model load's 'Loading weights' bar, deprecation chatter)."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     logging.getLogger("fedumm").setLevel(logging.INFO)  # the libraries': warnings only
     if quiet:
         from transformers.utils import logging as hf_logging
@@ -116,8 +121,11 @@ def run(
     ] = None,
 ) -> None:
     """Run a federation plus its baselines; write results.json, report.md and plots to OUT."""
-    set_ = [*(set_ or []), *([f"engine={engine}"] if engine else []),
-            *([f"flare.env={flare_env}"] if flare_env else [])]  # fmt: skip
+    set_ = [
+        *(set_ or []),
+        *([f"engine={engine}"] if engine else []),
+        *([f"flare.env={flare_env}"] if flare_env else []),
+    ]
     if resume is not None and config is None:
         cfg = _stored_config(resume, set_)  # the config the run was started with
     else:
@@ -130,22 +138,29 @@ def run(
     from fedumm.report import method_rows
 
     # ConfigError is a ValueError: the inner manager gives it its own exit code.
-    with _exit_on(FileNotFoundError, ValueError, RoundFailed, RuntimeError), \
-            _exit_on(ConfigError, code=2):  # fmt: skip
+    with (
+        _exit_on(FileNotFoundError, ValueError, RoundFailed, RuntimeError),
+        _exit_on(ConfigError, code=2),
+    ):
         results = run_federation(cfg, out, not quiet, resume is not None, force)
     typer.echo("")
     for label, m in method_rows(results):
-        scores = ", ".join(f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%"
-                           for k in headlines(m))  # fmt: skip
+        scores = ", ".join(
+            f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%" for k in headlines(m)
+        )
         typer.echo(f"  {label:<34} {scores}")
     c = results["communication"]
     if cfg.lora is None:
-        typer.echo(f"  full fine-tuning traffic {c['adapter_bytes_per_round'] / 1e6:.2f} MB/round "
-                   "(measured)")  # fmt: skip
+        typer.echo(
+            f"  full fine-tuning traffic {c['adapter_bytes_per_round'] / 1e6:.2f} MB/round "
+            "(measured)"
+        )
     else:
-        typer.echo(f"  adapter traffic {c['adapter_bytes_per_round'] / 1e6:.2f} MB/round vs full "
-                   f"fine-tuning {c['full_finetune_bytes_per_round'] / 1e6:.2f} MB/round "
-                   f"({c['ratio']:.1f}x less)")  # fmt: skip
+        typer.echo(
+            f"  adapter traffic {c['adapter_bytes_per_round'] / 1e6:.2f} MB/round vs full "
+            f"fine-tuning {c['full_finetune_bytes_per_round'] / 1e6:.2f} MB/round "
+            f"({c['ratio']:.1f}x less)"
+        )
     typer.echo(f"  {results['wall_seconds']:.0f} s; report: {out / 'report.md'}")
 
 
@@ -155,11 +170,13 @@ OverwriteOption = Annotated[
 JobsOption = Annotated[
     int,
     typer.Option(
-        "--jobs", "-j", min=1,
+        "--jobs",
+        "-j",
+        min=1,
         help="Cells run at once, in separate processes sharing the CPU cores (torch threads "
         "per cell: cores / jobs, unless a config sets threads).",
     ),
-]  # fmt: skip
+]
 
 
 @app.command()
@@ -212,8 +229,10 @@ def _run_sweep(plan, out: Path, progress: bool, overwrite: bool, jobs: int) -> l
 
     _setup_logging()
     # ConfigError is a ValueError: the inner manager gives it its own exit code.
-    with _exit_on(FileNotFoundError, ValueError, RoundFailed, RuntimeError), \
-            _exit_on(ConfigError, code=2):  # fmt: skip
+    with (
+        _exit_on(FileNotFoundError, ValueError, RoundFailed, RuntimeError),
+        _exit_on(ConfigError, code=2),
+    ):
         return run_sweep(plan, out, progress, overwrite, jobs)
 
 
@@ -229,8 +248,9 @@ def _deployment_config(config: Path, set_: list[str] | None, engine: str, what: 
     return cfg
 
 
-flare_app = typer.Typer(help="NVIDIA FLARE: jobs for a provisioned deployment.",
-                        no_args_is_help=True)  # fmt: skip
+flare_app = typer.Typer(
+    help="NVIDIA FLARE: jobs for a provisioned deployment.", no_args_is_help=True
+)
 app.add_typer(flare_app, name="flare")
 
 
@@ -255,8 +275,9 @@ def flare_export(
     typer.echo(f"submit it from an admin console: nvflare job submit -j {job}")
 
 
-flower_app = typer.Typer(help="Flower: apps for a SuperLink and its SuperNodes.",
-                         no_args_is_help=True)  # fmt: skip
+flower_app = typer.Typer(
+    help="Flower: apps for a SuperLink and its SuperNodes.", no_args_is_help=True
+)
 app.add_typer(flower_app, name="flower")
 
 
@@ -267,22 +288,30 @@ def flower_export(
         "flower-app"
     ),
     results: Annotated[
-        str, typer.Option(help="Where the ServerApp writes results.json, on the SuperLink's "
-                          "machine (an absolute path).")
+        str,
+        typer.Option(
+            help="Where the ServerApp writes results.json, on the SuperLink's "
+            "machine (an absolute path)."
+        ),
     ] = "/tmp/fedumm/results",
     superlink: Annotated[
-        str, typer.Option(help="The SuperLink's address as the SuperNodes reach it, HOST:PORT "
-                          "(the generated TLS certificate is for HOST).")
+        str,
+        typer.Option(
+            help="The SuperLink's address as the SuperNodes reach it, HOST:PORT "
+            "(the generated TLS certificate is for HOST)."
+        ),
     ] = "127.0.0.1:8000",
     set_: SetOption = None,
-) -> None:  # fmt: skip
+) -> None:
     """Write a Flower app folder that `flwr run` deploys on a SuperLink and its SuperNodes,
     with TLS certificates, the SuperNodes' authentication keys and README.md: the commands."""
     cfg = _deployment_config(config, set_, "flower", "app")
     with _exit_on(ConfigError, code=2):
         if not Path(results).is_absolute():
-            raise ConfigError(f"--results {results}: give an absolute path (the ServerApp runs "
-                              "in the SuperLink's folder)")  # fmt: skip
+            raise ConfigError(
+                f"--results {results}: give an absolute path (the ServerApp runs "
+                "in the SuperLink's folder)"
+            )
         host, _, port = superlink.rpartition(":")
         host = host.strip("[]")  # [::1]:8000
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -293,8 +322,10 @@ def flower_export(
     k = cfg.federation.num_clients
     typer.echo(f"Flower app for {k} SuperNodes: {out}")
     if cfg.flower.certificates is None:
-        typer.echo(f"TLS certificate (for {host}) and SuperNode keys: {out / 'certificates'}; "
-                   "each site-K.key goes to site K only")  # fmt: skip
+        typer.echo(
+            f"TLS certificate (for {host}) and SuperNode keys: {out / 'certificates'}; "
+            "each site-K.key goes to site K only"
+        )
     typer.echo(
         f"start the SuperLink with TLS and --enable-supernode-auth, register each site's key, "
         f'start each SuperNode with its key and --node-config "partition-id=K num-partitions='
@@ -337,7 +368,7 @@ RunArgument = Annotated[Path, typer.Argument(help="A finished run's output folde
 ClientOption = Annotated[
     str | None,
     typer.Option(help="A personalized run's client (e.g. site-1): its own model, not the global."),
-]  # fmt: skip
+]
 
 
 def _open_run(folder: Path, client: str | None = None):
@@ -351,10 +382,15 @@ def _open_run(folder: Path, client: str | None = None):
 def export(
     run_dir: RunArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
-    merge: Annotated[bool, typer.Option(help="Merge the adapter into the base: a plain model "
-                                        "folder that loads without fedumm or peft.")] = False,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            help="Merge the adapter into the base: a plain model "
+            "folder that loads without fedumm or peft."
+        ),
+    ] = False,
     client: ClientOption = None,
-) -> None:  # fmt: skip
+) -> None:
     """Export a run's trained adapter (peft format), or the base with it merged."""
     run = _open_run(run_dir, client)
     _setup_logging(quiet=True)
@@ -367,29 +403,39 @@ def export(
     else:
         typer.echo(f"adapter saved to {folder}: PeftModel.from_pretrained(base, {str(folder)!r})")
         if (folder / "folded_deltas.safetensors").is_file():
-            typer.secho("its strategy folds updates into the base weights "
-                        "(folded_deltas.safetensors): only fedumm or --merge reproduces the "
-                        "model", fg="yellow", err=True)  # fmt: skip
+            typer.secho(
+                "its strategy folds updates into the base weights "
+                "(folded_deltas.safetensors): only fedumm or --merge reproduces the "
+                "model",
+                fg="yellow",
+                err=True,
+            )
 
 
 @app.command("eval")
 def evaluate(
     run_dir: RunArgument,
-    config: Annotated[Path | None, typer.Argument(help="YAML config naming the data to score "
-                                                  "on (omit: the run's own).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for eval.json and "
-                                             "eval.md (default RUN/eval).")] = None,
-    baseline: Annotated[str | None, typer.Option(help="zero_shot: score the base alone "
-                                                 "beside it.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="YAML config naming the data to score on (omit: the run's own)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for eval.json and eval.md (default RUN/eval)."),
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="zero_shot: score the base alone beside it.")
+    ] = None,
     client: ClientOption = None,
     set_: SetOption = None,
     quiet: QuietOption = False,
-) -> None:  # fmt: skip
+) -> None:
     """Score a run's trained model on the test data a config names, without training."""
     run = _open_run(run_dir, client)
     if baseline not in (None, "zero_shot"):
-        typer.secho(f"error: --baseline {baseline!r}; the one baseline is zero_shot", fg="red",
-                    err=True)  # fmt: skip
+        typer.secho(
+            f"error: --baseline {baseline!r}; the one baseline is zero_shot", fg="red", err=True
+        )
         raise typer.Exit(2)
     cfg = _load(config, set_, RunConfig) if config else _stored_config_of(run, set_)
     _setup_logging(quiet)
@@ -402,8 +448,9 @@ def evaluate(
         result = evaluate_run(run, cfg, baseline is not None, resolve(cfg.runtime), out)
     for label, m in [("zero-shot", result.get("zero_shot")), ("trained", result["metrics"])]:
         if m is not None:
-            scores = ", ".join(f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%"
-                               for k in headlines(m))  # fmt: skip
+            scores = ", ".join(
+                f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%" for k in headlines(m)
+            )
             typer.echo(f"  {label:<10} {scores}")
     typer.echo(f"  {result['wall_seconds']:.0f} s; {out / 'eval.json'}, {out / 'eval.md'}")
 
@@ -443,13 +490,13 @@ def ask(
 @app.command()
 def draw(
     run_dir: RunArgument,
-    prompt: Annotated[list[str], typer.Option(help="What to draw (repeatable: one image "
-                                              "each).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (several prompts: "
-                                      "side by side).")] = Path("drawn.png"),
+    prompt: Annotated[list[str], typer.Option(help="What to draw (repeatable: one image each).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="PNG to write (several prompts: side by side).")
+    ] = Path("drawn.png"),
     seed: SeedOption = 0,
     client: ClientOption = None,
-) -> None:  # fmt: skip
+) -> None:
     """Draw with a run's trained model (for models that draw: the built-in one, Janus)."""
     run = _open_run(run_dir, client)
     _setup_logging(quiet=True)
@@ -496,9 +543,11 @@ def pretrain(
 
 
 FamilyArgument = Annotated[
-    str, typer.Argument(help="llava, qwen2_vl, qwen2_5_vl, idefics3, smolvlm, paligemma, "
-                        "chameleon or janus.")
-]  # fmt: skip
+    str,
+    typer.Argument(
+        help="llava, qwen2_vl, qwen2_5_vl, idefics3, smolvlm, paligemma, chameleon or janus."
+    ),
+]
 ModelOutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder for the model.")]
 
 
@@ -506,14 +555,24 @@ ModelOutOption = Annotated[Path, typer.Option("--out", "-o", help="Folder for th
 def random_model(
     family: FamilyArgument,
     out: ModelOutOption,
-    preset: Annotated[str, typer.Option(help="tiny, or a published architecture of FAMILY: "
-                                        "llava-1.5-7b, qwen2-vl-2b, qwen2.5-vl-3b, "
-                                        "qwen2.5-vl-7b, paligemma-3b, smolvlm-256m, "
-                                        "chameleon-7b, janus-pro-1b, janus-pro-7b.")] = "tiny",
-    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16 weights (bfloat16 "
-                                       "halves the folder of a published size).")] = "float32",
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="tiny, or a published architecture of FAMILY: "
+            "llava-1.5-7b, qwen2-vl-2b, qwen2.5-vl-3b, "
+            "qwen2.5-vl-7b, paligemma-3b, smolvlm-256m, "
+            "chameleon-7b, janus-pro-1b, janus-pro-7b."
+        ),
+    ] = "tiny",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="float32, bfloat16 or float16 weights (bfloat16 "
+            "halves the folder of a published size)."
+        ),
+    ] = "float32",
     seed: SeedOption = 0,
-) -> None:  # fmt: skip
+) -> None:
     """Save a Hugging Face model of FAMILY with RANDOM weights, built offline at a preset's
     size, to run by path: for measuring memory and speed where no weights can be fetched."""
     from fedumm.models import DTYPES
@@ -523,9 +582,12 @@ def random_model(
         if dtype not in DTYPES:
             raise ValueError(f"--dtype {dtype!r}; expected {', '.join(DTYPES)}")
         build_random(family, out, preset, seed, DTYPES[dtype])
-    typer.secho(f"UNTRAINED: {out} holds a {preset} {family} architecture with random weights; "
-                "it measures memory and speed, and its scores mean nothing.", fg="yellow",
-                err=True)  # fmt: skip
+    typer.secho(
+        f"UNTRAINED: {out} holds a {preset} {family} architecture with random weights; "
+        "it measures memory and speed, and its scores mean nothing.",
+        fg="yellow",
+        err=True,
+    )
     typer.echo(f"saved to {out}; use it with --set model.name_or_path={out}")
 
 

@@ -69,11 +69,16 @@ class HFDatasetSpec(Section):
     train_split: str = Field("train", description="Split the clients train on.")
     test_split: str = Field("test", description="Split the global model is scored on.")
     columns: dict[str, str] = Field(
-        {"image": "image", "question": "question", "answer": "answer", "text": "text",
-         "label": "label"},
+        {
+            "image": "image",
+            "question": "question",
+            "answer": "answer",
+            "text": "text",
+            "label": "label",
+        },
         description="Role -> column: image, question, answer (VQA; family optional), text, "
         "label (classification).",
-    )  # fmt: skip
+    )
 
     @field_validator("columns")
     @classmethod
@@ -225,8 +230,11 @@ class PartitionConfig(Section):
         if self.scheme == "dirichlet":
             return f"dirichlet (alpha={self.alpha})"
         if self.scheme == "quantity":
-            law = (f"Dirichlet alpha={self.alpha}" if self.quantity_law == "dirichlet"
-                   else f"power law, exponent {self.power_exponent}")  # fmt: skip
+            law = (
+                f"Dirichlet alpha={self.alpha}"
+                if self.quantity_law == "dirichlet"
+                else f"power law, exponent {self.power_exponent}"
+            )
             return f"quantity skew ({law})"
         if self.scheme == "shards":
             return f"shards ({self.shards_per_client} per client)"
@@ -513,9 +521,12 @@ class FederationConfig(Section):
                     "clients sampled per round: a server that splits them into groups could "
                     "unmask one; raise it, or set secure_aggregation.allow_minority: true"
                 )
-            log.warning("secure_aggregation.threshold %d of %d clients (allow_minority): a "
-                        "server that splits the clients could unmask one's update", t,
-                        sampled)  # fmt: skip
+            log.warning(
+                "secure_aggregation.threshold %d of %d clients (allow_minority): a "
+                "server that splits the clients could unmask one's update",
+                t,
+                sampled,
+            )
         if secure.identities is not None and not Path(secure.identities).is_dir():
             raise ValueError(f"secure_aggregation.identities: {secure.identities} is not a folder")
         return self
@@ -797,11 +808,14 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:
-        pools = {"vqa": ("data.train_samples", self.data.train_samples),
-                 "generation": ("data.generation.train_samples",
-                                self.data.generation.train_samples),
-                 "classification": ("data.classification.train_samples",
-                                    self.data.classification.train_samples)}  # fmt: skip
+        pools = {
+            "vqa": ("data.train_samples", self.data.train_samples),
+            "generation": ("data.generation.train_samples", self.data.generation.train_samples),
+            "classification": (
+                "data.classification.train_samples",
+                self.data.classification.train_samples,
+            ),
+        }
         for task in self.data.tasks:
             key, samples = pools[task]
             holders = self.task_clients(task)
@@ -809,8 +823,11 @@ class RunConfig(Section):
                 raise ValueError(
                     f"partition.client_tasks gives no client the {task} task in data.tasks"
                 )
-            population = ("federation.num_clients" if holders == self.federation.num_clients
-                          else "the clients partition.client_tasks gives it")  # fmt: skip
+            population = (
+                "federation.num_clients"
+                if holders == self.federation.num_clients
+                else "the clients partition.client_tasks gives it"
+            )
             if holders > samples:
                 raise ValueError(
                     f"{population} ({holders}) is more than {key} ({samples}): "

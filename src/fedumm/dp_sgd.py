@@ -30,8 +30,13 @@ class DPSGD:
     hooks, so other clients and the baselines train the model as before.
     """
 
-    def __init__(self, model: torch.nn.Module, clip_norm: float, noise_multiplier: float,
-                 noise: PrivacyRandom | SeededRandom):  # fmt: skip
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        clip_norm: float,
+        noise_multiplier: float,
+        noise: PrivacyRandom | SeededRandom,
+    ):
         from opacus import GradSampleModule
 
         if clip_norm <= 0:

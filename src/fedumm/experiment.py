@@ -60,8 +60,15 @@ def split_pool(
     if cfg.scheme == "iid":
         return partition.iid(len(labels), num_clients, rng), {}
     if cfg.scheme == "quantity":
-        parts = partition.quantity_skew(len(labels), num_clients, rng, cfg.quantity_law,
-                                        cfg.alpha, cfg.power_exponent, cfg.min_samples)  # fmt: skip
+        parts = partition.quantity_skew(
+            len(labels),
+            num_clients,
+            rng,
+            cfg.quantity_law,
+            cfg.alpha,
+            cfg.power_exponent,
+            cfg.min_samples,
+        )
         return parts, {}
     if cfg.scheme == "shards":
         return partition.pathological_shards(labels, num_clients, cfg.shards_per_client, rng), {}
@@ -112,8 +119,14 @@ def _apply_modalities(
     """Per client, the modality each of its samples keeps; and the pool encoded that way."""
     m = cfg.partition.modality
     rng = np.random.default_rng(derive_seed(cfg.seed, 0x40DA))
-    kept = assign_modalities(m.scenario, [len(s) for s in shares], rng, m.drop_probability,
-                             m.image_only_clients, m.presence_probability)  # fmt: skip
+    kept = assign_modalities(
+        m.scenario,
+        [len(s) for s in shares],
+        rng,
+        m.drop_probability,
+        m.image_only_clients,
+        m.presence_probability,
+    )
     per_client = [np.array([], dtype=str) for _ in range(cfg.federation.num_clients)]
     pool = np.full(len(task.labels), IMAGE_TEXT, dtype=object)
     for i, share, codes in zip(holders, shares, kept):
@@ -154,8 +167,11 @@ class Federation:
         """What `site` accepts from the server in secure aggregation: its config's threshold,
         and with signed keys, its identity."""
         secure, fed = self.cfg.federation.secure_aggregation, self.cfg.federation
-        return ClientPolicy(secure.survivors_needed(fed.sampled_per_round), secure.allow_minority,
-                            self.identities.of(site) if self.identities else None)  # fmt: skip
+        return ClientPolicy(
+            secure.survivors_needed(fed.sampled_per_round),
+            secure.allow_minority,
+            self.identities.of(site) if self.identities else None,
+        )
 
     def client(self, site: str) -> ClientData:
         for c in self.clients:
@@ -168,8 +184,9 @@ class Federation:
         generated images (generation runs)."""
         set_adapter(self.model, params)
         grid = image_grid if "generation" in self.tasks else None
-        return evaluate_tasks(self.tasks, self.model, self.processor, self.cfg.eval, grid,
-                              self.runtime)  # fmt: skip
+        return evaluate_tasks(
+            self.tasks, self.model, self.processor, self.cfg.eval, grid, self.runtime
+        )
 
     def evaluate_personal(self, params: Params, client: ClientData) -> dict:
         """Metrics of `client`'s own model (personalized strategies: part of it is the
@@ -189,11 +206,20 @@ class Federation:
         """A client's local work in round `rnd`, seeded by the round and the client."""
         cfg, fed, cid = self.cfg, self.cfg.federation, client.client_id
         seed = derive_seed(cfg.seed, rnd, self.number(client))
-        update = local_update(self.model, client, message, fed, seed, self.processor.collate,
-                              self.strategy, self.client_states[cid],
-                              self.fresh[self.ranks.get(cid, self.rank)],
-                              lr=fed.lr_at((rnd - 1) / fed.rounds),
-                              runtime=self.runtime, loss_fn=self.processor.loss)  # fmt: skip
+        update = local_update(
+            self.model,
+            client,
+            message,
+            fed,
+            seed,
+            self.processor.collate,
+            self.strategy,
+            self.client_states[cid],
+            self.fresh[self.ranks.get(cid, self.rank)],
+            lr=fed.lr_at((rnd - 1) / fed.rounds),
+            runtime=self.runtime,
+            loss_fn=self.processor.loss,
+        )
         if cid in self.malicious:
             attack = cfg.attack
             update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)
@@ -221,16 +247,26 @@ def build_federation(cfg: RunConfig) -> Federation:
     for name, task in tasks.items():
         skipped = task.summary().get("skipped_images")
         if skipped:
-            log.warning("%s: %d image(s) could not be decoded and were left out, e.g. %s",
-                        name, len(skipped), ", ".join(skipped[:3]))  # fmt: skip
+            log.warning(
+                "%s: %d image(s) could not be decoded and were left out, e.g. %s",
+                name,
+                len(skipped),
+                ", ".join(skipped[:3]),
+            )
     split = split_clients(cfg, tasks)
     seconds["partition"] = time.perf_counter() - start - seconds["model"] - seconds["data"]
     clients = split.clients
     ids = [c.client_id for c in clients]
     ranks = dict(zip(ids, (lora and lora.client_ranks) or ()))
     fed = cfg.federation
-    context = FederationContext(len(clients), lora.alpha if lora else 1.0, ranks, cfg.seed,
-                                fed.seeded_privacy_noise, fed.client_sampling)  # fmt: skip
+    context = FederationContext(
+        len(clients),
+        lora.alpha if lora else 1.0,
+        ranks,
+        cfg.seed,
+        fed.seeded_privacy_noise,
+        fed.client_sampling,
+    )
     strategy = build_strategy(fed.strategy.name, context, **fed.strategy.hyperparameters())
     malicious = []
     if cfg.attack.kind != "none":
@@ -239,17 +275,36 @@ def build_federation(cfg: RunConfig) -> Federation:
     identities = (
         Identities(secure.identities, ids) if secure.enabled and secure.signed_keys else None
     )
-    return Federation(cfg, model, processor, rank, fresh, tasks, split, strategy,
-                      ClientStates(), malicious, ranks, runtime, seconds, identities)  # fmt: skip
+    return Federation(
+        cfg,
+        model,
+        processor,
+        rank,
+        fresh,
+        tasks,
+        split,
+        strategy,
+        ClientStates(),
+        malicious,
+        ranks,
+        runtime,
+        seconds,
+        identities,
+    )
 
 
 Connect = Callable[[Federation], Transport]
 
 
 def run_experiment(
-    cfg: RunConfig, out_dir: Path, connect: Connect, progress: bool = True,
-    resume: bool = False, force: bool = False, engine_info: dict | None = None,
-) -> dict:  # fmt: skip
+    cfg: RunConfig,
+    out_dir: Path,
+    connect: Connect,
+    progress: bool = True,
+    resume: bool = False,
+    force: bool = False,
+    engine_info: dict | None = None,
+) -> dict:
     """Run zero-shot, federated, local-only and centralized, write results; return them.
 
     `connect` gives the transport through which the server reaches the clients (the engine:
@@ -263,8 +318,9 @@ def run_experiment(
     transport = connect(fl)
     tracker, failed = open_tracker(cfg.tracking, out_dir, resume), True
     try:
-        results = _run(fl, out_dir, transport, tracker, progress, resume, force, start,
-                       engine_info or {})  # fmt: skip
+        results = _run(
+            fl, out_dir, transport, tracker, progress, resume, force, start, engine_info or {}
+        )
         failed = False
         return results
     finally:
@@ -272,8 +328,17 @@ def run_experiment(
         transport.close()
 
 
-def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, progress: bool,
-         resume: bool, force: bool, start: float, engine_info: dict) -> dict:  # fmt: skip
+def _run(
+    fl: Federation,
+    out_dir: Path,
+    transport: Transport,
+    tracker: Tracker,
+    progress: bool,
+    resume: bool,
+    force: bool,
+    start: float,
+    engine_info: dict,
+) -> dict:
     cfg = fl.cfg
     model, processor, tasks, clients = fl.model, fl.processor, fl.tasks, fl.clients
     strategy, client_states, initial = fl.strategy, fl.client_states, fl.initial
@@ -299,15 +364,27 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
 
     def train_alone(client: ClientData, steps: int, seed: int, bar, grid=None) -> dict:
         """Plain local training from the fresh adapter (the baselines do not federate)."""
-        update = local_update(model, client, initial, fed, seed, processor.collate, steps=steps,
-                              on_step=lambda step, loss: bar.update(),
-                              lr=lambda step: fed.lr_at(step / steps, cfg.baselines.lr),
-                              runtime=fl.runtime, loss_fn=processor.loss)  # fmt: skip
+        update = local_update(
+            model,
+            client,
+            initial,
+            fed,
+            seed,
+            processor.collate,
+            steps=steps,
+            on_step=lambda step, loss: bar.update(),
+            lr=lambda step: fed.lr_at(step / steps, cfg.baselines.lr),
+            runtime=fl.runtime,
+            loss_fn=processor.loss,
+        )
         return evaluate_adapter(update.params, grid)
 
-    results: dict = {"config": cfg.model_dump(),
-                     "model": {"family": processor.family_name, **identity(cfg.model)},
-                     "runtime": fl.runtime.describe(), "baselines": {}}  # fmt: skip
+    results: dict = {
+        "config": cfg.model_dump(),
+        "model": {"family": processor.family_name, **identity(cfg.model)},
+        "runtime": fl.runtime.describe(),
+        "baselines": {},
+    }
     tracker.start(results["config"])
     random = getattr(model.config, RANDOM_MARK, None)
     if random:  # `fedumm random-model`: the report says so
@@ -315,8 +392,11 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
     if cfg.runtime.devices is not None:  # the round's clients trained in parallel on these
         results["runtime"]["devices"] = [str(d) for d in worker_devices(cfg.runtime)]
     if fl.malicious:
-        results["attack"] = {"kind": cfg.attack.kind, "magnitude": cfg.attack.magnitude,
-                             "clients": fl.malicious}  # fmt: skip
+        results["attack"] = {
+            "kind": cfg.attack.kind,
+            "magnitude": cfg.attack.magnitude,
+            "clients": fl.malicious,
+        }
     rounds: list[dict] = []
     global_params, first_round = initial, 1
     if resume:
@@ -340,27 +420,50 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
         every = cfg.checkpoint_every
         if every and (record.round % every == 0 or record.round == fed.rounds):
             states = client_states.snapshot()
-            checkpoint.save(out_dir, checkpoint.Checkpoint(
-                record.round, results["config"], params, strategy.state_dict(), states,
-                rounds, {"baselines": results["baselines"]},
-            ))  # fmt: skip
+            checkpoint.save(
+                out_dir,
+                checkpoint.Checkpoint(
+                    record.round,
+                    results["config"],
+                    params,
+                    strategy.state_dict(),
+                    states,
+                    rounds,
+                    {"baselines": results["baselines"]},
+                ),
+            )
             client_states.pinned(states)
 
     secure = fed.secure_aggregation
     rules = RoundRules(
-        dropout=fed.dropout, min_clients=fed.min_clients, max_update_norm=fed.max_update_norm,
-        deadline=fed.round_deadline, duration=duration, claims=_claims(fed, clients),
+        dropout=fed.dropout,
+        min_clients=fed.min_clients,
+        max_update_norm=fed.max_update_norm,
+        deadline=fed.round_deadline,
+        duration=duration,
+        claims=_claims(fed, clients),
         equal_weights=fed.client_weights == "equal",
-        secure_threshold=secure.survivors_needed(fed.sampled_per_round) if secure.enabled
-        else None, secure_root=fl.identities.root if fl.identities else None,
-    )  # fmt: skip
+        secure_threshold=secure.survivors_needed(fed.sampled_per_round) if secure.enabled else None,
+        secure_root=fl.identities.root if fl.identities else None,
+    )
     private = (
         fed.strategy.name == "dp_fedavg"
         and not fed.seeded_privacy_noise
         and fed.client_sampling == "random"
     )  # (cyclic is accounted with q = 1)
-    server = Server(clients, strategy, transport, evaluate, fed.sampled_per_round, cfg.seed,
-                    rules, cfg.eval.every, progress, fed.client_sampling, private)  # fmt: skip
+    server = Server(
+        clients,
+        strategy,
+        transport,
+        evaluate,
+        fed.sampled_per_round,
+        cfg.seed,
+        rules,
+        cfg.eval.every,
+        progress,
+        fed.client_sampling,
+        private,
+    )
     final_params, _ = server.run(global_params, fed.rounds, first_round, after_round)
     if "generation" in tasks:  # the federated model's pictures, next to the baselines'
         set_adapter(model, final_params)
@@ -376,14 +479,18 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
 
     if cfg.baselines.local:
         if len(clients) > 1000:  # cross-device populations: hours of training nobody asked for
-            log.warning("the local-only baseline trains each of the %d clients alone; "
-                        "baselines.local=false skips it", len(clients))  # fmt: skip
+            log.warning(
+                "the local-only baseline trains each of the %d clients alone; "
+                "baselines.local=false skips it",
+                len(clients),
+            )
         # Each client alone, for the steps it spends in the federation on average: it is
         # sampled in a share sampled/num_clients of the rounds (all of them by default).
         share = fed.sampled_per_round / fed.num_clients
         budgets = [math.ceil(fed.rounds * share * fed.steps_for(len(c.data))) for c in clients]
-        with tqdm(total=sum(budgets), desc="local-only baseline", unit="step",
-                  disable=not progress) as bar:  # fmt: skip
+        with tqdm(
+            total=sum(budgets), desc="local-only baseline", unit="step", disable=not progress
+        ) as bar:
             per_client = []
             for c, steps in zip(clients, budgets):
                 seed = derive_seed(cfg.seed, 0, fl.number(c))
@@ -397,8 +504,9 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
         # Equal compute: as many steps of the same batch size as all federated clients took.
         pooled = ClientData("centralized", fl.partition.pooled)
         steps = sum(m["steps"] for r in rounds for m in r["client_metrics"].values())
-        with tqdm(total=steps, desc="centralized baseline", unit="step",
-                  disable=not progress) as bar:  # fmt: skip
+        with tqdm(
+            total=steps, desc="centralized baseline", unit="step", disable=not progress
+        ) as bar:
             results["baselines"]["centralized"] = {
                 "metrics": train_alone(
                     pooled, steps, derive_seed(cfg.seed, 0xCE), bar, "centralized"
@@ -416,8 +524,10 @@ def _run(fl: Federation, out_dir: Path, transport: Transport, tracker: Tracker, 
     personal = ()
     if strategy.personalized and cfg.engine == "embedded":  # under FLARE it stays on the sites
         # every client that trained (one that never did holds the global model), one at a time
-        personal = ((cid, strategy.personal_adapter(final_params, client_states[cid]))
-                    for cid in list(client_states))  # fmt: skip
+        personal = (
+            (cid, strategy.personal_adapter(final_params, client_states[cid]))
+            for cid in list(client_states)
+        )
     save_run_model(model, processor, cfg, final_params, out_dir, personal)
     write_report(results, out_dir)
     tracker.finish(results, out_dir)
@@ -456,17 +566,27 @@ def _sample_level_privacy(fed, clients: list[ClientData], records: list[dict]) -
         for cid, m in r["client_metrics"].items():
             steps[cid] += m["steps"]
     sizes = {c.client_id: len(c.data) for c in clients}
-    epsilon = {cid: privacy_spent(dp.noise_multiplier, min(1.0, fed.batch_size / sizes[cid]),
-                                  n, dp.target_delta) if n else 0.0
-               for cid, n in steps.items()}  # fmt: skip
+    epsilon = {
+        cid: privacy_spent(
+            dp.noise_multiplier, min(1.0, fed.batch_size / sizes[cid]), n, dp.target_delta
+        )
+        if n
+        else 0.0
+        for cid, n in steps.items()
+    }
 
     def finite(e: float) -> float | None:  # None: no guarantee (no noise)
         return e if math.isfinite(e) else None
 
-    return {"clip_norm": dp.clip_norm, "noise_multiplier": dp.noise_multiplier,
-            "delta": dp.target_delta, "epsilon": finite(max(epsilon.values())),
-            "per_client": {cid: {"steps": steps[cid], "epsilon": finite(e)}
-                           for cid, e in epsilon.items()}}  # fmt: skip
+    return {
+        "clip_norm": dp.clip_norm,
+        "noise_multiplier": dp.noise_multiplier,
+        "delta": dp.target_delta,
+        "epsilon": finite(max(epsilon.values())),
+        "per_client": {
+            cid: {"steps": steps[cid], "epsilon": finite(e)} for cid, e in epsilon.items()
+        },
+    }
 
 
 def _communication(adapter: dict, full: dict, records: list) -> dict:
@@ -490,10 +610,14 @@ def _communication(adapter: dict, full: dict, records: list) -> dict:
 def _partition_summary(cfg: RunConfig, tasks: dict[str, Task], split: Partition) -> dict:
     """Per client and task: samples, label counts, modalities kept. Up to SUMMARY_CLIENTS
     clients one object each (easy to read); beyond, arrays (compact at 100,000 clients)."""
-    keys = {"vqa": cfg.partition.key, "generation": cfg.partition.generation_key,
-            "classification": "class"}  # fmt: skip
-    counts = {name: partition.label_counts(t.labels, split.indices[name])
-              for name, t in tasks.items()}  # fmt: skip
+    keys = {
+        "vqa": cfg.partition.key,
+        "generation": cfg.partition.generation_key,
+        "classification": "class",
+    }
+    counts = {
+        name: partition.label_counts(t.labels, split.indices[name]) for name, t in tasks.items()
+    }
     kept = None
     if split.modalities is not None:
         kept = np.array([list(modality_counts(m).values()) for m in split.modalities])
@@ -505,16 +629,25 @@ def _partition_summary(cfg: RunConfig, tasks: dict[str, Task], split: Partition)
         "labels": {name: c.labels for name, c in counts.items()},
     }
     if split.repaired:  # a Dirichlet draw that left clients short was mended: say how much
-        summary["repaired"] = {name: {"clients": note["repaired_clients"],
-                                      "samples_moved": note["moved_samples"]}
-                               for name, note in split.repaired.items()}  # fmt: skip
+        summary["repaired"] = {
+            name: {"clients": note["repaired_clients"], "samples_moved": note["moved_samples"]}
+            for name, note in split.repaired.items()
+        }
     if split.modalities is not None:
         summary["modality"] = cfg.partition.modality.describe()
     sizes = [len(c.data) for c in split.clients]
     if len(sizes) > SUMMARY_CLIENTS:
-        summary["client_arrays"] = {"samples": sizes, "label_counts": {
-            name: {"client": c.client.tolist(), "label": c.label.tolist(),
-                   "count": c.count.tolist()} for name, c in counts.items()}}  # fmt: skip
+        summary["client_arrays"] = {
+            "samples": sizes,
+            "label_counts": {
+                name: {
+                    "client": c.client.tolist(),
+                    "label": c.label.tolist(),
+                    "count": c.count.tolist(),
+                }
+                for name, c in counts.items()
+            },
+        }
         if kept is not None:
             summary["client_arrays"]["modalities"] = dict(zip(MODALITIES, kept.T.tolist()))
         return summary

@@ -47,8 +47,9 @@ def require(extra: str, why: str) -> None:
     """Refuse `why` unless `extra` is installed."""
     module, what = EXTRAS[extra]
     if not installed(module):
-        raise ConfigError(f"{why} needs {what}, which is not installed: "
-                          f"pip install 'fedumm[{extra}]'")  # fmt: skip
+        raise ConfigError(
+            f"{why} needs {what}, which is not installed: pip install 'fedumm[{extra}]'"
+        )
 
 
 def check_installed(cfg: RunConfig) -> None:

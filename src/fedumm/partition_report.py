@@ -40,20 +40,30 @@ class ClientTable:
         if "client_arrays" in summary:
             arrays = summary["client_arrays"]
             samples = np.asarray(arrays["samples"], dtype=np.int64)
-            tasks = {task: LabelCounts(labels[task], len(samples),
-                                       *(np.asarray(cells[k], dtype=np.int64)
-                                         for k in ("client", "label", "count")))
-                     for task, cells in arrays["label_counts"].items()}  # fmt: skip
+            tasks = {
+                task: LabelCounts(
+                    labels[task],
+                    len(samples),
+                    *(np.asarray(cells[k], dtype=np.int64) for k in ("client", "label", "count")),
+                )
+                for task, cells in arrays["label_counts"].items()
+            }
             kept = arrays.get("modalities")
             modalities = (list(kept), np.array(list(kept.values())).T) if kept else None
             return cls(site_names(len(samples)), samples, tasks, modalities)
         clients = summary["clients"]
         tasks = {}
         for task, names in labels.items():
-            cells = [(i, names.index(lab), n) for i, c in enumerate(clients)
-                     for lab, n in c["tasks"][task]["label_histogram"].items()]  # fmt: skip
-            client, label, count = (np.array(v, dtype=np.int64) for v in zip(*cells)) if cells \
-                else (np.array([], dtype=np.int64),) * 3  # fmt: skip
+            cells = [
+                (i, names.index(lab), n)
+                for i, c in enumerate(clients)
+                for lab, n in c["tasks"][task]["label_histogram"].items()
+            ]
+            client, label, count = (
+                (np.array(v, dtype=np.int64) for v in zip(*cells))
+                if cells
+                else (np.array([], dtype=np.int64),) * 3
+            )
             tasks[task] = LabelCounts(names, len(clients), client, label, count)
         modalities = None
         if "modality" in summary:
@@ -75,23 +85,27 @@ class ClientTable:
         largest = [int(i) for i in np.argsort(-sizes, kind="stable")[:SHOWN] if sizes[i] > 0]
         entropy = self.tasks[task].entropy()
         taken = set(largest)
-        skewed = [int(i) for i in np.lexsort((-sizes, entropy))
-                  if i not in taken and not np.isnan(entropy[i])][:SHOWN]  # fmt: skip
+        skewed = [
+            int(i)
+            for i in np.lexsort((-sizes, entropy))
+            if i not in taken and not np.isnan(entropy[i])
+        ][:SHOWN]
         return largest + skewed, ["largest"] * len(largest) + ["most skewed"] * len(skewed)
 
 
 def describe_sizes(table: ClientTable) -> str:
     """'100,000 clients, 1 to 17 samples (median 1)': the population in one phrase."""
     s = table.samples
-    return (f"{len(s):,} clients, {s.min():,} to {s.max():,} samples "
-            f"(median {np.median(s):g})")  # fmt: skip
+    return f"{len(s):,} clients, {s.min():,} to {s.max():,} samples (median {np.median(s):g})"
 
 
 def repair_lines(summary: dict) -> list[str]:
     """What the Dirichlet split moved to give every client partition.min_samples."""
-    return [f"The split of {task} left {r['clients']:,} clients short of partition.min_samples; "
-            f"{r['samples_moved']:,} random samples of the largest clients were moved to them."
-            for task, r in summary.get("repaired", {}).items()]  # fmt: skip
+    return [
+        f"The split of {task} left {r['clients']:,} clients short of partition.min_samples; "
+        f"{r['samples_moved']:,} random samples of the largest clients were moved to them."
+        for task, r in summary.get("repaired", {}).items()
+    ]
 
 
 def client_lines(summary: dict) -> list[str]:
@@ -99,8 +113,11 @@ def client_lines(summary: dict) -> list[str]:
     table = ClientTable.of(summary)
     lines = []
     if table.summarized:
-        lines += [f"{describe_sizes(table)}; below, per task, the {SHOWN} largest and the "
-                  f"{SHOWN} most skewed (lowest label entropy).", ""]  # fmt: skip
+        lines += [
+            f"{describe_sizes(table)}; below, per task, the {SHOWN} largest and the "
+            f"{SHOWN} most skewed (lowest label entropy).",
+            "",
+        ]
     lines += ["| client | task | samples | top labels | modalities |", "|---|---|---|---|---|"]
     for task, held in table.tasks.items():
         rows, reasons = table.shown(task)
@@ -112,8 +129,9 @@ def client_lines(summary: dict) -> list[str]:
                 columns, matrix = table.modalities
                 kept = ", ".join(f"{m}: {v}" for m, v in zip(columns, matrix[i]) if v)
             name = table.ids[i] + (f" ({why})" if why else "")
-            lines.append(f"| {name} | {task} ({summary['keys'][task]}) | "
-                         f"{counts.sum()} | {cells} | {kept} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {task} ({summary['keys'][task]}) | {counts.sum()} | {cells} | {kept} |"
+            )
     return lines
 
 
@@ -126,8 +144,10 @@ def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
     for task, held in table.tasks.items():
         rows, why = table.shown(task)
         counts, labels = held.rows(rows), held.labels
-        row_names = [f"{table.ids[i]} ({n})" + (f" {w}" if w else "")
-                     for i, w, n in zip(rows, why, counts.sum(axis=1))]  # fmt: skip
+        row_names = [
+            f"{table.ids[i]} ({n})" + (f" {w}" if w else "")
+            for i, w, n in zip(rows, why, counts.sum(axis=1))
+        ]
         key = summary["keys"][task]
         names.append(f"partition_{task}.png")
         if not table.summarized:
@@ -135,17 +155,27 @@ def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
             fig, ax = plt.subplots(figsize=_heatmap_size(len(labels), len(rows)))
             _heatmap(ax, counts.tolist(), row_names, labels, title, fig)
         else:
-            fig = _summary_figure(held, task, counts.tolist(), row_names, labels,
-                                  f"{task}: {key} of the {SHOWN} largest and the {SHOWN} most "
-                                  f"skewed clients ({summary['description']})")  # fmt: skip
+            fig = _summary_figure(
+                held,
+                task,
+                counts.tolist(),
+                row_names,
+                labels,
+                f"{task}: {key} of the {SHOWN} largest and the {SHOWN} most "
+                f"skewed clients ({summary['description']})",
+            )
         _save(fig, out_dir / names[-1])
     if table.modalities is not None:
         columns, matrix = table.modalities
-        rows = (list(range(len(table.ids))) if not table.summarized
-                else np.argsort(-table.samples, kind="stable")[: 2 * SHOWN].tolist())  # fmt: skip
+        rows = (
+            list(range(len(table.ids)))
+            if not table.summarized
+            else np.argsort(-table.samples, kind="stable")[: 2 * SHOWN].tolist()
+        )
         shown = "" if not table.summarized else f", the {2 * SHOWN} largest of {len(table.ids):,}"
-        title = (f"classification: modalities each client's samples keep "
-                 f"({summary['modality']}{shown})")  # fmt: skip
+        title = (
+            f"classification: modalities each client's samples keep ({summary['modality']}{shown})"
+        )
         fig, ax = plt.subplots(figsize=_heatmap_size(len(columns), len(rows)))
         _heatmap(ax, matrix[rows].tolist(), [table.ids[i] for i in rows], columns, title, fig)
         names.append("partition_modality.png")
@@ -167,8 +197,9 @@ def _summary_figure(counted: LabelCounts, task: str, counts, rows, columns, titl
         ax.hist(held, bins=np.arange(held.min(), held.max() + 2) - 0.5, color="tab:blue")
         ax.set_xticks(range(held.min(), held.max() + 1, max(1, (held.max() - held.min()) // 10)))
     else:  # sizes spanning decades: log-spaced bins
-        ax.hist(held, bins=np.unique(np.geomspace(1, held.max() + 1, 30).astype(int)),
-                color="tab:blue")  # fmt: skip
+        ax.hist(
+            held, bins=np.unique(np.geomspace(1, held.max() + 1, 30).astype(int)), color="tab:blue"
+        )
         ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"samples ({task})")
@@ -189,8 +220,9 @@ def _heatmap_size(columns: int, rows: int) -> tuple[float, float]:
     return max(6, 0.45 * columns + 2), 0.42 * rows + 1.6
 
 
-def _heatmap(ax, counts: list[list[int]], rows: list[str], columns: list[str], title: str,
-             fig) -> None:  # fmt: skip
+def _heatmap(
+    ax, counts: list[list[int]], rows: list[str], columns: list[str], title: str, fig
+) -> None:
     """A counts table as a heatmap with the numbers written in."""
     image = ax.imshow(counts, aspect="auto", cmap="Blues")
     ax.set_xticks(range(len(columns)))
@@ -201,8 +233,15 @@ def _heatmap(ax, counts: list[list[int]], rows: list[str], columns: list[str], t
     for i, row in enumerate(counts):
         for j, value in enumerate(row):
             if value:
-                ax.text(j, i, str(value), ha="center", va="center", fontsize=6,
-                        color="white" if value > dark else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    str(value),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if value > dark else "black",
+                )
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.03)
 

@@ -45,10 +45,11 @@ def pretraining_data(processor: Processor, cfg: PretrainConfig, split: str, n: i
     drawn = processor.encode_generation_images(images[1::2])
     prompts = sw.mixed_captions(scenes[1::2], cfg.short_captions, cfg.seed, split)
     parts = {
-        "captioning": [processor.understanding(ids, "", sw.caption(s))
-                       for s, ids in zip(scenes[0::2], read)],
+        "captioning": [
+            processor.understanding(ids, "", sw.caption(s)) for s, ids in zip(scenes[0::2], read)
+        ],
         "generation": [processor.generation(text, ids) for text, ids in zip(prompts, drawn)],
-    }  # fmt: skip
+    }
     families = tuple(cfg.question_families)
     extra = {
         "matching": lambda k: sw.caption_matching_dataset(k, split, cfg.seed),
@@ -58,8 +59,7 @@ def pretraining_data(processor: Processor, cfg: PretrainConfig, split: str, n: i
         k = (count if split == "train" else n) if count else 0
         pairs = extra[name](k) if k else []
         ids = processor.encode_images(np.stack([s.image for s in pairs])) if pairs else []
-        parts[name] = [processor.understanding(i, s.question, s.answer)
-                       for s, i in zip(pairs, ids)]  # fmt: skip
+        parts[name] = [processor.understanding(i, s.question, s.answer) for s, i in zip(pairs, ids)]
     return parts
 
 
@@ -90,8 +90,9 @@ def _greedy_exact_match(
 ) -> float:
     """Share (%) of prompts whose greedy continuation is exactly the target text."""
     pred = processor.answer(model, [e.prompt_only() for e in encoded], max_new_tokens)
-    hits = [processor.decode_text(p) == processor.decode_text(e.target)
-            for p, e in zip(pred, encoded)]  # fmt: skip
+    hits = [
+        processor.decode_text(p) == processor.decode_text(e.target) for p, e in zip(pred, encoded)
+    ]
     return 100.0 * float(np.mean(hits))
 
 
@@ -112,10 +113,19 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
     test = pretraining_data(processor, cfg, "test", cfg.test_samples)
     try:
         stats = train_steps(
-            model, train, cfg.steps, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.seed,
-            processor.collate, lr_schedule=_cosine(cfg.steps, cfg.lr), on_step=on_step,
-            runtime=runtime, loss_fn=processor.loss,
-        )  # fmt: skip
+            model,
+            train,
+            cfg.steps,
+            cfg.batch_size,
+            cfg.lr,
+            cfg.weight_decay,
+            cfg.seed,
+            processor.collate,
+            lr_schedule=_cosine(cfg.steps, cfg.lr),
+            on_step=on_step,
+            runtime=runtime,
+            loss_fn=processor.loss,
+        )
         with runtime.autocast():
             metrics = evaluate_pretraining(model, processor, test, runtime=runtime)
     except torch.OutOfMemoryError as e:
@@ -140,14 +150,14 @@ def build_janus(cfg: PretrainConfig):
     fedumm's byte-level BPE, its VQ-VAE fitted to a k-means patch codebook of ShapesWorld
     images, as the built-in model's image tokenizer is."""
     torch.manual_seed(cfg.seed)
-    arch = janus_foundation(cfg.hidden_size, cfg.intermediate_size, cfg.num_layers,
-                            cfg.num_heads, cfg.codebook_size)  # fmt: skip
+    arch = janus_foundation(
+        cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.num_heads, cfg.codebook_size
+    )
     tokenizer = train_text_tokenizer(sw.text_corpus(cfg.seed), cfg.text_vocab_size)
     tokenizer.add_special_tokens({"additional_special_tokens": list(arch.special)})
     config = arch.config(Tokens(tokenizer))
     model = AutoModelForImageTextToText.from_config(config)
-    images = np.stack([s.image for s in sw.caption_dataset(cfg.codebook_images, "train",
-                                                            cfg.seed)])  # fmt: skip
+    images = np.stack([s.image for s in sw.caption_dataset(cfg.codebook_images, "train", cfg.seed)])
     book = fit_codebook(images, sw.CELL, cfg.codebook_size, cfg.seed)
     patches = PatchVQ(torch.from_numpy(book), sw.CELL, sw.GRID).encode(images)
     fitted = janus.fit_vq(model.model.vqmodel, images, patches, cfg.vq_steps, 32, 3e-3, cfg.seed)

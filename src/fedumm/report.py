@@ -16,8 +16,11 @@ from fedumm.config import PartitionConfig  # noqa: E402
 from fedumm.evaluation.metrics import HEADLINES, headlines  # noqa: E402
 from fedumm.partition_report import client_lines, plot_partitions, repair_lines  # noqa: E402
 
-METHOD_NAMES = {"zero_shot": "zero-shot foundation", "local": "local-only (mean over clients)",
-                "centralized": "centralized LoRA"}  # fmt: skip
+METHOD_NAMES = {
+    "zero_shot": "zero-shot foundation",
+    "local": "local-only (mean over clients)",
+    "centralized": "centralized LoRA",
+}
 
 
 def method_rows(results: dict) -> list[tuple[str, dict]]:
@@ -28,8 +31,12 @@ def method_rows(results: dict) -> list[tuple[str, dict]]:
     for key in ("zero_shot", "local"):
         if key in base:
             rows.append((METHOD_NAMES[key], base[key]["metrics"]))
-    rows.append((f"federated {mode} ({results['config']['federation']['strategy']['name']})",
-                 results["final"]["metrics"]))  # fmt: skip
+    rows.append(
+        (
+            f"federated {mode} ({results['config']['federation']['strategy']['name']})",
+            results["final"]["metrics"],
+        )
+    )
     if "centralized" in base:
         rows.append((f"centralized {mode}", base["centralized"]["metrics"]))
     return rows
@@ -81,23 +88,29 @@ def write_report(results: dict, out_dir: Path) -> None:
     rows = method_rows(results)
     model = cfg["model"]
     family = results.get("model", {}).get("family", model["family"])
-    base = (f"{model['name_or_path']} ({family}, {model['dtype']})"
-            if model.get("name_or_path") else f"foundation {model['foundation']}")  # fmt: skip
+    base = (
+        f"{model['name_or_path']} ({family}, {model['dtype']})"
+        if model.get("name_or_path")
+        else f"foundation {model['foundation']}"
+    )
     lines = [
         "# fedumm run report",
         "",
         f"Model: {base}. "
         f"{fed['num_clients']} clients ({len(results['rounds'][0]['clients'])} per round, "
         f"{fed.get('client_sampling', 'random')}{_weights(fed)}), {fed['rounds']} rounds x "
-        + (f"{fed['local_epochs']} local epochs" if fed["local_epochs"] else
-           f"{fed['local_steps']} local steps")
+        + (
+            f"{fed['local_epochs']} local epochs"
+            if fed["local_epochs"]
+            else f"{fed['local_steps']} local steps"
+        )
         + _learning_rates(cfg)
         + f", tasks: {', '.join(cfg['data']['tasks'])}, partition "
         + PartitionConfig(**cfg["partition"]).describe()
         + (f", LoRA r={cfg['lora']['r']}" if cfg["lora"] else ", full fine-tuning")
         + f", seed {cfg['seed']}. "
         f"Wall time {results['wall_seconds']:.0f} s" + _where(results.get("runtime")) + ".",
-    ]  # fmt: skip
+    ]
     random = results.get("model", {}).get("random_weights")
     if random:
         lines += [
@@ -110,13 +123,17 @@ def write_report(results: dict, out_dir: Path) -> None:
         if "centralized" in results.get("baselines", {}):
             central = results["baselines"]["centralized"]["metrics"][key]
             fed = results["final"]["metrics"][key]
-            lines += ["", f"Federated reaches **{100 * fed / max(central, 1e-9):.1f}%** of "
-                          "centralized."]  # fmt: skip
+            lines += [
+                "",
+                f"Federated reaches **{100 * fed / max(central, 1e-9):.1f}%** of centralized.",
+            ]
     lines += _privacy_lines(results)
     lines += ["", "![accuracy per round](accuracy.png)"]
     pictures = [(label, f"generated_{name}.png") for name, label in GRID_NAMES.items()]
-    pictures += [(f"local-only ({p.stem.removeprefix('generated_local_')})", p.name)
-                 for p in sorted(out_dir.glob("generated_local_*.png"))]  # fmt: skip
+    pictures += [
+        (f"local-only ({p.stem.removeprefix('generated_local_')})", p.name)
+        for p in sorted(out_dir.glob("generated_local_*.png"))
+    ]
     pictures = [(label, name) for label, name in pictures if (out_dir / name).is_file()]
     if pictures:
         lines += ["", "## Generated images (green frame: correct by the GenEval-style scorer)", ""]
@@ -144,13 +161,14 @@ def write_report(results: dict, out_dir: Path) -> None:
         "",
         "## Rounds",
         "",
-    ]  # fmt: skip
+    ]
     keys = headlines(results["final"]["metrics"])
     lines += [
-        "| round | " + " | ".join(HEADLINES[k][0] for k in keys)
+        "| round | "
+        + " | ".join(HEADLINES[k][0] for k in keys)
         + " | bytes up | bytes down | seconds | dropped / late / rejected |",
         "|---|" + "---|" * (len(keys) + 4),
-    ]  # fmt: skip
+    ]
     for r in results["rounds"]:
         values = " | ".join(f"{r['metrics'][k]:.1f}" if k in r["metrics"] else "" for k in keys)
         lines.append(
@@ -184,10 +202,16 @@ def dump_json(obj) -> str:
     return re.sub(r"\[\n[\d\s,.eE+-]*\]", lambda m: re.sub(r"\s+", "", m.group()), text)
 
 
-GRID_NAMES = {"zero_shot": "zero-shot foundation", "federated": "federated LoRA",
-              "centralized": "centralized LoRA"}  # fmt: skip
-_PICTURE_ORDER = {"generated_zero_shot.png": 0, "generated_federated.png": 2,
-                  "generated_centralized.png": 3}  # fmt: skip
+GRID_NAMES = {
+    "zero_shot": "zero-shot foundation",
+    "federated": "federated LoRA",
+    "centralized": "centralized LoRA",
+}
+_PICTURE_ORDER = {
+    "generated_zero_shot.png": 0,
+    "generated_federated.png": 2,
+    "generated_centralized.png": 3,
+}
 
 
 def _privacy_lines(results: dict) -> list[str]:
@@ -200,9 +224,11 @@ def _privacy_lines(results: dict) -> list[str]:
             drawn = f", clients sampled by the {p['sampling']}" if p.get("sampling") else ""
             out.append(f"Privacy, {what}: epsilon {eps} at delta {p['delta']:g}{drawn}.")
     if out and results["config"]["federation"].get("seeded_privacy_noise"):
-        out.append("**Epsilon is a simulation figure**: the noise was drawn from the run seed "
-                   "(`federation.seeded_privacy_noise`), so whoever holds the config can "
-                   "regenerate and subtract it.")  # fmt: skip
+        out.append(
+            "**Epsilon is a simulation figure**: the noise was drawn from the run seed "
+            "(`federation.seeded_privacy_noise`), so whoever holds the config can "
+            "regenerate and subtract it."
+        )
     return ["", *out] if out else []
 
 
@@ -227,12 +253,20 @@ def plot_accuracy(results: dict, path: Path) -> None:
     keys = headlines(results["final"]["metrics"])
     fig, axes = plt.subplots(1, len(keys), figsize=(7 * len(keys), 4.2), squeeze=False)
     base = results.get("baselines", {})
-    styles = {"zero_shot": ("tab:gray", ":"), "local": ("tab:orange", "--"),
-              "centralized": ("tab:green", "-.")}  # fmt: skip
+    styles = {
+        "zero_shot": ("tab:gray", ":"),
+        "local": ("tab:orange", "--"),
+        "centralized": ("tab:green", "-."),
+    }
     for ax, key in zip(axes[0], keys):
         rounds = [r for r in results["rounds"] if key in r["metrics"]]
-        ax.plot([r["round"] for r in rounds], [r["metrics"][key] for r in rounds],
-                marker="o", color="tab:blue", label="federated LoRA")  # fmt: skip
+        ax.plot(
+            [r["round"] for r in rounds],
+            [r["metrics"][key] for r in rounds],
+            marker="o",
+            color="tab:blue",
+            label="federated LoRA",
+        )
         for name, (color, style) in styles.items():
             if name in base:
                 m = base[name]["metrics"]
@@ -282,8 +316,9 @@ def generation_grid(
             canvas.paste(picture, (x + frame, y + frame))
             words = prompts[i].prompt.removeprefix("a photo of ")
             text = textwrap.wrap(words, 18)[:3]
-            draw.multiline_text((x - 30, y + side + 2 * frame + 1), "\n".join(text),
-                                fill="black", spacing=1)  # fmt: skip
+            draw.multiline_text(
+                (x - 30, y + side + 2 * frame + 1), "\n".join(text), fill="black", spacing=1
+            )
     canvas.save(path)
 
 
@@ -296,8 +331,13 @@ def plot_bytes(results: dict, path: Path) -> None:
         sent.append(total / 1e6)
     full = [c["full_finetune_bytes_per_round"] * i / 1e6 for i in rounds]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(rounds, full, color="tab:red", marker="s",
-            label="full fine-tuning (same messages, all weights serialized)")  # fmt: skip
+    ax.plot(
+        rounds,
+        full,
+        color="tab:red",
+        marker="s",
+        label="full fine-tuning (same messages, all weights serialized)",
+    )
     ax.plot(rounds, sent, color="tab:blue", marker="o", label="LoRA adapters (measured)")
     ax.set_yscale("log")
     ax.set_xlabel("round")

@@ -69,9 +69,13 @@ class Runtime:
 
     def describe(self) -> dict:
         """What results.json records of where a run ran."""
-        out = {"device": str(self.device), "device_name": self.device_name,
-               "precision": self.precision, "gradient_checkpointing": self.gradient_checkpointing,
-               "micro_batch_size": self.micro_batch_size}  # fmt: skip
+        out = {
+            "device": str(self.device),
+            "device_name": self.device_name,
+            "precision": self.precision,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "micro_batch_size": self.micro_batch_size,
+        }
         if self.device.type != "cuda":
             out["threads"] = torch.get_num_threads()
         return out
@@ -109,12 +113,15 @@ def resolve_device(name: str, key: str) -> torch.device:
         index = 0 if device.index is None else device.index
         if count == 0:
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU build"
-            raise ConfigError(f"{key}: {name!r} asked for, but this machine has no CUDA device "
-                              f"(torch {torch.__version__}, {build}); available: cpu")  # fmt: skip
+            raise ConfigError(
+                f"{key}: {name!r} asked for, but this machine has no CUDA device "
+                f"(torch {torch.__version__}, {build}); available: cpu"
+            )
         if index >= count:
             names = ", ".join(f"cuda:{i}" for i in range(count))
-            raise ConfigError(f"{key}: {name!r} asked for, but this machine has {count} CUDA "
-                              f"device(s): {names}")  # fmt: skip
+            raise ConfigError(
+                f"{key}: {name!r} asked for, but this machine has {count} CUDA device(s): {names}"
+            )
         return torch.device("cuda", index)
     return device
 
@@ -123,8 +130,10 @@ def resolve(cfg: RuntimeConfig, key: str = "runtime") -> Runtime:
     """The runtime a config asks for, checked against this machine before any work."""
     device = resolve_device(cfg.device, f"{key}.device")
     if cfg.precision == "fp16" and device.type != "cuda":
-        raise ConfigError(f"{key}.precision: fp16 needs a CUDA device (loss-scaled half "
-                          f"precision); {key}.device is {device}: use bf16 or fp32")  # fmt: skip
+        raise ConfigError(
+            f"{key}.precision: fp16 needs a CUDA device (loss-scaled half "
+            f"precision); {key}.device is {device}: use bf16 or fp32"
+        )
     return Runtime(device, cfg.precision, cfg.gradient_checkpointing, cfg.micro_batch_size)
 
 
@@ -145,8 +154,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
     """The batch's tensors on `device` (from pinned memory, without waiting, on a GPU)."""
     if device.type == "cpu":
         return batch
-    return {k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor)
-            else v for k, v in batch.items()}  # fmt: skip
+    return {
+        k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -120,8 +120,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     if sweep.reference is not None:
         reference = cell("reference", {}, sweep.reference)
         if not reference.config.baselines.centralized:
-            raise ConfigError(f"{path}: reference: must run the centralized baseline "
-                              "(baselines.centralized: true)")  # fmt: skip
+            raise ConfigError(
+                f"{path}: reference: must run the centralized baseline "
+                "(baselines.centralized: true)"
+            )
     return Sweep(path.stem, cells, reference)
 
 
@@ -191,13 +193,16 @@ def run_sweep(
     out_dir = Path(out_dir)
     todo = [*filter(None, [sweep.reference]), *sweep.cells]
     if jobs > 1 and any(c.config.engine == "flare" and c.config.flare.env == "poc" for c in todo):
-        raise ConfigError("--jobs > 1 with flare.env poc: POC servers of parallel cells would "
-                          "take the same ports; run the sweep with --jobs 1")  # fmt: skip
+        raise ConfigError(
+            "--jobs > 1 with flare.env poc: POC servers of parallel cells would "
+            "take the same ports; run the sweep with --jobs 1"
+        )
     _check_folder(sweep, out_dir, overwrite)
     if jobs > 1:
         folders = [(c.config, _folder(out_dir, c, sweep)) for c in todo]
-        _run_in_parallel([(cfg, f) for cfg, f in folders if not (f / "results.json").is_file()],
-                         jobs)  # fmt: skip
+        _run_in_parallel(
+            [(cfg, f) for cfg, f in folders if not (f / "results.json").is_file()], jobs
+        )
     central: dict = {}
     rows = []
     for i, cell in enumerate(todo, 1):
@@ -282,18 +287,23 @@ def write_sweep_report(rows: list[dict], keys: list[str], out_dir: Path) -> None
         for key, name in columns.items():
             lines += _pivot(rows, keys, short, key, name) + [""]
     lines += [
-        "| " + " | ".join(short[k] for k in keys) + " | " + " | ".join(columns.values())
+        "| "
+        + " | ".join(short[k] for k in keys)
+        + " | "
+        + " | ".join(columns.values())
         + " | KB up / round | KB down / round | federation (s) | wall (s) |",
         "|" + "---|" * (len(keys) + len(columns) + 4),
-    ]  # fmt: skip
+    ]
     for r in rows:
         lines.append(
-            "| " + " | ".join(str(r[k]) for k in keys) + " | "
+            "| "
+            + " | ".join(str(r[k]) for k in keys)
+            + " | "
             + " | ".join(_number(r[c]) for c in columns)
             + f" | {r['bytes_up_per_round'] / 1e3:.1f}"
             f" | {r['bytes_down_per_round'] / 1e3:.1f} | {r['federation_seconds']:.0f}"
             f" | {r['wall_seconds']:.0f} |"
-        )  # fmt: skip
+        )
     lines += ["", "![accuracy](sweep.png)", ""]
     (out_dir / "sweep.md").write_text("\n".join(lines))
     plot_grid(rows, keys, metrics, out_dir / "sweep.png")
@@ -355,19 +365,25 @@ def grid_figure(rows: list[dict], keys: list[str], metrics: list[str]):
     series = list(dict.fromkeys(r[keys[1]] for r in rows)) if len(keys) > 1 else [None]
     panels = grouped(rows, keys[2:])
     width = max(6, 0.8 * len(groups) * len(series) ** 0.5)
-    fig, axes = plt.subplots(len(metrics), len(panels), figsize=(width * len(panels),
-                             4 * len(metrics)), squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        len(metrics), len(panels), figsize=(width * len(panels), 4 * len(metrics)), squeeze=False
+    )
     bar = 0.8 / len(series)
     for row_axes, metric in zip(axes, metrics):
         reference = f"{metric}{OF_CENTRAL}" in rows[0]  # one centralized run for all cells
         for ax, (panel, part) in zip(row_axes, panels.items()):
             for j, s in enumerate(series):
                 heights = [
-                    next((r[metric] for r in part
-                          if (not keys or r[keys[0]] == g) and (s is None or r[keys[1]] == s)),
-                         0.0)
+                    next(
+                        (
+                            r[metric]
+                            for r in part
+                            if (not keys or r[keys[0]] == g) and (s is None or r[keys[1]] == s)
+                        ),
+                        0.0,
+                    )
                     for g in groups
-                ]  # fmt: skip
+                ]
                 label = str(s) if s is not None else None
                 ax.bar(np.arange(len(groups)) + j * bar, heights, bar, label=label)
             ax.set_xticks(np.arange(len(groups)) + 0.4 - bar / 2)
@@ -378,11 +394,19 @@ def grid_figure(rows: list[dict], keys: list[str], metrics: list[str]):
             if panel:
                 ax.set_title(", ".join(f"{short[k]}={v}" for k, v in zip(keys[2:], panel)))
             if reference:
-                ax.axhline(rows[0][f"centralized_{metric}"], color="black", linestyle="--",
-                           label="centralized")  # fmt: skip
+                ax.axhline(
+                    rows[0][f"centralized_{metric}"],
+                    color="black",
+                    linestyle="--",
+                    label="centralized",
+                )
             if len(keys) > 1 or reference:
-                ax.legend(title=short[keys[1]] if len(keys) > 1 else None, fontsize="small",
-                          loc="upper left", bbox_to_anchor=(1.01, 1.0))  # fmt: skip
+                ax.legend(
+                    title=short[keys[1]] if len(keys) > 1 else None,
+                    fontsize="small",
+                    loc="upper left",
+                    bbox_to_anchor=(1.01, 1.0),
+                )
             ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -38,9 +38,12 @@ class VQATask:
 
     def summary(self) -> dict:
         """What was read: sizes, and the image files left out as undecodable."""
-        return {"source": self.source, "train_samples": len(self.train),
-                "test_samples": len(self.test_prompts),
-                "skipped_images": self.skipped_images}  # fmt: skip
+        return {
+            "source": self.source,
+            "train_samples": len(self.train),
+            "test_samples": len(self.test_prompts),
+            "skipped_images": self.skipped_images,
+        }
 
     def evaluate(self, model, processor: Processor, cfg: EvalConfig, grid=None) -> dict:
         predictions = answer_questions(model, processor, self.test_prompts, cfg.batch_size)
@@ -59,15 +62,25 @@ class GenerationTask:
     detector: Detector  # finds the objects in a generated image (eval.detector)
 
     def summary(self) -> dict:
-        return {"source": self.source, "train_samples": len(self.train),
-                "test_prompts": len(self.test)}  # fmt: skip
+        return {
+            "source": self.source,
+            "train_samples": len(self.train),
+            "test_prompts": len(self.test),
+        }
 
     def evaluate(self, model, processor: Processor, cfg: EvalConfig, grid=None) -> dict:
         """GenEval scores; with `grid` (a path), also a PNG of images per tag, framed by verdict.
         Images are judged at the size the detector reads, if it reads one size only."""
         prompts = [p for p in self.test for _ in range(cfg.images_per_prompt)]
-        images = processor.draw(model, [p.prompt for p in prompts], self.seed, cfg.temperature,
-                                cfg.top_k, cfg.guidance_scale, cfg.batch_size)  # fmt: skip
+        images = processor.draw(
+            model,
+            [p.prompt for p in prompts],
+            self.seed,
+            cfg.temperature,
+            cfg.top_k,
+            cfg.guidance_scale,
+            cfg.batch_size,
+        )
         side = getattr(self.detector, "image_size", None)
         if side is not None and images.shape[1] != side:
             images = np.stack([resize(image, side) for image in images])
@@ -103,8 +116,10 @@ class ClassificationTask:
 
     def train_as(self, modalities: np.ndarray) -> list[Encoded]:
         """The training pool with sample i keeping `modalities[i]`."""
-        return [self.encode(*sample, m) for *sample, m in
-                zip(self.images, self.messages, self.labels, modalities)]  # fmt: skip
+        return [
+            self.encode(*sample, m)
+            for *sample, m in zip(self.images, self.messages, self.labels, modalities)
+        ]
 
     @property
     def train(self) -> list[Encoded]:
@@ -112,21 +127,28 @@ class ClassificationTask:
 
     def summary(self) -> dict:
         """What was read: sizes, classes, and the image files left out as undecodable."""
-        return {"source": self.source, "train_samples": len(self.labels),
-                "test_samples": len(self.test_labels), "classes": self.classes,
-                "skipped_images": self.skipped_images}  # fmt: skip
+        return {
+            "source": self.source,
+            "train_samples": len(self.labels),
+            "test_samples": len(self.test_labels),
+            "classes": self.classes,
+            "skipped_images": self.skipped_images,
+        }
 
     def test_prompts(self, modality: str = IMAGE_TEXT) -> list[Encoded]:
-        return [self.encode(i, t, y, modality).prompt_only() for i, t, y in
-                zip(self.test_images, self.test_messages, self.test_labels)]  # fmt: skip
+        return [
+            self.encode(i, t, y, modality).prompt_only()
+            for i, t, y in zip(self.test_images, self.test_messages, self.test_labels)
+        ]
 
     def evaluate(self, model, processor: Processor, cfg: EvalConfig, grid=None) -> dict:
         """Accuracy, macro F1, AUC from label-token scores on image + text; with
         cfg.modality_ablation also the accuracy given the image only and the text only."""
 
         def scores(modality: str) -> np.ndarray:
-            return class_scores(model, processor, self.test_prompts(modality), self.classes,
-                                cfg.batch_size)  # fmt: skip
+            return class_scores(
+                model, processor, self.test_prompts(modality), self.classes, cfg.batch_size
+            )
 
         out = classification_metrics(scores(IMAGE_TEXT), self.test_labels, self.classes)
         if cfg.modality_ablation:
@@ -164,8 +186,9 @@ def build_tasks(cfg: RunConfig, processor: Processor) -> dict[str, Task]:
     return tasks
 
 
-def evaluate(tasks: dict[str, Task], model, processor, cfg: EvalConfig, grid=None,
-             runtime: Runtime = CPU) -> dict:  # fmt: skip
+def evaluate(
+    tasks: dict[str, Task], model, processor, cfg: EvalConfig, grid=None, runtime: Runtime = CPU
+) -> dict:
     """Every task's metrics in one flat dict (their keys do not collide), computed in the
     runtime's precision on the model's device."""
     out: dict = {}
@@ -205,17 +228,21 @@ def _vqa_v2(cfg: RunConfig, processor: Processor) -> VQATask:
     the families are VQA v2's answer types."""
     spec, root = cfg.data.vqa_v2, cfg.data.vqa_v2.root
     splits, skipped = [], []
-    for subtype, limit in ((spec.train_subtype, cfg.data.train_samples),
-                           (spec.test_subtype, cfg.data.test_samples)):  # fmt: skip
+    for subtype, limit in (
+        (spec.train_subtype, cfg.data.train_samples),
+        (spec.test_subtype, cfg.data.test_samples),
+    ):
         questions = vqa_v2.read_questions(root, subtype, limit)
-        codes, missing = vqa_v2.encode_images(questions, root, subtype, processor.image_size,
-                                              processor.encode_stored)  # fmt: skip
+        codes, missing = vqa_v2.encode_images(
+            questions, root, subtype, processor.image_size, processor.encode_stored
+        )
         skipped += missing
         kept = [q for q in questions if q.image_id in codes]
         if not kept:
             raise ValueError(f"{root}: no question of {subtype} has a decodable image")
-        splits.append([(q, processor.understanding(codes[q.image_id], q.question, q.answer))
-                       for q in kept])  # fmt: skip
+        splits.append(
+            [(q, processor.understanding(codes[q.image_id], q.question, q.answer)) for q in kept]
+        )
     train, test = splits
     key = {"answer": "answer", "family": "answer_type"}[cfg.partition.key]
     return VQATask(
@@ -233,16 +260,23 @@ def _vqa_hf_dataset(cfg: RunConfig, processor: Processor) -> VQATask:
     """A Hugging Face data set's rows: trained on the most common answer, scored against all
     of a row's answers (one answer: exact match after normalisation)."""
     spec = cfg.data.hf_dataset
-    train, test = (hf_datasets.read_vqa(spec, split, processor.image_size, limit,
-                                        processor.encode_stored)
-                   for split, limit in ((spec.train_split, cfg.data.train_samples),
-                                        (spec.test_split, cfg.data.test_samples)))  # fmt: skip
+    train, test = (
+        hf_datasets.read_vqa(spec, split, processor.image_size, limit, processor.encode_stored)
+        for split, limit in (
+            (spec.train_split, cfg.data.train_samples),
+            (spec.test_split, cfg.data.test_samples),
+        )
+    )
     for rows, split in ((train, spec.train_split), (test, spec.test_split)):
         if not rows.questions:
             raise ValueError(f"{spec.path}: no row of split {split!r} has a decodable image")
-    encoded = [[processor.understanding(*sample)
-                for sample in zip(rows.images, rows.questions, rows.targets)]
-               for rows in (train, test)]  # fmt: skip
+    encoded = [
+        [
+            processor.understanding(*sample)
+            for sample in zip(rows.images, rows.questions, rows.targets)
+        ]
+        for rows in (train, test)
+    ]
     return VQATask(
         train=encoded[0],
         labels=train.targets if cfg.partition.key == "answer" else train.families,
@@ -271,10 +305,13 @@ def _generation(cfg: RunConfig, processor: Processor, device: str = "cpu") -> Ge
     codes = processor.encode_generation_images(np.stack([s.image for s in samples]))
     rng = np.random.default_rng(derive_seed(cfg.seed, 0xD0))
     dropped = rng.random(len(samples)) < gen.prompt_dropout  # no prompt: learns p(image)
-    train = [processor.generation(s.prompt.prompt, ids, unconditional=drop)
-             for s, ids, drop in zip(samples, codes, dropped)]  # fmt: skip
-    labels = [s.prompt.tag if cfg.partition.generation_key == "tag" else s.prompt.label
-              for s in samples]  # fmt: skip
+    train = [
+        processor.generation(s.prompt.prompt, ids, unconditional=drop)
+        for s, ids, drop in zip(samples, codes, dropped)
+    ]
+    labels = [
+        s.prompt.tag if cfg.partition.generation_key == "tag" else s.prompt.label for s in samples
+    ]
     source = gen.metadata or "shapesworld"
     return GenerationTask(train, labels, test, derive_seed(cfg.seed, 0x6E), source, detector)
 
@@ -286,16 +323,19 @@ def _classification(cfg: RunConfig, processor: Processor) -> ClassificationTask:
         train = reports.report_dataset(spec.train_samples, "train", cfg.seed)
         test = reports.report_dataset(spec.test_samples, "test", cfg.seed)
         classes = list(reports.CLASSES)
-        images = [processor.encode_images(np.stack([s.image for s in split]))
-                  for split in (train, test)]  # fmt: skip
+        images = [
+            processor.encode_images(np.stack([s.image for s in split])) for split in (train, test)
+        ]
     else:  # the readers encode each image as they read it
         train_split, test_split = _classification_files(spec, processor)
         train, test = train_split.samples, test_split.samples
         images = [[s.image for s in split] for split in (train, test)]
         skipped = train_split.skipped_images + test_split.skipped_images
         if not train or not test:
-            raise ValueError(f"{spec.root or spec.hf_dataset.path}: no decodable samples in the "
-                             f"{'training' if not train else 'test'} split")  # fmt: skip
+            raise ValueError(
+                f"{spec.root or spec.hf_dataset.path}: no decodable samples in the "
+                f"{'training' if not train else 'test'} split"
+            )
         classes = sorted({s.label for s in train + test})
     return ClassificationTask(
         processor,
@@ -320,11 +360,14 @@ def _classification_files(spec, processor: Processor) -> tuple[classification_fi
     if spec.source == "hf_dataset":
         data = spec.hf_dataset
         splits = (data.train_split, data.test_split)
-        return tuple(hf_datasets.read_classification(data, split, size, limit, encode)
-                     for split, limit in zip(splits, limits))  # fmt: skip
+        return tuple(
+            hf_datasets.read_classification(data, split, size, limit, encode)
+            for split, limit in zip(splits, limits)
+        )
     defaults = classification_files.DEFAULT_FILES[spec.source]
     return tuple(
-        classification_files.read_split(spec.source, spec.root, name or default, size, limit,
-                                        encode)
+        classification_files.read_split(
+            spec.source, spec.root, name or default, size, limit, encode
+        )
         for name, default, limit in zip((spec.train_file, spec.test_file), defaults, limits)
-    )  # fmt: skip
+    )

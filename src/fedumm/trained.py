@@ -43,8 +43,14 @@ def save_model(model: torch.nn.Module, processor: Processor, folder: Path) -> Pa
     return folder
 
 
-def save_run_model(model: torch.nn.Module, processor: Processor, cfg: RunConfig, params: Params,
-                   out_dir: Path, personal: Iterable[tuple[str, Params]] = ()) -> Path:  # fmt: skip
+def save_run_model(
+    model: torch.nn.Module,
+    processor: Processor,
+    cfg: RunConfig,
+    params: Params,
+    out_dir: Path,
+    personal: Iterable[tuple[str, Params]] = (),
+) -> Path:
     """The trained model of a run into `out_dir`: the global adapter (and each client's own,
     from the (client, adapter) pairs `personal`, written one at a time), or the fine-tuned
     model itself without LoRA."""
@@ -134,11 +140,15 @@ def check_matches(run: TrainedRun, cfg: RunConfig) -> None:
         trained_on is not None and Path(trained_on).resolve() == Path(wanted).resolve()
     )
     if not same:
-        raise ValueError(f"{run.adapter}: the adapter was trained on {trained_on}, the config's "
-                         f"model is {wanted}")  # fmt: skip
+        raise ValueError(
+            f"{run.adapter}: the adapter was trained on {trained_on}, the config's "
+            f"model is {wanted}"
+        )
     if cfg.lora is not None and cfg.lora.r != config["r"] and not cfg.lora.client_ranks:
-        raise ValueError(f"{run.adapter}: the adapter has rank {config['r']}, the config's "
-                         f"lora.r is {cfg.lora.r}")  # fmt: skip
+        raise ValueError(
+            f"{run.adapter}: the adapter has rank {config['r']}, the config's "
+            f"lora.r is {cfg.lora.r}"
+        )
 
 
 @dataclass
@@ -195,8 +205,13 @@ def ask(run: TrainedRun, image: Path, question: str, runtime: Runtime = CPU) -> 
         return answer_questions(trained.model, trained.processor, [prompt], 1)[0]
 
 
-def draw(run: TrainedRun, prompts: list[str], seed: int = 0, runtime: Runtime = CPU,
-         cfg: RunConfig | None = None) -> np.ndarray:  # fmt: skip
+def draw(
+    run: TrainedRun,
+    prompts: list[str],
+    seed: int = 0,
+    runtime: Runtime = CPU,
+    cfg: RunConfig | None = None,
+) -> np.ndarray:
     """(N, H, W, 3) uint8: one image per prompt from the trained model, sampled as the run's
     evaluation samples (its eval temperature, top-k and guidance), seeded by `seed`."""
     cfg = cfg or run.config
@@ -208,12 +223,18 @@ def draw(run: TrainedRun, prompts: list[str], seed: int = 0, runtime: Runtime = 
     trained = load(run, runtime=runtime)
     e = cfg.eval
     with runtime.autocast():
-        return trained.processor.draw(trained.model, prompts, seed, e.temperature, e.top_k,
-                                     e.guidance_scale, e.batch_size)  # fmt: skip
+        return trained.processor.draw(
+            trained.model, prompts, seed, e.temperature, e.top_k, e.guidance_scale, e.batch_size
+        )
 
 
-def evaluate(run: TrainedRun, cfg: RunConfig | None = None, baseline: bool = False,
-             runtime: Runtime = CPU, out: Path | None = None) -> dict:  # fmt: skip
+def evaluate(
+    run: TrainedRun,
+    cfg: RunConfig | None = None,
+    baseline: bool = False,
+    runtime: Runtime = CPU,
+    out: Path | None = None,
+) -> dict:
     """The run's trained model scored on every test set `cfg` names (the run's own config by
     default: the same data, the same scores), without training; with `baseline`, the base
     alone beside it. Writes eval.json and eval.md into `out` when given."""
@@ -229,10 +250,12 @@ def evaluate(run: TrainedRun, cfg: RunConfig | None = None, baseline: bool = Fal
     tasks = build_tasks(cfg, processor)
     grid = Path(out) / "generated.png" if out and "generation" in tasks else None
     result: dict = {
-        "run": str(run.folder), "client": run.client, "config": cfg.model_dump(),
+        "run": str(run.folder),
+        "client": run.client,
+        "config": cfg.model_dump(),
         "metrics": evaluate_tasks(tasks, model, processor, cfg.eval, grid, runtime),
         "data": {name: task.summary() for name, task in tasks.items()},
-    }  # fmt: skip
+    }
     if baseline:
         if trained.fresh is None:  # full fine-tuning: the base is another model
             model = load_model(cfg.model, runtime).model

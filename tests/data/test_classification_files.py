@@ -31,10 +31,12 @@ def test_crisismmd_tsv_is_read_with_its_labels(crisismmd):
     [
         ("{not json", "train.jsonl:2: not a JSON object"),
         ('{"id": 1, "img": "img/tra000.png", "label": 0}', "train.jsonl:2: missing key 'text'"),
-        ('{"id": 1, "img": "img/tra000.png", "label": 3, "text": "t"}',
-         "train.jsonl:2: label must be 0 or 1, got 3"),
+        (
+            '{"id": 1, "img": "img/tra000.png", "label": 3, "text": "t"}',
+            "train.jsonl:2: label must be 0 or 1, got 3",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_hateful_memes_line_is_named(hateful_memes, line, message):
     path = hateful_memes / "train.jsonl"
     first = path.read_text().splitlines()[0]
@@ -59,10 +61,16 @@ def test_a_federation_runs_on_the_files_with_missing_modalities(
 ):
     root = hateful_memes if source == "hateful_memes" else crisismmd
     out = tmp_path / "run"
-    result = run_tiny(out, tiny_foundation, "data.tasks=[classification]",
-                      f"data.classification.source={source}", f"data.classification.root={root}",
-                      "partition.modality.scenario=missing", "partition.alpha=1.0",
-                      "partition.min_samples=2")  # fmt: skip
+    result = run_tiny(
+        out,
+        tiny_foundation,
+        "data.tasks=[classification]",
+        f"data.classification.source={source}",
+        f"data.classification.root={root}",
+        "partition.modality.scenario=missing",
+        "partition.alpha=1.0",
+        "partition.min_samples=2",
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     data = results["data"]["classification"]
@@ -76,7 +84,11 @@ def test_a_federation_runs_on_the_files_with_missing_modalities(
 
 
 def test_a_file_source_without_a_root_is_refused_before_work(tiny_foundation, tmp_path):
-    result = run_tiny(tmp_path / "run", tiny_foundation, "data.tasks=[classification]",
-                      "data.classification.source=hateful_memes")  # fmt: skip
+    result = run_tiny(
+        tmp_path / "run",
+        tiny_foundation,
+        "data.tasks=[classification]",
+        "data.classification.source=hateful_memes",
+    )
     assert result.exit_code == 2
     assert "data.classification: Value error, source 'hateful_memes' needs root" in result.output

@@ -27,15 +27,22 @@ def _png(seed: int) -> bytes:
 def _vqa_split(n: int, offset: int, corrupt: int | None = None) -> datasets.Dataset:
     answers = [["yes"] * 7 + ["no"] * 3, ["2"] * 10, ["red"] * 4 + ["blue"] * 6]
     rows = {
-        "picture": [{"bytes": b"not a png" if i == corrupt else _png(offset + i), "path": None}
-                    for i in range(n)],
+        "picture": [
+            {"bytes": b"not a png" if i == corrupt else _png(offset + i), "path": None}
+            for i in range(n)
+        ],
         "query": [f"what about thing {i}?" for i in range(n)],
         "humans": [answers[i % 3] for i in range(n)],
         "kind": [["yes/no", "number", "other"][i % 3] for i in range(n)],
-    }  # fmt: skip
-    features = datasets.Features({"picture": datasets.Image(), "query": datasets.Value("string"),
-                                  "humans": datasets.Sequence(datasets.Value("string")),
-                                  "kind": datasets.Value("string")})  # fmt: skip
+    }
+    features = datasets.Features(
+        {
+            "picture": datasets.Image(),
+            "query": datasets.Value("string"),
+            "humans": datasets.Sequence(datasets.Value("string")),
+            "kind": datasets.Value("string"),
+        }
+    )
     return datasets.Dataset.from_dict(rows, features=features)
 
 
@@ -45,17 +52,25 @@ VQA_COLUMNS = {"image": "picture", "question": "query", "answer": "humans", "fam
 @pytest.fixture
 def vqa_on_disk(tmp_path):
     path = tmp_path / "vqa_disk"
-    datasets.DatasetDict({"train": _vqa_split(30, 0, corrupt=4),
-                          "test": _vqa_split(9, 100)}).save_to_disk(str(path))  # fmt: skip
+    datasets.DatasetDict(
+        {"train": _vqa_split(30, 0, corrupt=4), "test": _vqa_split(9, 100)}
+    ).save_to_disk(str(path))
     return path
 
 
 def _classification_split(n: int, offset: int) -> datasets.Dataset:
-    rows = {"image": [{"bytes": _png(offset + i), "path": None} for i in range(n)],
-            "text": [f"message {i}" for i in range(n)],
-            "label": [i % 2 for i in range(n)]}  # fmt: skip
-    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=CLASSES)})  # fmt: skip
+    rows = {
+        "image": [{"bytes": _png(offset + i), "path": None} for i in range(n)],
+        "text": [f"message {i}" for i in range(n)],
+        "label": [i % 2 for i in range(n)],
+    }
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "text": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=CLASSES),
+        }
+    )
     return datasets.Dataset.from_dict(rows, features=features)
 
 
@@ -77,8 +92,9 @@ def image_folder(tmp_path):
             name = f"{CLASSES[i % 2]}/{i}.png"
             (path / split / name).parent.mkdir(parents=True, exist_ok=True)
             (path / split / name).write_bytes(_png(i + 7 * len(split)))
-            metadata.append(json.dumps({"file_name": name, "text": f"note {i}",
-                                        "label": CLASSES[i % 2]}))  # fmt: skip
+            metadata.append(
+                json.dumps({"file_name": name, "text": f"note {i}", "label": CLASSES[i % 2]})
+            )
         (path / split / "metadata.jsonl").write_text("\n".join(metadata) + "\n")
     return path
 
@@ -94,8 +110,10 @@ def test_vqa_rows_from_save_to_disk_keep_every_human_answer(vqa_on_disk):
 
 
 def test_a_kept_row_reference_decodes_to_the_same_image(vqa_on_disk, classification_parquet):
-    for path, columns, reader in ((vqa_on_disk, VQA_COLUMNS, read_vqa),
-                                  (classification_parquet, {}, read_classification)):  # fmt: skip
+    for path, columns, reader in (
+        (vqa_on_disk, VQA_COLUMNS, read_vqa),
+        (classification_parquet, {}, read_classification),
+    ):
         spec = HFDatasetSpec(path=str(path), **({"columns": columns} if columns else {}))
         rows = reader(spec, "train", 32, 6, lambda stored, image: (stored, image))
         kept = rows.images if reader is read_vqa else [s.image for s in rows.samples]
@@ -131,15 +149,25 @@ def test_a_missing_folder_split_or_column_is_named(vqa_on_disk, tmp_path):
 def test_a_federation_runs_on_a_saved_vqa_data_set(vqa_on_disk, tiny_foundation, tmp_path):
     out = tmp_path / "run"
     columns = ",".join(f"{k}: {v}" for k, v in VQA_COLUMNS.items())
-    result = run_tiny(out, tiny_foundation, "data.kind=hf_dataset",
-                      f"data.hf_dataset.path={vqa_on_disk}",
-                      f"data.hf_dataset.columns={{{columns}}}", "partition.key=family",
-                      "data.train_samples=30", "data.test_samples=9",
-                      "partition.min_samples=2")  # fmt: skip
+    result = run_tiny(
+        out,
+        tiny_foundation,
+        "data.kind=hf_dataset",
+        f"data.hf_dataset.path={vqa_on_disk}",
+        f"data.hf_dataset.columns={{{columns}}}",
+        "partition.key=family",
+        "data.train_samples=30",
+        "data.test_samples=9",
+        "partition.min_samples=2",
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    expected = {"source": "hf_dataset", "train_samples": 29, "test_samples": 9,
-                "skipped_images": ["train row 4"]}  # fmt: skip
+    expected = {
+        "source": "hf_dataset",
+        "train_samples": 29,
+        "test_samples": 9,
+        "skipped_images": ["train row 4"],
+    }
     assert results["data"]["vqa"] == expected
     assert set(results["final"]["metrics"]["per_family"]) == {"yes/no", "number", "other"}
 
@@ -149,10 +177,15 @@ def test_a_hugging_face_model_classifies_an_image_folder(image_folder, tmp_path)
 
     model = build_random("llava", tmp_path / "llava")
     out = tmp_path / "run"
-    result = run_tiny(out, "builtin", f"model.name_or_path={model}", "data.tasks=[classification]",
-                      "data.classification.source=hf_dataset",
-                      f"data.classification.hf_dataset.path={image_folder}",
-                      "partition.min_samples=2")  # fmt: skip
+    result = run_tiny(
+        out,
+        "builtin",
+        f"model.name_or_path={model}",
+        "data.tasks=[classification]",
+        "data.classification.source=hf_dataset",
+        f"data.classification.hf_dataset.path={image_folder}",
+        "partition.min_samples=2",
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert results["data"]["classification"]["classes"] == sorted(CLASSES)

@@ -137,8 +137,7 @@ def test_repair_is_seeded_and_only_used_when_needed():
     assert note == {"draws": 1, "repaired_clients": 0, "moved_samples": 0}
 
 
-@given(law=st.sampled_from(["dirichlet", "power"]), k=st.integers(2, 10),
-       seed=st.integers(0, 999))  # fmt: skip
+@given(law=st.sampled_from(["dirichlet", "power"]), k=st.integers(2, 10), seed=st.integers(0, 999))
 @settings(max_examples=30, deadline=None)
 def test_quantity_skew_is_a_partition_with_minimum_size(law, k, seed):
     parts = quantity_skew(500, k, np.random.default_rng(seed), law, alpha=0.3, min_samples=7)

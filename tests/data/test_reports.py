@@ -21,8 +21,9 @@ def test_classes_are_balanced_and_each_modality_carries_one_factor():
         hazard = list(reports.HAZARDS)[index % 3]
         assert shows(s.image, "red") == (hazard == "fire")  # the image carries the hazard
         assert shows(s.image, "blue") == (hazard == "flood")
-        asks = any(s.message == t.format(thing=s.message.split("the ")[-1])
-                   for t in reports.ASKS_HELP)  # fmt: skip
+        asks = any(
+            s.message == t.format(thing=s.message.split("the ")[-1]) for t in reports.ASKS_HELP
+        )
         assert asks == (index >= 3)  # the message carries the request
 
 
@@ -47,8 +48,9 @@ def test_split_and_seed_determine_the_data():
 @pytest.mark.parametrize("agnostic", [False, True])
 def test_questions_mark_a_missing_message_and_the_agnostic_prompt_is_fixed(agnostic):
     text = "help at the red circle"
-    both, image, only_text = (reports.question(text, m, agnostic)
-                              for m in (IMAGE_TEXT, IMAGE, TEXT))  # fmt: skip
+    both, image, only_text = (
+        reports.question(text, m, agnostic) for m in (IMAGE_TEXT, IMAGE, TEXT)
+    )
     assert text in both and text in only_text and text not in image
     assert image.endswith(reports.NO_MESSAGE)
     instructions = {q.split(":")[0] for q in (both, image, only_text)}
@@ -61,9 +63,15 @@ def test_a_missing_image_has_no_image_tokens(tiny_foundation):
     from fedumm.tasks import build_tasks
 
     _, processor = foundation.load(str(tiny_foundation))
-    cfg = RunConfig.model_validate({"data": {"tasks": ["classification"],
-                                    "classification": {"train_samples": 12, "test_samples": 6}},
-                                    "partition": {"min_samples": 1}})  # fmt: skip
+    cfg = RunConfig.model_validate(
+        {
+            "data": {
+                "tasks": ["classification"],
+                "classification": {"train_samples": 12, "test_samples": 6},
+            },
+            "partition": {"min_samples": 1},
+        }
+    )
     task = build_tasks(cfg, processor)["classification"]
     kept = np.array([IMAGE_TEXT, IMAGE, TEXT] * 4)
     encoded = task.train_as(kept)

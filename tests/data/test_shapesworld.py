@@ -71,10 +71,14 @@ def test_caption_and_relation():
 
 
 def test_short_caption_groups_objects_and_counts_in_words():
-    scene = sw.Scene((
-        sw.Obj("circle", "red", 0, 0), sw.Obj("square", "blue", 0, 3),
-        sw.Obj("circle", "red", 2, 1), sw.Obj("circle", "green", 3, 3),
-    ))  # fmt: skip
+    scene = sw.Scene(
+        (
+            sw.Obj("circle", "red", 0, 0),
+            sw.Obj("square", "blue", 0, 3),
+            sw.Obj("circle", "red", 2, 1),
+            sw.Obj("circle", "green", 3, 3),
+        )
+    )
     assert sw.short_caption(scene, with_colors=True) == (
         "two red circles, a blue square and a green circle."
     )

@@ -54,14 +54,24 @@ def test_bad_files_are_named(vqa_root, tmp_path):
 
 def test_a_federation_trains_and_scores_on_vqa_v2_files(vqa_root, tiny_foundation, tmp_path):
     out = tmp_path / "run"
-    result = run_tiny(out, tiny_foundation, "data.kind=vqa_v2", f"data.vqa_v2.root={vqa_root}",
-                      "data.train_samples=36", "data.test_samples=12",
-                      "partition.min_samples=2")  # fmt: skip
+    result = run_tiny(
+        out,
+        tiny_foundation,
+        "data.kind=vqa_v2",
+        f"data.vqa_v2.root={vqa_root}",
+        "data.train_samples=36",
+        "data.test_samples=12",
+        "partition.min_samples=2",
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     data = results["data"]["vqa"]
-    assert data == {"source": "vqa_v2", "train_samples": 34, "test_samples": 12,
-                    "skipped_images": ["train2014/COCO_train2014_000000001003.jpg"]}  # fmt: skip
+    assert data == {
+        "source": "vqa_v2",
+        "train_samples": 34,
+        "test_samples": 12,
+        "skipped_images": ["train2014/COCO_train2014_000000001003.jpg"],
+    }
     final = results["final"]["metrics"]
     assert set(final["per_family"]) == {"yes/no", "number"}
     assert 0 <= final["vqa_accuracy"] <= 100  # the official score itself: test_vqa_metric.py

@@ -11,14 +11,22 @@ from safetensors.torch import load_file
 from fedumm.engines.embedded import DevicePool
 from tests.tiny import run_tiny
 
-THREE = ["federation.num_clients=3", "federation.clients_per_round=3", "threads=1",
-         "baselines.local=false", "baselines.centralized=false"]  # fmt: skip
+THREE = [
+    "federation.num_clients=3",
+    "federation.clients_per_round=3",
+    "threads=1",
+    "baselines.local=false",
+    "baselines.centralized=false",
+]
 
 
 def _without_timings(node):
     if isinstance(node, dict):
-        return {k: _without_timings(v) for k, v in node.items()
-                if "seconds" not in k and k not in ("config", "runtime", "wall")}  # fmt: skip
+        return {
+            k: _without_timings(v)
+            for k, v in node.items()
+            if "seconds" not in k and k not in ("config", "runtime", "wall")
+        }
     if isinstance(node, list):
         return [_without_timings(v) for v in node]
     return node
@@ -29,8 +37,9 @@ def test_two_device_workers_give_the_one_device_federation(tiny_foundation, tmp_
     runs = {}
     for name, devices in (("one", []), ("two", ["runtime.devices=[cpu, cpu]"])):
         out = tmp_path / name
-        result = run_tiny(out, tiny_foundation, *THREE, f"federation.strategy.name={strategy}",
-                          *devices)  # fmt: skip
+        result = run_tiny(
+            out, tiny_foundation, *THREE, f"federation.strategy.name={strategy}", *devices
+        )
         assert result.exit_code == 0, result.output
         runs[name] = json.loads((out / "results.json").read_text())
     assert _without_timings(runs["one"]) == _without_timings(runs["two"])

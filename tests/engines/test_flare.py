@@ -22,29 +22,46 @@ from fedumm.engines.flare_client import CRASH_ENV, SiteState, StateMissing
 from fedumm.engines.site import site_config
 from tests.tiny import TINY_RUN, run_tiny, runner, wait_for_checkpoint
 
-TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2", "threads=1",
-               "baselines.local=false", "baselines.centralized=false"]  # fmt: skip
-SECURE = [*TWO_CLIENTS, "federation.num_clients=3", "federation.clients_per_round=3",
-          "federation.secure_aggregation.enabled=true",
-          "federation.secure_aggregation.threshold=2"]  # fmt: skip
+TWO_CLIENTS = [
+    "federation.num_clients=2",
+    "federation.clients_per_round=2",
+    "threads=1",
+    "baselines.local=false",
+    "baselines.centralized=false",
+]
+SECURE = [
+    *TWO_CLIENTS,
+    "federation.num_clients=3",
+    "federation.clients_per_round=3",
+    "federation.secure_aggregation.enabled=true",
+    "federation.secure_aggregation.threshold=2",
+]
 
 
 # By default FedSA-LoRA (personalized scoring); FedAvg is matched (masked) by the POC test and
 # SCAFFOLD's client states by the resume-after-kill test, so those two cases are slow.
-@pytest.mark.parametrize("strategy", [pytest.param("fedavg", marks=pytest.mark.slow),
-                                      pytest.param("scaffold", marks=pytest.mark.slow),
-                                      "fedsa_lora"])  # fmt: skip
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        pytest.param("fedavg", marks=pytest.mark.slow),
+        pytest.param("scaffold", marks=pytest.mark.slow),
+        "fedsa_lora",
+    ],
+)
 def test_flare_simulator_matches_the_embedded_engine(tiny_foundation, tmp_path, strategy):
     runs = {}
     for engine in ("embedded", "flare"):
         out = tmp_path / engine
         name = f"federation.strategy.name={strategy}"
         where = ["flare.site_devices={site-1: cpu, site-2: cpu}"] if engine == "flare" else []
-        result = run_tiny(out, tiny_foundation, *TWO_CLIENTS, name, *where,
-                          cli=["--engine", engine])  # fmt: skip
+        result = run_tiny(
+            out, tiny_foundation, *TWO_CLIENTS, name, *where, cli=["--engine", engine]
+        )
         assert result.exit_code == 0, result.output
-        runs[engine] = (json.loads((out / "results.json").read_text()),
-                        load_file(out / "global_adapter.safetensors"))  # fmt: skip
+        runs[engine] = (
+            json.loads((out / "results.json").read_text()),
+            load_file(out / "global_adapter.safetensors"),
+        )
     (embedded, a), (flare, b) = runs["embedded"], runs["flare"]
     # FedSA-LoRA's B stays on the clients: FLARE asks them to score their own models.
     assert flare["final"]["metrics"] == embedded["final"]["metrics"]
@@ -78,8 +95,7 @@ def test_poc_mode_runs_real_processes_and_stops_them(tiny_foundation, tmp_path):
     signed = ["federation.secure_aggregation.signed_keys=true"]
     for engine, env, extra in (("embedded", [], []), ("flare", ["--flare-env", "poc"], signed)):
         out = tmp_path / engine
-        result = run_tiny(out, tiny_foundation, *SECURE, *extra,
-                          cli=["--engine", engine, *env])  # fmt: skip
+        result = run_tiny(out, tiny_foundation, *SECURE, *extra, cli=["--engine", engine, *env])
         assert result.exit_code == 0, result.output
         runs[engine] = json.loads((out / "results.json").read_text())
     a = load_file(tmp_path / "embedded" / "global_adapter.safetensors")
@@ -99,16 +115,32 @@ def test_poc_mode_runs_real_processes_and_stops_them(tiny_foundation, tmp_path):
     server = flare["flare"]["server_pid"]
     assert flare["flare"]["env"] == "poc" and len({*clients.values(), server, os.getpid()}) == 5
     assert not any(psutil.pid_exists(pid) for pid in [*clients.values(), server])
-    assert not [p for p in psutil.process_iter(["cmdline"])
-                if "nvflare" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "nvflare" in " ".join(p.info["cmdline"] or [])
+    ]
 
 
 def test_export_writes_a_job_a_deployment_can_run(tmp_path):
-    result = runner.invoke(app, ["flare", "export", "configs/quickstart.yaml", "-o",
-                                 str(tmp_path), "--set", "federation.num_clients=3",
-                                 "--set", "federation.clients_per_round=3",
-                                 "--set", "flare.site_devices=[cuda:0, cuda:1]",
-                                 "--results", "/srv/fedumm/run1"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "flare",
+            "export",
+            "configs/quickstart.yaml",
+            "-o",
+            str(tmp_path),
+            "--set",
+            "federation.num_clients=3",
+            "--set",
+            "federation.clients_per_round=3",
+            "--set",
+            "flare.site_devices=[cuda:0, cuda:1]",
+            "--results",
+            "/srv/fedumm/run1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     job = tmp_path / "fedumm"
     meta = json.loads((job / "meta.json").read_text())
@@ -163,8 +195,9 @@ def test_a_flare_projects_startup_kits_are_site_identities(tmp_path):
     from fedumm.federation.identity import Identities, IdentityError, load_identity, verify
 
     sites = ["site-1", "site-2", "site-3"]
-    poc_env.prepare_poc_provision(clients=sites, number_of_clients=3, workspace=str(tmp_path),
-                                  docker_image=None)  # fmt: skip
+    poc_env.prepare_poc_provision(
+        clients=sites, number_of_clients=3, workspace=str(tmp_path), docker_image=None
+    )
     kits = tmp_path / "example_project" / "prod_00"
     one, two = load_identity(kits, "site-1"), load_identity(kits, "site-2")
     verify(one.root_pem, "site-1", one.certificate_pem, b"keys", one.sign(b"keys"))
@@ -182,8 +215,12 @@ def test_poc_refuses_a_port_in_use(tiny_foundation, tmp_path):
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past an old TIME_WAIT
         squatter.bind(("127.0.0.1", 8002))  # the POC server's port
         squatter.listen()
-        result = run_tiny(tmp_path / "poc", tiny_foundation, *TWO_CLIENTS,
-                          cli=["--engine", "flare", "--flare-env", "poc"])  # fmt: skip
+        result = run_tiny(
+            tmp_path / "poc",
+            tiny_foundation,
+            *TWO_CLIENTS,
+            cli=["--engine", "flare", "--flare-env", "poc"],
+        )
     assert result.exit_code == 1
     assert "port 8002 (fed_learn_port of the FLARE POC server" in result.output
     assert "already in use" in result.output
@@ -221,8 +258,10 @@ def test_secure_aggregation_across_flare_processes(tiny_foundation, tmp_path):
     for engine in ("embedded", "flare"):
         result = run_tiny(tmp_path / engine, tiny_foundation, *SECURE, cli=["--engine", engine])
         assert result.exit_code == 0, result.output
-        runs[engine] = (json.loads((tmp_path / engine / "results.json").read_text()),
-                        load_file(tmp_path / engine / "global_adapter.safetensors"))  # fmt: skip
+        runs[engine] = (
+            json.loads((tmp_path / engine / "results.json").read_text()),
+            load_file(tmp_path / engine / "global_adapter.safetensors"),
+        )
     (embedded, a), (flare, b) = runs["embedded"], runs["flare"]
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
     for mine, theirs in zip(embedded["rounds"], flare["rounds"]):
@@ -244,8 +283,18 @@ def test_a_flare_site_that_dies_after_masking_still_counts(tiny_foundation, tmp_
 
 
 def _flare_command(out, foundation, *overrides):
-    args = [sys.executable, "-m", "fedumm.cli", "run", "configs/quickstart.yaml", "-o", str(out),
-            "--quiet", "--engine", "flare"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "fedumm.cli",
+        "run",
+        "configs/quickstart.yaml",
+        "-o",
+        str(out),
+        "--quiet",
+        "--engine",
+        "flare",
+    ]
     for item in [*TINY_RUN, f"model.foundation={foundation}", *overrides]:
         args += ["--set", item]
     return args
@@ -261,8 +310,12 @@ def test_a_killed_flare_run_resumes_to_the_uninterrupted_result(tiny_foundation,
     assert clean.exit_code == 0, clean.output
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_flare_command(killed, tiny_foundation, *longer), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        _flare_command(killed, tiny_foundation, *longer),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_checkpoint(proc, killed, 2)
     assert proc.poll() is None, "the run finished before it could be killed"
     tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
@@ -285,9 +338,14 @@ def test_a_flare_run_stopped_rounds_after_its_checkpoint_resumes_each_site_from_
     checkpoint of round 5 while the sites have trained up to round 8 (site-1: 9). Each site
     still has its control variate of round 5; resumed without one file, the job is refused
     naming it; with it, the adapter is the one of a run never interrupted."""
-    longer = [*TWO_CLIENTS, "federation.rounds=10", "federation.strategy.name=scaffold",
-              "checkpoint_every=5", "federation.min_clients=2",
-              "flare.round_timeout=25"]  # round 1's wait includes the sites' start-up  # fmt: skip
+    longer = [
+        *TWO_CLIENTS,
+        "federation.rounds=10",
+        "federation.strategy.name=scaffold",
+        "checkpoint_every=5",
+        "federation.min_clients=2",
+        "flare.round_timeout=25",
+    ]  # round 1's wait includes the sites' start-up
     clean = run_tiny(tmp_path / "clean", tiny_foundation, *longer)
     assert clean.exit_code == 0, clean.output
     killed = tmp_path / "killed"
@@ -382,8 +440,10 @@ def test_site_state_refuses_to_resume_without_the_file_it_needs(tmp_path):
     for rnd in (1, 2, 3, 4, 5, 6):
         _train(kept, rnd, keep_from=rnd)  # keeps the newest only: as without checkpoints
     missing = folder / "state-00005.safetensors"
-    with pytest.raises(StateMissing, match=f"site-1 cannot resume after round 5: its state file "
-                                           f"{missing} is missing"):  # fmt: skip
+    with pytest.raises(
+        StateMissing,
+        match=f"site-1 cannot resume after round 5: its state file {missing} is missing",
+    ):
         SiteState(folder, {}).before(resumed=5, trained=5)
     (folder / "state-00006.safetensors").unlink()
     with pytest.raises(StateMissing, match="the state files there: none"):
@@ -401,9 +461,11 @@ def test_site_state_of_a_fresh_job_starts_empty(tmp_path):
 
 
 def test_the_server_knows_each_sites_last_answered_round():
-    records = [{"round": 1, "client_metrics": {"site-1": {}, "site-2": {}}},
-               {"round": 2, "client_metrics": {"site-1": {}}},
-               {"round": 3, "client_metrics": {}}]  # fmt: skip
+    records = [
+        {"round": 1, "client_metrics": {"site-1": {}, "site-2": {}}},
+        {"round": 2, "client_metrics": {"site-1": {}}},
+        {"round": 3, "client_metrics": {}},
+    ]
     assert last_trained(records) == {"site-1": 2, "site-2": 1}
 
 
@@ -412,8 +474,12 @@ def test_a_killed_poc_server_resumes_to_the_uninterrupted_result(tiny_foundation
     """POC: the FLARE server process killed after round 2 of 4; the job fails, fedumm stops
     every POC process; `fedumm run --resume` provisions again and continues from the
     server's checkpoint and each site's state."""
-    longer = [*TWO_CLIENTS, "federation.rounds=4", "federation.strategy.name=scaffold",
-              "flare.round_timeout=20"]  # fmt: skip
+    longer = [
+        *TWO_CLIENTS,
+        "federation.rounds=4",
+        "federation.strategy.name=scaffold",
+        "flare.round_timeout=20",
+    ]
     clean = run_tiny(tmp_path / "clean", tiny_foundation, *longer)
     assert clean.exit_code == 0, clean.output
     killed = tmp_path / "killed"
@@ -437,5 +503,8 @@ def test_a_killed_poc_server_resumes_to_the_uninterrupted_result(tiny_foundation
     a = load_file(tmp_path / "clean" / "global_adapter.safetensors")
     b = load_file(killed / "global_adapter.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
-    assert not [p for p in psutil.process_iter(["cmdline"])
-                if "nvflare" in " ".join(p.info["cmdline"] or [])]  # fmt: skip
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "nvflare" in " ".join(p.info["cmdline"] or [])
+    ]

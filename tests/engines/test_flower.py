@@ -14,8 +14,13 @@ from safetensors.torch import load_file
 from fedumm.cli import app
 from tests.tiny import run_tiny, runner
 
-TWO_CLIENTS = ["federation.num_clients=2", "federation.clients_per_round=2", "threads=1",
-               "baselines.local=false", "baselines.centralized=false"]  # fmt: skip
+TWO_CLIENTS = [
+    "federation.num_clients=2",
+    "federation.clients_per_round=2",
+    "threads=1",
+    "baselines.local=false",
+    "baselines.centralized=false",
+]
 
 
 def _runs(tmp_path, foundation, *overrides):
@@ -24,8 +29,10 @@ def _runs(tmp_path, foundation, *overrides):
         out = tmp_path / engine
         result = run_tiny(out, foundation, *TWO_CLIENTS, *overrides, cli=["--engine", engine])
         assert result.exit_code == 0, result.output
-        runs[engine] = (json.loads((out / "results.json").read_text()),
-                        load_file(out / "global_adapter.safetensors"))  # fmt: skip
+        runs[engine] = (
+            json.loads((out / "results.json").read_text()),
+            load_file(out / "global_adapter.safetensors"),
+        )
     return runs
 
 
@@ -45,9 +52,14 @@ def _assert_same(runs):
 
 # By default FedSA-LoRA (personalized scoring); FedAvg is matched by the secure aggregation
 # test and SCAFFOLD's node state by the deployment test below, so those two cases are slow.
-@pytest.mark.parametrize("strategy", [pytest.param("fedavg", marks=pytest.mark.slow),
-                                      pytest.param("scaffold", marks=pytest.mark.slow),
-                                      "fedsa_lora"])  # fmt: skip
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        pytest.param("fedavg", marks=pytest.mark.slow),
+        pytest.param("scaffold", marks=pytest.mark.slow),
+        "fedsa_lora",
+    ],
+)
 def test_flower_simulation_matches_the_embedded_engine(tiny_foundation, tmp_path, strategy):
     _assert_same(_runs(tmp_path, tiny_foundation, f"federation.strategy.name={strategy}"))
 
@@ -58,10 +70,14 @@ def test_secure_aggregation_through_flower_messages(tiny_foundation, tmp_path):
     and restored under the site's own policy."""
     identities = tmp_path / "identities"  # the same certificates, so the same bytes
     assert runner.invoke(app, ["identities", str(identities), "--sites", "2"]).exit_code == 0
-    runs = _runs(tmp_path, tiny_foundation, "federation.secure_aggregation.enabled=true",
-                 "federation.secure_aggregation.threshold=2",
-                 "federation.secure_aggregation.signed_keys=true",
-                 f"federation.secure_aggregation.identities={identities}")  # fmt: skip
+    runs = _runs(
+        tmp_path,
+        tiny_foundation,
+        "federation.secure_aggregation.enabled=true",
+        "federation.secure_aggregation.threshold=2",
+        "federation.secure_aggregation.signed_keys=true",
+        f"federation.secure_aggregation.identities={identities}",
+    )
     _assert_same(runs)
     for mine, theirs in zip(runs["embedded"][0]["rounds"], runs["flower"][0]["rounds"]):
         assert theirs["secagg_bytes"] == mine["secagg_bytes"] > 0
@@ -77,8 +93,11 @@ def test_a_partition_id_out_of_range_is_refused_naming_it():
         {"federation": {"num_clients": 2, "clients_per_round": 2}}
     ).model_dump_json()
     context = Context(1, 1, {"partition-id": 2, "num-partitions": 3}, RecordDict(), {})
-    with pytest.raises(ValueError, match=r"partition-id 2 is out of range: this federation has "
-                                         r"2 sites, partition-id 0\.\.1"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"partition-id 2 is out of range: this federation has "
+        r"2 sites, partition-id 0\.\.1",
+    ):
         _site(config, context)
 
 
@@ -103,8 +122,14 @@ def test_node_state_is_kept_as_json_not_pickle():
     from fedumm.engines.flower import STATE, _keep, _restore
     from fedumm.federation.secure_aggregation import ClientPolicy, ClientSession
 
-    session = ClientSession("site-1", 3, ClientPolicy(2), threshold=2, peers=["site-1", "site-2"],
-                            roster={"site-2": {"c_pk": bytes(range(32))}})  # fmt: skip
+    session = ClientSession(
+        "site-1",
+        3,
+        ClientPolicy(2),
+        threshold=2,
+        peers=["site-1", "site-2"],
+        roster={"site-2": {"c_pk": bytes(range(32))}},
+    )
     site = SimpleNamespace(state={"c_i": torch.arange(4.0)}, sessions={"site-1": session})
     context = Context(1, 1, {"partition-id": 0}, RecordDict(), {})
     _keep(site, context)
@@ -127,8 +152,13 @@ def _recorded(monkeypatch, cfg, home):
 
     deployment, calls = LocalDeployment(cfg, home), []
     monkeypatch.setattr(deployment, "start", lambda name, command: calls.append(command))
-    monkeypatch.setattr(deployment, "flwr", lambda *args, **kw: calls.append(["flwr", *args])
-                        or subprocess.CompletedProcess(args, 0, "", ""))  # fmt: skip
+    monkeypatch.setattr(
+        deployment,
+        "flwr",
+        lambda *args, **kw: (
+            calls.append(["flwr", *args]) or subprocess.CompletedProcess(args, 0, "", "")
+        ),
+    )
     deployment.start_superlink()
     deployment.start_supernodes()
     return deployment, calls
@@ -151,8 +181,11 @@ def test_a_deployment_runs_with_tls_and_supernode_authentication(monkeypatch, tm
     assert deployment.certs == certs.resolve()
     superlink, *rest = calls
     assert superlink[0] == "flower-superlink" and "--insecure" not in superlink
-    for flag, file in (("--ssl-ca-certfile", "ca.crt"), ("--ssl-certfile", "superlink.crt"),
-                       ("--ssl-keyfile", "superlink.key")):  # fmt: skip
+    for flag, file in (
+        ("--ssl-ca-certfile", "ca.crt"),
+        ("--ssl-certfile", "superlink.crt"),
+        ("--ssl-keyfile", "superlink.key"),
+    ):
         assert superlink[superlink.index(flag) + 1] == str(certs / file)
     assert "--enable-supernode-auth" in superlink
     assert rest[0] == ["flwr", "ls", "local"]  # waited for the SuperLink
@@ -166,7 +199,10 @@ def test_a_deployment_runs_with_tls_and_supernode_authentication(monkeypatch, tm
         key = load_ssh_private_key((certs / f"{site}.key").read_bytes(), None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
     assert {f.name: f.stat().st_mode & 0o777 for f in certs.iterdir() if f.suffix == ".key"} == {
-        "superlink.key": 0o600, "site-1.key": 0o600, "site-2.key": 0o600}  # fmt: skip
+        "superlink.key": 0o600,
+        "site-1.key": 0o600,
+        "site-2.key": 0o600,
+    }
     ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
     link = x509.load_pem_x509_certificate((certs / "superlink.crt").read_bytes())
     link.verify_directly_issued_by(ca)
@@ -210,9 +246,12 @@ def test_the_deployment_refuses_supernodes_without_a_registered_key(tmp_path):
             "unregistered-key": [*before, signed[at], str(stranger / "site-1.key"), *after],
             "no-tls": ["flower-supernode", "--insecure", "--superlink", deployment.address],
         }
-        started = {name: deployment.start(name, [*command, "--port", str(_free_port()),
-                                                 "--max-retries", "1"])
-                   for name, command in intruders.items()}  # fmt: skip
+        started = {
+            name: deployment.start(
+                name, [*command, "--port", str(_free_port()), "--max-retries", "1"]
+            )
+            for name, command in intruders.items()
+        }
         for name, process in started.items():
             assert process.wait(timeout=120) != 0, name
             log = (tmp_path / "flower" / "logs" / f"{name}.log").read_text()
@@ -268,22 +307,33 @@ def test_export_writes_an_app_that_flwr_run_deploys(tmp_path):
     assert {(f.stat().st_mode & 0o777) for f in certs.glob("*.key")} == {0o600}
     readme = (tmp_path / "app" / "README.md").read_text()
     assert "insecure" not in readme
-    assert ("flower-superlink --ssl-ca-certfile certificates/ca.crt --ssl-certfile "
-            "certificates/superlink.crt --ssl-keyfile certificates/superlink.key "
-            "--enable-supernode-auth --host 0.0.0.0 --port 9443") in readme  # fmt: skip
+    assert (
+        "flower-superlink --ssl-ca-certfile certificates/ca.crt --ssl-certfile "
+        "certificates/superlink.crt --ssl-keyfile certificates/superlink.key "
+        "--enable-supernode-auth --host 0.0.0.0 --port 9443"
+    ) in readme
     assert "flwr supernode register certificates/site-8.pub fedumm" in readme
-    assert ("flower-supernode --root-certificates certificates/ca.crt "
-            "--auth-supernode-private-key certificates/site-8.key --superlink "
-            "link.example.org:9443 --node-config 'partition-id=7 num-partitions=8'"
-            ) in readme  # fmt: skip
+    assert (
+        "flower-supernode --root-certificates certificates/ca.crt "
+        "--auth-supernode-private-key certificates/site-8.key --superlink "
+        "link.example.org:9443 --node-config 'partition-id=7 num-partitions=8'"
+    ) in readme
     # `flwr run` ships the app as a FAB: no key or certificate travels in it.
     flwr = Path(sys.executable).parent / "flwr"
-    built = subprocess.run([str(flwr), "build", "--app", str(tmp_path / "app")], cwd=tmp_path,
-                           capture_output=True, text=True)  # fmt: skip
+    built = subprocess.run(
+        [str(flwr), "build", "--app", str(tmp_path / "app")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stdout + built.stderr
     (fab,) = tmp_path.glob("*.fab")
     assert sorted(zipfile.ZipFile(fab).namelist()) == [
-        ".info/CONTENT", "README.md", "fedumm_app.py", "pyproject.toml"]  # fmt: skip
+        ".info/CONTENT",
+        "README.md",
+        "fedumm_app.py",
+        "pyproject.toml",
+    ]
     project = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]
     assert project["app"]["components"] == {
         "serverapp": "fedumm_app:server_app",
@@ -313,8 +363,10 @@ def test_a_deployment_on_a_superlink_and_two_supernodes(tiny_foundation, tmp_pat
             cli=["--engine", engine],
         )
         assert result.exit_code == 0, result.output
-        runs[engine] = (json.loads((out / "results.json").read_text()),
-                        load_file(out / "global_adapter.safetensors"))  # fmt: skip
+        runs[engine] = (
+            json.loads((out / "results.json").read_text()),
+            load_file(out / "global_adapter.safetensors"),
+        )
     _assert_same(runs)
     results = runs["flower"][0]
     pids = [m["pid"] for r in results["rounds"] for m in r["client_metrics"].values()]
@@ -323,10 +375,16 @@ def test_a_deployment_on_a_superlink_and_two_supernodes(tiny_foundation, tmp_pat
     assert (home / "logs" / "site-2.log").is_file()
     assert "root-certificates" in (home / "config.toml").read_text()  # TLS, fedumm's own CA
     assert (home / "certificates" / "site-2.key").is_file()  # the nodes' authentication keys
-    flower = [p for p in psutil.process_iter(["cmdline", "create_time", "status"])
-              if p.info["create_time"] >= start and p.info["status"] != psutil.STATUS_ZOMBIE
-              and any(n in " ".join(p.info["cmdline"] or []) for n in
-                      ("flower-super", "flwr-serverapp", "flwr-clientapp"))]  # fmt: skip
+    flower = [
+        p
+        for p in psutil.process_iter(["cmdline", "create_time", "status"])
+        if p.info["create_time"] >= start
+        and p.info["status"] != psutil.STATUS_ZOMBIE
+        and any(
+            n in " ".join(p.info["cmdline"] or [])
+            for n in ("flower-super", "flwr-serverapp", "flwr-clientapp")
+        )
+    ]
     assert not flower, [p.info["cmdline"] for p in flower]
 
 
@@ -344,9 +402,20 @@ def test_your_own_certificates_are_checked_and_used(tmp_path):
     two = ["--set", "federation.num_clients=2", "--set", "federation.clients_per_round=2"]
 
     def export(out, *settings):
-        return runner.invoke(app, ["flower", "export", "configs/quickstart.yaml", "-o", str(out),
-                                   "--superlink", "link.example.org:9443", *two,
-                                   *(a for s in settings for a in ("--set", s))])  # fmt: skip
+        return runner.invoke(
+            app,
+            [
+                "flower",
+                "export",
+                "configs/quickstart.yaml",
+                "-o",
+                str(out),
+                "--superlink",
+                "link.example.org:9443",
+                *two,
+                *(a for s in settings for a in ("--set", s)),
+            ],
+        )
 
     result = export(tmp_path / "app", f"flower.certificates={mine}")
     assert result.exit_code == 0, result.output
@@ -360,9 +429,13 @@ def test_your_own_certificates_are_checked_and_used(tmp_path):
     assert result.exit_code == 2
     assert f"flower.certificates: {mine / 'site-2.pub'} does not exist" in result.output
     assert not (tmp_path / "app2").exists()
-    cfg = RunConfig.model_validate({
-        "federation": {"num_clients": 2, "clients_per_round": 2}, "engine": "flower",
-        "flower": {"env": "deployment", "certificates": str(mine)}})  # fmt: skip
+    cfg = RunConfig.model_validate(
+        {
+            "federation": {"num_clients": 2, "clients_per_round": 2},
+            "engine": "flower",
+            "flower": {"env": "deployment", "certificates": str(mine)},
+        }
+    )
     with pytest.raises(ConfigError, match=f"flower.certificates: {mine / 'site-2.pub'} does"):
         run_flower(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()

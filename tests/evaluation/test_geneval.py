@@ -37,13 +37,23 @@ def _mutate(prompt: GenEvalPrompt) -> GenEvalPrompt:
 
 def test_prompt_space_follows_genevals_templates():
     sizes = {tag: len(geneval.all_prompts(tag)) for tag in geneval.TAGS}
-    assert sizes == {"single_object": 3, "two_object": 6, "counting": 9, "colors": 18,
-                     "position": 24, "color_attr": 216}  # fmt: skip
+    assert sizes == {
+        "single_object": 3,
+        "two_object": 6,
+        "counting": 9,
+        "colors": 18,
+        "position": 24,
+        "color_attr": 216,
+    }
     pos = geneval.all_prompts("position")[0].to_json()
-    assert pos == {"tag": "position",
-                   "include": [{"class": "circle", "count": 1},
-                               {"class": "square", "count": 1, "position": ["left of", 0]}],
-                   "prompt": "a photo of a square left of a circle"}  # fmt: skip
+    assert pos == {
+        "tag": "position",
+        "include": [
+            {"class": "circle", "count": 1},
+            {"class": "square", "count": 1, "position": ["left of", 0]},
+        ],
+        "prompt": "a photo of a square left of a circle",
+    }
     count = geneval.all_prompts("counting")[0].to_json()
     assert count["exclude"] == [{"class": "circle", "count": 3}]
     assert count["prompt"] == "a photo of two circles"
@@ -73,8 +83,10 @@ def test_parser_reads_every_object_of_a_scene():
     for _ in range(200):
         scene = sw.sample_scene(rng)
         found = {(d.cls, d.color, d.box[0], d.box[1]) for d in parser(sw.render(scene))}
-        truth = {(o.shape, o.color, o.col * sw.CELL + o.dx, o.row * sw.CELL + o.dy)
-                 for o in scene.objects}  # fmt: skip
+        truth = {
+            (o.shape, o.color, o.col * sw.CELL + o.dx, o.row * sw.CELL + o.dy)
+            for o in scene.objects
+        }
         assert found == truth
 
 
@@ -93,8 +105,9 @@ def test_judge_counts_colours_and_excludes():
     assert judge(two, [circle(0), circle(8)])[0]
     ok, why = judge(two, [circle(0), circle(8), circle(16)])
     assert not ok and "circle < 3" in why
-    red = GenEvalPrompt("colors", "a photo of a red circle",
-                        [{"class": "circle", "count": 1, "color": "red"}])  # fmt: skip
+    red = GenEvalPrompt(
+        "colors", "a photo of a red circle", [{"class": "circle", "count": 1, "color": "red"}]
+    )
     assert judge(red, [circle(0, "blue"), circle(8, "red")])[0]  # the red one is taken
     ok, why = judge(red, [circle(0, "blue")])
     assert not ok and "expected red circle" in why
@@ -124,16 +137,22 @@ def test_metadata_round_trip_and_official_lines(tmp_path):
     "line, message",
     [
         ("{not json", ":1: not valid JSON"),
-        ('{"tag": "shapes", "include": [{"class": "circle", "count": 1}], "prompt": "x"}',
-         ":1: unknown tag 'shapes'; known: single_object"),
+        (
+            '{"tag": "shapes", "include": [{"class": "circle", "count": 1}], "prompt": "x"}',
+            ":1: unknown tag 'shapes'; known: single_object",
+        ),
         ('{"tag": "colors", "prompt": "x"}', ":1: missing key 'include'"),
-        ('{"tag": "counting", "include": [{"class": "circle", "count": 0}], "prompt": "x"}',
-         r":1: include\[0\] needs a 'count' >= 1"),
-        ('{"tag": "position", "include": [{"class": "circle", "count": 1}, {"class": "square", '
-         '"count": 1, "position": ["near", 0]}], "prompt": "x"}',
-         r":1: include\[1\].position must be"),
+        (
+            '{"tag": "counting", "include": [{"class": "circle", "count": 0}], "prompt": "x"}',
+            r":1: include\[0\] needs a 'count' >= 1",
+        ),
+        (
+            '{"tag": "position", "include": [{"class": "circle", "count": 1}, {"class": "square", '
+            '"count": 1, "position": ["near", 0]}], "prompt": "x"}',
+            r":1: include\[1\].position must be",
+        ),
     ],
-)  # fmt: skip
+)
 def test_malformed_metadata_names_the_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(line + "\n")
@@ -158,15 +177,23 @@ def test_a_detector_plugs_in_by_name_and_a_bad_one_is_named(tiny_foundation, tmp
     assert isinstance(load_detector("shapesworld"), ShapesWorldParser)
     assert isinstance(load_detector("tests.evaluation.test_geneval:SeesNothing"), SeesNothing)
     out = tmp_path / "run"
-    result = run_tiny(out, tiny_foundation, "data.tasks=[generation]", "baselines.local=false",
-                      "eval.detector=tests.evaluation.test_geneval:SeesNothing")  # fmt: skip
+    result = run_tiny(
+        out,
+        tiny_foundation,
+        "data.tasks=[generation]",
+        "baselines.local=false",
+        "eval.detector=tests.evaluation.test_geneval:SeesNothing",
+    )
     assert result.exit_code == 0, result.output
     final = json.loads((out / "results.json").read_text())["final"]["metrics"]
     assert final["geneval_overall"] == 0.0  # nothing detected: every include entry fails
-    for spec, message in [("nope", "expected 'shapesworld', 'photo' or 'package.module:Name'"),
-                          ("tests.evaluation.test_geneval:Missing", "cannot be loaded"),
-                          ("no_such_module:X", "cannot be loaded")]:  # fmt: skip
-        result = run_tiny(tmp_path / spec, tiny_foundation, "data.tasks=[generation]",
-                          f"eval.detector={spec}")  # fmt: skip
+    for spec, message in [
+        ("nope", "expected 'shapesworld', 'photo' or 'package.module:Name'"),
+        ("tests.evaluation.test_geneval:Missing", "cannot be loaded"),
+        ("no_such_module:X", "cannot be loaded"),
+    ]:
+        result = run_tiny(
+            tmp_path / spec, tiny_foundation, "data.tasks=[generation]", f"eval.detector={spec}"
+        )
         assert result.exit_code == 1 and message in result.output, result.output
         assert not (tmp_path / spec / "results.json").exists()

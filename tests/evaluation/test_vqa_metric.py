@@ -21,8 +21,9 @@ def test_normalize_answer_like_the_official_script(raw, expected):
 
 
 def test_accuracy_per_family():
-    m = vqa_accuracy(["Two", "blue", "no", "yes"], ["2", "red", "no", "no"],
-                     ["count", "color", "yesno", "yesno"])  # fmt: skip
+    m = vqa_accuracy(
+        ["Two", "blue", "no", "yes"], ["2", "red", "no", "no"], ["count", "color", "yesno", "yesno"]
+    )
     assert m["vqa_accuracy"] == 50.0
     assert m["per_family"] == {"color": 0.0, "count": 100.0, "yesno": 50.0}
     assert m["num_questions"] == 4
@@ -80,7 +81,8 @@ def test_unknown_rule_is_named():
         vqa_score("a", ["a", "b"], rule="newest")
 
 
-@pytest.mark.parametrize("raw, expected", [("youre", "you're"), ("oclock", "o'clock"),
-                                           ("Its a dog", "its dog")])  # fmt: skip
+@pytest.mark.parametrize(
+    "raw, expected", [("youre", "you're"), ("oclock", "o'clock"), ("Its a dog", "its dog")]
+)
 def test_contractions_come_from_the_scripts_table(raw, expected):
     assert normalize_answer(raw) == expected

@@ -57,8 +57,10 @@ def test_a_checkpoint_names_files_and_restoring_it_undoes_later_writes(tmp_path,
     resumed.keep_on_disk(folder)
     resumed.restore(newer)
     assert {cid: resumed[cid]["c"][0].item() for cid in sorted(resumed)} == {
-        "site-0": 3.0, "site-1": 3.0, "site-2": 1.0
-    }  # fmt: skip
+        "site-0": 3.0,
+        "site-1": 3.0,
+        "site-2": 1.0,
+    }
     assert sorted(p.name for p in folder.iterdir()) == sorted(newer.values())
     for i in range(4):  # new files never overwrite one the checkpoint names
         _train(resumed, "site-3", float(i))

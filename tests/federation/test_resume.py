@@ -28,8 +28,16 @@ def _without_timings(node):
 
 
 def _command(out, foundation):
-    args = [sys.executable, "-m", "fedumm.cli", "run", "configs/quickstart.yaml", "-o", str(out),
-            "--quiet"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "fedumm.cli",
+        "run",
+        "configs/quickstart.yaml",
+        "-o",
+        str(out),
+        "--quiet",
+    ]
     for item in [*TINY_RUN, f"model.foundation={foundation}", *LONGER]:
         args += ["--set", item]
     return args
@@ -40,8 +48,12 @@ def test_sigkill_then_resume_gives_identical_results(tiny_foundation, tmp_path):
     assert run_tiny(clean, tiny_foundation, *LONGER).exit_code == 0
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_command(killed, tiny_foundation), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        _command(killed, tiny_foundation),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     wait_for_checkpoint(proc, killed, 2)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)

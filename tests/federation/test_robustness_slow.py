@@ -7,16 +7,23 @@ from fedumm.bench import SWEEPS
 from fedumm.engines import run_federation
 from fedumm.sweep import label, load_sweep
 
-RULES = ("name=fedavg", "name=median", "name=trimmed_mean",
-         "name=krum,num_byzantine=2,multi_krum=8")  # fmt: skip
+RULES = (
+    "name=fedavg",
+    "name=median",
+    "name=trimmed_mean",
+    "name=krum,num_byzantine=2,multi_krum=8",
+)
 
 
 @pytest.mark.slow
 def test_robust_rules_stay_within_3_points_under_sign_flipping_where_fedavg_collapses(tmp_path):
-    cells = [c for c in load_sweep(SWEEPS / "robustness.yaml").cells
-             if label(c.values["clients"]) == "IID"
-             and c.values["attack.kind"] in ("none", "sign_flip")
-             and label(c.values["federation.strategy"]) in RULES]  # fmt: skip
+    cells = [
+        c
+        for c in load_sweep(SWEEPS / "robustness.yaml").cells
+        if label(c.values["clients"]) == "IID"
+        and c.values["attack.kind"] in ("none", "sign_flip")
+        and label(c.values["federation.strategy"]) in RULES
+    ]
     acc = {}
     for cell in cells:
         results = run_federation(cell.config, tmp_path / cell.name, progress=False)

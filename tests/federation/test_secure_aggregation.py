@@ -40,12 +40,12 @@ IDS = [f"site-{i}" for i in range(1, 6)]
 
 def _updates(seed: int, ids=IDS) -> dict[str, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return {u: {"a": torch.randn(5, 3, generator=g), "b": torch.randn(7, generator=g)}
-            for u in ids}  # fmt: skip
+    return {u: {"a": torch.randn(5, 3, generator=g), "b": torch.randn(7, generator=g)} for u in ids}
 
 
-def _protocol(updates: dict, weights: dict, threshold: int, drop_after_masking=(),
-              answer: bool = True):  # fmt: skip
+def _protocol(
+    updates: dict, weights: dict, threshold: int, drop_after_masking=(), answer: bool = True
+):
     """One round between a ServerSession and ClientSessions; returns (sum, everything the
     server received, the sessions). Clients accept any threshold here (allow_minority);
     a client that refuses to unmask simply does not answer."""
@@ -124,18 +124,30 @@ def test_the_server_cannot_recover_one_clients_update_from_what_it_receives():
     assert noise["a"].abs().mean() > 1e9 and noise["b"].abs().mean() > 1e9
     # 2. The old attack: masks regenerated from the run seed, as the server could before.
     rng = np.random.default_rng(derive_seed(0, 3, 0x5A))
-    old = {k: torch.from_numpy((v.numpy().view(np.uint64) - rng.integers(
-        0, 2**64, v.shape, dtype=np.uint64)).view(np.int64)) for k, v in y.items()}  # fmt: skip
+    old = {
+        k: torch.from_numpy(
+            (v.numpy().view(np.uint64) - rng.integers(0, 2**64, v.shape, dtype=np.uint64)).view(
+                np.int64
+            )
+        )
+        for k, v in y.items()
+    }
     assert not torch.allclose(_decoded(old)["a"], planted["a"].double(), atol=1.0)
     # 3. What the server legitimately reconstructs for a survivor is its self-mask seed (from
     # the b shares); with it, the pairwise masks are still there.
-    b_shares = [tuple((int(x), int(h, 16))) for x, h in
-                (json.loads(a)["b"]["site-3"] for a in seen["answers"].values())]  # fmt: skip
+    b_shares = [
+        tuple((int(x), int(h, 16)))
+        for x, h in (json.loads(a)["b"]["site-3"] for a in seen["answers"].values())
+    ]
     seed = reconstruct(b_shares[:3]).to_bytes(32, "big")
     assert seed == clients["site-3"].b_seed
     shapes = {k: tuple(v.shape) for k, v in y.items()}
-    without_self = {k: torch.from_numpy((y[k].numpy().view(np.uint64).reshape(-1) - m).view(
-        np.int64)).reshape(shapes[k]) for k, m in _masks(seed, shapes).items()}  # fmt: skip
+    without_self = {
+        k: torch.from_numpy((y[k].numpy().view(np.uint64).reshape(-1) - m).view(np.int64)).reshape(
+            shapes[k]
+        )
+        for k, m in _masks(seed, shapes).items()
+    }
     assert not torch.allclose(_decoded(without_self)["a"], planted["a"].double(), atol=1.0)
     # 4. ...and no answer hands it a survivor's mask key: only dropped clients' are shared.
     assert all(json.loads(a)["s"] == {} for a in seen["answers"].values())
@@ -153,8 +165,9 @@ def test_a_client_never_reveals_both_secrets_of_one_client_nor_answers_twice():
         clients["site-1"].unmask(greedy)
     fair = json.dumps({"round": 3, "survivors": IDS, "dropped": []}).encode()
     assert json.loads(clients["site-1"].unmask(fair))["s"] == {}
-    again = json.dumps({"round": 3, "survivors": ["site-1", *others[:2]],
-                        "dropped": others[2:]}).encode()  # fmt: skip
+    again = json.dumps(
+        {"round": 3, "survivors": ["site-1", *others[:2]], "dropped": others[2:]}
+    ).encode()
     with pytest.raises(ProtocolError, match="asked twice"):
         clients["site-1"].unmask(again)
 
@@ -250,15 +263,26 @@ def test_stragglers_under_secure_aggregation_end_to_end(tiny_foundation, tmp_pat
 
     from tests.tiny import run_tiny
 
-    late = ["federation.num_clients=4", "federation.clients_per_round=4", "threads=1",
-            "federation.stragglers=0.5", "federation.round_deadline=3", "federation.rounds=3",
-            "baselines.local=false", "baselines.centralized=false"]  # fmt: skip
+    late = [
+        "federation.num_clients=4",
+        "federation.clients_per_round=4",
+        "threads=1",
+        "federation.stragglers=0.5",
+        "federation.round_deadline=3",
+        "federation.rounds=3",
+        "baselines.local=false",
+        "baselines.centralized=false",
+    ]
     adapters = {}
     for name, secure in (("plain", "false"), ("secure", "true")):
-        result = run_tiny(tmp_path / name, tiny_foundation, *late,
-                          f"federation.secure_aggregation.enabled={secure}",
-                          "federation.secure_aggregation.threshold=2",
-                          "federation.secure_aggregation.allow_minority=true")  # fmt: skip
+        result = run_tiny(
+            tmp_path / name,
+            tiny_foundation,
+            *late,
+            f"federation.secure_aggregation.enabled={secure}",
+            "federation.secure_aggregation.threshold=2",
+            "federation.secure_aggregation.allow_minority=true",
+        )
         assert result.exit_code == 0, result.output
         adapters[name] = load_file(tmp_path / name / "global_adapter.safetensors")
     rounds = json.loads((tmp_path / "secure" / "results.json").read_text())["rounds"]
@@ -324,7 +348,8 @@ def test_a_client_withdraws_an_update_it_cannot_mask_and_the_round_sums_the_othe
 
     with caplog.at_level(logging.WARNING, logger="fedumm"):
         final, records = server(train, 4, clients=clients, secure_threshold=3).run(
-            {"w": torch.zeros(3)}, 1)  # fmt: skip
+            {"w": torch.zeros(3)}, 1
+        )
     assert torch.allclose(final["w"], torch.full((3,), (1 + 3 + 4) / 3), atol=1e-5)
     assert records[0].rejected[0]["client_id"] == "site-2"
     assert "withdrew its update" in records[0].rejected[0]["reason"]
@@ -373,17 +398,21 @@ def test_clients_check_what_the_server_asks():
         minority.share(json.dumps({"round": 1, "threshold": 2, "keys": keys}).encode())
     session = clients["site-1"]
     inbox = lambda peers: json.dumps({"round": 1, "peers": peers, "from": {}}).encode()  # noqa: E731
-    for peers, why in ((["site-1", "site-2"], "fewer than the threshold 3"),
-                       (["site-1", "site-2", "site-9"], "not of the roster")):  # fmt: skip
+    for peers, why in (
+        (["site-1", "site-2"], "fewer than the threshold 3"),
+        (["site-1", "site-2", "site-9"], "not of the roster"),
+    ):
         with pytest.raises(ProtocolError, match=why):
             session.receive(inbox(peers))
     session.mask({"w": torch.zeros(2)}, 1.0)
-    outside = json.dumps({"round": 1, "survivors": ["site-1", "site-2", "site-3", "site-9"],
-                          "dropped": ["site-4"]}).encode()  # fmt: skip
+    outside = json.dumps(
+        {"round": 1, "survivors": ["site-1", "site-2", "site-3", "site-9"], "dropped": ["site-4"]}
+    ).encode()
     with pytest.raises(ProtocolError, match="do not split the peers"):
         session.unmask(outside)
-    too_few = json.dumps({"round": 1, "survivors": ["site-1", "site-2"],
-                          "dropped": ["site-3", "site-4"]}).encode()  # fmt: skip
+    too_few = json.dumps(
+        {"round": 1, "survivors": ["site-1", "site-2"], "dropped": ["site-3", "site-4"]}
+    ).encode()
     with pytest.raises(ProtocolError, match="threshold 3"):
         session.unmask(too_few)
 
@@ -421,14 +450,17 @@ def _substitute_keys(signed: bool):
     advert = json.loads(victim.advertise())
     fakes = {u: ClientSession(u, 1, ClientPolicy(2)) for u in ids[1:]}  # the server's keys
     keys = {"site-1": {k: v for k, v in advert.items() if k not in ("round", "client")}}
-    keys.update({u: {k: v for k, v in json.loads(f.advertise()).items()
-                     if k not in ("round", "client")} for u, f in fakes.items()})  # fmt: skip
+    keys.update(
+        {
+            u: {k: v for k, v in json.loads(f.advertise()).items() if k not in ("round", "client")}
+            for u, f in fakes.items()
+        }
+    )
     roster = json.dumps({"round": 1, "threshold": 2, "keys": keys}).encode()
     _check_keys("site-1", keys["site-1"], 1, None)
     shares = json.loads(victim.share(roster))["to"]
     for u, fake in fakes.items():  # the server, holding the fake keys, decrypts
-        fake.roster = {v: {k: base64.b64decode(keys[v][k]) for k in ("c_pk", "s_pk")}
-                       for v in ids}  # fmt: skip
+        fake.roster = {v: {k: base64.b64decode(keys[v][k]) for k in ("c_pk", "s_pk")} for v in ids}
         fake.peers = ids
         fake.receive(json.dumps({"round": 1, "peers": ids, "from": {"site-1": shares[u]}}).encode())
     secret = {"w": torch.linspace(-1, 1, 6)}
@@ -449,8 +481,9 @@ def _substitute_keys(signed: bool):
     for k, m in _masks(seed, shapes).items():
         flat[k] -= m
     for u, fake in fakes.items():
-        key = agree(fake.s_private, base64.b64decode(keys["site-1"]["s_pk"]),
-                    _pair_context(1, "site-1", u))  # the server holds the fake key  # fmt: skip
+        key = agree(
+            fake.s_private, base64.b64decode(keys["site-1"]["s_pk"]), _pair_context(1, "site-1", u)
+        )  # the server holds the fake key
         for k, m in _masks(key, shapes).items():
             flat[k] -= m  # site-1 < every other: it added each pair's mask
     return decode(flat, shapes)["w"], secret["w"]
@@ -463,9 +496,15 @@ def test_a_server_that_substitutes_keys_reads_an_update_unless_keys_are_signed()
         _substitute_keys(signed=True)
 
 
-SIGNED = ["federation.num_clients=3", "federation.clients_per_round=3", "threads=1",
-          "federation.rounds=2", "baselines.local=false", "baselines.centralized=false",
-          "federation.secure_aggregation.enabled=true"]  # fmt: skip
+SIGNED = [
+    "federation.num_clients=3",
+    "federation.clients_per_round=3",
+    "threads=1",
+    "federation.rounds=2",
+    "baselines.local=false",
+    "baselines.centralized=false",
+    "federation.secure_aggregation.enabled=true",
+]
 
 
 def test_signed_keys_end_to_end_with_made_and_written_identities(tiny_foundation, tmp_path):
@@ -479,9 +518,14 @@ def test_signed_keys_end_to_end_with_made_and_written_identities(tiny_foundation
     written = tmp_path / "identities"
     made = runner.invoke(app, ["identities", str(written), "--sites", "3"])
     assert made.exit_code == 0 and (written / "site-3.key").stat().st_mode & 0o077 == 0
-    runs = {"unsigned": [], "made": ["federation.secure_aggregation.signed_keys=true"],
-            "written": ["federation.secure_aggregation.signed_keys=true",
-                        f"federation.secure_aggregation.identities={written}"]}  # fmt: skip
+    runs = {
+        "unsigned": [],
+        "made": ["federation.secure_aggregation.signed_keys=true"],
+        "written": [
+            "federation.secure_aggregation.signed_keys=true",
+            f"federation.secure_aggregation.identities={written}",
+        ],
+    }
     adapters = {}
     for name, extra in runs.items():
         result = run_tiny(tmp_path / name, tiny_foundation, *SIGNED, *extra)
@@ -493,8 +537,13 @@ def test_signed_keys_end_to_end_with_made_and_written_identities(tiny_foundation
         a, b = adapters["unsigned"], adapters[name]
         assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     (written / "site-2.key").unlink()
-    result = run_tiny(tmp_path / "broken", tiny_foundation, *runs["written"][1:], *SIGNED,
-                      "federation.secure_aggregation.signed_keys=true")  # fmt: skip
+    result = run_tiny(
+        tmp_path / "broken",
+        tiny_foundation,
+        *runs["written"][1:],
+        *SIGNED,
+        "federation.secure_aggregation.signed_keys=true",
+    )
     assert result.exit_code != 0
     assert "no identity for site-2" in str(result.exception) + result.output
 
@@ -504,15 +553,30 @@ def test_an_export_with_signed_keys_needs_identities_the_sites_hold(tmp_path):
     for the run); an exported job runs on machines it cannot hand them to."""
     from tests.tiny import runner
 
-    result = runner.invoke(app, ["flare", "export", "configs/quickstart.yaml", "-o",
-                                 str(tmp_path / "job"), "--set",
-                                 "federation.secure_aggregation.enabled=true", "--set",
-                                 "federation.secure_aggregation.signed_keys=true"])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "flare",
+            "export",
+            "configs/quickstart.yaml",
+            "-o",
+            str(tmp_path / "job"),
+            "--set",
+            "federation.secure_aggregation.enabled=true",
+            "--set",
+            "federation.secure_aggregation.signed_keys=true",
+        ],
+    )
     assert result.exit_code == 2
     assert "secure_aggregation.signed_keys: an exported job runs on the sites'" in result.output
     with pytest.raises(ConfigError, match="is half or less of the 8 clients"):
-        load_run_config(None, ["federation.secure_aggregation.enabled=true",
-                               "federation.secure_aggregation.threshold=4"])  # fmt: skip
+        load_run_config(
+            None,
+            [
+                "federation.secure_aggregation.enabled=true",
+                "federation.secure_aggregation.threshold=4",
+            ],
+        )
 
 
 def test_a_session_saved_as_json_resumes_the_round_and_keeps_no_identity():
@@ -550,10 +614,15 @@ def test_runs_with_separate_processes_hand_their_sites_identities(tmp_path):
     from fedumm.engines.site import with_identities
     from fedumm.federation.identity import Identities
 
-    signed = load_run_config(None, ["federation.secure_aggregation.enabled=true",
-                                    "federation.secure_aggregation.signed_keys=true",
-                                    "federation.num_clients=3",
-                                    "federation.clients_per_round=3"])  # fmt: skip
+    signed = load_run_config(
+        None,
+        [
+            "federation.secure_aggregation.enabled=true",
+            "federation.secure_aggregation.signed_keys=true",
+            "federation.num_clients=3",
+            "federation.clients_per_round=3",
+        ],
+    )
     cfg = with_identities(signed, tmp_path / "written")
     folder = cfg.federation.secure_aggregation.identities
     assert folder == str(tmp_path / "written") and len(list((tmp_path / "written").iterdir())) == 7
@@ -577,15 +646,24 @@ def test_a_site_that_refuses_its_inbox_withdraws_instead_of_failing(tiny_foundat
     from fedumm.federation.update import UpdateRejected
     from tests.tiny import TINY_RUN
 
-    cfg = load_run_config(None, [*TINY_RUN, f"model.foundation={tiny_foundation}",
-                                 "federation.clients_per_round=3", "threads=1",
-                                 "federation.secure_aggregation.enabled=true"])  # fmt: skip
+    cfg = load_run_config(
+        None,
+        [
+            *TINY_RUN,
+            f"model.foundation={tiny_foundation}",
+            "federation.clients_per_round=3",
+            "threads=1",
+            "federation.secure_aggregation.enabled=true",
+        ],
+    )
     site = Site(cfg, "site-1")
     site.secagg(1, "advertise", b"")
     clients = {u: ClientSession(u, 1, ClientPolicy(2)) for u in ("site-2", "site-3")}
     secagg = ServerSession(1, 2)
-    adverts = {"site-1": site.sessions["site-1"].advertise(),
-               **{u: c.advertise() for u, c in clients.items()}}  # fmt: skip
+    adverts = {
+        "site-1": site.sessions["site-1"].advertise(),
+        **{u: c.advertise() for u, c in clients.items()},
+    }
     roster, _ = secagg.roster(adverts)
     assert site.secagg(1, "share", roster)
     short = json.dumps({"round": 1, "peers": ["site-1"], "from": {}}).encode()

@@ -31,14 +31,30 @@ IDS = ["site-1", "site-2", "site-3", "site-4"]
 ROUND, THRESHOLD = 7, 3
 PHASES = ("advert", "roster", "share", "inbox", "request", "answer")
 ZERO_KEY = base64.b64encode(bytes(32)).decode()
-VALUES = [None, True, 0, -1, 5, 2**70, 1.5, "", "x", ZERO_KEY, "A" * 44, [], {}, [1, "x"],
-          ["site-1"], {"site-1": "x"}, [1, "0" * 131]]  # fmt: skip
+VALUES = [
+    None,
+    True,
+    0,
+    -1,
+    5,
+    2**70,
+    1.5,
+    "",
+    "x",
+    ZERO_KEY,
+    "A" * 44,
+    [],
+    {},
+    [1, "x"],
+    ["site-1"],
+    {"site-1": "x"},
+    [1, "0" * 131],
+]
 
 
 def _updates() -> dict:
     g = torch.Generator().manual_seed(0)
-    return {u: {"a": torch.randn(3, 2, generator=g), "b": torch.randn(4, generator=g)}
-            for u in IDS}  # fmt: skip
+    return {u: {"a": torch.randn(3, 2, generator=g), "b": torch.randn(4, generator=g)} for u in IDS}
 
 
 UPDATES = _updates()
@@ -58,8 +74,10 @@ def _paths(value, prefix=()):
 
 def _mutated(blob: bytes, data, others: list[bytes]) -> bytes:
     """`blob` with one mutation drawn by hypothesis."""
-    kind = data.draw(st.sampled_from(["field", "field", "field", "delete", "add", "garbage",
-                                      "other"]), label="mutation")  # fmt: skip
+    kind = data.draw(
+        st.sampled_from(["field", "field", "field", "delete", "add", "garbage", "other"]),
+        label="mutation",
+    )
     if kind == "garbage":
         return data.draw(st.binary(max_size=64), label="garbage")
     if kind == "other":  # replayed from another round, or another client's

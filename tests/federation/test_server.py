@@ -31,15 +31,31 @@ def _first(params):
     return {"w0": float(params["w"][0])}
 
 
-def server(train_client, per_round=4, evaluate=lambda p: {}, strategy="fedavg", seed=0,
-           clients=CLIENTS, **rules):  # fmt: skip
+def server(
+    train_client,
+    per_round=4,
+    evaluate=lambda p: {},
+    strategy="fedavg",
+    seed=0,
+    clients=CLIENTS,
+    **rules,
+):
     """A server reaching `clients` in this process, each training by `train_client`;
     `rules`: RoundRules' fields."""
     accept = ClientPolicy(rules.get("secure_threshold") or 2, allow_minority=True)
-    transport = InProcess(train_client, clients, rules.get("equal_weights", False),
-                          policy=lambda client: accept)  # fmt: skip
-    return Server(clients, build_strategy(strategy), transport, evaluate, per_round, seed,
-                  RoundRules(**rules), progress=False)  # fmt: skip
+    transport = InProcess(
+        train_client, clients, rules.get("equal_weights", False), policy=lambda client: accept
+    )
+    return Server(
+        clients,
+        build_strategy(strategy),
+        transport,
+        evaluate,
+        per_round,
+        seed,
+        RoundRules(**rules),
+        progress=False,
+    )
 
 
 def test_one_round_moves_serialized_tensors_and_aggregates():
@@ -59,7 +75,8 @@ def test_equal_weights_average_the_updates_whatever_the_clients_hold():
     assert torch.allclose(final["w"], torch.full((3,), 2.5))
     # Under secure aggregation the clients mask weight * update with the same weights.
     secure, _ = server(_train(), equal_weights=True, secure_threshold=3).run(
-        {"w": torch.zeros(3)}, rounds=1)  # fmt: skip
+        {"w": torch.zeros(3)}, rounds=1
+    )
     assert torch.allclose(secure["w"], torch.full((3,), 2.5), atol=1e-5)
 
 
@@ -127,8 +144,15 @@ def test_cyclic_sampling_trains_every_client_once_a_cycle():
     assert all(len(set(r)) == 3 for r in three)
     assert set(sum(three, [])) == {c.client_id for c in CLIENTS}
     with pytest.raises(ValueError, match="client sampling 'round-robin' is neither"):
-        Server(CLIENTS, build_strategy("fedavg"), InProcess(_train(), CLIENTS), dict, 2, 0,
-               sampling="round-robin")  # fmt: skip
+        Server(
+            CLIENTS,
+            build_strategy("fedavg"),
+            InProcess(_train(), CLIENTS),
+            dict,
+            2,
+            0,
+            sampling="round-robin",
+        )
 
 
 def test_evaluation_cadence():

@@ -86,8 +86,15 @@ class Overflowing(FedAvg):
 
 def test_a_non_finite_aggregate_is_refused_and_the_model_kept(caplog):
     """Every update valid, the aggregate not: the round is aborted, logged, the model kept."""
-    engine = Server(CLIENTS, Overflowing(), InProcess(_claiming(), CLIENTS), lambda p: {}, 4,
-                    seed=0, progress=False)  # fmt: skip
+    engine = Server(
+        CLIENTS,
+        Overflowing(),
+        InProcess(_claiming(), CLIENTS),
+        lambda p: {},
+        4,
+        seed=0,
+        progress=False,
+    )
     with caplog.at_level(logging.ERROR, logger="fedumm"):
         final, records = engine.run({"w": torch.ones(2)}, 1)
     assert torch.equal(final["w"], torch.ones(2))

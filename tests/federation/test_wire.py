@@ -6,8 +6,18 @@ from hypothesis import strategies as st
 
 from fedumm.federation import wire
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.int32,
-          torch.int16, torch.int8, torch.uint8, torch.bool]  # fmt: skip
+DTYPES = [
+    torch.float32,
+    torch.bfloat16,
+    torch.float16,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+]
 tensors = st.builds(
     lambda dtype, shape: torch.zeros(shape, dtype=dtype),
     st.sampled_from(DTYPES),

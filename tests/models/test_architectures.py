@@ -41,9 +41,13 @@ def test_janus_pro_totals_are_the_published_ones():
 
 @pytest.mark.parametrize(
     "family, preset, image_tokens",
-    [("llava", "llava-1.5-7b", 576), ("qwen2_5_vl", "qwen2.5-vl-3b", 578),
-     ("janus", "janus-pro-1b", 578), ("smolvlm", "smolvlm-256m", 67)],
-)  # fmt: skip
+    [
+        ("llava", "llava-1.5-7b", 576),
+        ("qwen2_5_vl", "qwen2.5-vl-3b", 578),
+        ("janus", "janus-pro-1b", 578),
+        ("smolvlm", "smolvlm-256m", 67),
+    ],
+)
 def test_a_published_preset_reads_images_as_its_model_does(family, preset, image_tokens):
     """Placeholder tokens per image, as fedumm writes them with the preset's processor
     (LLaVA: 24x24 patches; Qwen: 48x48 patches merged 2x2, plus start and end; Janus: 576
@@ -60,14 +64,21 @@ def test_a_published_preset_reads_images_as_its_model_does(family, preset, image
 
 @pytest.mark.parametrize(
     "family, preset, message",
-    [("llava", "gpt-5", "unknown preset 'gpt-5'; llava presets: tiny, llava-1.5-7b"),
-     ("janus", "llava-1.5-7b", "preset 'llava-1.5-7b' is a llava model, not janus; janus "
-                               "presets: tiny, janus-pro-1b, janus-pro-7b"),
-     ("vicuna", "tiny", "unknown family 'vicuna'")],
-)  # fmt: skip
+    [
+        ("llava", "gpt-5", "unknown preset 'gpt-5'; llava presets: tiny, llava-1.5-7b"),
+        (
+            "janus",
+            "llava-1.5-7b",
+            "preset 'llava-1.5-7b' is a llava model, not janus; janus "
+            "presets: tiny, janus-pro-1b, janus-pro-7b",
+        ),
+        ("vicuna", "tiny", "unknown family 'vicuna'"),
+    ],
+)
 def test_unknown_presets_are_refused_with_the_choices(tmp_path, family, preset, message):
-    result = runner.invoke(app, ["random-model", family, "--preset", preset, "-o",
-                                 str(tmp_path / "m")])  # fmt: skip
+    result = runner.invoke(
+        app, ["random-model", family, "--preset", preset, "-o", str(tmp_path / "m")]
+    )
     assert result.exit_code == 2 and message in result.output
     assert not (tmp_path / "m").exists()
 
@@ -87,19 +98,55 @@ def test_a_random_model_says_it_is_untrained_wherever_it_is_used(tmp_path, caplo
 def test_a_published_size_trains_a_federated_round(tmp_path):
     """SmolVLM-256M at full size (random, bf16 on disk): saved, loaded by path, one round."""
     out = tmp_path / "smolvlm"
-    result = runner.invoke(app, ["random-model", "smolvlm", "--preset", "smolvlm-256m",
-                                 "--dtype", "bfloat16", "-o", str(out)])  # fmt: skip
+    result = runner.invoke(
+        app,
+        [
+            "random-model",
+            "smolvlm",
+            "--preset",
+            "smolvlm-256m",
+            "--dtype",
+            "bfloat16",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    run = runner.invoke(app, ["run", "configs/quickstart.yaml", "-o", str(tmp_path / "run"),
-                              "--quiet", "--set", f"model.name_or_path={out}",
-                              "--set", "model.dtype=bfloat16", *sum((["--set", o] for o in [
-                                  "data.train_samples=8", "data.test_samples=2",
-                                  "partition.min_samples=2", "partition.scheme=iid",
-                                  "federation.num_clients=2", "federation.clients_per_round=2",
-                                  "federation.rounds=1", "federation.local_steps=1",
-                                  "federation.batch_size=2", "eval.batch_size=2",
-                                  "baselines.local=false", "baselines.centralized=false",
-                                  "baselines.zero_shot=false"]), [])])  # fmt: skip
+    run = runner.invoke(
+        app,
+        [
+            "run",
+            "configs/quickstart.yaml",
+            "-o",
+            str(tmp_path / "run"),
+            "--quiet",
+            "--set",
+            f"model.name_or_path={out}",
+            "--set",
+            "model.dtype=bfloat16",
+            *sum(
+                (
+                    ["--set", o]
+                    for o in [
+                        "data.train_samples=8",
+                        "data.test_samples=2",
+                        "partition.min_samples=2",
+                        "partition.scheme=iid",
+                        "federation.num_clients=2",
+                        "federation.clients_per_round=2",
+                        "federation.rounds=1",
+                        "federation.local_steps=1",
+                        "federation.batch_size=2",
+                        "eval.batch_size=2",
+                        "baselines.local=false",
+                        "baselines.centralized=false",
+                        "baselines.zero_shot=false",
+                    ]
+                ),
+                [],
+            ),
+        ],
+    )
     assert run.exit_code == 0, run.output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["model"]["random_weights"] == "smolvlm-256m"

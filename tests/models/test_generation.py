@@ -43,19 +43,30 @@ def test_classifier_free_guidance_combines_the_two_predictions(tiny):
 
 
 def test_unified_federation_scores_vqa_and_geneval_side_by_side(tiny_foundation, tmp_path):
-    args = ["data.tasks=[vqa, generation]", "partition.client_tasks=[vqa, generation, both]",
-            "partition.generation_key=class", *NO_LOCAL]  # fmt: skip
+    args = [
+        "data.tasks=[vqa, generation]",
+        "partition.client_tasks=[vqa, generation, both]",
+        "partition.generation_key=class",
+        *NO_LOCAL,
+    ]
     result = run_tiny(tmp_path / "a", tiny_foundation, *args)
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     for metrics in [res["final"]["metrics"], *(b["metrics"] for b in res["baselines"].values())]:
         assert 0 <= metrics["vqa_accuracy"] <= 100 and 0 <= metrics["geneval_overall"] <= 100
         assert set(metrics["geneval_per_tag"]) == {
-            "single_object", "two_object", "counting", "colors", "position", "color_attr"
-        }  # fmt: skip
+            "single_object",
+            "two_object",
+            "counting",
+            "colors",
+            "position",
+            "color_attr",
+        }
         assert metrics["num_images"] == 2 * (2 + 2 + 2 + 2 + 2 + 2)  # 2 images x 2 prompts/tag
-    held = {c["client_id"]: {t: s["samples"] for t, s in c["tasks"].items()}
-            for c in res["partition"]["clients"]}  # fmt: skip
+    held = {
+        c["client_id"]: {t: s["samples"] for t, s in c["tasks"].items()}
+        for c in res["partition"]["clients"]
+    }
     assert held["site-1"]["generation"] == 0 < held["site-1"]["vqa"]
     assert held["site-2"]["vqa"] == 0 < held["site-2"]["generation"]
     assert held["site-3"]["vqa"] > 0 and held["site-3"]["generation"] > 0
@@ -74,8 +85,13 @@ def test_unified_federation_scores_vqa_and_geneval_side_by_side(tiny_foundation,
 
 
 def test_generation_only_federation(tiny_foundation, tmp_path):
-    result = run_tiny(tmp_path, tiny_foundation, "data.tasks=[generation]", *NO_LOCAL,
-                      "baselines.centralized=false")  # fmt: skip
+    result = run_tiny(
+        tmp_path,
+        tiny_foundation,
+        "data.tasks=[generation]",
+        *NO_LOCAL,
+        "baselines.centralized=false",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "results.json").read_text())["final"]["metrics"]
     assert "geneval_overall" in metrics and "vqa_accuracy" not in metrics
@@ -88,13 +104,21 @@ def test_bad_geneval_metadata_is_refused_naming_the_line(tiny_foundation, tmp_pa
         '{"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a"}\n'
         '{"tag": "single_object", "include": [{"class": "bench", "count": 1}], "prompt": "b"}\n'
     )
-    result = run_tiny(tmp_path / "run", tiny_foundation, "data.tasks=[generation]",
-                      f"data.generation.metadata={path}")  # fmt: skip
+    result = run_tiny(
+        tmp_path / "run",
+        tiny_foundation,
+        "data.tasks=[generation]",
+        f"data.generation.metadata={path}",
+    )
     assert result.exit_code == 1
     assert "evaluation_metadata.jsonl:2: class 'bench' cannot be drawn" in result.output
     assert not (tmp_path / "run" / "results.json").exists()
-    missing = run_tiny(tmp_path / "run", tiny_foundation, "data.tasks=[generation]",
-                       f"data.generation.metadata={tmp_path / 'nope.jsonl'}")  # fmt: skip
+    missing = run_tiny(
+        tmp_path / "run",
+        tiny_foundation,
+        "data.tasks=[generation]",
+        f"data.generation.metadata={tmp_path / 'nope.jsonl'}",
+    )
     assert missing.exit_code == 1 and "GenEval metadata file not found" in missing.output
 
 

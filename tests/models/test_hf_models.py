@@ -40,9 +40,12 @@ def test_each_family_federates_vqa_and_classification_through_fedumm_run(
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "vqa" / "results.json").read_text())
     assert len(results["rounds"]) == 2
-    assert results["model"] == {"family": family, "random_weights": f"tiny-{family}",
-                                "name": str(tiny_models[family]),
-                                "sha256": checksum(tiny_models[family])}  # fmt: skip
+    assert results["model"] == {
+        "family": family,
+        "random_weights": f"tiny-{family}",
+        "name": str(tiny_models[family]),
+        "sha256": checksum(tiny_models[family]),
+    }
     assert f"({family}, float32)" in (tmp_path / "vqa" / "report.md").read_text()
     assert 0 <= results["final"]["metrics"]["vqa_accuracy"] <= 100
     assert_trained(results)
@@ -64,8 +67,7 @@ def test_default_lora_targets_the_language_models_attention_only(family, tiny_mo
     assert isinstance(loaded.processor, HFProcessor) and loaded.processor.family_name == family
     names = [n for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Linear)]
     outside = [n for n in names if n.endswith("q_proj") and not n.startswith(loaded.lora_scope)]
-    model = add_lora(loaded.model, 2, 4.0, 0.0, loaded.default_targets, 0,
-                     scope=loaded.lora_scope)  # fmt: skip
+    model = add_lora(loaded.model, 2, 4.0, 0.0, loaded.default_targets, 0, scope=loaded.lora_scope)
     keys = list(get_adapter(model))
     assert keys and all(f"model.{loaded.lora_scope}." in k for k in keys), keys[:3]
     for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -103,8 +105,13 @@ def test_an_unsupported_model_type_lists_the_supported_families(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path / "llama"
-    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     result = _run(tmp_path / "run", path)
     assert result.exit_code == 1
@@ -136,8 +143,13 @@ def test_a_hugging_face_model_reads_vqa_v2_and_hateful_memes_files(
 ):
     """Official file formats into a Hugging Face model: images resized to what its image
     processor wants, undecodable ones counted, the official VQA score and AUC computed."""
-    vqa = ["data.kind=vqa_v2", f"data.vqa_v2.root={vqa_root}", "data.train_samples=36",
-           "data.test_samples=12", "partition.min_samples=2"]  # fmt: skip
+    vqa = [
+        "data.kind=vqa_v2",
+        f"data.vqa_v2.root={vqa_root}",
+        "data.train_samples=36",
+        "data.test_samples=12",
+        "partition.min_samples=2",
+    ]
     result = _run(tmp_path / "vqa", tiny_models["paligemma"], *vqa)
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "vqa" / "results.json").read_text())["data"]["vqa"]
@@ -147,8 +159,12 @@ def test_a_hugging_face_model_reads_vqa_v2_and_hateful_memes_files(
     assert all(isinstance(k, ImageFile) and k.size == 32 for k in kept)
     assert fl.processor.collate(fl.tasks["vqa"].train[:4])["pixel_values"].shape == (4, 3, 32, 32)
 
-    memes = ["data.tasks=[classification]", "data.classification.source=hateful_memes",
-             f"data.classification.root={hateful_memes}", "partition.min_samples=2"]  # fmt: skip
+    memes = [
+        "data.tasks=[classification]",
+        "data.classification.source=hateful_memes",
+        f"data.classification.root={hateful_memes}",
+        "partition.min_samples=2",
+    ]
     result = _run(tmp_path / "memes", tiny_models["smolvlm"], *memes)
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "memes" / "results.json").read_text())

@@ -17,8 +17,11 @@ from fedumm.pretraining import pretrain
 from tests.conftest import TINY_PRETRAIN
 from tests.tiny import run_tiny
 
-UNIFIED = ["data.tasks=[vqa, generation]", "partition.client_tasks=[vqa, generation, both]",
-           "threads=1"]  # fmt: skip
+UNIFIED = [
+    "data.tasks=[vqa, generation]",
+    "partition.client_tasks=[vqa, generation, both]",
+    "threads=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +46,13 @@ def test_the_generation_loss_is_next_code_prediction_beside_the_text_loss(tiny_j
     n_text = sum(t != -100 for t in reading.labels[1:])
     base = janus.janus(model)
     prompt = torch.tensor([drawing.input_ids[: -len(codes)]])
-    embeds = torch.cat([base.get_input_embeddings()(prompt),
-                        base.prepare_embeddings_for_image_generation(
-                            torch.tensor(codes)[None])], 1)  # fmt: skip
+    embeds = torch.cat(
+        [
+            base.get_input_embeddings()(prompt),
+            base.prepare_embeddings_for_image_generation(torch.tensor(codes)[None]),
+        ],
+        1,
+    )
     hidden = base.model.language_model(inputs_embeds=embeds).last_hidden_state[0]
     start = prompt.shape[1] - 1  # the hidden state before each code predicts it
     scores = base.model.generation_head(hidden[start : start + len(codes)])
@@ -77,8 +84,14 @@ def test_the_generation_head_may_train_and_travel_too(tiny_janus, tmp_path):
     """lora.modules_to_save: the generation head trains in full and is part of every message."""
     runs = {}
     for name, extra in (("lora", []), ("head", ["lora.modules_to_save=[generation_head]"])):
-        result = run_tiny(tmp_path / name, "builtin", f"model.name_or_path={tiny_janus}",
-                          *UNIFIED, "baselines.local=false", *extra)  # fmt: skip
+        result = run_tiny(
+            tmp_path / name,
+            "builtin",
+            f"model.name_or_path={tiny_janus}",
+            *UNIFIED,
+            "baselines.local=false",
+            *extra,
+        )
         assert result.exit_code == 0, result.output
         runs[name] = json.loads((tmp_path / name / "results.json").read_text())
     head = load_file(tmp_path / "head" / "global_adapter.safetensors")
@@ -94,8 +107,9 @@ def test_the_generation_head_may_train_and_travel_too(tiny_janus, tmp_path):
     config = json.loads((tmp_path / "head" / "adapter" / "adapter_config.json").read_text())
     assert config["modules_to_save"] == ["generation_head"]
     png = tmp_path / "drawn.png"
-    result = runner.invoke(app, ["draw", str(tmp_path / "head"), "--prompt", "a red circle",
-                                 "-o", str(png)])  # fmt: skip
+    result = runner.invoke(
+        app, ["draw", str(tmp_path / "head"), "--prompt", "a red circle", "-o", str(png)]
+    )
     assert result.exit_code == 0, result.output
     from PIL import Image
 
@@ -106,8 +120,9 @@ def test_the_generation_head_may_train_and_travel_too(tiny_janus, tmp_path):
 
 def test_a_family_that_cannot_draw_is_refused_naming_it(tmp_path):
     llava = build_random("llava", tmp_path / "llava")
-    result = run_tiny(tmp_path / "run", "builtin", f"model.name_or_path={llava}",
-                      "data.tasks=[generation]")  # fmt: skip
+    result = run_tiny(
+        tmp_path / "run", "builtin", f"model.name_or_path={llava}", "data.tasks=[generation]"
+    )
     assert result.exit_code == 1
     assert "is a llava model, which only reads them" in result.output
 
@@ -121,15 +136,24 @@ def test_a_janus_without_its_vq_vae_and_generation_head_is_refused_for_generatio
         if f.name != "model.safetensors":
             (export / f.name).write_bytes(f.read_bytes())
     weights = load_file(tiny_janus / "model.safetensors")
-    kept = {k: v for k, v in weights.items()
-            if not k.startswith(("model.vqmodel.", "model.generation_head."))}  # fmt: skip
+    kept = {
+        k: v
+        for k, v in weights.items()
+        if not k.startswith(("model.vqmodel.", "model.generation_head."))
+    }
     save_file(kept, export / "model.safetensors", metadata={"format": "pt"})
-    result = run_tiny(tmp_path / "run", "builtin", f"model.name_or_path={export}",
-                      "data.tasks=[generation]")  # fmt: skip
+    result = run_tiny(
+        tmp_path / "run", "builtin", f"model.name_or_path={export}", "data.tasks=[generation]"
+    )
     assert result.exit_code == 1
     assert "generation needs the VQ-VAE, generation head of" in result.output
-    understanding = run_tiny(tmp_path / "vqa", "builtin", f"model.name_or_path={export}",
-                             "baselines.local=false", "baselines.centralized=false")  # fmt: skip
+    understanding = run_tiny(
+        tmp_path / "vqa",
+        "builtin",
+        f"model.name_or_path={export}",
+        "baselines.local=false",
+        "baselines.centralized=false",
+    )
     assert understanding.exit_code == 0, understanding.output  # reading still works
 
 
@@ -154,6 +178,11 @@ def test_a_janus_foundation_is_pretrained_on_shapesworld_and_federates(tmp_path)
     pretrain(PretrainConfig(**tiny), tmp_path / "b")
     a, b = (load_file(tmp_path / d / "model.safetensors") for d in "ab")
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit from its seed
-    result = run_tiny(tmp_path / "run", "builtin", f"model.name_or_path={tmp_path / 'a'}",
-                      *UNIFIED, "baselines.local=false")  # fmt: skip
+    result = run_tiny(
+        tmp_path / "run",
+        "builtin",
+        f"model.name_or_path={tmp_path / 'a'}",
+        *UNIFIED,
+        "baselines.local=false",
+    )
     assert result.exit_code == 0, result.output

@@ -126,8 +126,10 @@ def test_shipped_foundations_by_name_and_checksum():
     sums = {name: foundation.checksum(foundation.location(name)) for name in foundation.names()}
     assert sums["builtin"] == sums["assistant-v2"]
     assert len({sums["assistant-v2"], sums["assistant"], sums["captioner"]}) == 3
-    cards = {name: json.loads((foundation.location(name) / "pretraining.json").read_text())
-             for name in ("assistant-v2", "assistant", "captioner")}  # fmt: skip
+    cards = {
+        name: json.loads((foundation.location(name) / "pretraining.json").read_text())
+        for name in ("assistant-v2", "assistant", "captioner")
+    }
     assert cards["assistant-v2"]["config"]["short_captions"] == 0.5
     assert "short_captions" not in cards["assistant"]["config"]  # made before short captions
     assert cards["assistant"]["config"]["question_samples"] > 0

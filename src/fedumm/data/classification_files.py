@@ -25,9 +25,11 @@ from fedumm.data.reports import ReportSample
 FORMATS = ("hateful_memes", "crisismmd")
 DEFAULT_FILES = {
     "hateful_memes": ("train.jsonl", "dev_seen.jsonl"),
-    "crisismmd": ("crisismmd_datasplit_all/task_humanitarian_text_img_train.tsv",
-                  "crisismmd_datasplit_all/task_humanitarian_text_img_test.tsv"),
-}  # fmt: skip
+    "crisismmd": (
+        "crisismmd_datasplit_all/task_humanitarian_text_img_train.tsv",
+        "crisismmd_datasplit_all/task_humanitarian_text_img_test.tsv",
+    ),
+}
 HATEFUL_MEMES_CLASSES = {0: "benign", 1: "hateful"}
 CRISISMMD_COLUMNS = ("event_name", "tweet_id", "image_id", "tweet_text", "image", "label")
 

@@ -84,35 +84,51 @@ def all_prompts(tag: str) -> list[GenEvalPrompt]:
         ]
     if tag == "two_object":
         return [
-            GenEvalPrompt(tag, f"a photo of {_a(a)} and {_a(b)}",
-                          [{"class": a, "count": 1}, {"class": b, "count": 1}])
+            GenEvalPrompt(
+                tag,
+                f"a photo of {_a(a)} and {_a(b)}",
+                [{"class": a, "count": 1}, {"class": b, "count": 1}],
+            )
             for a, b in pairs
-        ]  # fmt: skip
+        ]
     if tag == "counting":
         return [
-            GenEvalPrompt(tag, f"a photo of {word} {s}s", [{"class": s, "count": n}],
-                          [{"class": s, "count": n + 1}])
-            for s in shapes for n, word in COUNT_WORDS.items()
-        ]  # fmt: skip
+            GenEvalPrompt(
+                tag,
+                f"a photo of {word} {s}s",
+                [{"class": s, "count": n}],
+                [{"class": s, "count": n + 1}],
+            )
+            for s in shapes
+            for n, word in COUNT_WORDS.items()
+        ]
     if tag == "colors":
         return [
             GenEvalPrompt(tag, f"a photo of a {c} {s}", [{"class": s, "count": 1, "color": c}])
-            for s in shapes for c in colors
-        ]  # fmt: skip
+            for s in shapes
+            for c in colors
+        ]
     if tag == "position":
         return [
-            GenEvalPrompt(tag, f"a photo of {_a(b)} {rel} {_a(a)}",
-                          [{"class": a, "count": 1},
-                           {"class": b, "count": 1, "position": [rel, 0]}])
-            for a, b in pairs for rel in POSITIONS
-        ]  # fmt: skip
+            GenEvalPrompt(
+                tag,
+                f"a photo of {_a(b)} {rel} {_a(a)}",
+                [{"class": a, "count": 1}, {"class": b, "count": 1, "position": [rel, 0]}],
+            )
+            for a, b in pairs
+            for rel in POSITIONS
+        ]
     if tag == "color_attr":
         return [
-            GenEvalPrompt(tag, f"a photo of a {ca} {a} and a {cb} {b}",
-                          [{"class": a, "count": 1, "color": ca},
-                           {"class": b, "count": 1, "color": cb}])
-            for a, b in pairs for ca in colors for cb in colors
-        ]  # fmt: skip
+            GenEvalPrompt(
+                tag,
+                f"a photo of a {ca} {a} and a {cb} {b}",
+                [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
+            )
+            for a, b in pairs
+            for ca in colors
+            for cb in colors
+        ]
     raise ValueError(f"unknown GenEval tag {tag!r}; known: {', '.join(TAGS)}")
 
 
@@ -140,19 +156,26 @@ def scene_for(prompt: GenEvalPrompt, rng: np.random.Generator) -> sw.Scene:
     for _ in range(1000):
         cells = rng.choice(sw.GRID * sw.GRID, size=len(wanted), replace=False)
         objects = [
-            sw.Obj(item["class"], item.get("color") or colors[int(rng.integers(len(colors)))],
-                   int(c) // sw.GRID, int(c) % sw.GRID,
-                   int(rng.integers(sw.MAX_OFFSET + 1)), int(rng.integers(sw.MAX_OFFSET + 1)))
+            sw.Obj(
+                item["class"],
+                item.get("color") or colors[int(rng.integers(len(colors)))],
+                int(c) // sw.GRID,
+                int(c) % sw.GRID,
+                int(rng.integers(sw.MAX_OFFSET + 1)),
+                int(rng.integers(sw.MAX_OFFSET + 1)),
+            )
             for (item, _), c in zip(wanted, cells)
-        ]  # fmt: skip
+        ]
         groups = [
             [o for (it, _), o in zip(wanted, objects) if it is item] for item in prompt.include
         ]
         if all(
             sw.relation(a, b) == _SHAPESWORLD_RELATION[item["position"][0]]
-            for item, group in zip(prompt.include, groups) if "position" in item
-            for a in group for b in groups[item["position"][1]]
-        ):  # fmt: skip
+            for item, group in zip(prompt.include, groups)
+            if "position" in item
+            for a in group
+            for b in groups[item["position"][1]]
+        ):
             return sw.Scene(tuple(objects))
     raise ValueError(f"no placement on a {sw.GRID}x{sw.GRID} grid satisfies {prompt.prompt!r}")
 
@@ -219,10 +242,12 @@ def _parse(raw: object, where: str) -> GenEvalPrompt:
                 raise MetadataError(f"{where}: {name}[{i}] needs a 'count' >= 1")
             position = item.get("position")
             if position is not None and not (
-                isinstance(position, list) and len(position) == 2
-                and position[0] in POSITIONS and isinstance(position[1], int)
+                isinstance(position, list)
+                and len(position) == 2
+                and position[0] in POSITIONS
+                and isinstance(position[1], int)
                 and 0 <= position[1] < i
-            ):  # fmt: skip
+            ):
                 raise MetadataError(
                     f"{where}: {name}[{i}].position must be [one of {', '.join(POSITIONS)}, "
                     f"index of an earlier include entry], got {position!r}"

@@ -153,8 +153,9 @@ def read_vqa(
 ) -> VQARows:
     """VQA rows: `columns` maps image, question, answer (a string, or the humans' list) and
     optionally family; with `encode`, `images` holds what `encode` keeps of each."""
-    roles = {k: spec.columns[k] for k in ("image", "question", "answer", "family")
-             if k in spec.columns}  # fmt: skip
+    roles = {
+        k: spec.columns[k] for k in ("image", "question", "answer", "family") if k in spec.columns
+    }
     _, rows, skipped = _read(spec, split, roles, size, limit, "data.hf_dataset", encode)
     out = VQARows(skipped_images=skipped)
     for row, image in rows:
@@ -177,5 +178,10 @@ def read_classification(
     dataset, rows, skipped = _read(spec, split, roles, size, limit, where, encode)
     feature = dataset.features.get(roles["label"])
     name = feature.int2str if hasattr(feature, "int2str") else str
-    return Split([ReportSample(image, str(row[roles["text"]] or ""), name(row[roles["label"]]))
-                  for row, image in rows], skipped)  # fmt: skip
+    return Split(
+        [
+            ReportSample(image, str(row[roles["text"]] or ""), name(row[roles["label"]]))
+            for row, image in rows
+        ],
+        skipped,
+    )

@@ -205,5 +205,10 @@ def label_counts(labels: list | np.ndarray, parts: list[np.ndarray]) -> LabelCou
     owner = np.repeat(np.arange(len(parts)), sizes)
     flat = np.concatenate(parts).astype(np.int64) if len(parts) else np.array([], dtype=np.int64)
     cells, count = np.unique(owner * len(classes) + codes[flat], return_counts=True)
-    return LabelCounts([str(c) for c in classes], len(parts), cells // len(classes),
-                       cells % len(classes), count.astype(np.int64))  # fmt: skip
+    return LabelCounts(
+        [str(c) for c in classes],
+        len(parts),
+        cells // len(classes),
+        cells % len(classes),
+        count.astype(np.int64),
+    )

@@ -29,10 +29,18 @@ from fedumm.data.modality import IMAGE, IMAGE_TEXT, TEXT
 HAZARDS = {"none": None, "fire": "red", "flood": "blue"}  # hazard -> the colour that shows it
 CLASSES = ("safe", "fire", "flood", "help", "fire help", "flood help")
 # Short, so sequences stay short (the byte-level BPE knows few of these words).
-ASKS_HELP = ("help at the {thing}", "send help to the {thing}", "trapped by the {thing}",
-             "hurt near the {thing}")  # fmt: skip
-NO_HELP = ("no help at the {thing}", "all fine at the {thing}", "not trapped by the {thing}",
-           "nobody hurt near the {thing}")  # fmt: skip
+ASKS_HELP = (
+    "help at the {thing}",
+    "send help to the {thing}",
+    "trapped by the {thing}",
+    "hurt near the {thing}",
+)
+NO_HELP = (
+    "no help at the {thing}",
+    "all fine at the {thing}",
+    "not trapped by the {thing}",
+    "nobody hurt near the {thing}",
+)
 
 
 @dataclass(frozen=True)
@@ -48,8 +56,9 @@ def label_of(hazard: str, asks_help: bool) -> str:
 
 def hazard_of(scene: shapesworld.Scene) -> str | None:
     """The hazard a scene shows; None if it shows more than one (not a valid report)."""
-    shown = [h for h, color in HAZARDS.items()
-             if color and any(o.color == color for o in scene.objects)]  # fmt: skip
+    shown = [
+        h for h, color in HAZARDS.items() if color and any(o.color == color for o in scene.objects)
+    ]
     return None if len(shown) > 1 else (shown[0] if shown else "none")
 
 

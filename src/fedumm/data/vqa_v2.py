@@ -82,10 +82,16 @@ def read_questions(root: str | Path, subtype: str, limit: int) -> list[VQAv2Ques
             raise ValueError(f"{apath}: no annotation for question_id {qid} (from {qpath.name})")
         j, a = annotations[qid]
         answers = [_field(h, "answer", apath, j) for h in _field(a, "answers", apath, j)]
-        out.append(VQAv2Question(qid, _field(q, "image_id", qpath, i),
-                                 _field(q, "question", qpath, i), answers,
-                                 _field(a, "multiple_choice_answer", apath, j),
-                                 _field(a, "answer_type", apath, j)))  # fmt: skip
+        out.append(
+            VQAv2Question(
+                qid,
+                _field(q, "image_id", qpath, i),
+                _field(q, "question", qpath, i),
+                answers,
+                _field(a, "multiple_choice_answer", apath, j),
+                _field(a, "answer_type", apath, j),
+            )
+        )
     return out
 
 

@@ -63,9 +63,12 @@ class InProcess:
         return upload(update, self.equal_weights, self.sessions[cid], inboxes[cid])
 
     def exchange(
-        self, rnd: int, down: bytes, clients: list[ClientData],
+        self,
+        rnd: int,
+        down: bytes,
+        clients: list[ClientData],
         inboxes: dict[str, bytes] | None = None,
-    ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
+    ) -> list[tuple[ClientUpdate, bytes]]:
         answers = []
         for client in clients:
             update = self.train_client(client, wire.unpack(down), rnd)
@@ -77,11 +80,13 @@ class InProcess:
         answers = {}
         for cid, payload in payloads.items():
             try:
-                answers[cid] = client_answer(self.sessions, cid, rnd, phase, payload,
-                                             self.policy(cid))  # fmt: skip
+                answers[cid] = client_answer(
+                    self.sessions, cid, rnd, phase, payload, self.policy(cid)
+                )
             except ProtocolError as e:  # the client refuses the request: it counts as dropped
-                log.warning("secure aggregation round %d: %s did not answer %s: %s", rnd, cid,
-                            phase, e)  # fmt: skip
+                log.warning(
+                    "secure aggregation round %d: %s did not answer %s: %s", rnd, cid, phase, e
+                )
         return answers
 
     def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
@@ -94,8 +99,13 @@ class InProcess:
 
 
 def _in_process(fl: Federation) -> InProcess:
-    return InProcess(fl.train_client, fl.clients, fl.cfg.federation.client_weights == "equal",
-                     fl.evaluate_personal, fl.secagg_policy)  # fmt: skip
+    return InProcess(
+        fl.train_client,
+        fl.clients,
+        fl.cfg.federation.client_weights == "equal",
+        fl.evaluate_personal,
+        fl.secagg_policy,
+    )
 
 
 class DevicePool:
@@ -114,9 +124,12 @@ class DevicePool:
         self.workers: list[tuple[torch.device, Connection, multiprocessing.Process]] = []
         for device in devices[1:]:
             mine, theirs = context.Pipe()
-            process = context.Process(target=_serve, daemon=True, name=f"fedumm-{device}",
-                                      args=(fl.cfg.model_dump_json(), str(device), threads,
-                                            theirs))  # fmt: skip
+            process = context.Process(
+                target=_serve,
+                daemon=True,
+                name=f"fedumm-{device}",
+                args=(fl.cfg.model_dump_json(), str(device), threads, theirs),
+            )
             process.start()
             theirs.close()
             self.workers.append((device, mine, process))
@@ -137,9 +150,12 @@ class DevicePool:
         return payload
 
     def exchange(
-        self, rnd: int, down: bytes, clients: list[ClientData],
+        self,
+        rnd: int,
+        down: bytes,
+        clients: list[ClientData],
         inboxes: dict[str, bytes] | None = None,
-    ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
+    ) -> list[tuple[ClientUpdate, bytes]]:
         if not self.ready:  # workers build their federation while this process starts
             for device, conn, _ in self.workers:
                 self._answer(device, conn)
@@ -147,10 +163,20 @@ class DevicePool:
         shares = [clients[i :: len(self.workers) + 1] for i in range(len(self.workers) + 1)]
         states = self.fl.client_states
         for (_, conn, _), share in zip(self.workers, shares[1:]):
-            conn.send(("train", rnd, down, [c.client_id for c in share],
-                       {c.client_id: wire.pack(states[c.client_id]) for c in share}))  # fmt: skip
-        answers = dict(zip((c.client_id for c in shares[0]),
-                           self.local.exchange(rnd, down, shares[0], inboxes)))  # fmt: skip
+            conn.send(
+                (
+                    "train",
+                    rnd,
+                    down,
+                    [c.client_id for c in share],
+                    {c.client_id: wire.pack(states[c.client_id]) for c in share},
+                )
+            )
+        answers = dict(
+            zip(
+                (c.client_id for c in shares[0]), self.local.exchange(rnd, down, shares[0], inboxes)
+            )
+        )
         for device, conn, _ in self.workers:  # a worker is its clients' accelerator: the
             (results,) = self._answer(device, conn)  # client masks here, where its keys are
             for (cid, samples, steps, metrics), params, state in results:
@@ -213,7 +239,8 @@ def connect(fl: Federation) -> Transport:
     return _in_process(fl)
 
 
-def run(cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False,
-        force: bool = False) -> dict:  # fmt: skip
+def run(
+    cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False, force: bool = False
+) -> dict:
     """`fedumm run` on the embedded engine."""
     return run_experiment(cfg, out_dir, connect, progress, resume, force)

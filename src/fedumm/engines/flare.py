@@ -71,8 +71,14 @@ class FlareTransport:
     tasks' results. `out_dir` holds the checkpoints (`checkpoint_every` rounds apart, 0:
     none); with `resume`, the job continues from the one there."""
 
-    def __init__(self, controller: ModelController, timeout: int, out_dir: Path | None = None,
-                 checkpoint_every: int = 0, resume: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        controller: ModelController,
+        timeout: int,
+        out_dir: Path | None = None,
+        checkpoint_every: int = 0,
+        resume: bool = False,
+    ):
         self.controller = controller
         self.timeout = timeout
         self.out_dir, self.checkpoint_every = out_dir, checkpoint_every
@@ -110,8 +116,11 @@ class FlareTransport:
             results = {result.meta["client_name"]: result for result in results}
         else:
             results = self._ask_each(task_name, tasks)
-        refusals = [f"{site}: {r.meta[ERROR]}" for site, r in results.items()
-                    if r.meta and r.meta.get(ERROR)]  # fmt: skip
+        refusals = [
+            f"{site}: {r.meta[ERROR]}"
+            for site, r in results.items()
+            if r.meta and r.meta.get(ERROR)
+        ]
         if refusals:
             raise SiteRefused("; ".join(refusals))
         return results
@@ -125,8 +134,13 @@ class FlareTransport:
                 results[result.meta["client_name"]] = result
 
         for site, task in tasks.items():
-            self.controller.send_model(task_name=task_name, data=task, targets=[site],
-                                       timeout=self.timeout, callback=collect)  # fmt: skip
+            self.controller.send_model(
+                task_name=task_name,
+                data=task,
+                targets=[site],
+                timeout=self.timeout,
+                callback=collect,
+            )
         deadline = time.monotonic() + self.timeout + 10
         while self.controller.get_num_standing_tasks() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -134,14 +148,24 @@ class FlareTransport:
             return dict(results)
 
     def exchange(
-        self, rnd: int, down: bytes, clients: list[ClientData],
+        self,
+        rnd: int,
+        down: bytes,
+        clients: list[ClientData],
         inboxes: dict[str, bytes] | None = None,
-    ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
+    ) -> list[tuple[ClientUpdate, bytes]]:
         told = {KEEP_FROM: self.keep_from(rnd), **self._state_meta([c.client_id for c in clients])}
         shared = FLModel(params={"message": down}, current_round=rnd, meta=told)
-        tasks = {c.client_id: shared if inboxes is None else FLModel(
-            params={"message": down, "inbox": inboxes[c.client_id]}, current_round=rnd,
-            meta=dict(told)) for c in clients}  # fmt: skip
+        tasks = {
+            c.client_id: shared
+            if inboxes is None
+            else FLModel(
+                params={"message": down, "inbox": inboxes[c.client_id]},
+                current_round=rnd,
+                meta=dict(told),
+            )
+            for c in clients
+        }
         answers = {}
         for site, result in self._ask(TASK, tasks).items():
             meta = result.meta
@@ -152,8 +176,10 @@ class FlareTransport:
         return [answers[c.client_id] for c in clients if c.client_id in answers]
 
     def secagg(self, rnd: int, phase: str, payloads: dict[str, bytes]) -> dict[str, bytes]:
-        tasks = {site: FLModel(params={"payload": payload}, current_round=rnd)
-                 for site, payload in payloads.items()}  # fmt: skip
+        tasks = {
+            site: FLModel(params={"payload": payload}, current_round=rnd)
+            for site, payload in payloads.items()
+        }
         answers = {}
         for site, result in self._ask(SECAGG + phase, tasks).items():
             answer = result.params.get("answer") if result.params else None
@@ -180,8 +206,7 @@ class FedummController(ModelController):
     """FLARE's server workflow running fedumm's recipe; `config` is the resolved RunConfig as
     JSON (so the job carries it), `out_dir` where results.json and the report are written."""
 
-    def __init__(self, config: str, out_dir: str, round_timeout: int = 600,
-                 resume: bool = False):  # fmt: skip
+    def __init__(self, config: str, out_dir: str, round_timeout: int = 600, resume: bool = False):
         super().__init__()
         self.config = config
         self.out_dir = out_dir
@@ -191,12 +216,12 @@ class FedummController(ModelController):
     def run(self) -> None:
         cfg = RunConfig.model_validate_json(self.config)
         out = Path(self.out_dir)
-        transport = FlareTransport(self, self.round_timeout, out, cfg.checkpoint_every,
-                                   self.resume)  # fmt: skip
+        transport = FlareTransport(self, self.round_timeout, out, cfg.checkpoint_every, self.resume)
         try:
             info = {"flare": {"env": cfg.flare.env, "server_pid": os.getpid()}}
-            run_experiment(cfg, out, lambda fl: transport, progress=False, resume=self.resume,
-                           engine_info=info)  # fmt: skip
+            run_experiment(
+                cfg, out, lambda fl: transport, progress=False, resume=self.resume, engine_info=info
+            )
         except Exception as e:  # the command that started the job reports it
             (out / FAILURE).write_text(f"{type(e).__name__}: {e}")
             raise
@@ -223,8 +248,7 @@ def build_job(cfg: RunConfig, out_dir: str, config_file: Path, resume: bool = Fa
 
     sites = site_names(cfg.federation.num_clients)
     job = FedJob(name="fedumm", min_clients=len(sites))  # every site joins before the start
-    controller = FedummController(cfg.model_dump_json(), out_dir, cfg.flare.round_timeout,
-                                  resume)  # fmt: skip
+    controller = FedummController(cfg.model_dump_json(), out_dir, cfg.flare.round_timeout, resume)
     job.to_server(controller)
     for site in sites:
         # Relative: FLARE copies the script into each site's custom folder and runs that copy.
@@ -251,8 +275,9 @@ def run_flare(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     out_dir = Path(out_dir).resolve()
     workspace = out_dir / "flare"
     if cfg.flare.state_dir is None:
-        cfg = cfg.model_copy(update={"flare": cfg.flare.model_copy(
-            update={"state_dir": str(workspace / "state")})})  # fmt: skip
+        cfg = cfg.model_copy(
+            update={"flare": cfg.flare.model_copy(update={"state_dir": str(workspace / "state")})}
+        )
     if resume:
         from fedumm.federation.checkpoint import read_manifest
 
@@ -295,8 +320,10 @@ def _failure_report(out_dir: Path, workspace: Path, why: str | None = None) -> s
     if why is None:
         why = failure.read_text() if failure.is_file() else "the job ended without results"
     try:
-        kept = f"the last good global adapter (round {read_manifest(out_dir)['round']}) is " \
-               f"in the checkpoint in {out_dir} (fedumm run --resume {out_dir})"  # fmt: skip
+        kept = (
+            f"the last good global adapter (round {read_manifest(out_dir)['round']}) is "
+            f"in the checkpoint in {out_dir} (fedumm run --resume {out_dir})"
+        )
     except CheckpointError:
         kept = "no round finished, so there is no global adapter to keep"
     return f"FLARE job failed: {why}; {kept}; the sites' logs: {workspace}"
@@ -333,17 +360,25 @@ def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig, out_dir: Pa
     os.environ["NVFLARE_POC_WORKSPACE"] = str(workspace)
     env = poc_env.PocEnv(num_clients=len(sites), clients=sites)
     poc_env.prepare_poc_provision(
-        clients=sites, number_of_clients=len(sites), workspace=env.poc_workspace,
-        docker_image=None, use_he=False, project_conf_path="", examples_dir=None,
-    )  # fmt: skip
+        clients=sites,
+        number_of_clients=len(sites),
+        workspace=env.poc_workspace,
+        docker_image=None,
+        use_he=False,
+        project_conf_path="",
+        examples_dir=None,
+    )
     _check_ports_free(workspace / "project.yml")
     kits = workspace.parent / POC_KITS
     if cfg.federation.secure_aggregation.identities == str(kits) and not kits.is_dir():
-        raise RuntimeError(f"FLARE's POC provisioning wrote no startup kits at {kits}, where "
-                           "the signed secure-aggregation keys expect them")  # fmt: skip
+        raise RuntimeError(
+            f"FLARE's POC provisioning wrote no startup kits at {kits}, where "
+            "the signed secure-aggregation keys expect them"
+        )
     try:
-        poc_env._start_poc(poc_workspace=env.poc_workspace, gpu_ids=[],
-                           excluded=[env.username], services_list=[])  # fmt: skip
+        poc_env._start_poc(
+            poc_workspace=env.poc_workspace, gpu_ids=[], excluded=[env.username], services_list=[]
+        )
         time.sleep(poc_env.SERVICE_START_TIMEOUT)
         server = next(workspace.glob("*/prod_00/server"))
         env._get_session_manager().submit_job(job)
@@ -355,8 +390,10 @@ def _run_poc(job, sites: list[str], workspace: Path, cfg: RunConfig, out_dir: Pa
             if now and now != first:  # POC's daemon restarts a dead server, without the job
                 raise RuntimeError(f"the FLARE server process ({first}) died during the job")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the FLARE job wrote no results within {budget} s "
-                                   "(flare.round_timeout x (rounds + 2))")  # fmt: skip
+                raise RuntimeError(
+                    f"the FLARE job wrote no results within {budget} s "
+                    "(flare.round_timeout x (rounds + 2))"
+                )
             time.sleep(0.5)
     finally:
         env.stop()

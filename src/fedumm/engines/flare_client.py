@@ -136,8 +136,9 @@ def main() -> None:
             flare.send(FLModel(params={}, meta={"metrics": metrics}))
         else:
             inbox = task.params.get("inbox")
-            answer, up = site.train(rnd, bytes(task.params["message"]),
-                                    None if inbox is None else bytes(inbox))  # fmt: skip
+            answer, up = site.train(
+                rnd, bytes(task.params["message"]), None if inbox is None else bytes(inbox)
+            )
             kept.after(rnd, int(meta.get(KEEP_FROM, 0)))  # none said: keep every file
             flare.send(FLModel(params={"upload": up}, meta=answer))
 

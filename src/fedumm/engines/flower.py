@@ -38,9 +38,13 @@ from fedumm.federation.update import ClientUpdate, Params
 log = logging.getLogger("fedumm")
 
 # Flower reads these when it is imported: no telemetry, no update check, quiet logs.
-for _name, _value in (("FLWR_TELEMETRY_ENABLED", "0"), ("FLWR_DISABLE_UPDATE_CHECK", "1"),
-                      ("FLWR_LOG_LEVEL", "ERROR"), ("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"),
-                      ("RAY_DEDUP_LOGS", "0")):  # fmt: skip
+for _name, _value in (
+    ("FLWR_TELEMETRY_ENABLED", "0"),
+    ("FLWR_DISABLE_UPDATE_CHECK", "1"),
+    ("FLWR_LOG_LEVEL", "ERROR"),
+    ("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"),
+    ("RAY_DEDUP_LOGS", "0"),
+):
     os.environ.setdefault(_name, _value)
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
@@ -67,16 +71,19 @@ class FlowerTransport:
 
     def __init__(self, grid: Grid, cfg: RunConfig):
         self.grid, self.timeout = grid, cfg.flower.round_timeout
-        self.nodes = self._find_sites(site_names(cfg.federation.num_clients),
-                                      cfg.flower.connect_timeout)  # fmt: skip
+        self.nodes = self._find_sites(
+            site_names(cfg.federation.num_clients), cfg.flower.connect_timeout
+        )
 
     def _find_sites(self, sites: list[str], timeout: int) -> dict[str, int]:
         """site -> node id: wait for the SuperNodes to connect, then ask each its site."""
         deadline = time.monotonic() + timeout
         while len(nodes := sorted(self.grid.get_node_ids())) < len(sites):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(nodes)} of {len(sites)} Flower SuperNodes connected "
-                                   f"within flower.connect_timeout ({timeout} s)")  # fmt: skip
+                raise RuntimeError(
+                    f"{len(nodes)} of {len(sites)} Flower SuperNodes connected "
+                    f"within flower.connect_timeout ({timeout} s)"
+                )
             time.sleep(0.2)
         asked = {node: RecordDict({"fedumm": ConfigRecord({"round": 0})}) for node in nodes}
         answers, errors = self._send(SITE, asked, 0)
@@ -86,20 +93,26 @@ class FlowerTransport:
         for node, content in answers.items():
             site = str(content["fedumm"]["site"])
             if site in found:
-                raise RuntimeError(f"two SuperNodes ({found[site]}, {node}) claim {site}: "
-                                   "give each its own partition-id")  # fmt: skip
+                raise RuntimeError(
+                    f"two SuperNodes ({found[site]}, {node}) claim {site}: "
+                    "give each its own partition-id"
+                )
             found[site] = node
         missing = [s for s in sites if s not in found]
         if missing:
-            raise RuntimeError(f"no SuperNode holds {', '.join(missing)} (partition-id "
-                               f"{sites.index(missing[0])})")  # fmt: skip
+            raise RuntimeError(
+                f"no SuperNode holds {', '.join(missing)} (partition-id {sites.index(missing[0])})"
+            )
         return found
 
-    def _send(self, message_type: str, contents: dict[int, RecordDict], rnd: int
-              ) -> tuple[dict[int, RecordDict], dict[int, str]]:  # fmt: skip
+    def _send(
+        self, message_type: str, contents: dict[int, RecordDict], rnd: int
+    ) -> tuple[dict[int, RecordDict], dict[int, str]]:
         """(node -> reply content, node -> error) for one message to each node."""
-        messages = [Message(content, dst_node_id=node, message_type=message_type,
-                            group_id=str(rnd)) for node, content in contents.items()]  # fmt: skip
+        messages = [
+            Message(content, dst_node_id=node, message_type=message_type, group_id=str(rnd))
+            for node, content in contents.items()
+        ]
         replies = self.grid.send_and_receive(messages, timeout=self.timeout)
         sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         answers, errors = {}, {}
@@ -113,8 +126,9 @@ class FlowerTransport:
                 answers[node] = reply.content
         return answers, errors
 
-    def _ask(self, message_type: str, contents: dict[str, RecordDict], rnd: int
-             ) -> dict[str, RecordDict]:  # fmt: skip
+    def _ask(
+        self, message_type: str, contents: dict[str, RecordDict], rnd: int
+    ) -> dict[str, RecordDict]:
         """Each site's reply (a site that failed or stayed silent is missing, and logged)."""
         answers, errors = self._send(
             message_type, {self.nodes[s]: c for s, c in contents.items()}, rnd
@@ -125,9 +139,12 @@ class FlowerTransport:
         return {site_of[node]: content for node, content in answers.items()}
 
     def exchange(
-        self, rnd: int, down: bytes, clients: list[ClientData],
+        self,
+        rnd: int,
+        down: bytes,
+        clients: list[ClientData],
         inboxes: dict[str, bytes] | None = None,
-    ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
+    ) -> list[tuple[ClientUpdate, bytes]]:
         contents = {}
         for c in clients:
             extra = {} if inboxes is None else {"inbox": inboxes[c.client_id]}
@@ -144,9 +161,12 @@ class FlowerTransport:
         return [answers[c.client_id] for c in clients if c.client_id in answers]
 
     def secagg(self, rnd: int, phase: str, payloads: dict[str, bytes]) -> dict[str, bytes]:
-        contents = {site: RecordDict({"fedumm": ConfigRecord(
-            {"round": rnd, "phase": phase, "payload": payload})}) for site, payload in
-            payloads.items()}  # fmt: skip
+        contents = {
+            site: RecordDict(
+                {"fedumm": ConfigRecord({"round": rnd, "phase": phase, "payload": payload})}
+            )
+            for site, payload in payloads.items()
+        }
         answers = {}
         for site, content in self._ask(SECAGG, contents, rnd).items():
             answer = bytes(content["fedumm"]["answer"])
@@ -173,8 +193,13 @@ class FlowerTransport:
 def server_main(grid: Grid, cfg: RunConfig, out_dir: Path) -> dict:
     """The ServerApp's work: fedumm's recipe with the Flower transport; results.json in
     `out_dir` (an absolute path: a deployed ServerApp runs in the SuperLink's folder)."""
-    return run_experiment(cfg, out_dir, lambda fl: FlowerTransport(grid, cfg), progress=False,
-                          engine_info={"flower": {"server_pid": os.getpid()}})  # fmt: skip
+    return run_experiment(
+        cfg,
+        out_dir,
+        lambda fl: FlowerTransport(grid, cfg),
+        progress=False,
+        engine_info={"flower": {"server_pid": os.getpid()}},
+    )
 
 
 def make_server_app(config: str | None = None, out_dir: str | None = None) -> ServerApp:
@@ -203,8 +228,10 @@ def _site(config: str, context: Context):
     sites = site_names(cfg.federation.num_clients)
     partition = int(context.node_config.get("partition-id", -1))
     if not 0 <= partition < len(sites):
-        raise ValueError(f"partition-id {partition} is out of range: this federation has "
-                         f"{len(sites)} sites, partition-id 0..{len(sites) - 1}")  # fmt: skip
+        raise ValueError(
+            f"partition-id {partition} is out of range: this federation has "
+            f"{len(sites)} sites, partition-id 0..{len(sites) - 1}"
+        )
     key = (config, sites[partition])
     if key not in _SITES:
         _SITES.clear()  # one federation per process at a time
@@ -222,8 +249,12 @@ def _restore(site, context: Context) -> None:
     if record is not None:
         site.state.update(wire.unpack(bytes(record["state"])))
         sessions = json.loads(str(record["sessions"]))  # this node's own: {site: session JSON}
-        site.sessions.update({name: ClientSession.from_json(text, site.fl.secagg_policy(name))
-                              for name, text in sessions.items()})  # fmt: skip
+        site.sessions.update(
+            {
+                name: ClientSession.from_json(text, site.fl.secagg_policy(name))
+                for name, text in sessions.items()
+            }
+        )
 
 
 def _keep(site, context: Context) -> None:
@@ -289,8 +320,10 @@ def run_flower(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     per site, each simulated client reserving flower.client_cpus; or deployed on this machine
     as separate processes. results.json in `out_dir`."""
     if resume:
-        raise ValueError("--resume under Flower: the nodes keep their state only for one run; "
-                         "resume with the embedded or FLARE engine")  # fmt: skip
+        raise ValueError(
+            "--resume under Flower: the nodes keep their state only for one run; "
+            "resume with the embedded or FLARE engine"
+        )
     deployed = cfg.flower.env == "deployment"
     if deployed and cfg.flower.certificates is not None:  # refused before any work
         certificate_folder(cfg.flower.certificates, site_names(cfg.federation.num_clients), True)
@@ -323,10 +356,13 @@ def _run_simulation(cfg: RunConfig, out_dir: Path) -> None:
         num_supernodes=cfg.federation.num_clients,
         backend_config={
             "client_resources": {"num_cpus": cfg.flower.client_cpus, "num_gpus": 0.0},
-            "init_args": {"num_cpus": os.cpu_count() or 1, "logging_level": "ERROR",
-                          "log_to_driver": False},
+            "init_args": {
+                "num_cpus": os.cpu_count() or 1,
+                "logging_level": "ERROR",
+                "log_to_driver": False,
+            },
         },
-    )  # fmt: skip
+    )
 
 
 def _free_port() -> int:
@@ -367,28 +403,79 @@ def write_certificates(folder: Path, hosts: list[str], sites: list[str], days: i
         except ValueError:
             return x509.DNSName(host)
 
-    usage = dict.fromkeys(("content_commitment", "data_encipherment", "key_agreement",
-                           "encipher_only", "decipher_only"), False)  # fmt: skip
+    usage = dict.fromkeys(
+        (
+            "content_commitment",
+            "data_encipherment",
+            "key_agreement",
+            "encipher_only",
+            "decipher_only",
+        ),
+        False,
+    )
     issuer = "fedumm Flower CA"
-    ca = issue_certificate(issuer, ca_key.public_key(), issuer, ca_key, True, days, (
-        (x509.KeyUsage(digital_signature=False, key_encipherment=False, key_cert_sign=True,
-                       crl_sign=True, **usage), True),))  # fmt: skip
-    link = issue_certificate(hosts[0], link_key.public_key(), issuer, ca_key, False, days, (
-        (x509.KeyUsage(digital_signature=True, key_encipherment=False, key_cert_sign=False,
-                       crl_sign=False, **usage), True),
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-        (x509.SubjectAlternativeName([san(h) for h in dict.fromkeys(hosts)]), False)))  # fmt: skip
+    ca = issue_certificate(
+        issuer,
+        ca_key.public_key(),
+        issuer,
+        ca_key,
+        True,
+        days,
+        (
+            (
+                x509.KeyUsage(
+                    digital_signature=False,
+                    key_encipherment=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    **usage,
+                ),
+                True,
+            ),
+        ),
+    )
+    link = issue_certificate(
+        hosts[0],
+        link_key.public_key(),
+        issuer,
+        ca_key,
+        False,
+        days,
+        (
+            (
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_encipherment=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    **usage,
+                ),
+                True,
+            ),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+            (x509.SubjectAlternativeName([san(h) for h in dict.fromkeys(hosts)]), False),
+        ),
+    )
     pem = serialization.Encoding.PEM
     (folder / CA).write_bytes(ca.public_bytes(pem))
     (folder / LINK_CERT).write_bytes(link.public_bytes(pem))
-    write_private(folder / LINK_KEY, link_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
+    write_private(
+        folder / LINK_KEY,
+        link_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
     for site in sites:
         key = ec.generate_private_key(ec.SECP384R1())
-        write_private(folder / f"{site}.key", key.private_bytes(
-            pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))  # fmt: skip
-        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                               serialization.PublicFormat.OpenSSH)  # fmt: skip
+        write_private(
+            folder / f"{site}.key",
+            key.private_bytes(
+                pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            ),
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
         (folder / f"{site}.pub").write_bytes(public + b"\n")
     return folder.resolve()
 
@@ -402,8 +489,13 @@ def certificate_folder(folder: str, sites: list[str], node_keys: bool) -> Path:
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise ConfigError(f"flower.certificates: {path} is not a folder")
-    needed = [CA, LINK_CERT, LINK_KEY, *(f"{s}.pub" for s in sites),
-              *(f"{s}.key" for s in sites if node_keys)]  # fmt: skip
+    needed = [
+        CA,
+        LINK_CERT,
+        LINK_KEY,
+        *(f"{s}.pub" for s in sites),
+        *(f"{s}.key" for s in sites if node_keys),
+    ]
     for name in needed:
         if not (path / name).is_file():
             raise ConfigError(
@@ -417,25 +509,56 @@ def certificate_folder(folder: str, sites: list[str], node_keys: bool) -> Path:
 def superlink_command(certs: Path | None, host: str, port: int) -> list[str]:
     """flower-superlink on `host:port`: TLS with the certificates in `certs`, admitting only
     registered SuperNodes; `certs` None (flower.insecure): neither."""
-    security = ["--insecure"] if certs is None else [
-        "--ssl-ca-certfile", str(certs / CA), "--ssl-certfile", str(certs / LINK_CERT),
-        "--ssl-keyfile", str(certs / LINK_KEY), "--enable-supernode-auth"]  # fmt: skip
-    return ["flower-superlink", *security, "--host", host, "--port", str(port),
-            "--disable-runtime-dependency-installation"]  # fmt: skip
+    security = (
+        ["--insecure"]
+        if certs is None
+        else [
+            "--ssl-ca-certfile",
+            str(certs / CA),
+            "--ssl-certfile",
+            str(certs / LINK_CERT),
+            "--ssl-keyfile",
+            str(certs / LINK_KEY),
+            "--enable-supernode-auth",
+        ]
+    )
+    return [
+        "flower-superlink",
+        *security,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
 
 
-def supernode_command(certs: Path | None, superlink: str, sites: list[str], index: int,
-                      port: int | None = None) -> list[str]:  # fmt: skip
+def supernode_command(
+    certs: Path | None, superlink: str, sites: list[str], index: int, port: int | None = None
+) -> list[str]:
     """flower-supernode for site `index` (0: site-1) of `sites`: verifying the SuperLink's
     certificate against the CA in `certs`, signing its requests with the site's key;
     `port`: its local Runtime API's (Flower's default when None)."""
     site = sites[index]
-    security = ["--insecure"] if certs is None else [
-        "--root-certificates", str(certs / CA),
-        "--auth-supernode-private-key", str(certs / f"{site}.key")]  # fmt: skip
-    return ["flower-supernode", *security, "--superlink", superlink,
-            *([] if port is None else ["--port", str(port)]),
-            "--node-config", f"partition-id={index} num-partitions={len(sites)}"]  # fmt: skip
+    security = (
+        ["--insecure"]
+        if certs is None
+        else [
+            "--root-certificates",
+            str(certs / CA),
+            "--auth-supernode-private-key",
+            str(certs / f"{site}.key"),
+        ]
+    )
+    return [
+        "flower-supernode",
+        *security,
+        "--superlink",
+        superlink,
+        *([] if port is None else ["--port", str(port)]),
+        "--node-config",
+        f"partition-id={index} num-partitions={len(sites)}",
+    ]
 
 
 # ------------------------------------------------------------------------ local deployment
@@ -462,10 +585,14 @@ class LocalDeployment:
         elif cfg.flower.certificates is not None:
             self.certs = certificate_folder(cfg.flower.certificates, self.sites, node_keys=True)
         else:
-            self.certs = write_certificates(self.home / "certificates", ["127.0.0.1", "localhost"],
-                                            self.sites)  # fmt: skip
-        security = ("insecure = true" if self.certs is None
-                    else f"root-certificates = {json.dumps(str(self.certs / CA))}")  # fmt: skip
+            self.certs = write_certificates(
+                self.home / "certificates", ["127.0.0.1", "localhost"], self.sites
+            )
+        security = (
+            "insecure = true"
+            if self.certs is None
+            else f"root-certificates = {json.dumps(str(self.certs / CA))}"
+        )
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
             f'address = "{self.address}"\n{security}\n'
@@ -482,29 +609,43 @@ class LocalDeployment:
     def start(self, name: str, command: list[str]) -> subprocess.Popen:
         """`command` (a Flower executable by name, then its arguments) as process `name`."""
         with open(self.home / "logs" / f"{name}.log", "w") as log_file:
-            process = subprocess.Popen([str(self.bin / command[0]), *command[1:]], env=self.env,
-                                       stdout=log_file, stderr=subprocess.STDOUT,
-                                       start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(
+                [str(self.bin / command[0]), *command[1:]],
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.processes[name] = process
         return process
 
     def flwr(self, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([str(self.bin / "flwr"), *args], env=self.env, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            [str(self.bin / "flwr"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def start_superlink(self) -> None:
         """The SuperLink, waited for until `flwr` reaches it."""
         if self.certs is None:
-            log.warning("flower.insecure: the SuperLink at %s runs without TLS and admits any "
-                        "SuperNode; whoever reaches it can join the federation and read its "
-                        "messages", self.address)  # fmt: skip
+            log.warning(
+                "flower.insecure: the SuperLink at %s runs without TLS and admits any "
+                "SuperNode; whoever reaches it can join the federation and read its "
+                "messages",
+                self.address,
+            )
         link = self.start("superlink", superlink_command(self.certs, "127.0.0.1", self.port))
         deadline = time.monotonic() + self.cfg.flower.connect_timeout
         while (listed := self.flwr("ls", "local")).returncode:
             if time.monotonic() > deadline or link.poll() is not None:
-                raise RuntimeError(f"the Flower SuperLink did not start; its log: "
-                                   f"{self.home / 'logs' / 'superlink.log'}; flwr ls: "
-                                   f"{(listed.stdout + listed.stderr).strip()[-500:]}")  # fmt: skip
+                raise RuntimeError(
+                    f"the Flower SuperLink did not start; its log: "
+                    f"{self.home / 'logs' / 'superlink.log'}; flwr ls: "
+                    f"{(listed.stdout + listed.stderr).strip()[-500:]}"
+                )
             time.sleep(0.5)
 
     def start_supernodes(self) -> None:
@@ -512,13 +653,15 @@ class LocalDeployment:
         register`), as only registered SuperNodes are admitted."""
         for i, site in enumerate(self.sites):
             if self.certs is not None:
-                registered = self.flwr("supernode", "register", str(self.certs / f"{site}.pub"),
-                                       "local")  # fmt: skip
+                registered = self.flwr(
+                    "supernode", "register", str(self.certs / f"{site}.pub"), "local"
+                )
                 if registered.returncode:
                     why = (registered.stdout + registered.stderr).strip()
                     raise RuntimeError(f"flwr supernode register {site}.pub failed: {why}")
-            self.start(site, supernode_command(self.certs, self.address, self.sites, i,
-                                               _free_port()))  # fmt: skip
+            self.start(
+                site, supernode_command(self.certs, self.address, self.sites, i, _free_port())
+            )
 
     def stop(self) -> None:
         _stop(list(self.processes.values()))
@@ -599,9 +742,16 @@ def export_app(cfg: RunConfig, app_dir: Path, out_dir: str) -> Path:
     app_dir = Path(app_dir)
     app_dir.mkdir(parents=True, exist_ok=True)
     k = cfg.federation.num_clients
-    (app_dir / "pyproject.toml").write_text(PYPROJECT.format(
-        k=k, last=k - 1, out_key=json.dumps(OUT_KEY), out_dir=json.dumps(out_dir),
-        config_key=json.dumps(CONFIG_KEY), config=json.dumps(cfg.model_dump_json())))  # fmt: skip
+    (app_dir / "pyproject.toml").write_text(
+        PYPROJECT.format(
+            k=k,
+            last=k - 1,
+            out_key=json.dumps(OUT_KEY),
+            out_dir=json.dumps(out_dir),
+            config_key=json.dumps(CONFIG_KEY),
+            config=json.dumps(cfg.model_dump_json()),
+        )
+    )
     (app_dir / "fedumm_app.py").write_text(
         '"""The components of this Flower app: fedumm\'s, reading the config from the run '
         'config."""\n\nfrom fedumm.engines.flower import client_app, server_app\n\n'
@@ -675,8 +825,10 @@ def export_deployment(cfg: RunConfig, out: Path, results: str, host: str, port: 
     from fedumm.config import ConfigError
 
     if cfg.flower.insecure:
-        raise ConfigError("flower.insecure: an exported app runs across machines, with TLS and "
-                          "SuperNode authentication; unset it")  # fmt: skip
+        raise ConfigError(
+            "flower.insecure: an exported app runs across machines, with TLS and "
+            "SuperNode authentication; unset it"
+        )
     sites = site_names(cfg.federation.num_clients)
     out = Path(out)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -686,18 +838,32 @@ def export_deployment(cfg: RunConfig, out: Path, results: str, host: str, port: 
     else:
         certs = write_certificates(out / "certificates", [host, "localhost", "127.0.0.1"], sites)
         shown = Path("certificates")
-        origin = (f"Written by `fedumm flower export` in certificates/: the SuperLink's "
-                  f"certificate is for {host}, valid for a year; the CA's own key was not "
-                  "kept.")  # fmt: skip
+        origin = (
+            f"Written by `fedumm flower export` in certificates/: the SuperLink's "
+            f"certificate is for {host}, valid for a year; the CA's own key was not "
+            "kept."
+        )
     export_app(cfg, out, results)
     loopback = host in ("127.0.0.1", "localhost", "::1")
     bind = host if loopback else ("::" if ":" in host else "0.0.0.0")
     listed = "\n".join  # one indented command per line
-    (out / "README.md").write_text(README.format(
-        k=len(sites), address=address, origin=origin, host=host, results=results,
-        superlink=shlex.join(superlink_command(shown, bind, port)), ca=certs / CA,
-        register=listed(f"    flwr supernode register {shlex.quote(str(shown / f'{s}.pub'))} "
-                        "fedumm" for s in sites),
-        supernodes=listed(f"    {shlex.join(supernode_command(shown, address, sites, i))}"
-                          for i in range(len(sites)))))  # fmt: skip
+    (out / "README.md").write_text(
+        README.format(
+            k=len(sites),
+            address=address,
+            origin=origin,
+            host=host,
+            results=results,
+            superlink=shlex.join(superlink_command(shown, bind, port)),
+            ca=certs / CA,
+            register=listed(
+                f"    flwr supernode register {shlex.quote(str(shown / f'{s}.pub'))} fedumm"
+                for s in sites
+            ),
+            supernodes=listed(
+                f"    {shlex.join(supernode_command(shown, address, sites, i))}"
+                for i in range(len(sites))
+            ),
+        )
+    )
     return out / "README.md"

@@ -27,8 +27,9 @@ def site_config(cfg: RunConfig, site: str) -> RunConfig:
     if site not in sites:
         raise ValueError(f"site {site!r} is not one of this job's sites: site-1..{sites[-1]}")
     device = cfg.flare.site_device(site, sites.index(site), cfg.runtime.device)
-    return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(
-        update={"device": device, "devices": None})})  # fmt: skip
+    return cfg.model_copy(
+        update={"runtime": cfg.runtime.model_copy(update={"device": device, "devices": None})}
+    )
 
 
 def with_identities(cfg: RunConfig, folder: Path, write: bool = True) -> RunConfig:
@@ -50,8 +51,9 @@ def with_identities(cfg: RunConfig, folder: Path, write: bool = True) -> RunConf
 def update_of(site: str, meta: dict) -> ClientUpdate:
     """What the server reads of `site`'s answer to a training task (the meta `Site.train`
     returns, carried by the engine); KeyError, TypeError or ValueError if it is not one."""
-    return ClientUpdate(site, {}, int(meta["num_samples"]), int(meta["num_steps"]),
-                        dict(meta.get("metrics", {})))  # fmt: skip
+    return ClientUpdate(
+        site, {}, int(meta["num_samples"]), int(meta["num_steps"]), dict(meta.get("metrics", {}))
+    )
 
 
 class Site:
@@ -77,9 +79,15 @@ class Site:
         session = self.sessions.get(self.name) if inbox is not None else None
         equal = self.cfg.federation.client_weights == "equal"
         up = upload(update, equal, session, inbox)
-        meta = {"num_samples": update.num_samples, "num_steps": update.num_steps,
-                "metrics": {**update.metrics, "pid": os.getpid(),
-                            "device": str(self.fl.runtime.device)}}  # fmt: skip
+        meta = {
+            "num_samples": update.num_samples,
+            "num_steps": update.num_steps,
+            "metrics": {
+                **update.metrics,
+                "pid": os.getpid(),
+                "device": str(self.fl.runtime.device),
+            },
+        }
         return meta, up
 
     def secagg(self, rnd: int, phase: str, payload: bytes) -> bytes:

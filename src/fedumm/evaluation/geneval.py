@@ -70,8 +70,12 @@ class ShapesWorldParser:
         return found
 
 
-def load_detector(spec: str, detector_model: str | None = None, color_model: str | None = None,
-                  device: str = "cpu") -> Detector:  # fmt: skip
+def load_detector(
+    spec: str,
+    detector_model: str | None = None,
+    color_model: str | None = None,
+    device: str = "cpu",
+) -> Detector:
     """'shapesworld' (the built-in parser); 'photo' (a transformers object detector and CLIP
     from the folders `detector_model` and `color_model`); or 'package.module:Name', a class or
     function that, called without arguments, gives a Detector."""
@@ -81,8 +85,10 @@ def load_detector(spec: str, detector_model: str | None = None, color_model: str
         from fedumm.evaluation.photo_detector import PhotoDetector
 
         if detector_model is None or color_model is None:
-            raise ValueError("eval.detector 'photo' needs eval.detector_model (an object "
-                             "detector's folder) and eval.color_model (a CLIP folder)")  # fmt: skip
+            raise ValueError(
+                "eval.detector 'photo' needs eval.detector_model (an object "
+                "detector's folder) and eval.color_model (a CLIP folder)"
+            )
         return PhotoDetector(detector_model, color_model, device)
     import importlib
 

@@ -85,8 +85,9 @@ class PhotoDetector:
             crops.append(image[y0:y1, x0:x1])
         pixels = self.clip_processor(images=crops, return_tensors="pt")["pixel_values"]
         embeds = _features(self.clip.get_image_features(pixel_values=pixels.to(self.device)))
-        return [COLORS[int((self._color_classifier(c) @ e).argmax())]
-                for e, c in zip(embeds, classes)]  # fmt: skip
+        return [
+            COLORS[int((self._color_classifier(c) @ e).argmax())] for e, c in zip(embeds, classes)
+        ]
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> list[Detection]:
@@ -96,11 +97,17 @@ class PhotoDetector:
         found = self.detector_processor.post_process_object_detection(
             outputs, threshold=LOWEST, target_sizes=[(height, width)]
         )[0]
-        kept = [(float(s), self.labels[int(label)], tuple(float(v) for v in box))
-                for s, label, box in zip(found["scores"], found["labels"], found["boxes"])
-                if int(label) in self.labels]  # fmt: skip
-        boxes = [(max(0.0, x0), max(0.0, y0), min(width, x1), min(height, y1))
-                 for _, _, (x0, y0, x1, y1) in kept]  # fmt: skip
+        kept = [
+            (float(s), self.labels[int(label)], tuple(float(v) for v in box))
+            for s, label, box in zip(found["scores"], found["labels"], found["boxes"])
+            if int(label) in self.labels
+        ]
+        boxes = [
+            (max(0.0, x0), max(0.0, y0), min(width, x1), min(height, y1))
+            for _, _, (x0, y0, x1, y1) in kept
+        ]
         colors = self._colors(image, boxes, [cls for _, cls, _ in kept])
-        return [Detection(cls, color, box, score)
-                for (score, cls, _), box, color in zip(kept, boxes, colors)]  # fmt: skip
+        return [
+            Detection(cls, color, box, score)
+            for (score, cls, _), box, color in zip(kept, boxes, colors)
+        ]

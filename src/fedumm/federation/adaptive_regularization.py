@@ -25,8 +25,10 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 def middle_layer_keys(keys: list[str], num_layers: int, skip: int) -> list[str]:
     """The keys of tensors inside decoder layers skip .. num_layers-1-skip."""
     if 2 * skip >= num_layers:
-        raise ValueError(f"federation.adaptive_regularization.skip_layers={skip} leaves no "
-                         f"middle layer of the model's {num_layers}")  # fmt: skip
+        raise ValueError(
+            f"federation.adaptive_regularization.skip_layers={skip} leaves no "
+            f"middle layer of the model's {num_layers}"
+        )
     middle = []
     for key in keys:
         found = _LAYER.search(key)

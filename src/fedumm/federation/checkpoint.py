@@ -61,8 +61,12 @@ def save(out_dir: Path, ckpt: Checkpoint) -> None:
     data = buffer.getvalue()
     name = f"checkpoint-{ckpt.round:05d}.pt"
     atomic_write(out_dir / name, data)
-    manifest = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "round": ckpt.round,
-                "config": ckpt.config}  # fmt: skip
+    manifest = {
+        "file": name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "round": ckpt.round,
+        "config": ckpt.config,
+    }
     atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
     for old in out_dir.glob("checkpoint-*.pt"):
         if old.name != name:

@@ -44,8 +44,11 @@ def site_names(num_clients: int) -> list[str]:
 @contextmanager
 def frozen_factors(model: PeftModel, factors: tuple[str, ...]) -> Iterator[None]:
     """Temporarily stop training the named adapter factors (e.g. FFA-LoRA's 'lora_A')."""
-    frozen = [p for k, p in adapter_parameters(model).items()
-              if p.requires_grad and any(f".{f}." in k for f in factors)]  # fmt: skip
+    frozen = [
+        p
+        for k, p in adapter_parameters(model).items()
+        if p.requires_grad and any(f".{f}." in k for f in factors)
+    ]
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -94,12 +97,23 @@ def local_update(
         dp_sgd = (dp.clip_norm, dp.noise_multiplier, cfg.seeded_privacy_noise)
     with frozen_factors(model, strategy.frozen if strategy else ()):
         stats = train_steps(
-            model, client.data, steps, cfg.batch_size, lr if not callable(lr) else lr(0),
-            cfg.weight_decay, seed, collate, hooks=hooks, max_grad_norm=cfg.max_grad_norm,
-            optimizer=cfg.optimizer, on_step=on_step,
-            lr_schedule=lr if callable(lr) else None, dp_sgd=dp_sgd, runtime=runtime,
+            model,
+            client.data,
+            steps,
+            cfg.batch_size,
+            lr if not callable(lr) else lr(0),
+            cfg.weight_decay,
+            seed,
+            collate,
+            hooks=hooks,
+            max_grad_norm=cfg.max_grad_norm,
+            optimizer=cfg.optimizer,
+            on_step=on_step,
+            lr_schedule=lr if callable(lr) else None,
+            dp_sgd=dp_sgd,
+            runtime=runtime,
             loss_fn=loss_fn,
-        )  # fmt: skip
+        )
     trained = get_adapter(model)
     upload = strategy.client_finish(message, trained, state, hooks) if strategy else trained
     state.update(_on(state, "cpu"))
@@ -117,8 +131,12 @@ def _on(params: Params | None, device) -> Params | None:
     return None if params is None else {k: v.to(device) for k, v in params.items()}
 
 
-def upload(update: ClientUpdate, equal_weights: bool = False,
-           session: ClientSession | None = None, inbox: bytes | None = None) -> bytes:  # fmt: skip
+def upload(
+    update: ClientUpdate,
+    equal_weights: bool = False,
+    session: ClientSession | None = None,
+    inbox: bytes | None = None,
+) -> bytes:
     """What leaves a client: its update serialized; under secure aggregation (`session`, with
     the `inbox` the task brought) masked first, as weight * update in fixed point, the weight
     the server gives it: its samples, or 1 under `equal_weights` (client_weights equal).
@@ -129,7 +147,11 @@ def upload(update: ClientUpdate, equal_weights: bool = False,
             session.receive(inbox)
             params = session.mask(params, 1 if equal_weights else update.num_samples)
         except ProtocolError as e:  # withdraw: the others' shares recover my masks
-            log.warning("secure aggregation round %d: %s withdraws its update: %s",
-                        session.round, update.client_id, e)  # fmt: skip
+            log.warning(
+                "secure aggregation round %d: %s withdraws its update: %s",
+                session.round,
+                update.client_id,
+                e,
+            )
             return b""
     return wire.pack(params)

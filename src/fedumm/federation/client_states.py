@@ -105,8 +105,10 @@ class ClientStates(MutableMapping[str, Params]):
             self._pinned = set(self._files.values())
             missing = [n for n in sorted(self._pinned) if not (self._folder / n).is_file()]
             if missing:
-                raise CheckpointError(f"the checkpoint names client states that are not in "
-                                      f"{self._folder}: {', '.join(missing[:3])}")  # fmt: skip
+                raise CheckpointError(
+                    f"the checkpoint names client states that are not in "
+                    f"{self._folder}: {', '.join(missing[:3])}"
+                )
             for path in self._folder.glob("*.safetensors"):
                 if path.name not in self._pinned:
                     path.unlink()

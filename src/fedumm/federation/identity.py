@@ -51,8 +51,9 @@ def _sign(key, message: bytes) -> bytes:
     raise IdentityError(f"cannot sign with a {type(key).__name__}")
 
 
-def verify(root_pem: bytes, name: str, certificate_pem: bytes, message: bytes,
-           signature: bytes) -> None:  # fmt: skip
+def verify(
+    root_pem: bytes, name: str, certificate_pem: bytes, message: bytes, signature: bytes
+) -> None:
     """That `certificate_pem` is issued by the root to `name` (its common name), is valid now,
     and that its key signed `message`; IdentityError otherwise."""
     from cryptography import x509
@@ -79,16 +80,24 @@ def verify(root_pem: bytes, name: str, certificate_pem: bytes, message: bytes,
         elif isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
         elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, message, padding.PSS(padding.MGF1(hashes.SHA256()), 32),
-                       hashes.SHA256())  # fmt: skip
+            key.verify(
+                signature, message, padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256()
+            )
         else:
             raise IdentityError(f"{name}'s certificate holds an unsupported {type(key).__name__}")
     except InvalidSignature:
         raise IdentityError(f"the signature on {name}'s keys is not {name}'s") from None
 
 
-def issue_certificate(subject: str, public_key, issuer: str, issuer_key, ca: bool,
-                      days: int = 365, extensions: tuple = ()):  # fmt: skip
+def issue_certificate(
+    subject: str,
+    public_key,
+    issuer: str,
+    issuer_key,
+    ca: bool,
+    days: int = 365,
+    extensions: tuple = (),
+):
     """An X.509 certificate (cryptography's object) for `public_key`, common name `subject`,
     signed by `issuer_key` in the name of `issuer`, valid from 5 minutes ago for `days`;
     `extensions`: more (extension, critical) pairs, e.g. a TLS server's names and usages."""
@@ -144,8 +153,9 @@ def _certificate(subject: str, public_key, issuer: str, issuer_key, ca: bool) ->
 def _pem(key) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())  # fmt: skip
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def simulated_identities(names: list[str]) -> dict[str, Identity]:
@@ -178,9 +188,10 @@ def write_identities(folder: Path, names: list[str]) -> Path:
 def load_identity(folder: Path, name: str) -> Identity:
     """Site `name`'s identity from `folder` (either layout in the module's docstring)."""
     folder = Path(folder)
-    layouts = [(folder / "rootCA.pem", folder / f"{name}.crt", folder / f"{name}.key"),
-               tuple(folder / name / "startup" / f for f in
-                     ("rootCA.pem", "client.crt", "client.key"))]  # fmt: skip
+    layouts = [
+        (folder / "rootCA.pem", folder / f"{name}.crt", folder / f"{name}.key"),
+        tuple(folder / name / "startup" / f for f in ("rootCA.pem", "client.crt", "client.key")),
+    ]
     for files in layouts:
         if all(f.is_file() for f in files):
             root, cert, key = (f.read_bytes() for f in files)

@@ -100,8 +100,9 @@ def _raw(public) -> bytes:
 def _private_bytes(private) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                 serialization.NoEncryption())  # fmt: skip
+    return private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
 
 
 def _new_private() -> bytes:
@@ -143,27 +144,33 @@ def encode(params: Params, weight: float, bound: float = RANGE) -> dict[str, np.
     for k, v in [*params.items(), (WEIGHT, torch.ones(1))]:
         x = v.detach().double().cpu() * weight
         if not bool(torch.isfinite(x).all()):
-            raise ProtocolError(f"{k!r} has NaN or infinite values: an update that cannot be "
-                                "masked")  # fmt: skip
+            raise ProtocolError(
+                f"{k!r} has NaN or infinite values: an update that cannot be masked"
+            )
         top = float(x.abs().max()) if x.numel() else 0.0
         if top >= bound:
-            raise ProtocolError(f"{k!r} has a value of {top:.3g}, outside the +-{bound:.3g} the "
-                                "masked sum can hold")  # fmt: skip
+            raise ProtocolError(
+                f"{k!r} has a value of {top:.3g}, outside the +-{bound:.3g} the masked sum can hold"
+            )
         out[k] = torch.round(x * SCALE).long().numpy().view(np.uint64).reshape(-1)
     return out
 
 
 def decode(total: dict[str, np.ndarray], shapes: dict[str, tuple]) -> Params:
     """The signed real values (float64) of fixed-point sums mod 2^64."""
-    return {k: torch.from_numpy(v.view(np.int64).astype(np.float64) / SCALE).reshape(shapes[k])
-            for k, v in total.items()}  # fmt: skip
+    return {
+        k: torch.from_numpy(v.view(np.int64).astype(np.float64) / SCALE).reshape(shapes[k])
+        for k, v in total.items()
+    }
 
 
 def split(secret: int, n: int, t: int) -> list[tuple[int, int]]:
     """Shamir shares (x, f(x)) for x = 1..n of `secret`, any t of which reconstruct it."""
     coefficients = [secret, *(secrets.randbelow(PRIME) for _ in range(t - 1))]
-    return [(x, sum(c * pow(x, i, PRIME) for i, c in enumerate(coefficients)) % PRIME)
-            for x in range(1, n + 1)]  # fmt: skip
+    return [
+        (x, sum(c * pow(x, i, PRIME) for i, c in enumerate(coefficients)) % PRIME)
+        for x in range(1, n + 1)
+    ]
 
 
 def reconstruct(shares: list[tuple[int, int]]) -> int:
@@ -212,8 +219,7 @@ def _get(message: dict, key: str, kind: type, what: str):
     """message[key], which must be a `kind` (a bool is no int here)."""
     value = message.get(key) if isinstance(message, dict) else None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ProtocolError(f"{what}: {key!r} is {type(value).__name__}, expected "
-                            f"{kind.__name__}")  # fmt: skip
+        raise ProtocolError(f"{what}: {key!r} is {type(value).__name__}, expected {kind.__name__}")
     return value
 
 
@@ -233,8 +239,13 @@ def _hex(value: int) -> str:
 
 def _share(value, n: int, what: str) -> tuple[int, int]:
     """A share [x, f(x) in hex] with 1 <= x <= n and f(x) in the field."""
-    if (not isinstance(value, list) or len(value) != 2 or not isinstance(value[0], int)
-            or isinstance(value[0], bool) or not isinstance(value[1], str)):  # fmt: skip
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not isinstance(value[0], int)
+        or isinstance(value[0], bool)
+        or not isinstance(value[1], str)
+    ):
         raise ProtocolError(f"{what} is not a share [x, hex]")
     x, text = value
     if not 1 <= x <= n or len(text) != SHARE_HEX:
@@ -273,8 +284,14 @@ def _commit(seed: bytes) -> bytes:
 
 
 def _signed_part(rnd: int, client: str, keys: dict) -> bytes:
-    return _pack({"round": rnd, "client": client, **{k: keys[k] for k in PUBLIC},
-                  "purpose": "fedumm-secagg-keys"})  # fmt: skip
+    return _pack(
+        {
+            "round": rnd,
+            "client": client,
+            **{k: keys[k] for k in PUBLIC},
+            "purpose": "fedumm-secagg-keys",
+        }
+    )
 
 
 def _check_keys(u: str, keys, rnd: int, root: bytes | None) -> dict[str, str]:
@@ -291,8 +308,13 @@ def _check_keys(u: str, keys, rnd: int, root: bytes | None) -> dict[str, str]:
         if not isinstance(cert, str):
             raise ProtocolError(f"{u}'s keys are not signed (signed keys are required)")
         try:
-            verify(root, u, cert.encode(), _signed_part(rnd, u, keys),
-                   _unb64(sig, None, f"{u}'s signature"))  # fmt: skip
+            verify(
+                root,
+                u,
+                cert.encode(),
+                _signed_part(rnd, u, keys),
+                _unb64(sig, None, f"{u}'s signature"),
+            )
         except IdentityError as e:
             raise ProtocolError(str(e)) from None
         checked.update(cert=cert, sig=sig)
@@ -343,9 +365,11 @@ class ClientSession:
         return _raw(_x25519().from_private_bytes(private).public_key())
 
     def _keys(self) -> dict[str, str]:
-        return {"c_pk": _b64(self._public(self.c_private)),
-                "s_pk": _b64(self._public(self.s_private)),
-                "b_commit": _b64(_commit(self.b_seed))}  # fmt: skip
+        return {
+            "c_pk": _b64(self._public(self.c_private)),
+            "s_pk": _b64(self._public(self.s_private)),
+            "b_commit": _b64(_commit(self.b_seed)),
+        }
 
     def advertise(self) -> bytes:
         keys = self._keys()
@@ -365,26 +389,37 @@ class ClientSession:
         keys = _get(roster, "keys", dict, "the roster")
         n = len(keys)
         if t < self.policy.threshold:
-            raise ProtocolError(f"the server asks for threshold {t}, below this site's "
-                                f"{self.policy.threshold}")  # fmt: skip
+            raise ProtocolError(
+                f"the server asks for threshold {t}, below this site's {self.policy.threshold}"
+            )
         if t > n or (2 * t <= n and not self.policy.allow_minority):
-            raise ProtocolError(f"threshold {t} for a roster of {n}: it must be more than half "
-                                "of it and at most all of it")  # fmt: skip
+            raise ProtocolError(
+                f"threshold {t} for a roster of {n}: it must be more than half "
+                "of it and at most all of it"
+            )
         mine = keys.get(self.me)
         if not isinstance(mine, dict) or {k: mine.get(k) for k in PUBLIC} != self._keys():
             raise ProtocolError(f"the roster does not carry {self.me}'s own keys")
         root = self.policy.identity.root_pem if self.policy.identity else None
         checked = {u: _check_keys(u, pk, self.round, root) for u, pk in keys.items()}
         self.threshold = t
-        self.roster = {u: {k: _unb64(pk[k], KEY_BYTES, k) for k in ("c_pk", "s_pk")}
-                       for u, pk in checked.items()}  # fmt: skip
+        self.roster = {
+            u: {k: _unb64(pk[k], KEY_BYTES, k) for k in ("c_pk", "s_pk")}
+            for u, pk in checked.items()
+        }
         ids = sorted(self.roster)
         s_shares = split(int.from_bytes(self.s_private, "big"), len(ids), t)
         b_shares = split(int.from_bytes(self.b_seed, "big"), len(ids), t)
         out = {}
         for v, s_share, b_share in zip(ids, s_shares, b_shares):
-            plain = _pack({"from": self.me, "to": v, "s": [s_share[0], _hex(s_share[1])],
-                           "b": [b_share[0], _hex(b_share[1])]})  # fmt: skip
+            plain = _pack(
+                {
+                    "from": self.me,
+                    "to": v,
+                    "s": [s_share[0], _hex(s_share[1])],
+                    "b": [b_share[0], _hex(b_share[1])],
+                }
+            )
             if v == self.me:  # my own shares stay with me
                 self.held[v] = json.loads(plain)
                 continue
@@ -417,8 +452,9 @@ class ClientSession:
                 if u not in peers or u == self.me:
                     raise ProtocolError("it is not from a peer")
                 data = _unb64(blob, None, f"{u}'s share")
-                key = agree(self.c_private, self.roster[u]["c_pk"],
-                            f"fedumm-secagg|{self.round}|enc")  # fmt: skip
+                key = agree(
+                    self.c_private, self.roster[u]["c_pk"], f"fedumm-secagg|{self.round}|enc"
+                )
                 aad = f"fedumm-secagg|{self.round}|{u}|{self.me}".encode()
                 plain = json.loads(AESGCM(key).decrypt(data[:12], data[12:], aad))
                 if plain.get("from") != u or plain.get("to") != self.me:
@@ -428,8 +464,13 @@ class ClientSession:
                         raise ProtocolError(f"its {kind} share is not for x = {me}")
                 self.held[u] = plain
             except (ProtocolError, InvalidTag, ValueError, TypeError, AttributeError) as e:
-                log.warning("secure aggregation round %d: %s refused the share from %s: %s",
-                            self.round, self.me, u, e or "authentication failed")  # fmt: skip
+                log.warning(
+                    "secure aggregation round %d: %s refused the share from %s: %s",
+                    self.round,
+                    self.me,
+                    u,
+                    e or "authentication failed",
+                )
 
     def mask(self, params: Params, weight: float) -> Params:
         """y = q([weight * params, weight]) + PRG(b) + the pairwise masks with U2 (int64 on the
@@ -443,16 +484,18 @@ class ClientSession:
         for u in self.peers:
             if u == self.me:
                 continue
-            key = agree(self.s_private, self.roster[u]["s_pk"],
-                        _pair_context(self.round, self.me, u))  # fmt: skip
+            key = agree(
+                self.s_private, self.roster[u]["s_pk"], _pair_context(self.round, self.me, u)
+            )
             for k, m in _masks(key, shapes).items():
                 if self.me < u:
                     y[k] += m
                 else:
                     y[k] -= m
         dims = {k: tuple(v.shape) for k, v in params.items()}
-        return {k: torch.from_numpy(v.view(np.int64)).reshape(dims.get(k, (1,)))
-                for k, v in y.items()}  # fmt: skip
+        return {
+            k: torch.from_numpy(v.view(np.int64)).reshape(dims.get(k, (1,))) for k, v in y.items()
+        }
 
     def unmask(self, request_blob: bytes) -> bytes:
         """My shares of b_v for the survivors and of s_v for the dropped, never both for one v,
@@ -465,14 +508,18 @@ class ClientSession:
         if set(survivors) & set(dropped) or set(survivors) | set(dropped) != set(self.peers):
             raise ProtocolError("survivors and dropped do not split the peers I masked with")
         if self.me not in survivors or len(survivors) < self.threshold:
-            raise ProtocolError(f"{len(survivors)} survivors (me among them?), threshold "
-                                f"{self.threshold}")  # fmt: skip
+            raise ProtocolError(
+                f"{len(survivors)} survivors (me among them?), threshold {self.threshold}"
+            )
         self.answered = True
-        return _pack({
-            "round": self.round, "client": self.me,
-            "b": {v: self.held[v]["b"] for v in survivors if v in self.held},
-            "s": {v: self.held[v]["s"] for v in dropped if v in self.held},
-        })  # fmt: skip
+        return _pack(
+            {
+                "round": self.round,
+                "client": self.me,
+                "b": {v: self.held[v]["b"] for v in survivors if v in self.held},
+                "s": {v: self.held[v]["s"] for v in dropped if v in self.held},
+            }
+        )
 
     def to_json(self) -> str:
         """The session as JSON (bytes as base64), for an engine that keeps a client's state
@@ -495,8 +542,14 @@ class ClientSession:
 PHASES = ("advertise", "share", "unmask")
 
 
-def client_answer(sessions: dict[str, ClientSession], me: str, rnd: int, phase: str,
-                  payload: bytes, policy: ClientPolicy | None = None) -> bytes:  # fmt: skip
+def client_answer(
+    sessions: dict[str, ClientSession],
+    me: str,
+    rnd: int,
+    phase: str,
+    payload: bytes,
+    policy: ClientPolicy | None = None,
+) -> bytes:
     """A client's answer in a key-protocol phase; `sessions` (client -> its session) is
     wherever that client's state lives (this process, or its own under FLARE)."""
     if phase == "advertise":
@@ -558,9 +611,16 @@ class ServerSession:
             except ProtocolError as e:
                 self._refuse(u, e)
         self.sharers = sorted(routed)
-        return {v: _pack({"round": self.round, "peers": self.sharers,
-                          "from": {u: to[v] for u, to in routed.items() if u != v}})
-                for v in self.sharers}  # fmt: skip
+        return {
+            v: _pack(
+                {
+                    "round": self.round,
+                    "peers": self.sharers,
+                    "from": {u: to[v] for u, to in routed.items() if u != v},
+                }
+            )
+            for v in self.sharers
+        }
 
     def unmask_request(self, survivors: list[str]) -> bytes:
         dropped = sorted(set(self.sharers) - set(survivors))
@@ -572,8 +632,10 @@ class ServerSession:
         round must abort."""
         survivors = sorted(masked)
         if not set(survivors) <= set(self.sharers):
-            raise ProtocolError(f"masked uploads from {sorted(set(survivors) - set(self.sharers))}"
-                                ", who shared no keys this round")  # fmt: skip
+            raise ProtocolError(
+                f"masked uploads from {sorted(set(survivors) - set(self.sharers))}"
+                ", who shared no keys this round"
+            )
         dropped = sorted(set(self.sharers) - set(survivors))
         n = len(self.keys)
         b_shares: dict[str, dict] = {v: {} for v in survivors}
@@ -596,34 +658,44 @@ class ServerSession:
             except ProtocolError as e:
                 self._refuse(u, e)
         if valid < self.threshold:
-            raise ProtocolError(f"{valid} unmasking answers, fewer than the threshold "
-                                f"{self.threshold}")  # fmt: skip
+            raise ProtocolError(
+                f"{valid} unmasking answers, fewer than the threshold {self.threshold}"
+            )
         first = masked[survivors[0]]
         shapes = {k: tuple(v.shape) for k, v in first.items()}
         total = {k: np.zeros(int(np.prod(s)), dtype=np.uint64) for k, s in shapes.items()}
         for u in survivors:
             if {k: (tuple(v.shape), v.dtype) for k, v in masked[u].items()} != {
-                    k: (s, torch.int64) for k, s in shapes.items()}:  # fmt: skip
-                raise ProtocolError(f"{u}'s masked upload differs in keys or shapes from "
-                                    f"{survivors[0]}'s")  # fmt: skip
+                k: (s, torch.int64) for k, s in shapes.items()
+            }:
+                raise ProtocolError(
+                    f"{u}'s masked upload differs in keys or shapes from {survivors[0]}'s"
+                )
             for k in shapes:
                 total[k] += masked[u][k].contiguous().numpy().view(np.uint64).reshape(-1)
         for v in survivors:
             seed = self._secret(b_shares[v], v, "self-mask seed")
             if _commit(seed) != _unb64(self.keys[v]["b_commit"], KEY_BYTES, "commitment"):
-                raise ProtocolError(f"the shares of {v}'s self-mask seed do not reconstruct "
-                                    "the seed it committed to (a wrong share)")  # fmt: skip
+                raise ProtocolError(
+                    f"the shares of {v}'s self-mask seed do not reconstruct "
+                    "the seed it committed to (a wrong share)"
+                )
             for k, m in _masks(seed, shapes).items():
                 total[k] -= m
         for v in dropped:
             s_private = self._secret(s_shares[v], v, "mask key")
             public = _raw(_x25519().from_private_bytes(s_private).public_key())
             if public != _unb64(self.keys[v]["s_pk"], KEY_BYTES, "key"):
-                raise ProtocolError(f"the shares of {v}'s mask key do not reconstruct the key "
-                                    "it advertised (a wrong share)")  # fmt: skip
+                raise ProtocolError(
+                    f"the shares of {v}'s mask key do not reconstruct the key "
+                    "it advertised (a wrong share)"
+                )
             for u in survivors:
-                key = agree(s_private, _unb64(self.keys[u]["s_pk"], KEY_BYTES, "key"),
-                            _pair_context(self.round, u, v))  # fmt: skip
+                key = agree(
+                    s_private,
+                    _unb64(self.keys[u]["s_pk"], KEY_BYTES, "key"),
+                    _pair_context(self.round, u, v),
+                )
                 for k, m in _masks(key, shapes).items():  # what u added for the pair (u, v)
                     if u < v:
                         total[k] -= m
@@ -636,8 +708,9 @@ class ServerSession:
 
     def _secret(self, shares: dict[int, int], v: str, what: str) -> bytes:
         if len(shares) < self.threshold:
-            raise ProtocolError(f"{len(shares)} shares of {v}'s {what}, fewer than the "
-                                f"threshold {self.threshold}")  # fmt: skip
+            raise ProtocolError(
+                f"{len(shares)} shares of {v}'s {what}, fewer than the threshold {self.threshold}"
+            )
         value = reconstruct(list(shares.items())[: self.threshold])
         if value >= 2 ** (8 * KEY_BYTES):
             raise ProtocolError(f"the shares of {v}'s {what} do not reconstruct a key")

@@ -43,9 +43,12 @@ class Transport(Protocol):
     """How the server reaches its clients; the one seam between the round loop and an engine."""
 
     def exchange(
-        self, rnd: int, down: bytes, clients: list[ClientData],
+        self,
+        rnd: int,
+        down: bytes,
+        clients: list[ClientData],
         inboxes: dict[str, bytes] | None = None,
-    ) -> list[tuple[ClientUpdate, bytes]]:  # fmt: skip
+    ) -> list[tuple[ClientUpdate, bytes]]:
         """Send `down` to each of `clients` (with its secure-aggregation inbox, if any); return
         each answer that arrived: its update (without params) and the uploaded bytes (masked
         under secure aggregation). A client that fails is simply missing."""
@@ -195,8 +198,11 @@ class Server:
         dropped = self.failing(rnd, sampled)
         late = set()
         if rules.deadline is not None:  # stragglers: their uploads would come after the deadline
-            late = {c.client_id for c in sampled if c.client_id not in dropped
-                    and rules.duration(c) > rules.deadline}  # fmt: skip
+            late = {
+                c.client_id
+                for c in sampled
+                if c.client_id not in dropped and rules.duration(c) > rules.deadline
+            }
             if late:
                 log.info("round %d: %s missed the deadline", rnd, ", ".join(sorted(late)))
         secagg = inboxes = None
@@ -216,8 +222,7 @@ class Server:
             dropped |= set(failed)
         accepted = []
         for update, up in answers:
-            record.client_metrics[update.client_id] = {**update.metrics,
-                                                       "steps": update.num_steps}  # fmt: skip
+            record.client_metrics[update.client_id] = {**update.metrics, "steps": update.num_steps}
             record.bytes_up += len(up)
             try:
                 update.params = self._receive(update, up)  # the server works on what it got
@@ -270,8 +275,9 @@ class Server:
     @staticmethod
     def _receive(update: ClientUpdate, up: bytes) -> Params:
         if not up:
-            raise UpdateRejected(f"client {update.client_id} withdrew its update (it could not "
-                                 "mask it: see its log)")  # fmt: skip
+            raise UpdateRejected(
+                f"client {update.client_id} withdrew its update (it could not mask it: see its log)"
+            )
         try:
             return wire.unpack(up)
         except Exception as e:  # whatever the bytes were, they were not a message
@@ -282,28 +288,37 @@ class Server:
     def _validate(self, update: ClientUpdate, global_params: Params) -> None:
         template = self.strategy.upload_template(global_params, update.client_id)
         if self.secure:  # masked uploads are fixed-point integers, with the weight beside
-            template = {**{k: v.long() for k, v in template.items()},
-                        WEIGHT: torch.zeros(1, dtype=torch.long)}  # fmt: skip
+            template = {
+                **{k: v.long() for k, v in template.items()},
+                WEIGHT: torch.zeros(1, dtype=torch.long),
+            }
         validate_update(update, template, self.rules.max_update_norm, self.rules.claims)
 
     @staticmethod
     def _check_finite(params: Params) -> None:
         bad = nonfinite(params)
         if bad:
-            raise UpdateRejected(f"the aggregate has NaN or infinite values in {len(bad)} "
-                                 f"tensor(s), e.g. {bad[0]!r}")  # fmt: skip
+            raise UpdateRejected(
+                f"the aggregate has NaN or infinite values in {len(bad)} tensor(s), e.g. {bad[0]!r}"
+            )
 
     def _unmasked_mean(
-        self, secagg: ServerSession, masked: list[ClientUpdate], global_params: Params, rnd: int,
+        self,
+        secagg: ServerSession,
+        masked: list[ClientUpdate],
+        global_params: Params,
+        rnd: int,
         record: RoundRecord,
-    ) -> ClientUpdate:  # fmt: skip
+    ) -> ClientUpdate:
         """Round 3 of the protocol: the survivors' shares remove every mask; the server's one
         view of the round is the weighted mean of the survivors' updates, divided by the sum of
         the weights they masked (not by what they claim: the server never sees a weight)."""
         survivors = [u.client_id for u in masked]
         if len(survivors) < secagg.threshold:
-            raise ProtocolError(f"{len(survivors)} masked uploads survived, fewer than the "
-                                f"threshold {secagg.threshold}")  # fmt: skip
+            raise ProtocolError(
+                f"{len(survivors)} masked uploads survived, fewer than the "
+                f"threshold {secagg.threshold}"
+            )
         request = secagg.unmask_request(survivors)
         answers = self.transport.secagg(rnd, "unmask", {cid: request for cid in survivors})
         up, down = sum(map(len, answers.values())), len(request) * len(survivors)
@@ -326,8 +341,14 @@ class Server:
         """Rounds `first_round`..`rounds` (a resumed run starts later); `after_round` sees each
         finished round (checkpointing hooks in there)."""
         records = []
-        bar = tqdm(range(first_round, rounds + 1), desc="federated rounds", unit="round",
-                   initial=first_round - 1, total=rounds, disable=not self.progress)  # fmt: skip
+        bar = tqdm(
+            range(first_round, rounds + 1),
+            desc="federated rounds",
+            unit="round",
+            initial=first_round - 1,
+            total=rounds,
+            disable=not self.progress,
+        )
         for rnd in bar:
             evaluate = rnd == rounds or rnd % self.eval_every == 0
             global_params, record = self.run_round(rnd, global_params, evaluate)

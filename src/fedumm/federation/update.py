@@ -41,21 +41,29 @@ class Claims:
         if not isinstance(n, int) or n <= 0:
             raise UpdateRejected(f"{who}: num_samples must be a positive integer, got {n!r}")
         if self.samples is not None and n != self.samples(update.client_id):
-            raise UpdateRejected(f"{who}: claims {n} samples; its partition holds "
-                                 f"{self.samples(update.client_id)}")  # fmt: skip
+            raise UpdateRejected(
+                f"{who}: claims {n} samples; its partition holds {self.samples(update.client_id)}"
+            )
         if self.max_samples is not None and n > self.max_samples:
-            raise UpdateRejected(f"{who}: claims {n} samples, more than the {self.max_samples} "
-                                 "a client may (federation.max_claimed_samples)")  # fmt: skip
+            raise UpdateRejected(
+                f"{who}: claims {n} samples, more than the {self.max_samples} "
+                "a client may (federation.max_claimed_samples)"
+            )
         if not isinstance(steps, int) or steps < 1:
             raise UpdateRejected(f"{who}: num_steps must be at least 1, got {steps!r}")
         asked = self.max_steps(update.client_id) if self.max_steps is not None else None
         if asked is not None and steps > asked:
-            raise UpdateRejected(f"{who}: claims {steps} local steps, more than the {asked} it "
-                                 "was asked for")  # fmt: skip
+            raise UpdateRejected(
+                f"{who}: claims {steps} local steps, more than the {asked} it was asked for"
+            )
 
 
-def validate_update(update: ClientUpdate, reference: Params, max_norm: float | None = None,
-                    claims: Claims | None = None) -> None:  # fmt: skip
+def validate_update(
+    update: ClientUpdate,
+    reference: Params,
+    max_norm: float | None = None,
+    claims: Claims | None = None,
+) -> None:
     """Raise UpdateRejected unless `update` has exactly `reference`'s keys, shapes, dtypes and
     only finite values, claims what `claims` allow (a positive sample count and at least one
     step by default), and (if `max_norm`) lies within `max_norm` (L2 over all tensors) of

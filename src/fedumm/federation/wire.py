@@ -14,9 +14,18 @@ from safetensors.torch import load, save
 Params = dict[str, torch.Tensor]
 
 # safetensors' names for the dtypes a message may carry, in the order of its Dtype enum
-_DTYPE_NAMES = {torch.bool: "BOOL", torch.uint8: "U8", torch.int8: "I8", torch.int16: "I16",
-                torch.float16: "F16", torch.bfloat16: "BF16", torch.int32: "I32",
-                torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}  # fmt: skip
+_DTYPE_NAMES = {
+    torch.bool: "BOOL",
+    torch.uint8: "U8",
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int32: "I32",
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.int64: "I64",
+}
 _DTYPE_ORDER = {dtype: i for i, dtype in enumerate(_DTYPE_NAMES)}
 
 
@@ -37,8 +46,11 @@ def num_bytes(params: Params) -> int:
     header, offset = {}, 0
     for name, tensor in entries:
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + size]}  # fmt: skip
+        header[name] = {
+            "dtype": _DTYPE_NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     text = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode())
     return 8 + text + (-text % 8) + offset

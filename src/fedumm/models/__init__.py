@@ -15,8 +15,16 @@ from fedumm.runtime import CPU, Runtime
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # The built-in model learns new answer words, so its adapters reach lm_head and the MLPs too.
-BUILTIN_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                   "lm_head"]  # fmt: skip
+BUILTIN_TARGETS = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "lm_head",
+]
 
 
 @dataclass
@@ -35,8 +43,12 @@ def config_problems(spec: ModelConfig) -> list[tuple[str, str]]:
 
     problems = []
     if spec.family != "auto" and spec.family not in FAMILIES:
-        problems.append(("model.family", f"unknown family {spec.family!r}; supported: auto, "
-                                         f"{', '.join(FAMILIES)}"))  # fmt: skip
+        problems.append(
+            (
+                "model.family",
+                f"unknown family {spec.family!r}; supported: auto, {', '.join(FAMILIES)}",
+            )
+        )
     if spec.name_or_path is None:
         try:
             foundation.location(spec.foundation)
@@ -62,15 +74,17 @@ def load(spec: ModelConfig, runtime: Runtime = CPU) -> LoadedModel:
 
         model, processor = hf.load(spec.name_or_path, spec.family, DTYPES[spec.dtype])
         scope, layers = processor.family.language_model, model.config.get_text_config()
-        loaded = LoadedModel(model, processor, scope, default_targets(spec),
-                             layers.num_hidden_layers)  # fmt: skip
+        loaded = LoadedModel(
+            model, processor, scope, default_targets(spec), layers.num_hidden_layers
+        )
     else:
         from fedumm.models import foundation
 
         model, processor = foundation.load(spec.foundation)
         model.to(DTYPES[spec.dtype])
-        loaded = LoadedModel(model, processor, "", default_targets(spec),
-                             model.config.num_hidden_layers)  # fmt: skip
+        loaded = LoadedModel(
+            model, processor, "", default_targets(spec), model.config.num_hidden_layers
+        )
     place(loaded.model, runtime)
     return loaded
 
@@ -83,10 +97,17 @@ def adapted(loaded: LoadedModel, lora: LoraSection | None, seed: int) -> torch.n
         return loaded.model.requires_grad_(True)
     from fedumm.models.lora import add_lora
 
-    return add_lora(loaded.model, lora.r, lora.alpha, lora.dropout,
-                    lora.target_modules or loaded.default_targets, seed,
-                    extra_ranks=tuple(lora.client_ranks or ()), scope=loaded.lora_scope,
-                    modules_to_save=lora.modules_to_save)  # fmt: skip
+    return add_lora(
+        loaded.model,
+        lora.r,
+        lora.alpha,
+        lora.dropout,
+        lora.target_modules or loaded.default_targets,
+        seed,
+        extra_ranks=tuple(lora.client_ranks or ()),
+        scope=loaded.lora_scope,
+        modules_to_save=lora.modules_to_save,
+    )
 
 
 def base_name(spec: ModelConfig) -> str:

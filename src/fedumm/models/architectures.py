@@ -33,10 +33,21 @@ from fedumm.models.lora import lora_targets
 from fedumm.models.text_tokenizer import train_text_tokenizer
 
 SIDE, PATCH = 32, 8  # tiny models read ShapesWorld's 32x32 images in 8x8 patches
-TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=4)  # fmt: skip
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-              image_size=SIDE, patch_size=PATCH)  # fmt: skip
+TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+)
+VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=SIDE,
+    patch_size=PATCH,
+)
 TINY_CODES = 32  # Chameleon's and Janus's VQ codebook in the tiny models
 
 
@@ -61,8 +72,11 @@ class Tokens:
         if self.tokenizer is None:
             return {"pad_token_id": 0}
         t = self.tokenizer
-        return {"pad_token_id": t.pad_token_id, "bos_token_id": t.bos_token_id,
-                "eos_token_id": t.eos_token_id}  # fmt: skip
+        return {
+            "pad_token_id": t.pad_token_id,
+            "bos_token_id": t.bos_token_id,
+            "eos_token_id": t.eos_token_id,
+        }
 
     def vocabulary(self) -> dict[str, int]:
         if self.tokenizer is None:
@@ -107,9 +121,12 @@ def _tying(text: dict) -> dict:
 def _llava(text: dict, vision: dict, **kwargs):
     def config(t: Tokens) -> tf.PretrainedConfig:
         body = {"vocab_size": len(t), **text, "pad_token_id": t.common()["pad_token_id"]}
-        return tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**vision),
-                              text_config=tf.LlamaConfig(**body), image_token_id=t["<image>"],
-                              **kwargs)  # fmt: skip
+        return tf.LlavaConfig(
+            vision_config=tf.CLIPVisionConfig(**vision),
+            text_config=tf.LlamaConfig(**body),
+            image_token_id=t["<image>"],
+            **kwargs,
+        )
 
     return config
 
@@ -121,16 +138,26 @@ def _qwen(version: str, text: dict, vision: dict, head_dim: int):
     sections = [quarter // 4, 3 * quarter // 8, quarter - quarter // 4 - 3 * quarter // 8]
 
     def config(t: Tokens) -> tf.PretrainedConfig:
-        rope = {"rope_type": "default", "mrope_section": sections,
-                "rope_theta": text.get("rope_theta", 1_000_000.0)}  # fmt: skip
+        rope = {
+            "rope_type": "default",
+            "mrope_section": sections,
+            "rope_theta": text.get("rope_theta", 1_000_000.0),
+        }
         body = {k: v for k, v in text.items() if k != "rope_theta"}
         body.setdefault("vocab_size", len(t))
-        tokens = dict(image_token_id=t["<|image_pad|>"], video_token_id=t["<|video_pad|>"],
-                      vision_start_token_id=t["<|vision_start|>"],
-                      vision_end_token_id=t["<|vision_end|>"])  # fmt: skip
+        tokens = dict(
+            image_token_id=t["<|image_pad|>"],
+            video_token_id=t["<|video_pad|>"],
+            vision_start_token_id=t["<|vision_start|>"],
+            vision_end_token_id=t["<|vision_end|>"],
+        )
         kind = tf.Qwen2_5_VLConfig if version == "2.5" else tf.Qwen2VLConfig
-        return kind(text_config={**body, **t.common(), "rope_parameters": rope},
-                    vision_config=vision, **_tying(body), **tokens)  # fmt: skip
+        return kind(
+            text_config={**body, **t.common(), "rope_parameters": rope},
+            vision_config=vision,
+            **_tying(body),
+            **tokens,
+        )
 
     return config
 
@@ -140,9 +167,14 @@ def _idefics3(text: dict, vision: dict, scale_factor: int, smol: bool):
         body = {"model_type": "llama", **text, "pad_token_id": t.common()["pad_token_id"]}
         body.setdefault("vocab_size", len(t))
         kind = tf.SmolVLMConfig if smol else tf.Idefics3Config
-        return kind(vision_config=vision, text_config=body, scale_factor=scale_factor,
-                    image_token_id=t["<image>"], pad_token_id=t.common()["pad_token_id"],
-                    **_tying(body))  # fmt: skip
+        return kind(
+            vision_config=vision,
+            text_config=body,
+            scale_factor=scale_factor,
+            image_token_id=t["<image>"],
+            pad_token_id=t.common()["pad_token_id"],
+            **_tying(body),
+        )
 
     return config
 
@@ -151,9 +183,12 @@ def _paligemma(text: dict, vision: dict, projection_dim: int):
     def config(t: Tokens) -> tf.PretrainedConfig:
         body = {"model_type": "gemma", **text, "pad_token_id": t.common()["pad_token_id"]}
         body.setdefault("vocab_size", len(t))
-        return tf.PaliGemmaConfig(vision_config=vision, text_config=body,
-                                  projection_dim=projection_dim,
-                                  image_token_id=t["<image>"])  # fmt: skip
+        return tf.PaliGemmaConfig(
+            vision_config=vision,
+            text_config=body,
+            projection_dim=projection_dim,
+            image_token_id=t["<image>"],
+        )
 
     return config
 
@@ -162,8 +197,13 @@ def _chameleon(text: dict, vq: dict | None):
     def config(t: Tokens) -> tf.PretrainedConfig:
         body = dict(text)
         body.setdefault("vocab_size", len(t))
-        return tf.ChameleonConfig(**body, vq_config=vq, vocabulary_map=t.vocabulary(),
-                                  image_token_id=t["<image>"], **t.common())  # fmt: skip
+        return tf.ChameleonConfig(
+            **body,
+            vq_config=vq,
+            vocabulary_map=t.vocabulary(),
+            image_token_id=t["<image>"],
+            **t.common(),
+        )
 
     return config
 
@@ -172,8 +212,12 @@ def _janus(text: dict, vision: dict, vq: dict):
     def config(t: Tokens) -> tf.PretrainedConfig:
         body = {"model_type": "llama", **text, "pad_token_id": t.common()["pad_token_id"]}
         body.setdefault("vocab_size", len(t))
-        return tf.JanusConfig(text_config=body, vision_config=vision, vq_config=vq,
-                              image_token_id=t["<image_placeholder>"])  # fmt: skip
+        return tf.JanusConfig(
+            text_config=body,
+            vision_config=vision,
+            vq_config=vq,
+            image_token_id=t["<image_placeholder>"],
+        )
 
     return config
 
@@ -183,8 +227,9 @@ def _square(kind: str, side: int) -> Callable[[], object]:
 
     def build():
         if kind == "clip":
-            return tf.CLIPImageProcessorPil(size={"shortest_edge": side},
-                                            crop_size={"height": side, "width": side})  # fmt: skip
+            return tf.CLIPImageProcessorPil(
+                size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+            )
         if kind == "chameleon":
             return tf.ChameleonImageProcessorPil(
                 size={"shortest_edge": side}, crop_size={"height": side, "width": side}
@@ -202,77 +247,166 @@ def _square(kind: str, side: int) -> Callable[[], object]:
 def _qwen_pixels(patch: int, side: int) -> Callable[[], object]:
     """Qwen2-VL's processor bounds pixels: exactly side x side, so an image is a fixed number
     of tokens, (side / patch / 2)^2."""
-    return lambda: tf.Qwen2VLImageProcessorPil(patch_size=patch, merge_size=2,
-                                               temporal_patch_size=2, min_pixels=side * side,
-                                               max_pixels=side * side)  # fmt: skip
+    return lambda: tf.Qwen2VLImageProcessorPil(
+        patch_size=patch,
+        merge_size=2,
+        temporal_patch_size=2,
+        min_pixels=side * side,
+        max_pixels=side * side,
+    )
 
 
 # --------------------------------------------------------------------------------------- tiny
 
-_TINY_VQ = dict(embed_dim=32, num_embeddings=TINY_CODES, latent_channels=32, resolution=SIDE,
-                base_channels=32, channel_multiplier=[1, 1, 1, 1], num_res_blocks=1)  # fmt: skip
-_TINY_QWEN_VISION = dict(depth=2, num_heads=2, patch_size=PATCH, spatial_merge_size=2,
-                         temporal_patch_size=2)  # fmt: skip
+_TINY_VQ = dict(
+    embed_dim=32,
+    num_embeddings=TINY_CODES,
+    latent_channels=32,
+    resolution=SIDE,
+    base_channels=32,
+    channel_multiplier=[1, 1, 1, 1],
+    num_res_blocks=1,
+)
+_TINY_QWEN_VISION = dict(
+    depth=2, num_heads=2, patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2
+)
 
 TINY: dict[str, Architecture] = {
-    "llava": Architecture("llava", _llava(TEXT, VISION), _square("clip", SIDE), ("<image>",),
-                          "tiny LLaVA"),
+    "llava": Architecture(
+        "llava", _llava(TEXT, VISION), _square("clip", SIDE), ("<image>",), "tiny LLaVA"
+    ),
     "qwen2_vl": Architecture(
         "qwen2_vl",
-        _qwen("2", {**TEXT, "num_key_value_heads": 2, "rope_theta": 10000.0},
-              {**_TINY_QWEN_VISION, "embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2}, 16),
-        _qwen_pixels(PATCH, SIDE), QWEN_TOKENS, "tiny Qwen2-VL"),
+        _qwen(
+            "2",
+            {**TEXT, "num_key_value_heads": 2, "rope_theta": 10000.0},
+            {**_TINY_QWEN_VISION, "embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2},
+            16,
+        ),
+        _qwen_pixels(PATCH, SIDE),
+        QWEN_TOKENS,
+        "tiny Qwen2-VL",
+    ),
     "qwen2_5_vl": Architecture(
         "qwen2_5_vl",
-        _qwen("2.5", {**TEXT, "num_key_value_heads": 2, "rope_theta": 10000.0},
-              {**_TINY_QWEN_VISION, "hidden_size": 32, "intermediate_size": 64,
-               "out_hidden_size": 64, "fullatt_block_indexes": [1], "window_size": 16}, 16),
-        _qwen_pixels(PATCH, SIDE), QWEN_TOKENS, "tiny Qwen2.5-VL"),
-    "idefics3": Architecture("idefics3", _idefics3(TEXT, VISION, 2, smol=False),
-                             _square("idefics3", SIDE), IDEFICS_TOKENS, "tiny Idefics3"),
-    "smolvlm": Architecture("smolvlm", _idefics3(TEXT, VISION, 2, smol=True),
-                            _square("smolvlm", SIDE), IDEFICS_TOKENS, "tiny SmolVLM"),
+        _qwen(
+            "2.5",
+            {**TEXT, "num_key_value_heads": 2, "rope_theta": 10000.0},
+            {
+                **_TINY_QWEN_VISION,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "out_hidden_size": 64,
+                "fullatt_block_indexes": [1],
+                "window_size": 16,
+            },
+            16,
+        ),
+        _qwen_pixels(PATCH, SIDE),
+        QWEN_TOKENS,
+        "tiny Qwen2.5-VL",
+    ),
+    "idefics3": Architecture(
+        "idefics3",
+        _idefics3(TEXT, VISION, 2, smol=False),
+        _square("idefics3", SIDE),
+        IDEFICS_TOKENS,
+        "tiny Idefics3",
+    ),
+    "smolvlm": Architecture(
+        "smolvlm",
+        _idefics3(TEXT, VISION, 2, smol=True),
+        _square("smolvlm", SIDE),
+        IDEFICS_TOKENS,
+        "tiny SmolVLM",
+    ),
     "paligemma": Architecture(
-        "paligemma", _paligemma({**TEXT, "num_key_value_heads": 1, "head_dim": 16}, VISION, 64),
-        _square("siglip", SIDE), ("<image>",), "tiny PaliGemma"),
+        "paligemma",
+        _paligemma({**TEXT, "num_key_value_heads": 1, "head_dim": 16}, VISION, 64),
+        _square("siglip", SIDE),
+        ("<image>",),
+        "tiny PaliGemma",
+    ),
     "chameleon": Architecture(
-        "chameleon", _chameleon(TEXT, _TINY_VQ), _square("chameleon", SIDE),
+        "chameleon",
+        _chameleon(TEXT, _TINY_VQ),
+        _square("chameleon", SIDE),
         ("<image>", "<racm3:break>", "<eoss>", *map(_code_name, range(TINY_CODES))),
-        "tiny Chameleon"),
+        "tiny Chameleon",
+    ),
     "janus": Architecture(
         "janus",
-        _janus(TEXT, {**{k: v for k, v in VISION.items() if k != "intermediate_size"},
-                      "projection_dim": 64, "mlp_ratio": 2,
-                      "num_image_tokens": (SIDE // PATCH) ** 2},
-               {**{k: v for k, v in _TINY_VQ.items() if k != "resolution"}, "embed_dim": 8,
-                "num_patches": SIDE // PATCH, "projection_dim": 64, "image_token_embed_dim": 64}),
-        _square("janus", SIDE), JANUS_TOKENS, "tiny Janus"),
-}  # fmt: skip
+        _janus(
+            TEXT,
+            {
+                **{k: v for k, v in VISION.items() if k != "intermediate_size"},
+                "projection_dim": 64,
+                "mlp_ratio": 2,
+                "num_image_tokens": (SIDE // PATCH) ** 2,
+            },
+            {
+                **{k: v for k, v in _TINY_VQ.items() if k != "resolution"},
+                "embed_dim": 8,
+                "num_patches": SIDE // PATCH,
+                "projection_dim": 64,
+                "image_token_embed_dim": 64,
+            },
+        ),
+        _square("janus", SIDE),
+        JANUS_TOKENS,
+        "tiny Janus",
+    ),
+}
 
 # ---------------------------------------------------------------------------------- published
 
 
-def _qwen2_5_vl(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
-                vocab: int, tied: bool) -> Callable[[Tokens], tf.PretrainedConfig]:  # fmt: skip
-    text = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
-                tie_word_embeddings=tied)  # fmt: skip
-    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
-                  out_hidden_size=hidden)  # fmt: skip
+def _qwen2_5_vl(
+    hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int, tied: bool
+) -> Callable[[Tokens], tf.PretrainedConfig]:
+    text = dict(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=vocab,
+        tie_word_embeddings=tied,
+    )
+    vision = dict(
+        depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=hidden
+    )
     return _qwen("2.5", text, vision, hidden // heads)
 
 
-_LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                 num_attention_heads=32, num_key_value_heads=32)  # fmt: skip
-_SIGLIP_L_384 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                     num_attention_heads=16, image_size=384, patch_size=16, mlp_ratio=4.0,
-                     num_image_tokens=576)  # fmt: skip
+_LLAMA_7B = dict(
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+)
+_SIGLIP_L_384 = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=384,
+    patch_size=16,
+    mlp_ratio=4.0,
+    num_image_tokens=576,
+)
 
 
 def _janus_pro(hidden: int, intermediate: int, layers: int, heads: int):
-    text = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=heads,
-                vocab_size=102400)  # fmt: skip
+    text = dict(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        vocab_size=102400,
+    )
     vision = {k: v for k, v in _SIGLIP_L_384.items() if k != "intermediate_size"}
     return _janus(
         text,
@@ -284,73 +418,178 @@ def _janus_pro(hidden: int, intermediate: int, layers: int, heads: int):
 PUBLISHED: dict[str, Architecture] = {
     "llava-1.5-7b": Architecture(
         "llava",
-        _llava({**_LLAMA_7B, "vocab_size": 32064},
-               dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                    num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
-               vision_feature_layer=-2),
-        _square("clip", 336), ("<image>",), "LLaVA-1.5-7B"),
+        _llava(
+            {**_LLAMA_7B, "vocab_size": 32064},
+            dict(
+                hidden_size=1024,
+                intermediate_size=4096,
+                num_hidden_layers=24,
+                num_attention_heads=16,
+                image_size=336,
+                patch_size=14,
+                projection_dim=768,
+            ),
+            vision_feature_layer=-2,
+        ),
+        _square("clip", 336),
+        ("<image>",),
+        "LLaVA-1.5-7B",
+    ),
     "qwen2-vl-2b": Architecture(
         "qwen2_vl",
-        _qwen("2", dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                        num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                        tie_word_embeddings=True),
-              dict(depth=32, embed_dim=1280, mlp_ratio=4, num_heads=16, hidden_size=1536), 128),
-        _qwen_pixels(14, 672), QWEN_TOKENS, "Qwen2-VL-2B"),
+        _qwen(
+            "2",
+            dict(
+                hidden_size=1536,
+                intermediate_size=8960,
+                num_hidden_layers=28,
+                num_attention_heads=12,
+                num_key_value_heads=2,
+                vocab_size=151936,
+                tie_word_embeddings=True,
+            ),
+            dict(depth=32, embed_dim=1280, mlp_ratio=4, num_heads=16, hidden_size=1536),
+            128,
+        ),
+        _qwen_pixels(14, 672),
+        QWEN_TOKENS,
+        "Qwen2-VL-2B",
+    ),
     "qwen2.5-vl-3b": Architecture(
-        "qwen2_5_vl", _qwen2_5_vl(2048, 11008, 36, 16, 2, 151936, True), _qwen_pixels(14, 672),
-        QWEN_TOKENS, "Qwen2.5-VL-3B (BLIP3o-4B backbone)"),
+        "qwen2_5_vl",
+        _qwen2_5_vl(2048, 11008, 36, 16, 2, 151936, True),
+        _qwen_pixels(14, 672),
+        QWEN_TOKENS,
+        "Qwen2.5-VL-3B (BLIP3o-4B backbone)",
+    ),
     "qwen2.5-vl-7b": Architecture(
-        "qwen2_5_vl", _qwen2_5_vl(3584, 18944, 28, 28, 4, 152064, False), _qwen_pixels(14, 672),
-        QWEN_TOKENS, "Qwen2.5-VL-7B (BLIP3o-8B backbone)"),
+        "qwen2_5_vl",
+        _qwen2_5_vl(3584, 18944, 28, 28, 4, 152064, False),
+        _qwen_pixels(14, 672),
+        QWEN_TOKENS,
+        "Qwen2.5-VL-7B (BLIP3o-8B backbone)",
+    ),
     "paligemma-3b": Architecture(
         "paligemma",
-        _paligemma(dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
-                        num_attention_heads=8, num_key_value_heads=1, head_dim=256,
-                        vocab_size=257216),
-                   dict(model_type="siglip_vision_model", hidden_size=1152,
-                        intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                        image_size=224, patch_size=14, projection_dim=2048,
-                        vision_use_head=False), 2048),
-        _square("siglip", 224), ("<image>",), "PaliGemma-3B"),
+        _paligemma(
+            dict(
+                hidden_size=2048,
+                intermediate_size=16384,
+                num_hidden_layers=18,
+                num_attention_heads=8,
+                num_key_value_heads=1,
+                head_dim=256,
+                vocab_size=257216,
+            ),
+            dict(
+                model_type="siglip_vision_model",
+                hidden_size=1152,
+                intermediate_size=4304,
+                num_hidden_layers=27,
+                num_attention_heads=16,
+                image_size=224,
+                patch_size=14,
+                projection_dim=2048,
+                vision_use_head=False,
+            ),
+            2048,
+        ),
+        _square("siglip", 224),
+        ("<image>",),
+        "PaliGemma-3B",
+    ),
     "smolvlm-256m": Architecture(
         "smolvlm",
-        _idefics3(dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                       num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-                       vocab_size=49280, tie_word_embeddings=False),
-                  dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                       num_attention_heads=12, image_size=512, patch_size=16), 4, smol=True),
-        _square("smolvlm", 512), IDEFICS_TOKENS, "SmolVLM-256M (Idefics3)"),
+        _idefics3(
+            dict(
+                hidden_size=576,
+                intermediate_size=1536,
+                num_hidden_layers=30,
+                num_attention_heads=9,
+                num_key_value_heads=3,
+                head_dim=64,
+                vocab_size=49280,
+                tie_word_embeddings=False,
+            ),
+            dict(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                image_size=512,
+                patch_size=16,
+            ),
+            4,
+            smol=True,
+        ),
+        _square("smolvlm", 512),
+        IDEFICS_TOKENS,
+        "SmolVLM-256M (Idefics3)",
+    ),
     "chameleon-7b": Architecture(
-        "chameleon", _chameleon({**_LLAMA_7B, "vocab_size": 65536}, None),
+        "chameleon",
+        _chameleon({**_LLAMA_7B, "vocab_size": 65536}, None),
         _square("chameleon", 512),
         ("<image>", "<racm3:break>", "<eoss>", *map(_code_name, range(8192))),
-        "Chameleon-7B (unified, early fusion)"),
-    "janus-pro-1b": Architecture("janus", _janus_pro(2048, 5632, 24, 16), _square("janus", 384),
-                                 JANUS_TOKENS, "Janus-Pro-1B (unified)"),
-    "janus-pro-7b": Architecture("janus", _janus_pro(4096, 11008, 30, 32),
-                                 _square("janus", 384), JANUS_TOKENS, "Janus-Pro-7B (unified)"),
-}  # fmt: skip
+        "Chameleon-7B (unified, early fusion)",
+    ),
+    "janus-pro-1b": Architecture(
+        "janus",
+        _janus_pro(2048, 5632, 24, 16),
+        _square("janus", 384),
+        JANUS_TOKENS,
+        "Janus-Pro-1B (unified)",
+    ),
+    "janus-pro-7b": Architecture(
+        "janus",
+        _janus_pro(4096, 11008, 30, 32),
+        _square("janus", 384),
+        JANUS_TOKENS,
+        "Janus-Pro-7B (unified)",
+    ),
+}
 
 
-def janus_foundation(hidden: int, intermediate: int, layers: int, heads: int,
-                     codes: int) -> Architecture:  # fmt: skip
+def janus_foundation(
+    hidden: int, intermediate: int, layers: int, heads: int, codes: int
+) -> Architecture:
     """A small Janus for ShapesWorld (`fedumm pretrain` with architecture janus): the language
     model sized like the built-in foundation's, a 2-layer vision tower reading 32x32 images in
     8x8 patches, and a VQ-VAE coding each 8x8 cell as one of `codes` codes (4x4 per image)."""
-    text = dict(hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=heads)  # fmt: skip
-    vision = {**{k: v for k, v in VISION.items() if k != "intermediate_size"},
-              "hidden_size": 64, "projection_dim": hidden, "mlp_ratio": 2,
-              "num_image_tokens": (SIDE // PATCH) ** 2}  # fmt: skip
-    vq = {**{k: v for k, v in _TINY_VQ.items() if k != "resolution"}, "num_embeddings": codes,
-          "embed_dim": 8, "num_patches": SIDE // PATCH, "projection_dim": hidden,
-          "image_token_embed_dim": hidden}  # fmt: skip
-    return Architecture("janus", _janus(text, vision, vq), _square("janus", SIDE), JANUS_TOKENS,
-                        "Janus foundation for ShapesWorld")  # fmt: skip
+    text = dict(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+    )
+    vision = {
+        **{k: v for k, v in VISION.items() if k != "intermediate_size"},
+        "hidden_size": 64,
+        "projection_dim": hidden,
+        "mlp_ratio": 2,
+        "num_image_tokens": (SIDE // PATCH) ** 2,
+    }
+    vq = {
+        **{k: v for k, v in _TINY_VQ.items() if k != "resolution"},
+        "num_embeddings": codes,
+        "embed_dim": 8,
+        "num_patches": SIDE // PATCH,
+        "projection_dim": hidden,
+        "image_token_embed_dim": hidden,
+    }
+    return Architecture(
+        "janus",
+        _janus(text, vision, vq),
+        _square("janus", SIDE),
+        JANUS_TOKENS,
+        "Janus foundation for ShapesWorld",
+    )
 
 
-FAMILY_PRESETS = {family: ["tiny", *(n for n, a in PUBLISHED.items() if a.family == family)]
-                  for family in TINY}  # fmt: skip
+FAMILY_PRESETS = {
+    family: ["tiny", *(n for n, a in PUBLISHED.items() if a.family == family)] for family in TINY
+}
 
 
 def architecture(family: str, preset: str = "tiny") -> Architecture:
@@ -360,12 +599,15 @@ def architecture(family: str, preset: str = "tiny") -> Architecture:
     if preset == "tiny":
         return TINY[family]
     if preset not in PUBLISHED:
-        raise ValueError(f"unknown preset {preset!r}; {family} presets: "
-                         f"{', '.join(FAMILY_PRESETS[family])}")  # fmt: skip
+        raise ValueError(
+            f"unknown preset {preset!r}; {family} presets: {', '.join(FAMILY_PRESETS[family])}"
+        )
     arch = PUBLISHED[preset]
     if arch.family != family:
-        raise ValueError(f"preset {preset!r} is a {arch.family} model, not {family}; {family} "
-                         f"presets: {', '.join(FAMILY_PRESETS[family])}")  # fmt: skip
+        raise ValueError(
+            f"preset {preset!r} is a {arch.family} model, not {family}; {family} "
+            f"presets: {', '.join(FAMILY_PRESETS[family])}"
+        )
     return arch
 
 
@@ -375,8 +617,13 @@ def _tokenizer(special: tuple[str, ...]):
     return tok
 
 
-def build_random(family: str, out_dir: str | Path, preset: str = "tiny", seed: int = 0,
-                 dtype: torch.dtype = torch.float32) -> Path:  # fmt: skip
+def build_random(
+    family: str,
+    out_dir: str | Path,
+    preset: str = "tiny",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Write a model of `family` at `preset`'s size with random weights (model in `dtype`,
     tokenizer, image processor) to `out_dir`, its config marked as random."""
     arch = architecture(family, preset)
@@ -404,6 +651,7 @@ def published_sizes(ranks: tuple[int, ...] = (8, 16)) -> list[dict]:
         targets = lora_targets(model, DEFAULT_TARGETS, FAMILIES[arch.family].language_model)
         per_rank = sum(m.in_features + m.out_features for m in targets.values())  # A, B
         for r in ranks:
-            rows.append({"model": arch.label, "parameters": total, "r": r,
-                         "lora_parameters": r * per_rank})  # fmt: skip
+            rows.append(
+                {"model": arch.label, "parameters": total, "r": r, "lora_parameters": r * per_rank}
+            )
     return rows

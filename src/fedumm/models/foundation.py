@@ -110,8 +110,12 @@ def checksum(folder: str | Path) -> str:
     """sha256 over a model folder's weights, config and tokenizer (names and bytes): what makes
     two runs' foundations the same, whatever they were called. Cached while the files' sizes
     and modification times stay the same (a sweep asks once per cell)."""
-    files = sorted(p for p in Path(folder).resolve().iterdir() if p.is_file() and (
-        p.suffix == ".safetensors" or p.name in ("config.json", "tokenizer.json")))  # fmt: skip
+    files = sorted(
+        p
+        for p in Path(folder).resolve().iterdir()
+        if p.is_file()
+        and (p.suffix == ".safetensors" or p.name in ("config.json", "tokenizer.json"))
+    )
     return _sha256(tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 
 

@@ -59,9 +59,12 @@ def generate(
     past, step_ids, cache = None, ids, _cache_argument(model)
     for _ in range(max_new_tokens):
         result = model(
-            input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
             **{cache: past},
-        )  # fmt: skip
+        )
         past = getattr(result, cache)
         logits = result.logits[:, -1, : band.shape[0]].float()
         if guidance is not None:
@@ -109,7 +112,15 @@ def text_to_image(
         chunk = [processor.generation_prompt(p) for p in prompts[i : i + batch_size]]
         uncond = [processor.generation_prompt("")] * len(chunk)
         guidance = (uncond, guidance_scale) if guidance_scale != 1.0 else None
-        codes += generate(model, chunk, tokens, processor.image_id_range, processor.pad,
-                          temperature=temperature, top_k=top_k, generator=generator,
-                          guidance=guidance)  # fmt: skip
+        codes += generate(
+            model,
+            chunk,
+            tokens,
+            processor.image_id_range,
+            processor.pad,
+            temperature=temperature,
+            top_k=top_k,
+            generator=generator,
+            guidance=guidance,
+        )
     return processor.decode_images(np.array(codes).reshape(len(prompts), tokens))

@@ -115,19 +115,33 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "llava": Family("model.language_model", _llava_segment),
-    "qwen2_vl": Family("model.language_model", _qwen2_vl_segment,
-                       batch_inputs=_qwen_image_tokens, image_side=_pixels_side),
-    "qwen2_5_vl": Family("model.language_model", _qwen2_vl_segment,
-                         batch_inputs=_qwen_image_tokens, image_side=_pixels_side),
-    "idefics3": Family("model.text_model", _idefics3_segment,
-                       image_processor={"do_image_splitting": False}),
-    "smolvlm": Family("model.text_model", _idefics3_segment,
-                      image_processor={"do_image_splitting": False}),
-    "paligemma": Family("model.language_model", _paligemma_segment, bos_after_image=True,
-                        batch_inputs=_paligemma_suffix),
+    "qwen2_vl": Family(
+        "model.language_model",
+        _qwen2_vl_segment,
+        batch_inputs=_qwen_image_tokens,
+        image_side=_pixels_side,
+    ),
+    "qwen2_5_vl": Family(
+        "model.language_model",
+        _qwen2_vl_segment,
+        batch_inputs=_qwen_image_tokens,
+        image_side=_pixels_side,
+    ),
+    "idefics3": Family(
+        "model.text_model", _idefics3_segment, image_processor={"do_image_splitting": False}
+    ),
+    "smolvlm": Family(
+        "model.text_model", _idefics3_segment, image_processor={"do_image_splitting": False}
+    ),
+    "paligemma": Family(
+        "model.language_model",
+        _paligemma_segment,
+        bos_after_image=True,
+        batch_inputs=_paligemma_suffix,
+    ),
     "chameleon": Family("model.layers", _chameleon_segment),
     "janus": Family("model.language_model", _janus_segment, draws=True),
-}  # fmt: skip
+}
 
 # LoRA on the language model's attention projections unless the config names others.
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -208,8 +222,9 @@ class HFProcessor:
         """What the model is given to draw `prompt_text`: <bos> prompt <begin_of_image>."""
         return [self.bos, *self.text_ids(prompt_text), self.boi]
 
-    def generation(self, prompt_text: str, codes: np.ndarray, unconditional: bool = False
-                   ) -> Encoded:  # fmt: skip
+    def generation(
+        self, prompt_text: str, codes: np.ndarray, unconditional: bool = False
+    ) -> Encoded:
         """A text-to-image training sample: the prompt, one slot per image code, the codes
         beside it. `unconditional`: the prompt padded out as the sampler's guidance branch
         sees it (classifier-free guidance training)."""
@@ -238,14 +253,33 @@ class HFProcessor:
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return janus.loss(model, batch) if self.draws else model(**batch).loss
 
-    def draw(self, model, prompts: list[str], seed: int, temperature: float, top_k: int | None,
-             guidance_scale: float, batch_size: int) -> np.ndarray:  # fmt: skip
+    def draw(
+        self,
+        model,
+        prompts: list[str],
+        seed: int,
+        temperature: float,
+        top_k: int | None,
+        guidance_scale: float,
+        batch_size: int,
+    ) -> np.ndarray:
         """One image per prompt, (N, H, W, 3) uint8, through the model's own sampler."""
         images = []
         for i in range(0, len(prompts), batch_size):
             chunk = [self.generation_prompt(p) for p in prompts[i : i + batch_size]]
-            images.append(janus.draw(model, chunk, self.pad, self.bos, self.boi, seed + i,
-                                     temperature, top_k, guidance_scale))  # fmt: skip
+            images.append(
+                janus.draw(
+                    model,
+                    chunk,
+                    self.pad,
+                    self.bos,
+                    self.boi,
+                    seed + i,
+                    temperature,
+                    top_k,
+                    guidance_scale,
+                )
+            )
         return np.concatenate(images)
 
     # ---------------------------------------------------------------- batches
@@ -270,8 +304,13 @@ class HFProcessor:
         batch.pop("labels")
         was_training = model.training
         model.eval()
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=self.eos, pad_token_id=self.pad)  # fmt: skip
+        out = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+        )
         model.train(was_training)
         return out[:, batch["input_ids"].shape[1] :].tolist()
 
@@ -325,8 +364,12 @@ def load(name_or_path: str, family: str = "auto", dtype: torch.dtype = torch.flo
         processor.missing_for_generation = janus.missing_for_generation(info["missing_keys"])
     random = getattr(model.config, RANDOM_MARK, None)
     if random:
-        log.warning("%s has random weights (fedumm random-model, %s): it measures memory and "
-                    "speed; its scores mean nothing", name_or_path, random)  # fmt: skip
+        log.warning(
+            "%s has random weights (fedumm random-model, %s): it measures memory and "
+            "speed; its scores mean nothing",
+            name_or_path,
+            random,
+        )
     model.requires_grad_(False)
     model.eval()
     return model, processor

@@ -99,8 +99,17 @@ def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
 
 
 @torch.no_grad()
-def draw(model, prompts: list[list[int]], pad: int, bos: int, boi: int, seed: int,
-         temperature: float, top_k: int | None, guidance_scale: float) -> np.ndarray:  # fmt: skip
+def draw(
+    model,
+    prompts: list[list[int]],
+    pad: int,
+    bos: int,
+    boi: int,
+    seed: int,
+    temperature: float,
+    top_k: int | None,
+    guidance_scale: float,
+) -> np.ndarray:
     """One image per prompt (token ids ending in <begin_of_image>) through transformers' own
     Janus sampler (classifier-free guidance against the padded prompt), then the VQ-VAE."""
     base = janus(model)
@@ -112,9 +121,14 @@ def draw(model, prompts: list[list[int]], pad: int, bos: int, boi: int, seed: in
         ids[i, length - len(p) :] = torch.tensor(p)
         mask[i, length - len(p) :] = 1
     config = GenerationConfig(**base.generation_config.to_dict())
-    config.update(pad_token_id=pad, bos_token_id=bos, do_sample=temperature > 0,
-                  temperature=temperature if temperature > 0 else None, top_k=top_k,
-                  guidance_scale=guidance_scale)  # fmt: skip
+    config.update(
+        pad_token_id=pad,
+        bos_token_id=bos,
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else None,
+        top_k=top_k,
+        guidance_scale=guidance_scale,
+    )
     config.generation_kwargs = {"boi_token_id": boi}  # where the unconditional prompt keeps
     # transformers' sampler halves its doubled (conditional, unconditional) batch only through
     # its guidance processor, which needs a scale above 1: without guidance, keep the first half
@@ -124,9 +138,13 @@ def draw(model, prompts: list[list[int]], pad: int, bos: int, boi: int, seed: in
     gpus = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=gpus):  # the sampler draws from torch's global generator
         torch.manual_seed(seed)
-        codes = base.generate(ids.to(device), attention_mask=mask.to(device),
-                              generation_mode="image", generation_config=config,
-                              logits_processor=plain)  # fmt: skip
+        codes = base.generate(
+            ids.to(device),
+            attention_mask=mask.to(device),
+            generation_mode="image",
+            generation_config=config,
+            logits_processor=plain,
+        )
     model.train(was_training)
     return decode_codes(model, codes)
 
@@ -140,15 +158,27 @@ class _Conditional(LogitsProcessor):
 
 def missing_for_generation(missing_keys: list[str]) -> list[str]:
     """The parts generation needs that a checkpoint's weights did not bring."""
-    parts = {"VQ-VAE": "model.vqmodel.", "generation head": "model.generation_head.",
-             "generation embeddings": "model.generation_embeddings.",
-             "generation aligner": "model.generation_aligner."}  # fmt: skip
-    return [name for name, prefix in parts.items()
-            if any(k.startswith(prefix) for k in missing_keys)]  # fmt: skip
+    parts = {
+        "VQ-VAE": "model.vqmodel.",
+        "generation head": "model.generation_head.",
+        "generation embeddings": "model.generation_embeddings.",
+        "generation aligner": "model.generation_aligner.",
+    }
+    return [
+        name for name, prefix in parts.items() if any(k.startswith(prefix) for k in missing_keys)
+    ]
 
 
-def fit_vq(vqmodel: torch.nn.Module, images: np.ndarray, patch_codes: np.ndarray, steps: int,
-           batch_size: int, lr: float, seed: int, on_step=None) -> dict:  # fmt: skip
+def fit_vq(
+    vqmodel: torch.nn.Module,
+    images: np.ndarray,
+    patch_codes: np.ndarray,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    on_step=None,
+) -> dict:
     """Fit Janus's VQ-VAE to a patch codebook: `patch_codes` ((N, cells) ints) says which code
     each cell of `images` ((N, H, W, 3) uint8) is. Code vectors are fixed random unit vectors;
     the encoder learns to point at its cell's code (so the VQ-VAE's own nearest-code `encode`
@@ -164,8 +194,12 @@ def fit_vq(vqmodel: torch.nn.Module, images: np.ndarray, patch_codes: np.ndarray
     with torch.no_grad():
         codebook.copy_(F.normalize(torch.randn(codebook.shape, generator=generator), dim=-1))
     unit = codebook.detach()
-    trained = [*vqmodel.encoder.parameters(), *vqmodel.quant_conv.parameters(),
-               *vqmodel.post_quant_conv.parameters(), *vqmodel.decoder.parameters()]  # fmt: skip
+    trained = [
+        *vqmodel.encoder.parameters(),
+        *vqmodel.quant_conv.parameters(),
+        *vqmodel.post_quant_conv.parameters(),
+        *vqmodel.decoder.parameters(),
+    ]
     optimizer = torch.optim.Adam(trained, lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     vqmodel.train().requires_grad_(True)

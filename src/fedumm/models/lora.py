@@ -71,21 +71,35 @@ def _adapter_name(r: int, default_r: int) -> str:
 def linear_modules(model: torch.nn.Module, scope: str = "") -> dict[str, torch.nn.Linear]:
     """The linear modules LoRA may adapt: inside `scope` (a multimodal model's language model:
     `q_proj` also names vision-tower layers in some families) or the top-level lm_head."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-            and (n.startswith(scope) or n == "lm_head")}  # fmt: skip
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and (n.startswith(scope) or n == "lm_head")
+    }
 
 
 def lora_targets(
     model: torch.nn.Module, target_modules: list[str], scope: str = ""
 ) -> dict[str, torch.nn.Linear]:
     """module path -> module, for the linear modules in `scope` named one of `target_modules`."""
-    return {n: m for n, m in linear_modules(model, scope).items()
-            if n.rsplit(".", 1)[-1] in target_modules}  # fmt: skip
+    return {
+        n: m
+        for n, m in linear_modules(model, scope).items()
+        if n.rsplit(".", 1)[-1] in target_modules
+    }
 
 
-def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
-             target_modules: list[str], seed: int, extra_ranks: tuple[int, ...] = (),
-             scope: str = "", modules_to_save: list[str] | None = None) -> PeftModel:  # fmt: skip
+def add_lora(
+    model: torch.nn.Module,
+    r: int,
+    alpha: float,
+    dropout: float,
+    target_modules: list[str],
+    seed: int,
+    extra_ranks: tuple[int, ...] = (),
+    scope: str = "",
+    modules_to_save: list[str] | None = None,
+) -> PeftModel:
     """Freeze `model` and attach LoRA adapters; the seed fixes A's random init for everyone.
 
     Targets are linear modules by name (see `lora_targets`). `extra_ranks` adds one more
@@ -115,15 +129,20 @@ def add_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
         raise ValueError(f"lora.modules_to_save {unknown} name no module of the model")
     torch.manual_seed(seed)
     paths = sorted(targeted)  # full paths: peft then adapts exactly these
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=paths,
-                        modules_to_save=modules_to_save)  # fmt: skip
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=paths,
+        modules_to_save=modules_to_save,
+    )
     peft_model = get_peft_model(model, config)
     for rank in sorted(set(extra_ranks) - {r}):
         torch.manual_seed(seed)
         peft_model.add_adapter(
             _adapter_name(rank, r),
             LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=paths),
-        )  # fmt: skip
+        )
     peft_model.set_adapter("default")
     return peft_model
 
@@ -162,8 +181,10 @@ def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
         owner = {(p.data_ptr(), p.shape): p for p in model.parameters()}
         stray = [k for k, v in state.items() if (v.data_ptr(), v.shape) not in owner]
         if stray:
-            raise ValueError(f"adapter {name!r} holds {stray[0]!r}, which is not a parameter "
-                             "of the model: fedumm trains and sends parameters only")  # fmt: skip
+            raise ValueError(
+                f"adapter {name!r} holds {stray[0]!r}, which is not a parameter "
+                "of the model: fedumm trains and sends parameters only"
+            )
         cache[name] = {k: owner[v.data_ptr(), v.shape] for k, v in state.items()}
     return cache[name]
 
@@ -200,8 +221,10 @@ def set_adapter(model: torch.nn.Module, params: Params) -> None:
         raise KeyError(f"adapter has keys the model does not: {unexpected[:3]}")
     wrong = sorted(k for k in factors if factors[k].shape != live[k].shape)
     if wrong:  # copy_ would broadcast where loading a state dict refuses
-        raise ValueError(f"adapter tensor {wrong[0]!r} has shape {tuple(factors[wrong[0]].shape)}"
-                         f", the model's is {tuple(live[wrong[0]].shape)}")  # fmt: skip
+        raise ValueError(
+            f"adapter tensor {wrong[0]!r} has shape {tuple(factors[wrong[0]].shape)}"
+            f", the model's is {tuple(live[wrong[0]].shape)}"
+        )
     with torch.no_grad():
         for k, v in factors.items():
             live[k].copy_(v)

@@ -128,8 +128,9 @@ class UMMProcessor:
         """What the model is given to draw `prompt_text` ('' = unconditional, for guidance)."""
         return [self.bos, *self.text_ids(prompt_text), self.sep, self.boi]
 
-    def generation(self, prompt_text: str, image_ids: np.ndarray, unconditional: bool = False
-                   ) -> Encoded:  # fmt: skip
+    def generation(
+        self, prompt_text: str, image_ids: np.ndarray, unconditional: bool = False
+    ) -> Encoded:
         """A text-to-image sample; `unconditional`: with the empty prompt (guidance training)."""
         prompt = self.generation_prompt("" if unconditional else prompt_text)
         target = [*image_ids.tolist(), self.eoi, self.eos]
@@ -148,19 +149,34 @@ class UMMProcessor:
     def loss(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss
 
-    def draw(self, model, prompts: list[str], seed: int, temperature: float, top_k: int | None,
-             guidance_scale: float, batch_size: int) -> np.ndarray:  # fmt: skip
+    def draw(
+        self,
+        model,
+        prompts: list[str],
+        seed: int,
+        temperature: float,
+        top_k: int | None,
+        guidance_scale: float,
+        batch_size: int,
+    ) -> np.ndarray:
         from fedumm.models.generate import text_to_image
 
-        return text_to_image(model, self, prompts, seed, temperature, top_k, guidance_scale,
-                             batch_size)  # fmt: skip
+        return text_to_image(
+            model, self, prompts, seed, temperature, top_k, guidance_scale, batch_size
+        )
 
     def answer(self, model, prompts: list[Encoded], max_new_tokens: int) -> list[list[int]]:
         """Greedy continuations of understanding prompts, from text tokens only."""
         from fedumm.models.generate import generate
 
-        return generate(model, [p.input_ids for p in prompts], max_new_tokens,
-                        self.text_id_range, self.pad, stop_id=self.eos)  # fmt: skip
+        return generate(
+            model,
+            [p.input_ids for p in prompts],
+            max_new_tokens,
+            self.text_id_range,
+            self.pad,
+            stop_id=self.eos,
+        )
 
     # ---------------------------------------------------------------- tokens back
 

@@ -37,14 +37,14 @@ class TinySetup:
 @pytest.fixture(scope="module")
 def tiny(tiny_foundation):
     base, processor = foundation.load(tiny_foundation)
-    model = add_lora(base, 2, 4.0, 0.0, ["q_proj", "v_proj", "lm_head"], seed=0,
-                     extra_ranks=(3,))  # fmt: skip
+    model = add_lora(base, 2, 4.0, 0.0, ["q_proj", "v_proj", "lm_head"], seed=0, extra_ranks=(3,))
     samples = shapesworld.vqa_dataset(12, "train", 0)
     data = encode_vqa(
         processor,
-        np.stack([s.image for s in samples]), [s.question for s in samples],
+        np.stack([s.image for s in samples]),
+        [s.question for s in samples],
         [s.answer for s in samples],
-    )  # fmt: skip
+    )
     return TinySetup(
         model, processor.collate, initial_adapters(model)[2], ClientData("site-1", data)
     )

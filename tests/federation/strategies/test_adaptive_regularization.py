@@ -42,8 +42,18 @@ def test_it_pulls_the_middle_layers_towards_the_global_adapter(tiny):
     def moved(enabled: bool, strategy: str) -> dict[str, float]:
         reg = {"enabled": enabled, "mu": 500.0, "weight": 1.0, "skip_layers": 0}
         fed = tiny.fed(lr=0.05, adaptive_regularization=reg)
-        out = local_update(tiny.model, tiny.client, tiny.initial, fed, 0, tiny.collate,
-                           build_strategy(strategy), {}, tiny.initial, steps=6).params  # fmt: skip
+        out = local_update(
+            tiny.model,
+            tiny.client,
+            tiny.initial,
+            fed,
+            0,
+            tiny.collate,
+            build_strategy(strategy),
+            {},
+            tiny.initial,
+            steps=6,
+        ).params
         dist = {"middle": 0.0, "outer": 0.0}
         for k in out:
             dist["middle" if ".layers." in k else "outer"] += float(
@@ -57,8 +67,11 @@ def test_it_pulls_the_middle_layers_towards_the_global_adapter(tiny):
 
 
 def test_a_layer_range_the_model_lacks_is_refused_before_training(tiny_foundation, tmp_path):
-    result = run_tiny(tmp_path / "r", tiny_foundation,
-                      "federation.adaptive_regularization.enabled=true",
-                      "federation.adaptive_regularization.skip_layers=1")  # fmt: skip
+    result = run_tiny(
+        tmp_path / "r",
+        tiny_foundation,
+        "federation.adaptive_regularization.enabled=true",
+        "federation.adaptive_regularization.skip_layers=1",
+    )
     assert result.exit_code == 1
     assert "skip_layers=1 leaves no middle layer of the model's 2" in result.output

@@ -12,15 +12,18 @@ from .conftest import update
 
 def test_clipped_mean_without_noise_hand_computed():
     s = build_strategy("dp_fedavg", clip_norm=1.0, noise_multiplier=0.0)
-    out = s.aggregate({"w": torch.zeros(2)}, [update("a", {"w": [3.0, 4.0]}, 1),
-                                              update("b", {"w": [0.3, 0.4]}, 99)])  # fmt: skip
+    out = s.aggregate(
+        {"w": torch.zeros(2)},
+        [update("a", {"w": [3.0, 4.0]}, 1), update("b", {"w": [0.3, 0.4]}, 99)],
+    )
     # uniform mean of (0.6, 0.8) and (0.3, 0.4), sample counts ignored
     assert torch.allclose(out["w"], torch.tensor([0.45, 0.6]), atol=1e-6)
 
 
 def test_noise_has_the_stated_standard_deviation():
-    s = build_strategy("dp_fedavg", FederationContext(num_clients=10, seed=7),
-                       clip_norm=0.5, noise_multiplier=1.2)  # fmt: skip
+    s = build_strategy(
+        "dp_fedavg", FederationContext(num_clients=10, seed=7), clip_norm=0.5, noise_multiplier=1.2
+    )
     start = {"w": torch.zeros(200_000)}
     out = s.aggregate(start, [update(str(i), {"w": [0.0] * 200_000}, 1) for i in range(4)])
     expected = 1.2 * 0.5 / 4  # z * C / |S|
@@ -29,8 +32,12 @@ def test_noise_has_the_stated_standard_deviation():
 
 
 def _noise(seeded: bool) -> torch.Tensor:
-    s = build_strategy("dp_fedavg", FederationContext(num_clients=10, seed=7, seeded_noise=seeded),
-                       clip_norm=0.5, noise_multiplier=1.2)  # fmt: skip
+    s = build_strategy(
+        "dp_fedavg",
+        FederationContext(num_clients=10, seed=7, seeded_noise=seeded),
+        clip_norm=0.5,
+        noise_multiplier=1.2,
+    )
     return s.aggregate({"w": torch.zeros(1000)}, [update("a", {"w": [0.0] * 1000}, 1)])["w"]
 
 

@@ -15,8 +15,9 @@ from tests.tiny import run_tiny
 
 def _random_adapter(tiny, seed=0):
     g = torch.Generator().manual_seed(seed)
-    set_adapter(tiny.model, {k: 0.05 * torch.randn(v.shape, generator=g)
-                             for k, v in tiny.initial.items()})  # fmt: skip
+    set_adapter(
+        tiny.model, {k: 0.05 * torch.randn(v.shape, generator=g) for k, v in tiny.initial.items()}
+    )
 
 
 def _grads(tiny, dp=None, hooks=None):
@@ -72,8 +73,7 @@ def test_training_with_dp_sgd_leaves_the_shared_model_unhooked(tiny):
     model = tiny.model
     hooks_before = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
     set_adapter(model, tiny.initial)
-    train_steps(model, tiny.client.data, 3, 4, 1e-3, 0.0, 0, tiny.collate,
-                dp_sgd=(1.0, 1.0, True))  # fmt: skip
+    train_steps(model, tiny.client.data, 3, 4, 1e-3, 0.0, 0, tiny.collate, dp_sgd=(1.0, 1.0, True))
     moved = get_adapter(model)
     assert any(not torch.equal(moved[k], tiny.initial[k]) for k in moved)
     hooks_after = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
@@ -83,8 +83,12 @@ def test_training_with_dp_sgd_leaves_the_shared_model_unhooked(tiny):
 
 def test_a_run_reports_each_clients_epsilon_from_the_accountant(tiny_foundation, tmp_path):
     out = tmp_path / "run"
-    result = run_tiny(out, tiny_foundation, "federation.dp_sgd.enabled=true",
-                      "federation.dp_sgd.noise_multiplier=1.5")  # fmt: skip
+    result = run_tiny(
+        out,
+        tiny_foundation,
+        "federation.dp_sgd.enabled=true",
+        "federation.dp_sgd.noise_multiplier=1.5",
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     dp, sizes = results["dp_sgd"], results["partition"]["clients"]
@@ -105,13 +109,21 @@ def test_dp_sgd_noise_is_not_the_run_seeds_unless_asked(tiny_foundation, tmp_pat
 
     adapters = {}
     for name, seeded in (("a", "false"), ("b", "false"), ("c", "true"), ("d", "true")):
-        result = run_tiny(tmp_path / name, tiny_foundation, "federation.dp_sgd.enabled=true",
-                          f"federation.seeded_privacy_noise={seeded}", "threads=1",
-                          "baselines.local=false", "baselines.centralized=false")  # fmt: skip
+        result = run_tiny(
+            tmp_path / name,
+            tiny_foundation,
+            "federation.dp_sgd.enabled=true",
+            f"federation.seeded_privacy_noise={seeded}",
+            "threads=1",
+            "baselines.local=false",
+            "baselines.centralized=false",
+        )
         assert result.exit_code == 0, result.output
         adapters[name] = load_file(tmp_path / name / "global_adapter.safetensors")
-    same = {pair: all(torch.equal(adapters[pair[0]][k], adapters[pair[1]][k])
-                      for k in adapters["a"]) for pair in ("ab", "cd")}  # fmt: skip
+    same = {
+        pair: all(torch.equal(adapters[pair[0]][k], adapters[pair[1]][k]) for k in adapters["a"])
+        for pair in ("ab", "cd")
+    }
     assert same == {"ab": False, "cd": True}
     assert "Epsilon is a simulation figure" in (tmp_path / "c" / "report.md").read_text()
     assert "simulation figure" not in (tmp_path / "a" / "report.md").read_text()

@@ -25,5 +25,6 @@ def test_no_momentum_and_unit_lr_is_fedavg(values, n):
     updates = [update("a", {"w": values}, n), update("b", {"w": [1.0, 1.0]}, 7)]
     start = {"w": torch.tensor([0.5, -0.5])}
     m = build_strategy("fedavgm", server_lr=1.0, momentum=0.0).aggregate(start, updates)
-    assert torch.allclose(m["w"], build_strategy("fedavg").aggregate(start, updates)["w"],
-                          atol=1e-5)  # fmt: skip
+    assert torch.allclose(
+        m["w"], build_strategy("fedavg").aggregate(start, updates)["w"], atol=1e-5
+    )

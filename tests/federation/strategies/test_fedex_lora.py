@@ -11,15 +11,20 @@ ALPHA = 8.0
 
 def factors(seed, r=4, d_in=6, d_out=5):
     g = torch.Generator().manual_seed(seed)
-    return {"m.lora_A.weight": torch.randn(r, d_in, generator=g),
-            "m.lora_B.weight": torch.randn(d_out, r, generator=g)}  # fmt: skip
+    return {
+        "m.lora_A.weight": torch.randn(r, d_in, generator=g),
+        "m.lora_B.weight": torch.randn(d_out, r, generator=g),
+    }
 
 
 def weighted_product(updates, r_of=lambda u: 4):
     total = sum(u.num_samples for u in updates)
-    return sum((u.num_samples / total) * (ALPHA / r_of(u))
-               * (u.params["m.lora_B.weight"] @ u.params["m.lora_A.weight"])
-               for u in updates)  # fmt: skip
+    return sum(
+        (u.num_samples / total)
+        * (ALPHA / r_of(u))
+        * (u.params["m.lora_B.weight"] @ u.params["m.lora_A.weight"])
+        for u in updates
+    )
 
 
 def test_effective_weight_is_the_weighted_sum_of_client_products():

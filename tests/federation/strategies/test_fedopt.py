@@ -27,8 +27,9 @@ def test_one_round_hand_computed(name, v):
     hp = {"server_lr": ETA, "beta1": B1, "tau": TAU} | (
         {"beta2": B2} if name != "fedadagrad" else {}
     )
-    out = build_strategy(name, **hp).aggregate({"w": torch.tensor([1.0])},
-                                               [update("a", {"w": [1.0 + DELTA]}, 5)])  # fmt: skip
+    out = build_strategy(name, **hp).aggregate(
+        {"w": torch.tensor([1.0])}, [update("a", {"w": [1.0 + DELTA]}, 5)]
+    )
     m = (1 - B1) * DELTA  # m_{-1} = 0
     assert out["w"].item() == pytest.approx(1.0 + ETA * m / (math.sqrt(v) + TAU), abs=1e-6)
 

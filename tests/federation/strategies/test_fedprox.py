@@ -33,8 +33,18 @@ def test_fedprox_aggregates_like_fedavg():
 def test_proximal_term_pulls_local_training_towards_the_global_adapter(tiny):
     def distance(mu):
         strategy = build_strategy("fedprox", mu=mu)
-        out = local_update(tiny.model, tiny.client, tiny.initial, tiny.fed(lr=0.05), 0,
-                           tiny.collate, strategy, {}, tiny.initial, steps=6).params  # fmt: skip
+        out = local_update(
+            tiny.model,
+            tiny.client,
+            tiny.initial,
+            tiny.fed(lr=0.05),
+            0,
+            tiny.collate,
+            strategy,
+            {},
+            tiny.initial,
+            steps=6,
+        ).params
         return sum(float(((out[k] - tiny.initial[k]) ** 2).sum()) for k in out)
 
     assert distance(50.0) < 0.5 * distance(0.0)

@@ -11,8 +11,9 @@ def test_b_stays_on_the_client_and_a_is_shared(tiny):
     assert {factor_of(k) for k in message} == {"lora_A"}
     state = {}
     fed = tiny.fed(lr=0.05)
-    up = local_update(tiny.model, tiny.client, message, fed, 0, tiny.collate, s, state,
-                      tiny.initial, steps=3).params  # fmt: skip
+    up = local_update(
+        tiny.model, tiny.client, message, fed, 0, tiny.collate, s, state, tiny.initial, steps=3
+    ).params
     assert set(up) == set(message)
     assert {factor_of(k) for k in state} == {"lora_B"}
     assert any(v.abs().sum() > 0 for v in state.values())  # B learned, kept locally

@@ -13,8 +13,18 @@ def test_a_stays_at_its_shared_init_and_only_b_travels(tiny):
     message = s.broadcast(tiny.initial)
     assert {factor_of(k) for k in message} == {"lora_B"}
     state = {}
-    up = local_update(tiny.model, tiny.client, message, tiny.fed(lr=0.05), 0, tiny.collate, s,
-                      state, tiny.initial, steps=3).params  # fmt: skip
+    up = local_update(
+        tiny.model,
+        tiny.client,
+        message,
+        tiny.fed(lr=0.05),
+        0,
+        tiny.collate,
+        s,
+        state,
+        tiny.initial,
+        steps=3,
+    ).params
     assert set(up) == set(message)
     assert any(not torch.equal(up[k], message[k]) for k in up)  # B trained
     trained = {k: p.detach() for k, p in tiny.model.named_parameters() if ".lora_A.default" in k}
@@ -29,9 +39,12 @@ def test_a_stays_at_its_shared_init_and_only_b_travels(tiny):
 
 def test_aggregate_averages_b_and_keeps_a():
     glob = {"m.lora_A.weight": torch.ones(2, 3), "m.lora_B.weight": torch.zeros(3, 2)}
-    out = build_strategy("ffa_lora").aggregate(glob, [
-        update("a", {"m.lora_B.weight": [[1.0] * 2] * 3}, 1),
-        update("b", {"m.lora_B.weight": [[3.0] * 2] * 3}, 3),
-    ])  # fmt: skip
+    out = build_strategy("ffa_lora").aggregate(
+        glob,
+        [
+            update("a", {"m.lora_B.weight": [[1.0] * 2] * 3}, 1),
+            update("b", {"m.lora_B.weight": [[3.0] * 2] * 3}, 3),
+        ],
+    )
     assert torch.equal(out["m.lora_A.weight"], glob["m.lora_A.weight"])
     assert torch.allclose(out["m.lora_B.weight"], torch.full((3, 2), 2.5))

@@ -13,8 +13,10 @@ def test_stacking_is_exact_with_different_ranks():
     ctx = FederationContext(num_clients=3, lora_alpha=ALPHA, client_ranks=ranks)
     start = {**factors(0), FOLD + "m": torch.randn(5, 6)}
     start["m.lora_B.weight"].zero_()  # FLoRA's global factors are a fresh LoRA: B = 0
-    updates = [ClientUpdate(c, factors(i + 1, r=r), n, 1)
-               for i, ((c, r), n) in enumerate(zip(ranks.items(), (5, 10, 25)))]  # fmt: skip
+    updates = [
+        ClientUpdate(c, factors(i + 1, r=r), n, 1)
+        for i, ((c, r), n) in enumerate(zip(ranks.items(), (5, 10, 25)))
+    ]
     out = build_strategy("flora", ctx).aggregate(start, updates)
     expected = start[FOLD + "m"] + weighted_product(updates, lambda u: ranks[u.client_id])
     assert torch.allclose(effective_delta(out, ALPHA)["m"], expected, atol=1e-5)
@@ -33,7 +35,8 @@ def test_a_client_of_another_rank_trains_its_own_adapter(tiny):
     fresh = initial_adapters(tiny.model)
     ctx = FederationContext(num_clients=1, lora_alpha=4.0, client_ranks={"site-1": 3})
     s = build_strategy("flora", ctx)
-    up = local_update(tiny.model, tiny.client, {}, tiny.fed(), 0, tiny.collate, s, {}, fresh[3],
-                      steps=2).params  # fmt: skip
+    up = local_update(
+        tiny.model, tiny.client, {}, tiny.fed(), 0, tiny.collate, s, {}, fresh[3], steps=2
+    ).params
     template = s.upload_template(tiny.initial, "site-1")
     assert {k: v.shape for k, v in up.items()} == {k: v.shape for k, v in template.items()}

@@ -54,8 +54,11 @@ def test_norm_clipping():
 @settings(max_examples=30, deadline=None)
 def test_identical_updates_are_kept_by_every_robust_rule(values, k):
     ups = [update(str(i), {"w": values}, i + 1) for i in range(k)]
-    rules = [build_strategy("median"), build_strategy("trimmed_mean"),
-             build_strategy("krum", num_byzantine=0, multi_krum=2)]  # fmt: skip
+    rules = [
+        build_strategy("median"),
+        build_strategy("trimmed_mean"),
+        build_strategy("krum", num_byzantine=0, multi_krum=2),
+    ]
     for rule in rules:
         out = rule.aggregate(START, ups)
         assert torch.allclose(out["w"], torch.tensor(values), atol=1e-5), rule.name

@@ -25,8 +25,10 @@ def test_server_round_hand_computed():
 
 
 def _message(tiny, c_value):
-    return {**tiny.initial, **{CONTROL + k: torch.full_like(v, c_value)
-                              for k, v in tiny.initial.items()}}  # fmt: skip
+    return {
+        **tiny.initial,
+        **{CONTROL + k: torch.full_like(v, c_value) for k, v in tiny.initial.items()},
+    }
 
 
 def test_option_two_identity_under_sgd(tiny):
@@ -37,8 +39,9 @@ def test_option_two_identity_under_sgd(tiny):
     c_i = {k: v.clone() for k, v in state.items()}
     message = _message(tiny, -0.002)  # c
     steps = 5
-    up = local_update(tiny.model, tiny.client, message, fed, 0, tiny.collate, s, state,
-                      tiny.initial, steps=steps).params  # fmt: skip
+    up = local_update(
+        tiny.model, tiny.client, message, fed, 0, tiny.collate, s, state, tiny.initial, steps=steps
+    ).params
     for k, x in tiny.initial.items():
         option_two = c_i[k] - (-0.002) + (x - up[k]) / (steps * 0.05)
         assert torch.allclose(state[k], option_two, atol=1e-5), k
@@ -49,8 +52,18 @@ def test_the_correction_is_applied_at_every_step(tiny):
     fed = tiny.fed(lr=0.01)
 
     def train(strategy, message, state):
-        return local_update(tiny.model, tiny.client, message, fed, 0, tiny.collate, strategy, state,
-                            tiny.initial, steps=3).params  # fmt: skip
+        return local_update(
+            tiny.model,
+            tiny.client,
+            message,
+            fed,
+            0,
+            tiny.collate,
+            strategy,
+            state,
+            tiny.initial,
+            steps=3,
+        ).params
 
     plain = train(build_strategy("fedavg"), tiny.initial, {})
     zero = train(build_strategy("scaffold"), _message(tiny, 0.0), {})

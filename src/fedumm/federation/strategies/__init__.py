@@ -24,22 +24,42 @@ from fedumm.federation.strategies.trimmed_mean import TrimmedMean
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (
-        FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, FedNova,
-        FFALoRA, FedSALoRA, FLoRA, FedExLoRA, Median, TrimmedMean, Krum, NormClipping,
+        FedAvg,
+        FedProx,
+        FedAvgM,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        Scaffold,
+        FedNova,
+        FFALoRA,
+        FedSALoRA,
+        FLoRA,
+        FedExLoRA,
+        Median,
+        TrimmedMean,
+        Krum,
+        NormClipping,
         DPFedAvg,
     )
-}  # fmt: skip
+}
 
 
 def config_problems(cfg) -> list[tuple[str, str]]:
     """(config key, why) for what `cfg`'s algorithm cannot do, with the algorithms that can."""
     name = cfg.federation.strategy.name
     if name not in STRATEGIES:
-        return [("federation.strategy.name",
-                 f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")]  # fmt: skip
+        return [
+            (
+                "federation.strategy.name",
+                f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}",
+            )
+        ]
     problems = STRATEGIES[name].config_problems(cfg)
-    able = {"federation.secure_aggregation": ("strategies that can", "aggregates_weighted_mean"),
-            "lora.client_ranks": ("use a strategy that mixes ranks", "mixed_ranks")}  # fmt: skip
+    able = {
+        "federation.secure_aggregation": ("strategies that can", "aggregates_weighted_mean"),
+        "lora.client_ranks": ("use a strategy that mixes ranks", "mixed_ranks"),
+    }
     out = []
     for key, why in problems:
         if key in able:

@@ -91,12 +91,14 @@ class Strategy(ABC):
                     f"they differ from lora.r but {cls.name} averages factors of one shape",
                 )
             )
-        return problems  # fmt: skip
+        return problems
 
     @classmethod
     def secure_aggregation_refusal(cls) -> str:
-        return (f"secure aggregation reveals only the weighted mean of the updates, which "
-                f"{cls.name} cannot aggregate from")  # fmt: skip
+        return (
+            f"secure aggregation reveals only the weighted mean of the updates, which "
+            f"{cls.name} cannot aggregate from"
+        )
 
     def state_dict(self) -> Params:
         """The server state as flat tensors ('<attr>/<key>'), for checkpoints."""
@@ -131,13 +133,15 @@ class Strategy(ABC):
         """The adapter local training starts from; `initial` is this client's fresh adapter."""
         return message
 
-    def client_hooks(self, model: torch.nn.Module, message: Params, state: Params
-                     ) -> TrainingHooks | None:  # fmt: skip
+    def client_hooks(
+        self, model: torch.nn.Module, message: Params, state: Params
+    ) -> TrainingHooks | None:
         """How this algorithm changes a client's local training; None leaves it plain."""
         return None
 
-    def client_finish(self, message: Params, trained: Params, state: Params,
-                      hooks: TrainingHooks | None) -> Params:  # fmt: skip
+    def client_finish(
+        self, message: Params, trained: Params, state: Params, hooks: TrainingHooks | None
+    ) -> Params:
         """What the client sends back; may update `state`, which stays on the client."""
         return trained
 

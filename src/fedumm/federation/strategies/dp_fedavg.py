@@ -56,8 +56,9 @@ class DPFedAvg(Strategy):
     def aggregate(self, global_params, updates):
         self.progress["rounds"] += 1
         clip, z = self.hp["clip_norm"], self.hp["noise_multiplier"]
-        noise = privacy_random(self.context.seeded_noise, self.context.seed,
-                               int(self.progress["rounds"]), 0xD9)  # fmt: skip
+        noise = privacy_random(
+            self.context.seeded_noise, self.context.seed, int(self.progress["rounds"]), 0xD9
+        )
         total = {k: torch.zeros_like(v) for k, v in global_params.items()}
         for u in updates:
             delta = {k: u.params[k] - v for k, v in global_params.items()}
@@ -74,11 +75,19 @@ class DPFedAvg(Strategy):
         q = 1.0 if cyclic else sampled_per_round / self.context.num_clients
         delta = self.hp["target_delta"]
         epsilon = privacy_spent(self.hp["noise_multiplier"], q, rounds, delta)
-        return {"privacy": {
-            "epsilon": epsilon if math.isfinite(epsilon) else None,  # None: no guarantee
-            "delta": delta, "noise_multiplier": self.hp["noise_multiplier"],
-            "clip_norm": self.hp["clip_norm"], "sample_rate": q, "rounds": rounds,
-            "accountant": "opacus RDPAccountant",
-            "sampling": "cyclic (predictable: accounted with q = 1)" if cyclic
-            else "run seed (a simulation)" if self.context.seeded_noise else "operating system",
-        }}  # fmt: skip
+        return {
+            "privacy": {
+                "epsilon": epsilon if math.isfinite(epsilon) else None,  # None: no guarantee
+                "delta": delta,
+                "noise_multiplier": self.hp["noise_multiplier"],
+                "clip_norm": self.hp["clip_norm"],
+                "sample_rate": q,
+                "rounds": rounds,
+                "accountant": "opacus RDPAccountant",
+                "sampling": "cyclic (predictable: accounted with q = 1)"
+                if cyclic
+                else "run seed (a simulation)"
+                if self.context.seeded_noise
+                else "operating system",
+            }
+        }

@@ -48,10 +48,12 @@ class FLoRA(Strategy):
         pairs = [factor_pairs(u.params) for u in updates]
         out = dict(global_params)
         for module in pairs[0]:
-            a_stack = torch.cat([
-                pk * (self.context.lora_alpha / pair[module][0].shape[0]) * pair[module][0]
-                for pk, pair in zip(p, pairs)
-            ])  # fmt: skip
+            a_stack = torch.cat(
+                [
+                    pk * (self.context.lora_alpha / pair[module][0].shape[0]) * pair[module][0]
+                    for pk, pair in zip(p, pairs)
+                ]
+            )
             b_stack = torch.cat([pair[module][1] for pair in pairs], dim=1)
             fold = b_stack @ a_stack
             key = FOLD + module

@@ -36,15 +36,20 @@ class Krum(Strategy):
         f = cls.defaults["num_byzantine"] if f is None else f
         sampled = cfg.federation.sampled_per_round
         if sampled <= 2 * f + 2:
-            problems.append(("federation.strategy.num_byzantine",
-                             f"krum with {f} Byzantine clients needs more than {2 * f + 2} "
-                             f"clients per round; {sampled} are sampled"))  # fmt: skip
+            problems.append(
+                (
+                    "federation.strategy.num_byzantine",
+                    f"krum with {f} Byzantine clients needs more than {2 * f + 2} "
+                    f"clients per round; {sampled} are sampled",
+                )
+            )
         return problems
 
     def aggregate(self, global_params, updates):
         keys = list(global_params)
-        flat = torch.stack([torch.cat([u.params[k].flatten().double() for k in keys])
-                            for u in updates])  # fmt: skip
+        flat = torch.stack(
+            [torch.cat([u.params[k].flatten().double() for k in keys]) for u in updates]
+        )
         scores = krum_scores(flat, int(self.hp["num_byzantine"]))
         chosen = scores.argsort()[: int(self.hp["multi_krum"])].tolist()
         return {k: sum(updates[i].params[k] for i in chosen) / len(chosen) for k in keys}
