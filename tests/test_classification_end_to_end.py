@@ -8,7 +8,7 @@ import numpy as np
 from fedumm.cli import app
 from fedumm.config import load_config
 from fedumm.data.modality import IMAGE, IMAGE_TEXT, TEXT
-from fedumm.experiment import build_federation
+from fedumm.parts import build_parts
 from tests.tiny import run_tiny, runner
 
 CLASSIFICATION = [
@@ -79,7 +79,7 @@ def test_centralized_data_is_the_clients_data_with_their_modalities(tiny_foundat
             "data.classification.agnostic_prompt=true",
         ],
     )
-    fl = build_federation(cfg)
+    fl = build_parts(cfg)
     held = sorted(tuple(e.input_ids) for c in fl.clients for e in c.data)
     assert held == sorted(tuple(e.input_ids) for e in fl.partition.pooled)
     boi = fl.processor.boi

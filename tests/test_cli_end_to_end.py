@@ -198,17 +198,19 @@ def test_cosine_lr_decay_lowers_the_client_lr_in_later_rounds(tiny_foundation, t
 
 def test_baselines_train_at_their_own_lr(tiny_foundation, tmp_path, monkeypatch):
     """baselines.lr sets the local-only and centralized runs' rate; the federation keeps its own."""
-    import fedumm.experiment as experiment
+    import fedumm.parts as parts  # the federated clients train there
+    import fedumm.recipe as recipe  # the baselines there
 
     rates = {"federated": set(), "baselines": set()}
-    train = experiment.local_update
+    train = recipe.local_update
 
     def recording(*args, **kwargs):
         lr = kwargs["lr"]
         rates["baselines" if callable(lr) else "federated"].add(lr(0) if callable(lr) else lr)
         return train(*args, **kwargs)
 
-    monkeypatch.setattr(experiment, "local_update", recording)
+    monkeypatch.setattr(parts, "local_update", recording)
+    monkeypatch.setattr(recipe, "local_update", recording)
     result = _run(
         tmp_path / "lr",
         tiny_foundation,

@@ -80,5 +80,5 @@ def test_the_layers_are_the_documented_ones():
     assert not reaches("fedumm.config", "fedumm.models")  # the schema knows no model...
     assert not reaches("fedumm.config", "fedumm.federation.strategies")  # ...and no algorithm
     assert not reaches("fedumm.models.foundation", "fedumm.training")  # recipes live above
-    assert not reaches("fedumm.experiment", "fedumm.engines")  # engines call the recipe
+    assert not reaches("fedumm.recipe", "fedumm.engines")  # engines call the recipe
     assert not reaches("fedumm.federation.server", "fedumm.engines")  # the loop knows no engine

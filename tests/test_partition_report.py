@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image
 
 from fedumm import partition_report
+from fedumm.clients import write_partition
 from fedumm.config import load_config
-from fedumm.experiment import write_partition
 from fedumm.partition_report import SHOWN, ClientTable, plot_partitions
 from tests.tiny import run_tiny
 
@@ -62,9 +62,9 @@ def test_both_forms_of_partition_json_are_the_same_table(tiny_foundation, tmp_pa
     )
     arrays = write_partition(cfg, tmp_path / "arrays")
     monkeypatch.setattr(partition_report, "SUMMARY_CLIENTS", 100)
-    from fedumm import experiment
+    from fedumm import clients
 
-    monkeypatch.setattr(experiment, "SUMMARY_CLIENTS", 100)
+    monkeypatch.setattr(clients, "SUMMARY_CLIENTS", 100)
     objects = write_partition(cfg, tmp_path / "objects")
     assert "client_arrays" in arrays and len(objects["clients"]) == 45
     a, b = ClientTable.of(arrays), ClientTable.of(objects)

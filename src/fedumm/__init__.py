@@ -1,6 +1,6 @@
 """fedumm: federated LoRA fine-tuning of unified multimodal models.
 
-Start at `fedumm.experiment.run_experiment` (what `fedumm run` executes); the packages below it are
+Start at `fedumm.recipe.FederatedRun` (what `fedumm run` executes); the packages below it are
 data (ShapesWorld, partitioning), models (the unified model, LoRA), federation (client, engine,
 strategies) and evaluation.
 """

@@ -1,4 +1,4 @@
-"""The `fedumm` command: a thin layer over config loading and the experiment recipes."""
+"""The `fedumm` command: a thin layer over config loading and the run recipe (`fedumm.recipe`)."""
 
 from __future__ import annotations
 
@@ -344,7 +344,7 @@ def partition(
     """Write the clients' partition without training: partition.json and heatmaps."""
     _setup_logging(quiet=True)
     cfg = _load(config, set_, RunConfig)
-    from fedumm.experiment import write_partition
+    from fedumm.clients import write_partition
 
     with _exit_on(FileNotFoundError, ValueError):
         summary = write_partition(cfg, out)

@@ -10,12 +10,12 @@ from safetensors.torch import load_file
 
 from fedumm.config import ModelConfig, load_config
 from fedumm.data.images import ImageFile
-from fedumm.experiment import build_federation
 from fedumm.models import load
 from fedumm.models.architectures import TINY, build_random
 from fedumm.models.foundation import checksum
 from fedumm.models.hf import FAMILIES, HFProcessor
 from fedumm.models.lora import add_lora, get_adapter
+from fedumm.parts import build_parts
 from tests.test_classification_end_to_end import CLASSIFICATION
 from tests.tiny import TINY_RUN, assert_trained, run_tiny
 
@@ -179,7 +179,7 @@ def _federation(model_path, *overrides):
     """The federation a tiny two-client run builds: its images stay on disk as references,
     decoded per batch."""
     items = [*TINY_RUN, *TWO_CLIENTS, *overrides, f"model.name_or_path={model_path}"]
-    return build_federation(load_config("configs/quickstart.yaml", items))
+    return build_parts(load_config("configs/quickstart.yaml", items))
 
 
 def test_partition_reads_only_the_processor(tiny_models, tmp_path):

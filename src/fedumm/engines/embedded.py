@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from fedumm.config import RunConfig
-from fedumm.experiment import Federation, build_federation, run_experiment
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, upload
 from fedumm.federation.secure_aggregation import (
@@ -27,6 +26,8 @@ from fedumm.federation.secure_aggregation import (
 )
 from fedumm.federation.server import Transport
 from fedumm.federation.update import ClientUpdate, Params
+from fedumm.parts import RunParts, build_parts
+from fedumm.recipe import run_experiment
 from fedumm.runtime import worker_devices
 
 log = logging.getLogger("fedumm")
@@ -98,7 +99,7 @@ class InProcess:
         self.sessions.clear()
 
 
-def _in_process(fl: Federation) -> InProcess:
+def _in_process(fl: RunParts) -> InProcess:
     return InProcess(
         fl.train_client,
         fl.clients,
@@ -116,7 +117,7 @@ class DevicePool:
     one device. Client state (SCAFFOLD's c_i, FedSA-LoRA's B) stays in this process and
     travels with the task to whichever worker trains the client."""
 
-    def __init__(self, fl: Federation, devices: list[torch.device]):
+    def __init__(self, fl: RunParts, devices: list[torch.device]):
         self.fl = fl
         self.local = _in_process(fl)
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
@@ -209,7 +210,7 @@ def _serve(config: str, device: str, threads: int, conn: Connection) -> None:
         torch.set_num_threads(threads)
         cfg = RunConfig.model_validate_json(config)
         cfg.runtime.device, cfg.runtime.devices = device, None
-        fl = build_federation(cfg)
+        fl = build_parts(cfg)
         conn.send(("ready",))
         while True:
             task = conn.recv()
@@ -230,7 +231,7 @@ def _serve(config: str, device: str, threads: int, conn: Connection) -> None:
         conn.send(("error", type(e).__name__, str(e), traceback.format_exc()))
 
 
-def connect(fl: Federation) -> Transport:
+def connect(fl: RunParts) -> Transport:
     """The embedded engine's transport for a built federation: in this process, or on a pool
     of device workers when `runtime.devices` names several."""
     devices = worker_devices(fl.cfg.runtime)

@@ -4,7 +4,7 @@ as a job for a provisioned deployment.
 Server: `FedummController`, a FLARE `ModelController` whose `run()` is our `run_experiment`
 with a `FlareTransport` (the round loop's `Transport`): each round's broadcast goes out as one
 FLARE task to the round's clients and their uploads come back as the task's results. Clients:
-`flare_client.py`, a Client API script that builds the same `Federation` from the config and
+`flare_client.py`, a Client API script that builds the same `RunParts` from the config and
 trains its own site's share.
 Both sides therefore run our code (strategy, validation, local training); FLARE only moves the
 bytes. A message is our serialized tensors (`wire.pack`) inside `FLModel.params`, so only the
@@ -42,10 +42,10 @@ from fedumm.engines.flare_client import (
     TRAINED,
 )
 from fedumm.engines.site import site_config, update_of, with_identities
-from fedumm.experiment import run_experiment
 from fedumm.federation import checkpoint, wire
 from fedumm.federation.client import ClientData, site_names
 from fedumm.federation.update import ClientUpdate, Params
+from fedumm.recipe import run_experiment
 from fedumm.runtime import resolve_device
 
 CLIENT_SCRIPT = Path(__file__).with_name("flare_client.py")

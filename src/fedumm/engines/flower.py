@@ -30,10 +30,10 @@ from pathlib import Path
 
 from fedumm.config import RunConfig
 from fedumm.engines.site import update_of
-from fedumm.experiment import run_experiment
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, site_names
 from fedumm.federation.update import ClientUpdate, Params
+from fedumm.recipe import run_experiment
 
 log = logging.getLogger("fedumm")
 

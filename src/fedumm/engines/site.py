@@ -1,4 +1,4 @@
-"""A client site as an engine's separate process runs it (FLARE, Flower): the same Federation
+"""A client site as an engine's separate process runs it (FLARE, Flower): the same RunParts
 as the server, built from the config, of which it uses only its own share of the data. It
 answers the server's three kinds of request with the code the embedded engine runs (local
 training, secure aggregation's key protocol, a personalized model's evaluation), so every
@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 from fedumm.config import RunConfig
-from fedumm.experiment import build_federation
 from fedumm.federation import wire
 from fedumm.federation.client import site_names, upload
 from fedumm.federation.secure_aggregation import ClientSession, ProtocolError, client_answer
 from fedumm.federation.update import ClientUpdate, Params
+from fedumm.parts import build_parts
 
 log = logging.getLogger("fedumm")
 
@@ -62,7 +62,7 @@ class Site:
 
     def __init__(self, cfg: RunConfig, site: str):
         self.cfg = site_config(cfg, site)
-        self.fl = build_federation(self.cfg)
+        self.fl = build_parts(self.cfg)
         self.client = self.fl.client(site)
         self.state: Params = self.fl.client_states[site]
         self.sessions: dict[str, ClientSession] = {}
