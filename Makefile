@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint format bench bench-engines bench-generation bench-robustness reproduce clean
+.PHONY: demo test test-all lint format docs bench bench-engines bench-generation bench-robustness reproduce clean
 
 $(BIN)/fedumm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(BIN)/fedumm
 format: $(BIN)/fedumm
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
+
+docs: $(BIN)/fedumm  ## the documentation site in site/ (open site/index.html); fails on any warning
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(BIN)/fedumm  ## engine overhead, memory scaling and throughput
 	$(BIN)/python benchmarks/engine.py
