@@ -118,8 +118,8 @@ def _anchor(key: str) -> str:
     return key.replace(".", "-").replace("_", "-")
 
 
-def _table(rows: list[dict[str, str]], key_label: str = "key") -> list[str]:
-    lines = [f"| {key_label} | type | default | description |", "|---|---|---|---|"]
+def _table(rows: list[dict[str, str]]) -> list[str]:
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| `{r['key']}` | {_cell(r['type'])} | {r['default']} | {_cell(r['description'])} |"
@@ -282,12 +282,6 @@ def _commands(group, click, path: tuple[str, ...] = ()) -> list[tuple[tuple[str,
         if isinstance(command, click.Group):
             out += _commands(command, click, (*path, name))
     return out
-
-
-def cli_commands() -> list[str]:
-    """Every command's full name (`run`, `flare export`), groups included."""
-    root, click = _cli()
-    return [" ".join(path) for path, _ in _commands(root, click)]
 
 
 def _param_row(param, click, argument_help: dict[str, str]) -> str:
