@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from fedumm.config import EvalConfig, RunConfig
-from fedumm.data import classification_files, geneval, hf_datasets, reports, shapesworld, vqa_v2
+from fedumm.data import (
+    classification_files,
+    geneval,
+    hf_datasets,
+    incident_reports,
+    shapesworld,
+    vqa_v2,
+)
 from fedumm.data.images import resize
 from fedumm.data.modality import IMAGE, IMAGE_TEXT, TEXT
 from fedumm.evaluation.classification import class_scores, classification_metrics
@@ -111,7 +118,7 @@ class ClassificationTask:
     skipped_images: list[str]  # image files that could not be decoded (left out)
 
     def encode(self, image, text: str, label: str, modality: str) -> Encoded:
-        question = reports.question(text, modality, self.agnostic_prompt)
+        question = incident_reports.question(text, modality, self.agnostic_prompt)
         return self.processor.understanding(None if modality == TEXT else image, question, label)
 
     def train_as(self, modalities: np.ndarray) -> list[Encoded]:
@@ -320,9 +327,9 @@ def _classification(cfg: RunConfig, processor: Processor) -> ClassificationTask:
     spec = cfg.data.classification
     skipped: list[str] = []
     if spec.source == "shapesworld":
-        train = reports.report_dataset(spec.train_samples, "train", cfg.seed)
-        test = reports.report_dataset(spec.test_samples, "test", cfg.seed)
-        classes = list(reports.CLASSES)
+        train = incident_reports.report_dataset(spec.train_samples, "train", cfg.seed)
+        test = incident_reports.report_dataset(spec.test_samples, "test", cfg.seed)
+        classes = list(incident_reports.CLASSES)
         images = [
             processor.encode_images(np.stack([s.image for s in split])) for split in (train, test)
         ]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedumm.data.images import Encode, ImageFile, load_image
-from fedumm.data.reports import ReportSample
+from fedumm.data.incident_reports import ReportSample
 
 FORMATS = ("hateful_memes", "crisismmd")
 DEFAULT_FILES = {

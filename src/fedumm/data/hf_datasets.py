@@ -24,7 +24,7 @@ import numpy as np
 from fedumm.config import HFDatasetSpec
 from fedumm.data.classification_files import Split
 from fedumm.data.images import Encode, load_image
-from fedumm.data.reports import ReportSample
+from fedumm.data.incident_reports import ReportSample
 
 
 @dataclass

@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from fedumm.data import reports, shapesworld
+from fedumm.data import incident_reports, shapesworld
 from fedumm.data.modality import IMAGE, IMAGE_TEXT, TEXT
 
 
@@ -14,21 +14,22 @@ def shows(image, color):
 
 
 def test_classes_are_balanced_and_each_modality_carries_one_factor():
-    samples = reports.report_dataset(240, "train", 0)
-    assert Counter(s.label for s in samples) == {c: 40 for c in reports.CLASSES}
+    samples = incident_reports.report_dataset(240, "train", 0)
+    assert Counter(s.label for s in samples) == {c: 40 for c in incident_reports.CLASSES}
     for s in samples:
-        index = reports.CLASSES.index(s.label)
-        hazard = list(reports.HAZARDS)[index % 3]
+        index = incident_reports.CLASSES.index(s.label)
+        hazard = list(incident_reports.HAZARDS)[index % 3]
         assert shows(s.image, "red") == (hazard == "fire")  # the image carries the hazard
         assert shows(s.image, "blue") == (hazard == "flood")
         asks = any(
-            s.message == t.format(thing=s.message.split("the ")[-1]) for t in reports.ASKS_HELP
+            s.message == t.format(thing=s.message.split("the ")[-1])
+            for t in incident_reports.ASKS_HELP
         )
         assert asks == (index >= 3)  # the message carries the request
 
 
 def test_text_names_colours_independently_of_the_hazard():
-    samples = reports.report_dataset(600, "train", 0)
+    samples = incident_reports.report_dataset(600, "train", 0)
     fire = [s for s in samples if s.label in ("fire", "fire help")]
     safe = [s for s in samples if s.label in ("safe", "request")]
     rate = [np.mean(["red" in s.message for s in group]) for group in (fire, safe)]
@@ -36,23 +37,26 @@ def test_text_names_colours_independently_of_the_hazard():
 
 
 def test_split_and_seed_determine_the_data():
-    a, b = reports.report_dataset(30, "test", 1), reports.report_dataset(30, "test", 1)
+    a, b = (
+        incident_reports.report_dataset(30, "test", 1),
+        incident_reports.report_dataset(30, "test", 1),
+    )
     assert [s.message for s in a] == [s.message for s in b]
     assert all((x.image == y.image).all() for x, y in zip(a, b))
-    other = reports.report_dataset(30, "train", 1)
+    other = incident_reports.report_dataset(30, "train", 1)
     assert [s.message for s in a] != [s.message for s in other]
     with pytest.raises(ValueError, match="split must be"):
-        reports.report_dataset(3, "val", 0)
+        incident_reports.report_dataset(3, "val", 0)
 
 
 @pytest.mark.parametrize("agnostic", [False, True])
 def test_questions_mark_a_missing_message_and_the_agnostic_prompt_is_fixed(agnostic):
     text = "help at the red circle"
     both, image, only_text = (
-        reports.question(text, m, agnostic) for m in (IMAGE_TEXT, IMAGE, TEXT)
+        incident_reports.question(text, m, agnostic) for m in (IMAGE_TEXT, IMAGE, TEXT)
     )
     assert text in both and text in only_text and text not in image
-    assert image.endswith(reports.NO_MESSAGE)
+    assert image.endswith(incident_reports.NO_MESSAGE)
     instructions = {q.split(":")[0] for q in (both, image, only_text)}
     assert len(instructions) == (1 if agnostic else 3)
 
