@@ -359,6 +359,11 @@ def cli_reference() -> str:
 # page -> (title, what it covers, modules: a package name expands to it and all its modules)
 API_PAGES = {
     "config": ("Config", "The YAML schemas and their loading.", ["fedumm.config"]),
+    "run": (
+        "Run",
+        "The recipe `fedumm run` executes, in phases, and the parts and clients a run builds.",
+        ["fedumm.recipe", "fedumm.parts", "fedumm.clients"],
+    ),
     "federation": (
         "Federation",
         "The round loop, the client side, update validation and secure aggregation.",
