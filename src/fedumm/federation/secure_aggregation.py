@@ -637,6 +637,22 @@ class ServerSession:
                 ", who shared no keys this round"
             )
         dropped = sorted(set(self.sharers) - set(survivors))
+        b_shares, s_shares = self._collect_shares(survivors, dropped, answers)
+        total, shapes = _sum_masked(masked, survivors)
+        for v in survivors:
+            self._remove_self_mask(total, shapes, v, b_shares[v])
+        for v in dropped:
+            self._remove_pair_masks(total, shapes, v, s_shares[v], survivors)
+        if WEIGHT not in total:
+            raise ProtocolError("the masked uploads carry no weight")
+        summed = decode(total, shapes)
+        return summed, float(summed.pop(WEIGHT).sum())
+
+    def _collect_shares(
+        self, survivors: list[str], dropped: list[str], answers: dict[str, bytes]
+    ) -> tuple[dict[str, dict], dict[str, dict]]:
+        """The survivors' shares of b_v (survivors) and of s_v (dropped) from the answers
+        that parse whole; at least `threshold` of them."""
         n = len(self.keys)
         b_shares: dict[str, dict] = {v: {} for v in survivors}
         s_shares: dict[str, dict] = {v: {} for v in dropped}
@@ -661,50 +677,42 @@ class ServerSession:
             raise ProtocolError(
                 f"{valid} unmasking answers, fewer than the threshold {self.threshold}"
             )
-        first = masked[survivors[0]]
-        shapes = {k: tuple(v.shape) for k, v in first.items()}
-        total = {k: np.zeros(int(np.prod(s)), dtype=np.uint64) for k, s in shapes.items()}
+        return b_shares, s_shares
+
+    def _remove_self_mask(self, total: dict, shapes: dict, v: str, shares: dict) -> None:
+        """Subtract survivor v's self-mask, once its seed matches v's commitment."""
+        seed = self._secret(shares, v, "self-mask seed")
+        if _commit(seed) != _unb64(self.keys[v]["b_commit"], KEY_BYTES, "commitment"):
+            raise ProtocolError(
+                f"the shares of {v}'s self-mask seed do not reconstruct "
+                "the seed it committed to (a wrong share)"
+            )
+        for k, m in _masks(seed, shapes).items():
+            total[k] -= m
+
+    def _remove_pair_masks(
+        self, total: dict, shapes: dict, v: str, shares: dict, survivors: list[str]
+    ) -> None:
+        """Cancel what each survivor u added for the pair (u, v) with dropped v, once v's
+        reconstructed mask key matches the key it advertised."""
+        s_private = self._secret(shares, v, "mask key")
+        public = _raw(_x25519().from_private_bytes(s_private).public_key())
+        if public != _unb64(self.keys[v]["s_pk"], KEY_BYTES, "key"):
+            raise ProtocolError(
+                f"the shares of {v}'s mask key do not reconstruct the key "
+                "it advertised (a wrong share)"
+            )
         for u in survivors:
-            if {k: (tuple(v.shape), v.dtype) for k, v in masked[u].items()} != {
-                k: (s, torch.int64) for k, s in shapes.items()
-            }:
-                raise ProtocolError(
-                    f"{u}'s masked upload differs in keys or shapes from {survivors[0]}'s"
-                )
-            for k in shapes:
-                total[k] += masked[u][k].contiguous().numpy().view(np.uint64).reshape(-1)
-        for v in survivors:
-            seed = self._secret(b_shares[v], v, "self-mask seed")
-            if _commit(seed) != _unb64(self.keys[v]["b_commit"], KEY_BYTES, "commitment"):
-                raise ProtocolError(
-                    f"the shares of {v}'s self-mask seed do not reconstruct "
-                    "the seed it committed to (a wrong share)"
-                )
-            for k, m in _masks(seed, shapes).items():
-                total[k] -= m
-        for v in dropped:
-            s_private = self._secret(s_shares[v], v, "mask key")
-            public = _raw(_x25519().from_private_bytes(s_private).public_key())
-            if public != _unb64(self.keys[v]["s_pk"], KEY_BYTES, "key"):
-                raise ProtocolError(
-                    f"the shares of {v}'s mask key do not reconstruct the key "
-                    "it advertised (a wrong share)"
-                )
-            for u in survivors:
-                key = agree(
-                    s_private,
-                    _unb64(self.keys[u]["s_pk"], KEY_BYTES, "key"),
-                    _pair_context(self.round, u, v),
-                )
-                for k, m in _masks(key, shapes).items():  # what u added for the pair (u, v)
-                    if u < v:
-                        total[k] -= m
-                    else:
-                        total[k] += m
-        if WEIGHT not in total:
-            raise ProtocolError("the masked uploads carry no weight")
-        summed = decode(total, shapes)
-        return summed, float(summed.pop(WEIGHT).sum())
+            key = agree(
+                s_private,
+                _unb64(self.keys[u]["s_pk"], KEY_BYTES, "key"),
+                _pair_context(self.round, u, v),
+            )
+            for k, m in _masks(key, shapes).items():
+                if u < v:
+                    total[k] -= m
+                else:
+                    total[k] += m
 
     def _secret(self, shares: dict[int, int], v: str, what: str) -> bytes:
         if len(shares) < self.threshold:
@@ -715,3 +723,19 @@ class ServerSession:
         if value >= 2 ** (8 * KEY_BYTES):
             raise ProtocolError(f"the shares of {v}'s {what} do not reconstruct a key")
         return value.to_bytes(KEY_BYTES, "big")
+
+
+def _sum_masked(masked: dict[str, Params], survivors: list[str]) -> tuple[dict, dict]:
+    """The survivors' masked uploads summed mod 2^64, and the shapes every one must have."""
+    first = masked[survivors[0]]
+    shapes = {k: tuple(v.shape) for k, v in first.items()}
+    total = {k: np.zeros(int(np.prod(s)), dtype=np.uint64) for k, s in shapes.items()}
+    expected = {k: (s, torch.int64) for k, s in shapes.items()}
+    for u in survivors:
+        if {k: (tuple(v.shape), v.dtype) for k, v in masked[u].items()} != expected:
+            raise ProtocolError(
+                f"{u}'s masked upload differs in keys or shapes from {survivors[0]}'s"
+            )
+        for k in shapes:
+            total[k] += masked[u][k].contiguous().numpy().view(np.uint64).reshape(-1)
+    return total, shapes
