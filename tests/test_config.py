@@ -68,7 +68,29 @@ def test_overrides_are_parsed_as_yaml():
         ),
         (
             "federation:\n  strategy:\n    name: fedavg\n    mu: 0.1\n",
-            "mu not used by fedavg (it uses: none)",
+            "federation.strategy.mu: fedavg has no parameter 'mu'; its parameters: none; "
+            "fedprox takes it",
+        ),
+        (
+            "federation:\n  strategy:\n    name: fedprox\n    muu: 0.1\n",
+            "federation.strategy.muu: fedprox has no parameter 'muu'; its parameters: mu",
+        ),
+        (
+            "federation:\n  strategy:\n    name: fedadagrad\n    beta2: 0.5\n",
+            "federation.strategy.beta2: fedadagrad has no parameter 'beta2'; its parameters: "
+            "server_lr, beta1, tau; fedadam, fedyogi take it",
+        ),
+        (
+            "federation:\n  strategy:\n    name: trimmed_mean\n    trim_fraction: 0.5\n",
+            "federation.strategy.trim_fraction: Input should be less than 0.5",
+        ),
+        (
+            "federation:\n  strategy:\n    name: dp_fedavg\n    clip_norm: 0\n",
+            "federation.strategy.clip_norm: Input should be greater than 0",
+        ),
+        (
+            "federation:\n  strategy:\n    name: krum\n    multi_krum: two\n",
+            "federation.strategy.multi_krum: Input should be a valid integer",
         ),
         ("lora:\n  client_ranks: [4, 8]\n", "lora.client_ranks has 2 entries for 8 clients"),
         (
@@ -100,6 +122,43 @@ def test_bad_configs_are_refused_naming_the_key(tmp_path, text, message):
         load_run_config(_write(tmp_path, text))
     assert message in str(err.value)
     assert str(tmp_path / "c.yaml") in str(err.value)
+
+
+def test_strategy_parameters_are_the_algorithms_own():
+    """`federation.strategy` is a name and the parameters set beside it: what the algorithm
+    reads (its defaults fill in the rest) and what results.json stores."""
+    cfg = load_run_config(None, ["federation.strategy.name=fedprox", "federation.strategy.mu=0.05"])
+    assert cfg.federation.strategy.hyperparameters() == {"mu": 0.05}
+    assert cfg.model_dump()["federation"]["strategy"] == {"name": "fedprox", "mu": 0.05}
+    assert RunConfig().model_dump()["federation"]["strategy"] == {"name": "fedavg"}
+
+
+def test_a_stored_config_of_the_flat_strategy_schema_still_loads():
+    """results.json and checkpoints written before the algorithms owned their parameters list
+    all twelve beside the name, null where unset: null is the algorithm's default."""
+    flat = dict.fromkeys(
+        [
+            "mu",
+            "server_lr",
+            "momentum",
+            "beta1",
+            "beta2",
+            "tau",
+            "trim_fraction",
+            "num_byzantine",
+            "multi_krum",
+            "clip_norm",
+            "noise_multiplier",
+            "target_delta",
+        ]
+    )
+    stored = RunConfig().model_dump()
+    stored["federation"]["strategy"] = {**flat, "name": "krum", "num_byzantine": 2}
+    cfg = RunConfig.model_validate(stored)
+    assert cfg.model_dump()["federation"]["strategy"] == {"name": "krum", "num_byzantine": 2}
+    assert cfg == load_run_config(
+        None, ["federation.strategy.name=krum", "federation.strategy.num_byzantine=2"]
+    )
 
 
 def test_bad_override_and_missing_file(tmp_path):

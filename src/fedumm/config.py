@@ -11,6 +11,7 @@ import copy
 import logging
 import math
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -224,6 +225,19 @@ class PartitionConfig(Section):
     shards_per_client: int = Field(
         2, ge=1, description="shards: label-sorted shards per client (about its label count)."
     )
+    key: Literal["answer", "family"] = Field("answer", description="VQA label the skew is over.")
+    generation_key: Literal["tag", "class"] = Field(
+        "tag", description="Generation label the skew is over: GenEval tag or object class."
+    )
+    min_samples: int = Field(20, ge=1, description="Each client gets at least this many samples.")
+    modality: ModalityConfig = Field(
+        default_factory=ModalityConfig,
+        description="Which modalities classification samples keep (test: always both).",
+    )
+    client_tasks: list[Literal["vqa", "generation", "classification", "both"]] | None = Field(
+        None,
+        description="Tasks per client, cycled from site-1 ([vqa, generation]); null = all.",
+    )
 
     def describe(self) -> str:
         """The scheme and the parameters it uses, e.g. 'dirichlet (alpha=0.5)'."""
@@ -239,20 +253,6 @@ class PartitionConfig(Section):
         if self.scheme == "shards":
             return f"shards ({self.shards_per_client} per client)"
         return "iid"
-
-    key: Literal["answer", "family"] = Field("answer", description="VQA label the skew is over.")
-    generation_key: Literal["tag", "class"] = Field(
-        "tag", description="Generation label the skew is over: GenEval tag or object class."
-    )
-    min_samples: int = Field(20, ge=1, description="Each client gets at least this many samples.")
-    modality: ModalityConfig = Field(
-        default_factory=ModalityConfig,
-        description="Which modalities classification samples keep (test: always both).",
-    )
-    client_tasks: list[Literal["vqa", "generation", "classification", "both"]] | None = Field(
-        None,
-        description="Tasks per client, cycled from site-1 ([vqa, generation]); null = all.",
-    )
 
 
 class ModelConfig(Section):
@@ -298,43 +298,30 @@ class LoraSection(Section):
 
 
 class StrategyConfig(Section):
-    """The algorithm and its hyperparameters; null means the algorithm's own default."""
+    """The algorithm by name, and its parameters beside the name: `{name: fedprox, mu: 0.05}`.
+    Which parameters an algorithm takes, their defaults and bounds are its own (its `Params`,
+    listed by `fedumm strategies`): they are checked against it right after this schema
+    (fedumm.validation), as the algorithms lie above the schema. A parameter set to null takes
+    the algorithm's default (configs written before the algorithms owned their parameters list
+    all twelve, null where unset)."""
 
-    name: str = Field("fedavg", description="FL algorithm (see `fedumm strategies`).")
-    mu: float | None = Field(None, ge=0, description="FedProx proximal weight (default 0.01).")
-    server_lr: float | None = Field(
-        None, gt=0, description="Server step size eta (FedAvgM 0.3, FedOpt 0.03, SCAFFOLD 1.0)."
-    )
-    momentum: float | None = Field(
-        None, ge=0, lt=1, description="FedAvgM server momentum (default 0.9)."
-    )
-    beta1: float | None = Field(None, ge=0, lt=1, description="FedOpt first moment (default 0.9).")
-    beta2: float | None = Field(
-        None, ge=0, lt=1, description="FedAdam/FedYogi second moment (default 0.99)."
-    )
-    tau: float | None = Field(None, gt=0, description="FedOpt adaptivity epsilon (default 1e-3).")
-    trim_fraction: float | None = Field(
-        None, ge=0, lt=0.5, description="trimmed_mean: share cut from each end (default 0.2)."
-    )
-    num_byzantine: int | None = Field(
-        None, ge=0, description="krum: malicious clients tolerated, f (default 1)."
-    )
-    multi_krum: int | None = Field(
-        None, ge=1, description="krum: best updates averaged, m; 1 = Krum (default 1)."
-    )
-    clip_norm: float | None = Field(
-        None, ge=0, description="Update norm bound (norm_clipping 0 = round median; dp_fedavg 4)."
-    )
-    noise_multiplier: float | None = Field(
-        None, ge=0, description="dp_fedavg: noise std / clip_norm (default 1.0)."
-    )
-    target_delta: float | None = Field(
-        None, gt=0, lt=1, description="dp_fedavg: delta the epsilon is reported for (1e-5)."
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(
+        "fedavg",
+        description="FL algorithm; its parameters are set beside the name (`fedumm strategies`).",
     )
 
-    def hyperparameters(self) -> dict[str, float]:
-        """The hyperparameters set in the config (the algorithm fills in the others)."""
-        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k == "name"}
+        return data
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The parameters set in the config (the algorithm fills in the others)."""
+        return dict(self.model_extra or {})
 
 
 class AdaptiveRegularizationConfig(Section):
@@ -429,14 +416,6 @@ class FederationConfig(Section):
         default_factory=DPSGDConfig,
         description="Sample-level differential privacy inside each client (federated clients).",
     )
-
-    def lr_at(self, progress: float, peak: float | None = None) -> float:
-        """The learning rate at `progress` in [0, 1) of the run, from `peak` (default: lr)."""
-        peak = self.lr if peak is None else peak
-        if self.lr_decay == "none":
-            return peak
-        return 0.5 * peak * (1 + math.cos(math.pi * progress))
-
     weight_decay: float = Field(0.0, ge=0, description="Client weight decay.")
     max_grad_norm: float | None = Field(
         1.0, gt=0, description="Clip each local gradient to this norm; null = no clipping."
@@ -487,6 +466,13 @@ class FederationConfig(Section):
             return max(1, round(self.sample_fraction * self.num_clients))
         return self.clients_per_round
 
+    def lr_at(self, progress: float, peak: float | None = None) -> float:
+        """The learning rate at `progress` in [0, 1) of the run, from `peak` (default: lr)."""
+        peak = self.lr if peak is None else peak
+        if self.lr_decay == "none":
+            return peak
+        return 0.5 * peak * (1 + math.cos(math.pi * progress))
+
     def steps_for(self, num_samples: int) -> int:
         """Local steps per round for a client holding `num_samples` (differs under epochs)."""
         if self.local_epochs is None:
@@ -494,9 +480,13 @@ class FederationConfig(Section):
         return max(1, math.ceil(self.local_epochs * num_samples / self.batch_size))
 
     @model_validator(mode="after")
-    def _secure_aggregation_compatible(self) -> FederationConfig:
+    def _capped_weights_need_a_cap(self) -> FederationConfig:
         if self.client_weights == "capped" and self.max_claimed_samples is None:
             raise ValueError("client_weights capped needs max_claimed_samples (the cap)")
+        return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation_compatible(self) -> FederationConfig:
         secure = self.secure_aggregation
         if not secure.enabled:
             return self
@@ -789,9 +779,12 @@ class RunConfig(Section):
         return f"{self.engine}.env {env}" if env in ("poc", "deployment") else None
 
     def check_deployment(self, where: str, exported: bool = False) -> None:
-        """Refuse what no deployment may run; every deployment path calls this before any work:
-        `where` is 'flare.env poc', 'flower.env deployment' or an export ('an exported app'),
-        which runs on machines fedumm cannot hand identities to (`exported`)."""
+        """Refuse what no deployment may run: the one check of every deployment path, before
+        any work. A deployed run (flare.env poc, flower.env deployment) is checked by the
+        validator below, so wherever such a config is built (the CLI, a sweep, the engines'
+        own processes); an export (`fedumm flare|flower export`) by the CLI. `where` names
+        the deployment ('flower.env deployment', 'an exported app'); an export runs on machines
+        fedumm cannot hand identities to (`exported`)."""
         if self.federation.seeded_privacy_noise:
             raise ConfigError(
                 f"federation.seeded_privacy_noise: {where} is a deployment, where noise anyone "
@@ -806,8 +799,31 @@ class RunConfig(Section):
                 ".crt/.key from `fedumm identities`, or a FLARE project's provisioned kits)"
             )
 
+    # ---- rules across sections: each names what breaks it, or returns None -------------------
     @model_validator(mode="after")
     def _sections_agree(self) -> RunConfig:
+        """The rules below, in this order (task by task for the per-task ones): the first broken
+        one is refused."""
+        per_task = (self._no_holder, self._too_few_samples, self._no_min_samples, self._no_shards)
+        rules = [
+            *(partial(rule, *pool) for pool in self._task_pools() for rule in per_task),
+            self._modality_without_classification,
+            self._too_many_image_only_clients,
+            self._client_tasks_outside_data_tasks,
+            self._deployment_refusal,
+            self._unknown_site_devices,
+            self._micro_batches_under_dp_sgd,
+            self._ranks_not_per_client,
+        ]
+        for rule in rules:
+            problem = rule()
+            if problem:
+                raise ValueError(problem)
+        return self
+
+    def _task_pools(self) -> list[tuple[str, str, int, int]]:
+        """(task, the key of its training samples, their number, the clients holding the task)
+        for each task in data.tasks."""
         pools = {
             "vqa": ("data.train_samples", self.data.train_samples),
             "generation": ("data.generation.train_samples", self.data.generation.train_samples),
@@ -816,78 +832,101 @@ class RunConfig(Section):
                 self.data.classification.train_samples,
             ),
         }
-        for task in self.data.tasks:
-            key, samples = pools[task]
-            holders = self.task_clients(task)
-            if holders == 0:
-                raise ValueError(
-                    f"partition.client_tasks gives no client the {task} task in data.tasks"
-                )
-            population = (
-                "federation.num_clients"
-                if holders == self.federation.num_clients
-                else "the clients partition.client_tasks gives it"
+        return [(task, *pools[task], self.task_clients(task)) for task in self.data.tasks]
+
+    def _no_holder(self, task: str, key: str, samples: int, holders: int) -> str | None:
+        if holders == 0:
+            return f"partition.client_tasks gives no client the {task} task in data.tasks"
+        return None
+
+    def _too_few_samples(self, task: str, key: str, samples: int, holders: int) -> str | None:
+        everyone = holders == self.federation.num_clients
+        population = (
+            "federation.num_clients" if everyone else "the clients partition.client_tasks gives it"
+        )
+        if holders > samples:
+            return (
+                f"{population} ({holders}) is more than {key} ({samples}): "
+                f"every client needs at least one {task} sample"
             )
-            if holders > samples:
-                raise ValueError(
-                    f"{population} ({holders}) is more than {key} ({samples}): "
-                    f"every client needs at least one {task} sample"
-                )
-            if holders * self.partition.min_samples > samples:
-                raise ValueError(
-                    f"{key} ({samples}) cannot give {holders} clients "
-                    f"partition.min_samples ({self.partition.min_samples}) each"
-                )
-            shards = holders * self.partition.shards_per_client
-            if self.partition.scheme == "shards" and shards > samples:
-                raise ValueError(
-                    f"{key} ({samples}) cannot make {holders} clients x "
-                    f"partition.shards_per_client ({self.partition.shards_per_client}) shards"
-                )
-        modality = self.partition.modality
-        if modality.scenario != "aligned" and "classification" not in self.data.tasks:
-            raise ValueError(
-                f"partition.modality.scenario {modality.scenario!r} applies to the classification "
+        return None
+
+    def _no_min_samples(self, task: str, key: str, samples: int, holders: int) -> str | None:
+        least = self.partition.min_samples
+        if holders * least > samples:
+            return (
+                f"{key} ({samples}) cannot give {holders} clients "
+                f"partition.min_samples ({least}) each"
+            )
+        return None
+
+    def _no_shards(self, task: str, key: str, samples: int, holders: int) -> str | None:
+        per_client = self.partition.shards_per_client
+        if self.partition.scheme == "shards" and holders * per_client > samples:
+            return (
+                f"{key} ({samples}) cannot make {holders} clients x "
+                f"partition.shards_per_client ({per_client}) shards"
+            )
+        return None
+
+    def _modality_without_classification(self) -> str | None:
+        scenario = self.partition.modality.scenario
+        if scenario != "aligned" and "classification" not in self.data.tasks:
+            return (
+                f"partition.modality.scenario {scenario!r} applies to the classification "
                 f"task, which data.tasks ({self.data.tasks}) does not include"
             )
-        if modality.scenario == "cross":
-            holders = self.task_clients("classification")
-            if modality.image_only_clients > holders:
-                raise ValueError(
-                    f"partition.modality.image_only_clients ({modality.image_only_clients}) "
-                    f"exceeds the {holders} clients holding the classification task"
-                )
-        chosen = self.partition.client_tasks or []
-        missing = {t for c in chosen for t in (("vqa", "generation") if c == "both" else (c,))}
-        if missing - set(self.data.tasks):
-            raise ValueError(
-                f"partition.client_tasks names {', '.join(sorted(missing - set(self.data.tasks)))}"
-                f" but data.tasks is {self.data.tasks}"
+        return None
+
+    def _too_many_image_only_clients(self) -> str | None:
+        modality, holders = self.partition.modality, self.task_clients("classification")
+        if modality.scenario == "cross" and modality.image_only_clients > holders:
+            return (
+                f"partition.modality.image_only_clients ({modality.image_only_clients}) "
+                f"exceeds the {holders} clients holding the classification task"
             )
+        return None
+
+    def _client_tasks_outside_data_tasks(self) -> str | None:
+        chosen = self.partition.client_tasks or []
+        named = {t for c in chosen for t in (("vqa", "generation") if c == "both" else (c,))}
+        outside = ", ".join(sorted(named - set(self.data.tasks)))
+        if outside:
+            return f"partition.client_tasks names {outside} but data.tasks is {self.data.tasks}"
+        return None
+
+    def _deployment_refusal(self) -> None:
         if self.deployment is not None:
-            self.check_deployment(self.deployment)
+            self.check_deployment(self.deployment)  # raises what it refuses
+
+    def _unknown_site_devices(self) -> str | None:
         named = self.flare.site_devices
-        if isinstance(named, dict):
-            sites = {f"site-{i}" for i in range(1, self.federation.num_clients + 1)}
-            unknown = sorted(set(named) - sites)
-            if unknown:
-                raise ValueError(
-                    f"flare.site_devices names {', '.join(unknown)}, which is not a site: the "
-                    f"sites are site-1..site-{self.federation.num_clients}"
-                )
+        sites = {f"site-{i}" for i in range(1, self.federation.num_clients + 1)}
+        unknown = sorted(set(named) - sites) if isinstance(named, dict) else []
+        if unknown:
+            return (
+                f"flare.site_devices names {', '.join(unknown)}, which is not a site: the "
+                f"sites are site-1..site-{self.federation.num_clients}"
+            )
+        return None
+
+    def _micro_batches_under_dp_sgd(self) -> str | None:
         micro = self.runtime.micro_batch_size
         if self.federation.dp_sgd.enabled and micro and micro < self.federation.batch_size:
-            raise ValueError(
+            return (
                 f"runtime.micro_batch_size ({micro}) with federation.dp_sgd: DP-SGD clips each "
                 "sample's gradient over the whole batch at once; unset micro_batch_size"
             )
+        return None
+
+    def _ranks_not_per_client(self) -> str | None:
         ranks = self.lora.client_ranks if self.lora else None
         if ranks is not None and len(ranks) != self.federation.num_clients:
-            raise ValueError(
+            return (
                 f"lora.client_ranks has {len(ranks)} entries for "
                 f"{self.federation.num_clients} clients (federation.num_clients)"
             )
-        return self
+        return None
 
 
 class PretrainConfig(Section):
@@ -975,8 +1014,12 @@ def without_retired(raw: dict) -> dict:
     return raw
 
 
-def annotated_defaults(schema: type[Section], indent: int = 0) -> str:
-    """The schema's defaults as YAML, each key followed by its one-line description."""
+def annotated_defaults(
+    schema: type[BaseModel], indent: int = 0, notes: dict[type[BaseModel], list[str]] | None = None
+) -> str:
+    """The schema's defaults as YAML, each key followed by its one-line description; `notes`
+    adds comment lines at the end of a section (what the schema cannot list itself, such as
+    each algorithm's parameters)."""
     lines = []
     pad = "  " * indent
     for name, field in schema.model_fields.items():
@@ -984,11 +1027,12 @@ def annotated_defaults(schema: type[Section], indent: int = 0) -> str:
         kind = next((k for k in kinds if isinstance(k, type) and issubclass(k, Section)), None)
         if kind is not None:
             lines.append(f"{pad}{name}:  # {field.description}")
-            lines.append(annotated_defaults(kind, indent + 1))
+            lines.append(annotated_defaults(kind, indent + 1, notes))
             continue
         default = field.get_default(call_default_factory=True)
         value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("\n...")
         lines.append(f"{pad}{name}: {value}  # {field.description}")
+    lines += [f"{pad}# {line}" for line in (notes or {}).get(schema, [])]
     return "\n".join(lines)
 
 

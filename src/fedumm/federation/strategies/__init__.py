@@ -1,6 +1,9 @@
-"""FL algorithms by name. Add one: a short file with a Strategy subclass, and a line below."""
+"""FL algorithms by name. Add one: a short file with a Strategy subclass (its `Params` declare its
+parameters), imported and listed below."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fedumm.federation.strategies.base import FederationContext, Strategy
 from fedumm.federation.strategies.dp_fedavg import DPFedAvg
@@ -66,13 +69,24 @@ def config_problems(cfg) -> list[tuple[str, str]]:
             label, flag = able[key]
             names = sorted(n for n, c in STRATEGIES.items() if getattr(c, flag))
             why += f"; {label}: {', '.join(names)}"
-        out.append((key, why))
+        out.append((key, why + _taken_by(name, key)))
     return out
 
 
+def _taken_by(name: str, key: str) -> str:
+    """For a parameter `name` does not take: which algorithms take it."""
+    param = key.removeprefix("federation.strategy.")
+    if param == key or param in STRATEGIES[name].Params.model_fields:
+        return ""
+    takers = sorted(n for n, c in STRATEGIES.items() if param in c.Params.model_fields)
+    return f"; {', '.join(takers)} take{'s' if len(takers) == 1 else ''} it" if takers else ""
+
+
 def build_strategy(
-    name: str, context: FederationContext | None = None, **hyperparameters: float
+    name: str, context: FederationContext | None = None, **hyperparameters: Any
 ) -> Strategy:
+    """The algorithm `name`, its parameters `hyperparameters` and its defaults for the others
+    (a ValueError names each parameter it refuses)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
     return STRATEGIES[name](context, **hyperparameters)

@@ -10,15 +10,21 @@ methods return; every method is a function of tensors, testable without any engi
 
 The defaults are plain FedAvg behaviour: the whole adapter down, plain training, the trained
 adapter up.
+
+An algorithm's parameters are its own: its `Params` (a pydantic model) declares each with its
+default, bounds and a one-line description; a config sets them beside the algorithm's name
+(`federation.strategy: {name: fedprox, mu: 0.05}`) and the strategy reads them in `self.hp`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fedumm.config import RunConfig
 from fedumm.federation.update import ClientUpdate, Params
@@ -38,10 +44,25 @@ class FederationContext:
     client_sampling: str = "random"  # how the server draws a round's clients: random or cyclic
 
 
+class StrategyParams(BaseModel):
+    """An algorithm's parameters, each a field with its default, bounds and description; an
+    algorithm declares its own subclass as `Params` (this one: none)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamsError(ValueError):
+    """Parameters an algorithm refuses: `problems` holds (config key, why) for each."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("; ".join(f"{key}: {why}" for key, why in problems))
+        self.problems = problems
+
+
 class Strategy(ABC):
     name: ClassVar[str]
     paper: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, float]] = {}  # the hyperparameters it reads, with defaults
+    Params: ClassVar[type[StrategyParams]] = StrategyParams  # the parameters it reads
     frozen: ClassVar[tuple[str, ...]] = ()  # adapter factors clients do not train ("lora_A")
     personalized: ClassVar[bool] = False  # True: each client's model differs from the global one
     mixed_ranks: ClassVar[bool] = False  # True: aggregates adapters of different ranks
@@ -51,28 +72,37 @@ class Strategy(ABC):
     # can run on the one mean that secure aggregation reveals.
     aggregates_weighted_mean: ClassVar[bool] = False
 
-    def __init__(self, context: FederationContext | None = None, **hyperparameters: float):
-        unknown = sorted(hyperparameters.keys() - self.defaults.keys())
-        if unknown:
-            uses = ", ".join(sorted(self.defaults)) or "none"
-            raise ValueError(f"{self.name} does not use {', '.join(unknown)} (it uses: {uses})")
+    def __init__(self, context: FederationContext | None = None, **hyperparameters: Any):
         self.context = context or FederationContext()
-        self.hp = {**self.defaults, **hyperparameters}
+        self.hp = self.checked_params(hyperparameters).model_dump()
+
+    @classmethod
+    def checked_params(cls, given: Mapping[str, Any]) -> StrategyParams:
+        """`given` with the defaults of the others; a ParamsError names each key `Params`
+        refuses: one this algorithm does not have, or a value outside its bounds."""
+        try:
+            return cls.Params.model_validate(dict(given))
+        except ValidationError as e:
+            raise ParamsError([cls._params_problem(error) for error in e.errors()]) from None
+
+    @classmethod
+    def _params_problem(cls, error: Any) -> tuple[str, str]:
+        param = ".".join(str(part) for part in error["loc"])
+        key = f"federation.strategy.{param}" if param else "federation.strategy"
+        if error["type"] == "extra_forbidden":
+            takes = ", ".join(cls.Params.model_fields) or "none"
+            return key, f"{cls.name} has no parameter {param!r}; its parameters: {takes}"
+        return key, error["msg"]
 
     @classmethod
     def config_problems(cls, cfg: RunConfig) -> list[tuple[str, str]]:
         """(config key, why) for each thing `cfg` asks that this algorithm cannot do; an
         algorithm with rules of its own extends the list."""
         problems = []
-        unused = sorted(cfg.federation.strategy.hyperparameters().keys() - cls.defaults.keys())
-        if unused:
-            uses = ", ".join(sorted(cls.defaults)) or "none"
-            problems.append(
-                (
-                    "federation.strategy",
-                    f"{', '.join(unused)} not used by {cls.name} (it uses: {uses})",
-                )
-            )
+        try:
+            cls.checked_params(cfg.federation.strategy.hyperparameters())
+        except ParamsError as e:
+            problems += e.problems
         if cfg.federation.secure_aggregation.enabled and not cls.aggregates_weighted_mean:
             problems.append(("federation.secure_aggregation", cls.secure_aggregation_refusal()))
         if cfg.lora is None and cls.needs_lora:

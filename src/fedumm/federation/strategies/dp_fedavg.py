@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 
-from fedumm.federation.strategies.base import Strategy
+from fedumm.federation.strategies.base import Strategy, StrategyParams
 from fedumm.federation.strategies.norm_clipping import clip_to_norm
 from fedumm.privacy_random import privacy_random
 
@@ -42,15 +43,23 @@ def privacy_spent(noise_multiplier: float, sample_rate: float, rounds: int, delt
 class DPFedAvg(Strategy):
     name = "dp_fedavg"
     paper = "McMahan et al., ICLR 2018"
-    # clip_norm 4: about the norm of an honest 10-20 step LoRA update of the built-in model, so
-    # clipping alone costs little (measured: 0.5 stops learning altogether).
-    defaults = {"clip_norm": 4.0, "noise_multiplier": 1.0, "target_delta": 1e-5}
     state_attrs = ("progress",)
+
+    class Params(StrategyParams):
+        # clip_norm 4: about the norm of an honest 10-20 step LoRA update of the built-in model,
+        # so clipping alone costs little (measured: 0.5 stops learning altogether).
+        clip_norm: float = Field(
+            4.0, gt=0, description="Bound C on each client's update norm, so on its influence."
+        )
+        noise_multiplier: float = Field(
+            1.0, ge=0, description="Noise std / clip_norm, z; 0 = no privacy guarantee."
+        )
+        target_delta: float = Field(
+            1e-5, gt=0, lt=1, description="delta the epsilon is reported for."
+        )
 
     def __init__(self, context=None, **hyperparameters):
         super().__init__(context, **hyperparameters)
-        if self.hp["clip_norm"] <= 0:
-            raise ValueError("dp_fedavg needs clip_norm > 0: it bounds each client's influence")
         self.progress = {"rounds": torch.tensor(0)}
 
     def aggregate(self, global_params, updates):

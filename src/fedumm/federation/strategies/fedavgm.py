@@ -8,15 +8,20 @@ beta = 0 and eta = 1 is FedAvg.
 
 from __future__ import annotations
 
-from fedumm.federation.strategies.base import Strategy, pseudo_gradient
+from pydantic import Field
+
+from fedumm.federation.strategies.base import Strategy, StrategyParams, pseudo_gradient
 
 
 class FedAvgM(Strategy):
     name = "fedavgm"
     paper = "Hsu et al., 2019"
-    defaults = {"server_lr": 0.3, "momentum": 0.9}
     state_attrs = ("velocity",)
     aggregates_weighted_mean = True
+
+    class Params(StrategyParams):
+        server_lr: float = Field(0.3, gt=0, description="Server step size eta.")
+        momentum: float = Field(0.9, ge=0, lt=1, description="Server momentum beta.")
 
     def __init__(self, context=None, **hyperparameters):
         super().__init__(context, **hyperparameters)

@@ -11,14 +11,23 @@ as in the paper: no bias correction. FedAdam, FedYogi and FedAdagrad differ only
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
-from fedumm.federation.strategies.base import Strategy, pseudo_gradient
+from fedumm.federation.strategies.base import Strategy, StrategyParams, pseudo_gradient
 
 
 class FedOpt(Strategy):
-    defaults = {"server_lr": 0.03, "beta1": 0.9, "tau": 1e-3}
     state_attrs = ("m", "v")
     aggregates_weighted_mean = True
+
+    class Params(StrategyParams):
+        server_lr: float = Field(0.03, gt=0, description="Server step size eta.")
+        beta1: float = Field(0.9, ge=0, lt=1, description="First-moment decay beta1.")
+        tau: float = Field(
+            1e-3,
+            gt=0,
+            description="Adaptivity tau: v starts at tau^2; steps divide by sqrt(v) + tau.",
+        )
 
     def __init__(self, context=None, **hyperparameters):
         super().__init__(context, **hyperparameters)

@@ -8,7 +8,9 @@ over the trainable adapter tensors; the server aggregates like FedAvg. mu = 0 is
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
+from fedumm.federation.strategies.base import StrategyParams
 from fedumm.federation.strategies.fedavg import FedAvg
 from fedumm.federation.update import Params
 from fedumm.models.lora import adapter_parameters
@@ -31,7 +33,9 @@ class ProximalTerm(TrainingHooks):
 class FedProx(FedAvg):
     name = "fedprox"
     paper = "Li et al., MLSys 2020"
-    defaults = {"mu": 0.01}
+
+    class Params(StrategyParams):
+        mu: float = Field(0.01, ge=0, description="Proximal weight mu; 0 is FedAvg.")
 
     def client_hooks(self, model, message, state):
         return ProximalTerm(model, message, self.hp["mu"])

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import torch
 
+from fedumm.federation.strategies.fedadam import FedAdam
 from fedumm.federation.strategies.fedopt import FedOpt
 
 
 class FedYogi(FedOpt):
     name = "fedyogi"
     paper = "Reddi et al., ICLR 2021"
-    defaults = {**FedOpt.defaults, "beta2": 0.99}
+    Params = FedAdam.Params  # FedAdam's: FedOpt's and the second moment's beta2
 
     def second_moment(self, v, delta_sq):
         return v - (1 - self.hp["beta2"]) * delta_sq * torch.sign(v - delta_sq)

@@ -10,8 +10,9 @@ Multi-Krum averages the m lowest-scoring ones (m = 1 is Krum). Needs K > 2f + 2.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
-from fedumm.federation.strategies.base import Strategy
+from fedumm.federation.strategies.base import Strategy, StrategyParams
 
 
 def krum_scores(vectors: torch.Tensor, num_byzantine: int) -> torch.Tensor:
@@ -27,13 +28,20 @@ def krum_scores(vectors: torch.Tensor, num_byzantine: int) -> torch.Tensor:
 class Krum(Strategy):
     name = "krum"
     paper = "Blanchard et al., NeurIPS 2017"
-    defaults = {"num_byzantine": 1, "multi_krum": 1}
+
+    class Params(StrategyParams):
+        num_byzantine: int = Field(
+            1, ge=0, description="Malicious clients tolerated, f (rounds need > 2f + 2)."
+        )
+        multi_krum: int = Field(1, ge=1, description="Best-scored updates averaged, m; 1 is Krum.")
 
     @classmethod
     def config_problems(cls, cfg):
         problems = super().config_problems(cfg)
-        f = cfg.federation.strategy.num_byzantine
-        f = cls.defaults["num_byzantine"] if f is None else f
+        try:
+            f = cls.checked_params(cfg.federation.strategy.hyperparameters()).num_byzantine
+        except ValueError:  # the parameters are refused: super() named them
+            return problems
         sampled = cfg.federation.sampled_per_round
         if sampled <= 2 * f + 2:
             problems.append(

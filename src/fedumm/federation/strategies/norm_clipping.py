@@ -12,8 +12,9 @@ long as attackers are a minority, is cut to the honest size.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
-from fedumm.federation.strategies.base import Strategy, sample_weights
+from fedumm.federation.strategies.base import Strategy, StrategyParams, sample_weights
 
 
 def norm(delta: dict[str, torch.Tensor]) -> float:
@@ -31,7 +32,13 @@ def clip_to_norm(delta: dict[str, torch.Tensor], bound: float) -> dict[str, torc
 class NormClipping(Strategy):
     name = "norm_clipping"
     paper = "Sun et al., 2019"
-    defaults = {"clip_norm": 0.0}  # 0: the median norm of the round's updates
+
+    class Params(StrategyParams):
+        clip_norm: float = Field(
+            0.0,
+            ge=0,
+            description="Update norm bound M; 0 = the median of the round's update norms.",
+        )
 
     def aggregate(self, global_params, updates):
         out = dict(global_params)

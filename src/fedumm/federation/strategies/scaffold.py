@@ -17,8 +17,9 @@ would be an Adam step, not a gradient); a test checks the identity under SGD.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 
-from fedumm.federation.strategies.base import Strategy
+from fedumm.federation.strategies.base import Strategy, StrategyParams
 from fedumm.federation.update import Params
 from fedumm.models.lora import adapter_parameters
 from fedumm.training import TrainingHooks
@@ -56,8 +57,10 @@ class ControlVariateCorrection(TrainingHooks):
 class Scaffold(Strategy):
     name = "scaffold"
     paper = "Karimireddy et al., ICML 2020"
-    defaults = {"server_lr": 1.0}
     state_attrs = ("c",)
+
+    class Params(StrategyParams):
+        server_lr: float = Field(1.0, gt=0, description="Server step size eta_g.")
 
     def __init__(self, context=None, **hyperparameters):
         super().__init__(context, **hyperparameters)

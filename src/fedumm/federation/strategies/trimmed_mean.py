@@ -11,14 +11,22 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 
-from fedumm.federation.strategies.base import Strategy
+from fedumm.federation.strategies.base import Strategy, StrategyParams
 
 
 class TrimmedMean(Strategy):
     name = "trimmed_mean"
     paper = "Yin et al., ICML 2018"
-    defaults = {"trim_fraction": 0.2}
+
+    class Params(StrategyParams):
+        trim_fraction: float = Field(
+            0.2,
+            ge=0,
+            lt=0.5,
+            description="Share beta of the client values cut from each end, per coordinate.",
+        )
 
     def aggregate(self, global_params, updates):
         b = math.floor(self.hp["trim_fraction"] * len(updates))  # trim_fraction < 0.5: K - 2b >= 1
