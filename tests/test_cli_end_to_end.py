@@ -204,10 +204,10 @@ def test_baselines_train_at_their_own_lr(tiny_foundation, tmp_path, monkeypatch)
     rates = {"federated": set(), "baselines": set()}
     train = recipe.local_update
 
-    def recording(*args, **kwargs):
-        lr = kwargs["lr"]
+    def recording(learner, client, message, schedule, *args, **kwargs):
+        lr = schedule.lr
         rates["baselines" if callable(lr) else "federated"].add(lr(0) if callable(lr) else lr)
-        return train(*args, **kwargs)
+        return train(learner, client, message, schedule, *args, **kwargs)
 
     monkeypatch.setattr(parts, "local_update", recording)
     monkeypatch.setattr(recipe, "local_update", recording)

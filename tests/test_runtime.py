@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from fedumm.config import ConfigError, FederationConfig, RuntimeConfig, load_config
-from fedumm.federation.client import ClientData, local_update
+from fedumm.federation.client import ClientData, local_schedule, local_update
 from fedumm.models import place
 from fedumm.models.lora import add_lora, get_adapter
 from fedumm.runtime import MEMORY_ADVICE, Runtime, prefetched, resolve
-from fedumm.training import train_steps
+from fedumm.training import Learner, Schedule, train_steps
 from tests.tiny import run_tiny
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
@@ -80,7 +80,7 @@ def test_auto_is_the_cpu_without_a_gpu_and_the_first_gpu_with_one():
 
 
 def _train(model, data, collate, runtime, steps=3):
-    stats = train_steps(model, data, steps, 8, 1e-2, 0.0, seed=5, collate=collate, runtime=runtime)
+    stats = train_steps(Learner(model, collate, runtime=runtime), data, Schedule(steps, 8, 1e-2, 5))
     return get_adapter(model), stats.loss
 
 
@@ -135,12 +135,9 @@ def test_bf16_trains_fp32_adapters_on_a_bf16_base(lora_model):
 
     torch.optim.AdamW.step = step
     try:
-        first = train_steps(
-            model, data, 1, 8, 1e-2, 0.0, 5, collate, runtime=Runtime(precision="bf16")
-        )
-        later = train_steps(
-            model, data, 30, 8, 1e-2, 0.0, 6, collate, runtime=Runtime(precision="bf16")
-        )
+        learner = Learner(model, collate, runtime=Runtime(precision="bf16"))
+        first = train_steps(learner, data, Schedule(1, 8, 1e-2, 5))
+        later = train_steps(learner, data, Schedule(30, 8, 1e-2, 6))
     finally:
         torch.optim.AdamW.step = original
     assert later.loss < first.loss
@@ -153,12 +150,10 @@ def test_a_client_update_leaves_the_device_on_the_cpu(lora_model):
     model, data, collate = lora_model
     message = get_adapter(model)
     update = local_update(
-        model,
+        Learner(model, collate),
         ClientData("site-1", data),
         message,
-        FederationConfig(local_steps=2, batch_size=8),
-        1,
-        collate,
+        local_schedule(FederationConfig(batch_size=8), 2, 1),
     )
     assert {v.device.type for v in update.params.values()} == {"cpu"}
 
@@ -187,7 +182,7 @@ def test_out_of_memory_names_the_savers_and_the_run_resumes(tiny_foundation, tmp
     calls = []
 
     def short_of_memory(*args, **kwargs):
-        calls.append(kwargs["runtime"])
+        calls.append(args[0].runtime)  # the Learner's
         if len(calls) == 3:  # round 2's first client
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return original(*args, **kwargs)

@@ -1,12 +1,22 @@
 from functools import partial
 
+import pytest
 import torch
 
+from fedumm.dp_sgd import DPSGDSetting
 from fedumm.models.processor import Encoded, collate
-from fedumm.training import TrainingHooks, batches, nonfinite, train_steps
+from fedumm.privacy_random import PrivacyRandom, SeededRandom
+from fedumm.training import (
+    Learner,
+    Schedule,
+    TrainingHooks,
+    batches,
+    nonfinite,
+    train_steps,
+)
 
 
-class _TinyLM(torch.nn.Module):
+class TinyLM(torch.nn.Module):
     """Predicts the next token from the current one: enough to exercise the loop."""
 
     def __init__(self):
@@ -34,12 +44,12 @@ def test_batches_cover_every_sample_each_epoch():
 
 def test_loop_is_seeded_and_learns():
     torch.manual_seed(0)
-    a, b = _TinyLM(), _TinyLM()
+    a, b = TinyLM(), TinyLM()
     b.load_state_dict(a.state_dict())
-    first = train_steps(a, DATA, 1, 4, 0.05, 0.0, seed=3, collate=BATCH).loss
-    last = train_steps(a, DATA, 60, 4, 0.05, 0.0, seed=3, collate=BATCH).loss
-    train_steps(b, DATA, 1, 4, 0.05, 0.0, seed=3, collate=BATCH)
-    train_steps(b, DATA, 60, 4, 0.05, 0.0, seed=3, collate=BATCH)
+    first = train_steps(Learner(a, BATCH), DATA, Schedule(1, 4, 0.05, seed=3)).loss
+    last = train_steps(Learner(a, BATCH), DATA, Schedule(60, 4, 0.05, seed=3)).loss
+    train_steps(Learner(b, BATCH), DATA, Schedule(1, 4, 0.05, seed=3))
+    train_steps(Learner(b, BATCH), DATA, Schedule(60, 4, 0.05, seed=3))
     assert last < first / 2
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -57,20 +67,18 @@ def test_hooks_change_local_training():
             PullToZero.calls += 1
 
     torch.manual_seed(0)
-    plain, pulled = _TinyLM(), _TinyLM()
+    plain, pulled = TinyLM(), TinyLM()
     pulled.load_state_dict(plain.state_dict())
-    train_steps(plain, DATA, 20, 4, 0.05, 0.0, seed=0, collate=BATCH)
-    train_steps(pulled, DATA, 20, 4, 0.05, 0.0, seed=0, collate=BATCH, hooks=PullToZero())
+    train_steps(Learner(plain, BATCH), DATA, Schedule(20, 4, 0.05, seed=0))
+    train_steps(Learner(pulled, BATCH), DATA, Schedule(20, 4, 0.05, seed=0), PullToZero())
     assert PullToZero.calls == 20
     norm = lambda m: sum(float((p.detach() ** 2).sum()) for p in m.parameters())  # noqa: E731
     assert norm(pulled) < 0.5 * norm(plain)
 
 
 def test_empty_data_is_an_error():
-    import pytest
-
     with pytest.raises(ValueError, match="empty data set"):
-        train_steps(_TinyLM(), [], 1, 4, 0.1, 0.0, seed=0, collate=BATCH)
+        train_steps(Learner(TinyLM(), BATCH), [], Schedule(1, 4, 0.1, seed=0))
 
 
 def test_freed_host_memory_is_handed_back_every_trim_every_steps(monkeypatch):
@@ -82,7 +90,7 @@ def test_freed_host_memory_is_handed_back_every_trim_every_steps(monkeypatch):
     assert runtime._TRIM is not None  # CI and the GPU machines run glibc
     calls = []
     monkeypatch.setattr(training, "release_host_memory", lambda: calls.append(1))
-    train_steps(_TinyLM(), DATA, 2 * training.TRIM_EVERY + 1, 4, 0.05, 0.0, seed=0, collate=BATCH)
+    train_steps(Learner(TinyLM(), BATCH), DATA, Schedule(2 * training.TRIM_EVERY + 1, 4, 0.05, 0))
     assert len(calls) == 2
     runtime.release_host_memory()  # the real call returns without error
 
@@ -96,3 +104,70 @@ def test_nonfinite_names_every_bad_tensor_and_not_an_overflowing_norm():
     assert nonfinite(ok) == []
     bad = {**ok, "x": torch.tensor([1.0, float("nan")]), "y": torch.tensor([float("-inf")])}
     assert nonfinite(bad) == ["x", "y"]
+
+
+def _weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _trained(schedule: Schedule, dp_sgd: DPSGDSetting | None = None) -> list[torch.Tensor]:
+    """The weights of a fixed TinyLM after `schedule`'s steps."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    train_steps(Learner(model, BATCH), DATA, schedule, dp_sgd=dp_sgd)
+    return _weights(model)
+
+
+def test_a_schedule_gives_the_rate_of_each_step():
+    assert Schedule(3, 4, 0.05, 0).lr_at(2) == 0.05
+    assert Schedule(3, 4, lambda step: 0.1 * step, 0).lr_at(2) == pytest.approx(0.2)
+
+
+def test_a_constant_rate_and_a_schedule_of_that_rate_train_the_same_weights():
+    constant = _trained(Schedule(5, 4, 0.05, 0))
+    scheduled = _trained(Schedule(5, 4, lambda step: 0.05, 0))
+    assert all(torch.equal(a, b) for a, b in zip(constant, scheduled))
+
+
+def test_each_step_takes_its_scheduled_rate():
+    """A rate of 0 after the first step: five SGD steps end where the first left the weights."""
+    first_only = Schedule(5, 4, lambda step: 0.05 if step == 0 else 0.0, 0, optimizer="sgd")
+    one = _trained(Schedule(1, 4, 0.05, 0, optimizer="sgd"))
+    assert all(torch.equal(a, b) for a, b in zip(_trained(first_only), one))
+
+
+def test_a_schedule_refuses_what_no_loop_can_take():
+    with pytest.raises(ValueError, match="steps >= 1"):
+        Schedule(0, 4, 0.05, 0)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        Schedule(3, 0, 0.05, 0)
+    with pytest.raises(ValueError, match="'adam' is none of adamw, sgd"):
+        Schedule(3, 4, 0.05, 0, optimizer="adam")
+
+
+def test_a_dp_sgd_setting_refuses_a_bound_or_noise_out_of_range():
+    with pytest.raises(ValueError, match="clip norm > 0, got 0"):
+        DPSGDSetting(0.0, 1.0)
+    with pytest.raises(ValueError, match="noise multiplier >= 0, got -1"):
+        DPSGDSetting(1.0, -1.0)
+    assert DPSGDSetting(1.0, 0.0).noise_multiplier == 0.0
+
+
+def test_dp_sgd_randomness_is_the_run_seeds_only_when_asked():
+    assert isinstance(DPSGDSetting(1.0, 1.0).randomness(3), PrivacyRandom)
+    seeded = DPSGDSetting(1.0, 1.0, seeded_noise=True)
+    assert isinstance(seeded.randomness(3), SeededRandom)
+    assert torch.equal(
+        seeded.randomness(3).normal((4,), 1.0), seeded.randomness(3).normal((4,), 1.0)
+    )
+
+
+def test_dp_sgd_steps_with_seeded_noise_repeat_and_differ_from_plain_steps():
+    private = DPSGDSetting(0.5, 1.0, seeded_noise=True)
+    once, again = (
+        _trained(Schedule(3, 4, 0.05, 0), private),
+        _trained(Schedule(3, 4, 0.05, 0), private),
+    )
+    assert all(torch.equal(a, b) for a, b in zip(once, again))
+    plain = _trained(Schedule(3, 4, 0.05, 0))
+    assert any(not torch.equal(a, b) for a, b in zip(once, plain))

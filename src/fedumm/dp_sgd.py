@@ -14,13 +14,35 @@ approximation).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
-from fedumm.privacy_random import PrivacyRandom, SeededRandom
+from fedumm.privacy_random import PrivacyRandom, SeededRandom, privacy_random
 
 # Opacus's hooks on a model whose inputs need no gradient (frozen embeddings): expected here.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are")
+
+
+@dataclass(frozen=True)
+class DPSGDSetting:
+    """DP-SGD as a client's steps take it: the per-sample bound C, the noise multiplier z, and
+    where the randomness comes from (the run seed only where a simulation asks for it)."""
+
+    clip_norm: float
+    noise_multiplier: float
+    seeded_noise: bool = False
+
+    def __post_init__(self):
+        if not self.clip_norm > 0:
+            raise ValueError(f"DP-SGD needs a per-sample clip norm > 0, got {self.clip_norm}")
+        if not self.noise_multiplier >= 0:
+            raise ValueError(f"DP-SGD needs a noise multiplier >= 0, got {self.noise_multiplier}")
+
+    def randomness(self, seed: int) -> PrivacyRandom | SeededRandom:
+        """The noise of steps seeded by `seed`; unless seeded, it also draws their batches: the
+        accountant's sampling rate B / n holds only if nobody can predict them."""
+        return privacy_random(self.seeded_noise, seed, 0xD5)
 
 
 class DPSGD:
@@ -31,19 +53,13 @@ class DPSGD:
     """
 
     def __init__(
-        self,
-        model: torch.nn.Module,
-        clip_norm: float,
-        noise_multiplier: float,
-        noise: PrivacyRandom | SeededRandom,
+        self, model: torch.nn.Module, setting: DPSGDSetting, noise: PrivacyRandom | SeededRandom
     ):
         from opacus import GradSampleModule
 
-        if clip_norm <= 0:
-            raise ValueError(f"DP-SGD needs a per-sample clip norm > 0, got {clip_norm}")
         self.module = GradSampleModule(model)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.clip_norm, self.noise_multiplier = clip_norm, noise_multiplier
+        self.clip_norm, self.noise_multiplier = setting.clip_norm, setting.noise_multiplier
         self.noise = noise
 
     def privatize(self) -> torch.Tensor:

@@ -18,7 +18,7 @@ from fedumm.clients import Partition, split_clients
 from fedumm.config import RunConfig
 from fedumm.federation.adaptive_regularization import middle_layer_keys
 from fedumm.federation.attacks import poison
-from fedumm.federation.client import ClientData, local_update
+from fedumm.federation.client import ClientData, Federated, local_schedule, local_update
 from fedumm.federation.client_states import ClientStates
 from fedumm.federation.identity import Identities
 from fedumm.federation.secure_aggregation import ClientPolicy
@@ -33,6 +33,7 @@ from fedumm.runtime import Runtime, resolve
 from fedumm.seeding import derive_seed, draw_share
 from fedumm.tasks import Task, build_tasks
 from fedumm.tasks import evaluate as evaluate_tasks
+from fedumm.training import Learner
 
 log = logging.getLogger("fedumm")
 
@@ -107,19 +108,14 @@ class RunParts:
         """A client's local work in round `rnd`, seeded by the round and the client."""
         cfg, fed, cid = self.cfg, self.cfg.federation, client.client_id
         seed = derive_seed(cfg.seed, rnd, self.number(client))
+        steps, lr = fed.steps_for(len(client.data)), fed.lr_at((rnd - 1) / fed.rounds)
+        initial = self.fresh[self.ranks.get(cid, self.rank)]
         update = local_update(
-            self.model,
+            Learner(self.model, self.processor.collate, self.processor.loss, self.runtime),
             client,
             message,
-            fed,
-            seed,
-            self.processor.collate,
-            self.strategy,
-            self.client_states[cid],
-            self.fresh[self.ranks.get(cid, self.rank)],
-            lr=fed.lr_at((rnd - 1) / fed.rounds),
-            runtime=self.runtime,
-            loss_fn=self.processor.loss,
+            local_schedule(fed, steps, seed, lr),
+            Federated.of(fed, self.strategy, self.client_states[cid], initial),
         )
         if cid in self.malicious:
             attack = cfg.attack

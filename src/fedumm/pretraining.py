@@ -31,7 +31,7 @@ from fedumm.models.image_tokenizer import PatchVQ, fit_codebook
 from fedumm.models.processor import Encoded, Processor
 from fedumm.models.text_tokenizer import train_text_tokenizer
 from fedumm.runtime import CPU, OutOfMemory, Runtime, resolve
-from fedumm.training import evaluation_loss, train_steps
+from fedumm.training import Learner, Schedule, evaluation_loss, train_steps
 
 
 def pretraining_data(processor: Processor, cfg: PretrainConfig, split: str, n: int) -> dict:
@@ -113,18 +113,12 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, on_step=None) -> dict:
     test = pretraining_data(processor, cfg, "test", cfg.test_samples)
     try:
         stats = train_steps(
-            model,
+            Learner(model, processor.collate, processor.loss, runtime),
             train,
-            cfg.steps,
-            cfg.batch_size,
-            cfg.lr,
-            cfg.weight_decay,
-            cfg.seed,
-            processor.collate,
-            lr_schedule=_cosine(cfg.steps, cfg.lr),
+            Schedule(
+                cfg.steps, cfg.batch_size, _cosine(cfg.steps, cfg.lr), cfg.seed, cfg.weight_decay
+            ),
             on_step=on_step,
-            runtime=runtime,
-            loss_fn=processor.loss,
         )
         with runtime.autocast():
             metrics = evaluate_pretraining(model, processor, test, runtime=runtime)

@@ -7,14 +7,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
-from fedumm.dp_sgd import DPSGD
+from fedumm.dp_sgd import DPSGD, DPSGDSetting
 from fedumm.models.janus import CODES
 from fedumm.models.processor import IGNORE, Encoded
-from fedumm.privacy_random import privacy_random
 from fedumm.runtime import (
     CPU,
     Runtime,
@@ -51,6 +51,49 @@ class TrainingHooks:
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 TRIM_EVERY = 50  # steps between handing freed host memory back (release_host_memory)
 
+Collate = Callable[[list[Encoded]], dict[str, torch.Tensor]]
+LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
+
+
+def model_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's own loss on a batch (a processor's `loss` may compute it otherwise)."""
+    return model(**batch).loss
+
+
+@dataclass(frozen=True)
+class Learner:
+    """What trains: the model, how examples become a batch and a batch a loss (the
+    processor's), and where it runs (`Runtime`: placement, mixed precision, micro-batches)."""
+
+    model: torch.nn.Module
+    collate: Collate
+    loss_fn: LossFn = model_loss
+    runtime: Runtime = CPU
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The steps to take: how many, on batches of what size drawn by what seed, at what
+    learning rate (a rate, or a schedule over the steps), by which optimizer, and the
+    gradient norm each step is clipped to (None: not clipped)."""
+
+    steps: int
+    batch_size: int
+    lr: float | Callable[[int], float]
+    seed: int
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    optimizer: str = "adamw"
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"a schedule takes steps >= 1 of batches >= 1, not {self}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r} is none of {', '.join(OPTIMIZERS)}")
+
+    def lr_at(self, step: int) -> float:
+        return self.lr(step) if callable(self.lr) else self.lr
+
 
 def batches(n: int, batch_size: int, steps: int, permute: Callable[[int], torch.Tensor]):
     """Index batches for `steps` steps, reshuffling each epoch; yields at most `n` per batch.
@@ -72,108 +115,119 @@ def target_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != IGNORE).sum()) + (0 if codes is None else codes.numel())
 
 
-def model_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The model's own loss on a batch (a processor's `loss` may compute it otherwise)."""
-    return model(**batch).loss
-
-
 def train_steps(
-    model: torch.nn.Module,
+    learner: Learner,
     data: list[Encoded],
-    steps: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    seed: int,
-    collate: Callable[[list[Encoded]], dict[str, torch.Tensor]],
+    schedule: Schedule,
     hooks: TrainingHooks | None = None,
-    lr_schedule: Callable[[int], float] | None = None,
-    max_grad_norm: float | None = 1.0,
-    optimizer: str = "adamw",
+    dp_sgd: DPSGDSetting | None = None,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
-    dp_sgd: tuple[float, float, bool] | None = None,
-    runtime: Runtime = CPU,
-    loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] = model_loss,
 ) -> TrainStats:
-    """Run `steps` optimizer steps (AdamW or plain SGD) on the trainable parameters of `model`
-    over `data` (batched by `collate`, the processor's), clipping the gradient norm to
-    `max_grad_norm` unless it is None. With `dp_sgd` = (per-sample clip norm, noise
-    multiplier, noise from the seed) the steps are DP-SGD steps instead. `model` is on
-    `runtime.device`; a step whose batch is split into micro-batches weights each by its share
-    of the target tokens, so its gradient is the whole batch's. `on_step(step, loss)` gets the
-    loss as a tensor; `loss_fn(model, batch)` is the task loss (the processor's)."""
+    """Take `schedule`'s steps on the trainable parameters of `learner.model` over `data`;
+    under `dp_sgd` they are DP-SGD steps. `on_step(step, loss)` gets the loss as a tensor."""
     if not data:
         raise ValueError("cannot train on an empty data set")
     start = time.perf_counter()  # the set-up (optimizer, modes) is the client's work too
-    hooks = hooks or TrainingHooks()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = OPTIMIZERS[optimizer](params, lr=lr, weight_decay=weight_decay)
-    generator = torch.Generator().manual_seed(seed)
+    model = learner.model
+    stepper = _Stepper(learner, schedule, hooks or TrainingHooks(), dp_sgd)
+    generator = torch.Generator().manual_seed(schedule.seed)
     permute = lambda n: torch.randperm(n, generator=generator)  # noqa: E731
-    private = None
-    if dp_sgd:
-        clip, noise, seeded = dp_sgd
-        randomness = privacy_random(seeded, seed, 0xD5)
-        private = DPSGD(model, clip, noise, randomness)
-        if not seeded:  # the accountant's sampling rate B / n holds only if nobody can
-            permute = randomness.permutation  # predict the batches: the OS draws them
-    forward = private.module if private else model
-    scaler = runtime.grad_scaler()
-    device = model_device(model)
-
-    def build(idx: list[int]) -> tuple[int, list[tuple[dict, int]]]:
-        """A step's micro-batches on the device, each with its count of target tokens."""
-        pieces = [collate([data[i] for i in part]) for part in runtime.micro_batches(idx)]
-        return len(idx), [(to_device(b, device), target_tokens(b)) for b in pieces]
-
-    order = batches(len(data), batch_size, steps, permute)
-    stream = prefetched(order, build) if runtime.prefetch else map(build, order)
+    if dp_sgd is not None and not dp_sgd.seeded_noise:
+        permute = stepper.private.noise.permutation  # the batches too (DPSGDSetting.randomness)
+    order = batches(len(data), schedule.batch_size, schedule.steps, permute)
+    build = partial(_pieces, learner, data, model_device(model))
+    stream = prefetched(order, build) if learner.runtime.prefetch else map(build, order)
     model.train()
     losses, samples = [], 0
     try:
         for step, (size, pieces) in enumerate(stream):
-            if lr_schedule is not None:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_schedule(step)
-            optimizer.zero_grad(set_to_none=True)
-            total = sum(tokens for _, tokens in pieces)
-            task_loss = None
-            for i, (batch, tokens) in enumerate(pieces):
-                with runtime.autocast():
-                    part = loss_fn(forward, batch)
-                if len(pieces) > 1:
-                    part = part * (tokens / max(total, 1))
-                loss = hooks.loss(model, part) if i == 0 else part
-                (scaler.scale(loss) if scaler else loss).backward()
-                task_loss = part.detach() if task_loss is None else task_loss + part.detach()
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            if private is not None:
-                private.privatize()  # per-sample clipping replaces the batch clipping
-            elif max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            overflowed = scaler is not None and nonfinite(
-                {i: p.grad for i, p in enumerate(params) if p.grad is not None}
-            )
-            if not overflowed:  # fp16 skips a step that overflowed
-                hooks.before_step(model)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            losses.append(task_loss)
+            loss = stepper.step(pieces, schedule.lr_at(step))
+            losses.append(loss)
             samples += size
             if step % TRIM_EVERY == TRIM_EVERY - 1:
                 release_host_memory()
             if on_step is not None:
-                on_step(step, task_loss)
+                on_step(step, loss)
     finally:
-        if private is not None:
-            private.close()
+        stepper.close()
     model.eval()
     tail = [float(x) for x in losses[-10:]]
-    return TrainStats(steps, samples, time.perf_counter() - start, sum(tail) / len(tail))
+    return TrainStats(schedule.steps, samples, time.perf_counter() - start, sum(tail) / len(tail))
+
+
+def _pieces(
+    learner: Learner, data: list[Encoded], device: torch.device, idx: list[int]
+) -> tuple[int, list[tuple[dict, int]]]:
+    """A step's micro-batches on `device`, each with its count of target tokens."""
+    parts = learner.runtime.micro_batches(idx)
+    pieces = [learner.collate([data[i] for i in part]) for part in parts]
+    return len(idx), [(to_device(b, device), target_tokens(b)) for b in pieces]
+
+
+class _Stepper:
+    """The optimizer's steps on batches of micro-batches, each weighted by its share of the
+    target tokens (so the gradient is the whole batch's); under DP-SGD, private steps."""
+
+    def __init__(
+        self,
+        learner: Learner,
+        schedule: Schedule,
+        hooks: TrainingHooks,
+        dp_sgd: DPSGDSetting | None,
+    ):
+        self.learner, self.hooks, self.max_grad_norm = learner, hooks, schedule.max_grad_norm
+        self.params = [p for p in learner.model.parameters() if p.requires_grad]
+        self.optimizer = OPTIMIZERS[schedule.optimizer](
+            self.params, lr=schedule.lr_at(0), weight_decay=schedule.weight_decay
+        )
+        self.private = None
+        if dp_sgd is not None:
+            self.private = DPSGD(learner.model, dp_sgd, dp_sgd.randomness(schedule.seed))
+        self.forward = self.private.module if self.private else learner.model
+        self.scaler = learner.runtime.grad_scaler()
+
+    def close(self) -> None:
+        """Unhook DP-SGD from the model, which other clients share."""
+        if self.private is not None:
+            self.private.close()
+
+    def step(self, pieces: list[tuple[dict, int]], lr: float) -> torch.Tensor:
+        """The step's task loss (detached), after the step."""
+        optimizer, scaler, model = self.optimizer, self.scaler, self.learner.model
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        total = sum(tokens for _, tokens in pieces)
+        task_loss = None
+        for i, (batch, tokens) in enumerate(pieces):
+            with self.learner.runtime.autocast():
+                part = self.learner.loss_fn(self.forward, batch)
+            if len(pieces) > 1:
+                part = part * (tokens / max(total, 1))
+            loss = self.hooks.loss(model, part) if i == 0 else part
+            (scaler.scale(loss) if scaler else loss).backward()
+            task_loss = part.detach() if task_loss is None else task_loss + part.detach()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        self._bound()
+        overflowed = scaler is not None and nonfinite(
+            {i: p.grad for i, p in enumerate(self.params) if p.grad is not None}
+        )
+        if not overflowed:  # fp16 skips a step that overflowed
+            self.hooks.before_step(model)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        return task_loss
+
+    def _bound(self) -> None:
+        """Bound the gradient: DP-SGD's per-sample clipping and noise, else the batch's norm."""
+        if self.private is not None:
+            self.private.privatize()
+        elif self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
 
 
 def nonfinite(tensors: Mapping[Any, torch.Tensor]) -> list:
@@ -192,10 +246,10 @@ def nonfinite(tensors: Mapping[Any, torch.Tensor]) -> list:
 def evaluation_loss(
     model: torch.nn.Module,
     data: list[Encoded],
-    collate: Callable[[list[Encoded]], dict[str, torch.Tensor]],
+    collate: Collate,
     batch_size: int = 256,
     runtime: Runtime = CPU,
-    loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] = model_loss,
+    loss_fn: LossFn = model_loss,
 ) -> float:
     """Mean next-token loss over the target tokens of `data` (teacher forcing)."""
     model.eval()

@@ -13,18 +13,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import torch
 from peft import PeftModel
 
-from fedumm.config import FederationConfig
+from fedumm.config import AdaptiveRegularizationConfig, FederationConfig
+from fedumm.dp_sgd import DPSGDSetting
 from fedumm.federation import wire
 from fedumm.federation.adaptive_regularization import Both, middle_layer_proximal
 from fedumm.federation.secure_aggregation import ClientSession, ProtocolError
 from fedumm.federation.strategies.base import Strategy
+from fedumm.federation.strategies.fedavg import FedAvg
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.models.lora import adapter_parameters, get_adapter, set_adapter
 from fedumm.models.processor import Encoded
-from fedumm.runtime import CPU, Runtime, model_device
-from fedumm.training import model_loss, train_steps
+from fedumm.runtime import model_device
+from fedumm.training import Learner, Schedule, TrainingHooks, train_steps
 
 log = logging.getLogger("fedumm")
 
@@ -58,64 +61,77 @@ def frozen_factors(model: PeftModel, factors: tuple[str, ...]) -> Iterator[None]
             p.requires_grad_(True)
 
 
+@dataclass(frozen=True)
+class Federated:
+    """What federated training adds to a client's local steps (the baselines train without):
+    the strategy's client side, with this client's `state` (kept between rounds) and fresh
+    adapter `initial`, and the federation's own terms, FedMLLM's regularization and DP-SGD."""
+
+    strategy: Strategy
+    state: Params
+    initial: Params | None = None
+    regularization: AdaptiveRegularizationConfig | None = None
+    dp_sgd: DPSGDSetting | None = None
+
+    @classmethod
+    def of(
+        cls, cfg: FederationConfig, strategy: Strategy, state: Params, initial: Params | None = None
+    ) -> Federated:
+        """As `cfg` sets the terms every client shares."""
+        reg, dp = cfg.adaptive_regularization, cfg.dp_sgd
+        private = DPSGDSetting(dp.clip_norm, dp.noise_multiplier, cfg.seeded_privacy_noise)
+        return cls(
+            strategy, state, initial, reg if reg.enabled else None, private if dp.enabled else None
+        )
+
+    def hooks(self, model: PeftModel, message: Params, start: Params) -> TrainingHooks | None:
+        """The strategy's changes to local training, and the regularizer's around `start`."""
+        hooks = self.strategy.client_hooks(model, message, self.state)
+        reg = self.regularization
+        if reg is None:
+            return hooks
+        prox = middle_layer_proximal(model, start, reg.mu, reg.weight, reg.skip_layers)
+        return Both(hooks, prox) if hooks else prox
+
+
+def local_schedule(
+    cfg: FederationConfig, steps: int, seed: int, lr: float | Callable[[int], float] | None = None
+) -> Schedule:
+    """A client's `steps` as `cfg` sets them; `lr` a rate or a schedule over the steps
+    (default: cfg.lr)."""
+    return Schedule(
+        steps,
+        cfg.batch_size,
+        cfg.lr if lr is None else lr,
+        seed,
+        cfg.weight_decay,
+        cfg.max_grad_norm,
+        cfg.optimizer,
+    )
+
+
 def local_update(
-    model: PeftModel,
+    learner: Learner,
     client: ClientData,
     message: Params,
-    cfg: FederationConfig,
-    seed: int,
-    collate: Callable[[list[Encoded]], dict],
-    strategy: Strategy | None = None,
-    state: Params | None = None,
-    initial: Params | None = None,
-    steps: int | None = None,
-    on_step: Callable[[int, float], None] | None = None,
-    lr: float | Callable[[int], float] | None = None,
-    runtime: Runtime = CPU,
-    loss_fn: Callable = model_loss,
+    schedule: Schedule,
+    federated: Federated | None = None,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> ClientUpdate:
-    """Local training as `strategy` asks (plain training without one): `steps` steps, else
-    cfg's local schedule. `state` is this client's persistent dict, `initial` its fresh adapter;
-    `lr` a rate or a schedule over the steps (default cfg.lr); `loss_fn(model, batch)` the
-    task loss (the processor's)."""
-    state = {} if state is None else state
+    """`client`'s steps from the server's `message` as `federated` asks; without it, plain
+    training from `message` (FedAvg's client side), as the baselines train."""
+    side = federated or Federated(FedAvg(), {})
+    model, state = learner.model, side.state
     device = model_device(model)
-    message, initial = _on(message, device), _on(initial, device)
+    message, initial = _on(message, device), _on(side.initial, device)
     state.update(_on(state, device))
-    start = strategy.client_start(message, state, initial) if strategy else message
+    start = side.strategy.client_start(message, state, initial)
     set_adapter(model, start)
-    hooks = strategy.client_hooks(model, message, state) if strategy else None
-    reg = cfg.adaptive_regularization
-    if strategy and reg.enabled:  # federated training only, beside the strategy's own hooks
-        prox = middle_layer_proximal(model, start, reg.mu, reg.weight, reg.skip_layers)
-        hooks = Both(hooks, prox) if hooks else prox
-    steps = steps or cfg.steps_for(len(client.data))
-    lr = cfg.lr if lr is None else lr
-    dp = cfg.dp_sgd
-    dp_sgd = None
-    if strategy and dp.enabled:
-        dp_sgd = (dp.clip_norm, dp.noise_multiplier, cfg.seeded_privacy_noise)
-    with frozen_factors(model, strategy.frozen if strategy else ()):
-        stats = train_steps(
-            model,
-            client.data,
-            steps,
-            cfg.batch_size,
-            lr if not callable(lr) else lr(0),
-            cfg.weight_decay,
-            seed,
-            collate,
-            hooks=hooks,
-            max_grad_norm=cfg.max_grad_norm,
-            optimizer=cfg.optimizer,
-            on_step=on_step,
-            lr_schedule=lr if callable(lr) else None,
-            dp_sgd=dp_sgd,
-            runtime=runtime,
-            loss_fn=loss_fn,
-        )
+    hooks = side.hooks(model, message, start)
+    with frozen_factors(model, side.strategy.frozen):
+        stats = train_steps(learner, client.data, schedule, hooks, side.dp_sgd, on_step)
     trained = get_adapter(model)
-    upload = strategy.client_finish(message, trained, state, hooks) if strategy else trained
+    upload = side.strategy.client_finish(message, trained, state, hooks)
     state.update(_on(state, "cpu"))
     return ClientUpdate(
         client_id=client.client_id,

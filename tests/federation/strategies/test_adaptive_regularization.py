@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from fedumm.federation.adaptive_regularization import middle_layer_keys, middle_layer_proximal
-from fedumm.federation.client import local_update
+from fedumm.federation.client import Federated, local_schedule, local_update
 from fedumm.federation.strategies import build_strategy
 from fedumm.models.lora import adapter_parameters, set_adapter
+from fedumm.training import Learner
 from tests.tiny import run_tiny
 
 
@@ -43,16 +44,11 @@ def test_it_pulls_the_middle_layers_towards_the_global_adapter(tiny):
         reg = {"enabled": enabled, "mu": 500.0, "weight": 1.0, "skip_layers": 0}
         fed = tiny.fed(lr=0.05, adaptive_regularization=reg)
         out = local_update(
-            tiny.model,
+            Learner(tiny.model, tiny.collate),
             tiny.client,
             tiny.initial,
-            fed,
-            0,
-            tiny.collate,
-            build_strategy(strategy),
-            {},
-            tiny.initial,
-            steps=6,
+            local_schedule(fed, 6, 0),
+            Federated.of(fed, build_strategy(strategy), {}, tiny.initial),
         ).params
         dist = {"middle": 0.0, "outer": 0.0}
         for k in out:

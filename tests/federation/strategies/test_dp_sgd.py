@@ -5,11 +5,11 @@ import json
 
 import torch
 
-from fedumm.dp_sgd import DPSGD
+from fedumm.dp_sgd import DPSGD, DPSGDSetting
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.models.lora import get_adapter, set_adapter
 from fedumm.privacy_random import SeededRandom
-from fedumm.training import TrainingHooks, train_steps
+from fedumm.training import Learner, Schedule, TrainingHooks, train_steps
 from tests.tiny import run_tiny
 
 
@@ -24,7 +24,7 @@ def _grads(tiny, dp=None, hooks=None):
     """The gradient of one batch of 6, as DP-SGD (dp = (C, z)) or plain, without a step."""
     _random_adapter(tiny)
     model = tiny.model
-    private = DPSGD(model, *dp, noise=SeededRandom(3)) if dp else None
+    private = DPSGD(model, DPSGDSetting(*dp), SeededRandom(3)) if dp else None
     batch = tiny.collate(tiny.client.data[:6])
     model.zero_grad(set_to_none=True)
     loss = (private.module if private else model)(**batch).loss
@@ -73,7 +73,8 @@ def test_training_with_dp_sgd_leaves_the_shared_model_unhooked(tiny):
     model = tiny.model
     hooks_before = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
     set_adapter(model, tiny.initial)
-    train_steps(model, tiny.client.data, 3, 4, 1e-3, 0.0, 0, tiny.collate, dp_sgd=(1.0, 1.0, True))
+    learner, schedule = Learner(model, tiny.collate), Schedule(3, 4, 1e-3, 0)
+    train_steps(learner, tiny.client.data, schedule, dp_sgd=DPSGDSetting(1.0, 1.0, True))
     moved = get_adapter(model)
     assert any(not torch.equal(moved[k], tiny.initial[k]) for k in moved)
     hooks_after = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())

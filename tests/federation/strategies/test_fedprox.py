@@ -1,9 +1,10 @@
 import torch
 
-from fedumm.federation.client import local_update
+from fedumm.federation.client import Federated, local_schedule, local_update
 from fedumm.federation.strategies import build_strategy
 from fedumm.federation.strategies.fedprox import ProximalTerm
 from fedumm.models.lora import adapter_parameters, set_adapter
+from fedumm.training import Learner
 
 from .conftest import update
 
@@ -33,17 +34,13 @@ def test_fedprox_aggregates_like_fedavg():
 def test_proximal_term_pulls_local_training_towards_the_global_adapter(tiny):
     def distance(mu):
         strategy = build_strategy("fedprox", mu=mu)
+        fed = tiny.fed(lr=0.05)
         out = local_update(
-            tiny.model,
+            Learner(tiny.model, tiny.collate),
             tiny.client,
             tiny.initial,
-            tiny.fed(lr=0.05),
-            0,
-            tiny.collate,
-            strategy,
-            {},
-            tiny.initial,
-            steps=6,
+            local_schedule(fed, 6, 0),
+            Federated.of(fed, strategy, {}, tiny.initial),
         ).params
         return sum(float(((out[k] - tiny.initial[k]) ** 2).sum()) for k in out)
 

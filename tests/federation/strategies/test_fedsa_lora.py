@@ -1,8 +1,9 @@
 import torch
 
-from fedumm.federation.client import local_update
+from fedumm.federation.client import Federated, local_schedule, local_update
 from fedumm.federation.strategies import build_strategy
 from fedumm.models.lora import factor_of
+from fedumm.training import Learner
 
 
 def test_b_stays_on_the_client_and_a_is_shared(tiny):
@@ -12,7 +13,11 @@ def test_b_stays_on_the_client_and_a_is_shared(tiny):
     state = {}
     fed = tiny.fed(lr=0.05)
     up = local_update(
-        tiny.model, tiny.client, message, fed, 0, tiny.collate, s, state, tiny.initial, steps=3
+        Learner(tiny.model, tiny.collate),
+        tiny.client,
+        message,
+        local_schedule(fed, 3, 0),
+        Federated.of(fed, s, state, tiny.initial),
     ).params
     assert set(up) == set(message)
     assert {factor_of(k) for k in state} == {"lora_B"}

@@ -1,9 +1,10 @@
 import torch
 
 from fedumm.federation import wire
-from fedumm.federation.client import local_update
+from fedumm.federation.client import Federated, local_schedule, local_update
 from fedumm.federation.strategies import build_strategy
 from fedumm.models.lora import factor_of
+from fedumm.training import Learner
 
 from .conftest import update
 
@@ -13,17 +14,13 @@ def test_a_stays_at_its_shared_init_and_only_b_travels(tiny):
     message = s.broadcast(tiny.initial)
     assert {factor_of(k) for k in message} == {"lora_B"}
     state = {}
+    fed = tiny.fed(lr=0.05)
     up = local_update(
-        tiny.model,
+        Learner(tiny.model, tiny.collate),
         tiny.client,
         message,
-        tiny.fed(lr=0.05),
-        0,
-        tiny.collate,
-        s,
-        state,
-        tiny.initial,
-        steps=3,
+        local_schedule(fed, 3, 0),
+        Federated.of(fed, s, state, tiny.initial),
     ).params
     assert set(up) == set(message)
     assert any(not torch.equal(up[k], message[k]) for k in up)  # B trained

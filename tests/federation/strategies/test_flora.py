@@ -1,9 +1,10 @@
 import torch
 
-from fedumm.federation.client import local_update
+from fedumm.federation.client import Federated, local_schedule, local_update
 from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.update import ClientUpdate
 from fedumm.models.lora import FOLD, effective_delta, initial_adapters
+from fedumm.training import Learner
 
 from .test_fedex_lora import ALPHA, factors, weighted_product
 
@@ -35,8 +36,13 @@ def test_a_client_of_another_rank_trains_its_own_adapter(tiny):
     fresh = initial_adapters(tiny.model)
     ctx = FederationContext(num_clients=1, lora_alpha=4.0, client_ranks={"site-1": 3})
     s = build_strategy("flora", ctx)
+    fed = tiny.fed()
     up = local_update(
-        tiny.model, tiny.client, {}, tiny.fed(), 0, tiny.collate, s, {}, fresh[3], steps=2
+        Learner(tiny.model, tiny.collate),
+        tiny.client,
+        {},
+        local_schedule(fed, 2, 0),
+        Federated.of(fed, s, {}, fresh[3]),
     ).params
     template = s.upload_template(tiny.initial, "site-1")
     assert {k: v.shape for k, v in up.items()} == {k: v.shape for k, v in template.items()}

@@ -2,9 +2,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedumm.federation.client import local_update
+from fedumm.federation.client import Federated, local_schedule, local_update
 from fedumm.federation.strategies import FederationContext, build_strategy
 from fedumm.federation.strategies.scaffold import CONTROL
+from fedumm.training import Learner
 
 from .conftest import update
 
@@ -40,7 +41,11 @@ def test_option_two_identity_under_sgd(tiny):
     message = _message(tiny, -0.002)  # c
     steps = 5
     up = local_update(
-        tiny.model, tiny.client, message, fed, 0, tiny.collate, s, state, tiny.initial, steps=steps
+        Learner(tiny.model, tiny.collate),
+        tiny.client,
+        message,
+        local_schedule(fed, steps, 0),
+        Federated.of(fed, s, state, tiny.initial),
     ).params
     for k, x in tiny.initial.items():
         option_two = c_i[k] - (-0.002) + (x - up[k]) / (steps * 0.05)
@@ -53,16 +58,11 @@ def test_the_correction_is_applied_at_every_step(tiny):
 
     def train(strategy, message, state):
         return local_update(
-            tiny.model,
+            Learner(tiny.model, tiny.collate),
             tiny.client,
             message,
-            fed,
-            0,
-            tiny.collate,
-            strategy,
-            state,
-            tiny.initial,
-            steps=3,
+            local_schedule(fed, 3, 0),
+            Federated.of(fed, strategy, state, tiny.initial),
         ).params
 
     plain = train(build_strategy("fedavg"), tiny.initial, {})
