@@ -26,14 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText
 
-from fedumm.config import ConfigError, EvalConfig, FederationConfig
+from fedumm.config import ConfigError, EvalConfig, FederationConfig, RunConfig
 from fedumm.engines.embedded import InProcess
-from fedumm.federation.client import ClientData, local_update
+from fedumm.federation.client import ClientData, Federated, local_schedule, local_update
 from fedumm.federation.server import Server
 from fedumm.federation.strategies import build_strategy
 from fedumm.models import place
@@ -44,6 +45,7 @@ from fedumm.models.processor import IGNORE, Encoded
 from fedumm.runtime import Runtime, resolve_device, to_device
 from fedumm.tasks import VQATask
 from fedumm.tasks import evaluate as evaluate_tasks
+from fedumm.training import Learner
 
 GIB = 2**30
 
@@ -115,12 +117,12 @@ def plain(model, batch: dict, steps: int, runtime: Runtime) -> float:
 
 def fedumm_client(model, processor, data, steps: int, batch: int, runtime: Runtime) -> float:
     """(b) samples/s of fedumm's client training (the time `train_steps` reports)."""
-    fed = FederationConfig(local_steps=steps, batch_size=batch, lr=1e-4)
+    fed = FederationConfig(batch_size=batch, lr=1e-4)
     client = ClientData("site-1", data)
     message = get_adapter(model)
-    warm = FederationConfig(local_steps=2, batch_size=batch, lr=1e-4)
-    local_update(model, client, message, warm, 0, processor.collate, runtime=runtime)
-    update = local_update(model, client, message, fed, 1, processor.collate, runtime=runtime)
+    learner = Learner(model, processor.collate, runtime=runtime)
+    local_update(learner, client, message, local_schedule(fed, 2, 0))  # warm-up
+    update = local_update(learner, client, message, local_schedule(fed, steps, 1))
     return steps * batch / update.metrics["train_seconds"]
 
 
@@ -145,17 +147,12 @@ def federation(
     task = VQATask([], [], test, ["yes"] * 16, ["yes/no"] * 16, "benchmark")
     strategy = build_strategy("fedavg")
 
+    learner = Learner(model, processor.collate, runtime=runtime)
+
     def train(client, message, rnd):
-        return local_update(
-            model,
-            client,
-            message,
-            fed,
-            rnd * 100 + members.index(client),
-            processor.collate,
-            strategy,
-            runtime=runtime,
-        )
+        seed = rnd * 100 + members.index(client)
+        schedule = local_schedule(fed, steps, seed)
+        return local_update(learner, client, message, schedule, Federated.of(fed, strategy, {}))
 
     def evaluate(params):
         set_adapter(model, params)
@@ -163,9 +160,9 @@ def federation(
             {"vqa": task}, model, processor, EvalConfig(batch_size=16), runtime=runtime
         )
 
-    server = Server(
-        members, strategy, InProcess(train, members), evaluate, clients, seed=0, progress=False
-    )
+    # what the embedded engine's sites read of a run's parts: here clients that train by `train`
+    parts = SimpleNamespace(train_client=train, clients=members, cfg=RunConfig())
+    server = Server(members, strategy, InProcess(parts), evaluate, clients, seed=0, progress=False)
     start = get_adapter(model)
     if runtime.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runtime.device)
@@ -205,9 +202,8 @@ def _one_step(model, processor, batch: int, seq: int, runtime: Runtime) -> bool:
     fed = FederationConfig(local_steps=1, batch_size=batch, lr=1e-4)
     message = get_adapter(model)
     try:
-        local_update(
-            model, ClientData("probe", data), message, fed, 0, processor.collate, runtime=runtime
-        )
+        learner = Learner(model, processor.collate, runtime=runtime)
+        local_update(learner, ClientData("probe", data), message, local_schedule(fed, 1, 0))
         return True
     except torch.OutOfMemoryError:
         return False

@@ -370,7 +370,7 @@ def test_the_divisor_is_the_sum_of_the_weights_clients_masked():
         session.receive(inboxes[cid])
         return wire.pack(session.mask(update.params, weight))
 
-    engine.transport.finish = inflating
+    engine.transport.upload = inflating
     final, _ = engine.run({"w": torch.zeros(3)}, 1)
     expected = (10 * 1 + 10 * 2 + 10 * 3 + 1000 * 4) / 1030
     assert torch.allclose(final["w"], torch.full((3,), expected), atol=1e-5)
@@ -656,7 +656,7 @@ def test_a_site_that_refuses_its_inbox_withdraws_instead_of_failing(tiny_foundat
             "federation.secure_aggregation.enabled=true",
         ],
     )
-    site = Site(cfg, "site-1")
+    site = Site.build(cfg, "site-1")
     site.secagg(1, "advertise", b"")
     clients = {u: ClientSession(u, 1, ClientPolicy(2)) for u in ("site-2", "site-3")}
     secagg = ServerSession(1, 2)
@@ -667,7 +667,7 @@ def test_a_site_that_refuses_its_inbox_withdraws_instead_of_failing(tiny_foundat
     roster, _ = secagg.roster(adverts)
     assert site.secagg(1, "share", roster)
     short = json.dumps({"round": 1, "peers": ["site-1"], "from": {}}).encode()
-    message = wire.pack(site.fl.initial)
+    message = wire.pack(site.parts.initial)
     with caplog.at_level(logging.WARNING, logger="fedumm"):
         meta, up = site.train(1, message, short)
     assert up == b"" and "site-1 withdraws its update" in caplog.text

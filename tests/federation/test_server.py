@@ -1,10 +1,13 @@
 """The server's round loop on plain tensors: no model needed to check what it moves and counts."""
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 
+from fedumm.config import RunConfig
 from fedumm.engines.embedded import InProcess
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData
@@ -27,6 +30,25 @@ def _train(bad=()):
     return train_client
 
 
+@dataclass
+class ModelFreeParts:
+    """What the embedded engine's sites use of a run's parts, for clients that train by a
+    function: no model, no data, only what the server moves and counts."""
+
+    train_client: Callable[[ClientData, dict, int], ClientUpdate]
+    clients: list[ClientData] = field(default_factory=lambda: CLIENTS)
+    equal_weights: bool = False
+    secure_threshold: int = 2
+    cfg: RunConfig = field(init=False)
+
+    def __post_init__(self):
+        weights = "equal" if self.equal_weights else "partition"
+        self.cfg = RunConfig.model_validate({"federation": {"client_weights": weights}})
+
+    def secagg_policy(self, site: str) -> ClientPolicy:
+        return ClientPolicy(self.secure_threshold, allow_minority=True)
+
+
 def _first(params):
     return {"w0": float(params["w"][0])}
 
@@ -42,10 +64,8 @@ def server(
 ):
     """A server reaching `clients` in this process, each training by `train_client`;
     `rules`: RoundRules' fields."""
-    accept = ClientPolicy(rules.get("secure_threshold") or 2, allow_minority=True)
-    transport = InProcess(
-        train_client, clients, rules.get("equal_weights", False), policy=lambda client: accept
-    )
+    equal, threshold = rules.get("equal_weights", False), rules.get("secure_threshold") or 2
+    transport = InProcess(ModelFreeParts(train_client, clients, equal, threshold))
     return Server(
         clients,
         build_strategy(strategy),
@@ -147,7 +167,7 @@ def test_cyclic_sampling_trains_every_client_once_a_cycle():
         Server(
             CLIENTS,
             build_strategy("fedavg"),
-            InProcess(_train(), CLIENTS),
+            InProcess(ModelFreeParts(_train())),
             dict,
             2,
             0,

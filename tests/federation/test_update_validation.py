@@ -12,7 +12,7 @@ from fedumm.federation.update import (
     UpdateRejected,
     validate_update,
 )
-from tests.federation.test_server import CLIENTS, server
+from tests.federation.test_server import CLIENTS, ModelFreeParts, server
 
 REF = {"a": torch.zeros(2, 3), "b": torch.zeros(4)}
 
@@ -89,7 +89,7 @@ def test_a_non_finite_aggregate_is_refused_and_the_model_kept(caplog):
     engine = Server(
         CLIENTS,
         Overflowing(),
-        InProcess(_claiming(), CLIENTS),
+        InProcess(ModelFreeParts(_claiming())),
         lambda p: {},
         4,
         seed=0,

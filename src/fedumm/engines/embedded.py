@@ -9,21 +9,16 @@ import contextlib
 import logging
 import multiprocessing
 import traceback
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
 
 from fedumm.config import RunConfig
+from fedumm.engines.site import Site
 from fedumm.federation import wire
-from fedumm.federation.client import ClientData, upload
-from fedumm.federation.secure_aggregation import (
-    ClientPolicy,
-    ClientSession,
-    ProtocolError,
-    client_answer,
-)
+from fedumm.federation.client import ClientData
+from fedumm.federation.secure_aggregation import ClientSession
 from fedumm.federation.server import Transport
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.parts import RunParts, build_parts
@@ -32,36 +27,19 @@ from fedumm.runtime import worker_devices
 
 log = logging.getLogger("fedumm")
 
-TrainClient = Callable[[ClientData, Params, int], ClientUpdate]
-
 
 class InProcess:
-    """The clients train here, in turn, by `train_client`; under secure aggregation each keeps
-    its session (keys, shares) here and masks its upload as it would on its own machine."""
+    """The clients train here, in turn, each as a `Site` of the parts this process built (the
+    base model they all share); under secure aggregation each client's session is kept here
+    and it masks its upload as it would on its own machine."""
 
-    def __init__(
-        self,
-        train_client: TrainClient,
-        clients: list[ClientData],
-        equal_weights: bool = False,
-        evaluate_personal: Callable[[Params, ClientData], dict] | None = None,
-        policy: Callable[[str], ClientPolicy] | None = None,
-    ):
-        """`policy(client)`: what that client accepts from the server in secure aggregation
-        (default: a threshold of 2 and more than half the roster, unsigned keys)."""
-        self.train_client = train_client
-        self.policy = policy or (lambda client: ClientPolicy())
-        self.all_clients = clients
-        self.equal_weights = equal_weights
-        self._evaluate_personal = evaluate_personal
+    def __init__(self, parts: RunParts):
+        self.parts = parts
+        self.clients = {c.client_id: c for c in parts.clients}
         self.sessions: dict[str, ClientSession] = {}  # each client's secure-aggregation state
 
-    def finish(self, update: ClientUpdate, inboxes: dict[str, bytes] | None) -> bytes:
-        """The client's upload of its trained `update` (masked under secure aggregation)."""
-        if inboxes is None:
-            return upload(update)
-        cid = update.client_id
-        return upload(update, self.equal_weights, self.sessions[cid], inboxes[cid])
+    def site(self, cid: str) -> Site:
+        return Site(self.parts, self.clients[cid], self.sessions)
 
     def exchange(
         self,
@@ -72,41 +50,27 @@ class InProcess:
     ) -> list[tuple[ClientUpdate, bytes]]:
         answers = []
         for client in clients:
-            update = self.train_client(client, wire.unpack(down), rnd)
-            answers.append((update, self.finish(update, inboxes)))
+            update = self.site(client.client_id).trained(rnd, down)
+            answers.append((update, self.upload(update, inboxes)))
             update.params = {}
         return answers
 
+    def upload(self, update: ClientUpdate, inboxes: dict[str, bytes] | None) -> bytes:
+        """What the site of `update` uploads of it: masked under secure aggregation, where
+        `inboxes` holds each client's secrets for the round."""
+        cid = update.client_id
+        return self.site(cid).upload(update, None if inboxes is None else inboxes[cid])
+
     def secagg(self, rnd: int, phase: str, payloads: dict[str, bytes]) -> dict[str, bytes]:
-        answers = {}
-        for cid, payload in payloads.items():
-            try:
-                answers[cid] = client_answer(
-                    self.sessions, cid, rnd, phase, payload, self.policy(cid)
-                )
-            except ProtocolError as e:  # the client refuses the request: it counts as dropped
-                log.warning(
-                    "secure aggregation round %d: %s did not answer %s: %s", rnd, cid, phase, e
-                )
-        return answers
+        answers = {cid: self.site(cid).secagg(rnd, phase, p) for cid, p in payloads.items()}
+        return {cid: answer for cid, answer in answers.items() if answer}  # empty: refused
 
     def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
-        if self._evaluate_personal is None:
-            raise ValueError("this transport was built without personal evaluation")
-        return [self._evaluate_personal(params, c) for c in clients]
+        message = wire.pack(params)
+        return [self.site(c.client_id).evaluate(message) for c in clients]
 
     def close(self) -> None:
         self.sessions.clear()
-
-
-def _in_process(fl: RunParts) -> InProcess:
-    return InProcess(
-        fl.train_client,
-        fl.clients,
-        fl.cfg.federation.client_weights == "equal",
-        fl.evaluate_personal,
-        fl.secagg_policy,
-    )
 
 
 class DevicePool:
@@ -117,11 +81,10 @@ class DevicePool:
     one device. Client state (SCAFFOLD's c_i, FedSA-LoRA's B) stays in this process and
     travels with the task to whichever worker trains the client."""
 
-    def __init__(self, fl: RunParts, devices: list[torch.device]):
-        self.fl = fl
-        self.local = _in_process(fl)
+    def __init__(self, parts: RunParts, devices: list[torch.device]):
+        self.local = InProcess(parts)
         context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-        threads = fl.cfg.threads or torch.get_num_threads()
+        threads = parts.cfg.threads or torch.get_num_threads()
         self.workers: list[tuple[torch.device, Connection, multiprocessing.Process]] = []
         for device in devices[1:]:
             mine, theirs = context.Pipe()
@@ -129,7 +92,7 @@ class DevicePool:
                 target=_serve,
                 daemon=True,
                 name=f"fedumm-{device}",
-                args=(fl.cfg.model_dump_json(), str(device), threads, theirs),
+                args=(parts.cfg.model_dump_json(), str(device), threads, theirs),
             )
             process.start()
             theirs.close()
@@ -162,7 +125,7 @@ class DevicePool:
                 self._answer(device, conn)
             self.ready = True
         shares = [clients[i :: len(self.workers) + 1] for i in range(len(self.workers) + 1)]
-        states = self.fl.client_states
+        states = self.local.parts.client_states
         for (_, conn, _), share in zip(self.workers, shares[1:]):
             conn.send(
                 (
@@ -183,7 +146,7 @@ class DevicePool:
             for (cid, samples, steps, metrics), params, state in results:
                 states[cid] = wire.unpack(state)
                 update = ClientUpdate(cid, wire.unpack(params), samples, steps, metrics)
-                answers[cid] = (update, self.local.finish(update, inboxes))
+                answers[cid] = (update, self.local.upload(update, inboxes))
                 update.params = {}
         return [answers[c.client_id] for c in clients]
 
@@ -210,7 +173,8 @@ def _serve(config: str, device: str, threads: int, conn: Connection) -> None:
         torch.set_num_threads(threads)
         cfg = RunConfig.model_validate_json(config)
         cfg.runtime.device, cfg.runtime.devices = device, None
-        fl = build_parts(cfg)
+        sites = InProcess(build_parts(cfg))
+        held = sites.parts.client_states
         conn.send(("ready",))
         while True:
             task = conn.recv()
@@ -219,11 +183,11 @@ def _serve(config: str, device: str, threads: int, conn: Connection) -> None:
             _, rnd, down, ids, states = task
             results = []
             for cid in ids:
-                fl.client_states[cid] = wire.unpack(states[cid])
-                update = fl.train_client(fl.client(cid), wire.unpack(down), rnd)
+                held[cid] = wire.unpack(states[cid])
+                update = sites.site(cid).trained(rnd, down)
                 meta = (cid, update.num_samples, update.num_steps, update.metrics)
-                results.append((meta, wire.pack(update.params), wire.pack(fl.client_states[cid])))
-                del fl.client_states[cid]  # the main process keeps it: a worker holds none
+                results.append((meta, wire.pack(update.params), wire.pack(held[cid])))
+                del held[cid]  # the main process keeps it: a worker holds none
             conn.send(("ok", results))
     except (EOFError, KeyboardInterrupt):
         return
@@ -231,13 +195,13 @@ def _serve(config: str, device: str, threads: int, conn: Connection) -> None:
         conn.send(("error", type(e).__name__, str(e), traceback.format_exc()))
 
 
-def connect(fl: RunParts) -> Transport:
-    """The embedded engine's transport for a built federation: in this process, or on a pool
-    of device workers when `runtime.devices` names several."""
-    devices = worker_devices(fl.cfg.runtime)
+def connect(parts: RunParts) -> Transport:
+    """The embedded engine's transport for a run's parts: in this process, or on a pool of
+    device workers when `runtime.devices` names several."""
+    devices = worker_devices(parts.cfg.runtime)
     if len(devices) > 1:
-        return DevicePool(fl, devices)
-    return _in_process(fl)
+        return DevicePool(parts, devices)
+    return InProcess(parts)
 
 
 def run(

@@ -112,7 +112,7 @@ class SiteState:
 
 def main() -> None:
     flare.init()
-    site = Site(shipped_config(), flare.get_site_name())
+    site = Site.build(shipped_config(), flare.get_site_name())
     kept = SiteState(Path(site.cfg.flare.state_dir or "fedumm_state") / site.name, site.state)
     while flare.is_running():
         task = flare.receive()

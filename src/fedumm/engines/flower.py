@@ -235,7 +235,7 @@ def _site(config: str, context: Context):
     key = (config, sites[partition])
     if key not in _SITES:
         _SITES.clear()  # one federation per process at a time
-        _SITES[key] = Site(cfg, sites[partition])
+        _SITES[key] = Site.build(cfg, sites[partition])
     return _SITES[key]
 
 
@@ -251,7 +251,7 @@ def _restore(site, context: Context) -> None:
         sessions = json.loads(str(record["sessions"]))  # this node's own: {site: session JSON}
         site.sessions.update(
             {
-                name: ClientSession.from_json(text, site.fl.secagg_policy(name))
+                name: ClientSession.from_json(text, site.parts.secagg_policy(name))
                 for name, text in sessions.items()
             }
         )

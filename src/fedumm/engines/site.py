@@ -1,8 +1,9 @@
-"""A client site as an engine's separate process runs it (FLARE, Flower): the same RunParts
-as the server, built from the config, of which it uses only its own share of the data. It
-answers the server's three kinds of request with the code the embedded engine runs (local
-training, secure aggregation's key protocol, a personalized model's evaluation), so every
-algorithm behaves the same under every engine; the engine only delivers the bytes.
+"""A client site as every engine runs it: it answers the server's three kinds of request (local
+training and its upload, secure aggregation's key protocol, a personalized model's evaluation)
+with the same code under every engine, so every algorithm behaves the same under each; the
+engine only delivers the bytes. Under FLARE and Flower a site is a process of its own that
+builds the same RunParts as the server from the config and uses only its own share of the data;
+the embedded engine runs its clients as sites of the parts it built once.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from pathlib import Path
 
 from fedumm.config import RunConfig
 from fedumm.federation import wire
-from fedumm.federation.client import site_names, upload
+from fedumm.federation.client import ClientData, site_names, upload
 from fedumm.federation.secure_aggregation import ClientSession, ProtocolError, client_answer
 from fedumm.federation.update import ClientUpdate, Params
-from fedumm.parts import build_parts
+from fedumm.parts import RunParts, build_parts
 
 log = logging.getLogger("fedumm")
 
@@ -57,35 +58,61 @@ def update_of(site: str, meta: dict) -> ClientUpdate:
 
 
 class Site:
-    """One client's process: its federation, its state (SCAFFOLD's c_i, FedSA-LoRA's B) and
-    its secure-aggregation session."""
+    """One client: its round's work on `parts` (its state there: SCAFFOLD's c_i, FedSA-LoRA's
+    B) and its secure-aggregation session, kept in `sessions` (client -> session): its own, or
+    the one dict the embedded engine keeps for all its clients."""
 
-    def __init__(self, cfg: RunConfig, site: str):
-        self.cfg = site_config(cfg, site)
-        self.fl = build_parts(self.cfg)
-        self.client = self.fl.client(site)
-        self.state: Params = self.fl.client_states[site]
-        self.sessions: dict[str, ClientSession] = {}
+    def __init__(
+        self,
+        parts: RunParts,
+        client: ClientData,
+        sessions: dict[str, ClientSession] | None = None,
+    ):
+        self.parts, self.client = parts, client
+        self.sessions = {} if sessions is None else sessions
+
+    @classmethod
+    def build(cls, cfg: RunConfig, site: str) -> Site:
+        """`site` in a process of its own (FLARE, Flower): its parts built from `cfg`, on the
+        site's device."""
+        parts = build_parts(site_config(cfg, site))
+        return cls(parts, parts.client(site))
 
     @property
     def name(self) -> str:
         return self.client.client_id
 
-    def train(self, rnd: int, message: bytes, inbox: bytes | None = None) -> tuple[dict, bytes]:
-        """Round `rnd`'s local training from the server's `message`: (what the server is told
-        of it, the upload: masked under secure aggregation, where `inbox` holds the round's
-        secrets for this site)."""
-        update = self.fl.train_client(self.client, wire.unpack(message), rnd)
+    @property
+    def cfg(self) -> RunConfig:
+        return self.parts.cfg
+
+    @property
+    def state(self) -> Params:
+        return self.parts.client_states[self.name]
+
+    def trained(self, rnd: int, message: bytes) -> ClientUpdate:
+        """Round `rnd`'s local training from the server's `message`."""
+        return self.parts.train_client(self.client, wire.unpack(message), rnd)
+
+    def upload(self, update: ClientUpdate, inbox: bytes | None = None) -> bytes:
+        """What leaves the site of its trained `update`: masked under secure aggregation, where
+        `inbox` holds the round's secrets for this site."""
         session = self.sessions.get(self.name) if inbox is not None else None
         equal = self.cfg.federation.client_weights == "equal"
-        up = upload(update, equal, session, inbox)
+        return upload(update, equal, session, inbox)
+
+    def train(self, rnd: int, message: bytes, inbox: bytes | None = None) -> tuple[dict, bytes]:
+        """Training and upload as an engine carries them between processes: (what the server
+        is told of the update, the upload)."""
+        update = self.trained(rnd, message)
+        up = self.upload(update, inbox)
         meta = {
             "num_samples": update.num_samples,
             "num_steps": update.num_steps,
             "metrics": {
                 **update.metrics,
                 "pid": os.getpid(),
-                "device": str(self.fl.runtime.device),
+                "device": str(self.parts.runtime.device),
             },
         }
         return meta, up
@@ -94,7 +121,7 @@ class Site:
         """This site's answer in the key protocol; empty: it refuses the request (the server
         then counts it as dropped)."""
         try:
-            policy = self.fl.secagg_policy(self.name)
+            policy = self.parts.secagg_policy(self.name)
             return client_answer(self.sessions, self.name, rnd, phase, payload, policy)
         except ProtocolError as e:
             log.warning("secure aggregation round %d: %s refused %s: %s", rnd, self.name, phase, e)
@@ -102,4 +129,4 @@ class Site:
 
     def evaluate(self, message: bytes) -> dict:
         """A personalized strategy's model of this site (its part never leaves it), scored."""
-        return self.fl.evaluate_personal(wire.unpack(message), self.client)
+        return self.parts.evaluate_personal(wire.unpack(message), self.client)
