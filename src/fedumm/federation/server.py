@@ -192,19 +192,10 @@ class Server:
         self, rnd: int, global_params: Params, evaluate: bool = True
     ) -> tuple[Params, RoundRecord]:
         start = time.perf_counter()
-        rules = self.rules
         sampled = self.sample(rnd)
         record = RoundRecord(rnd, [c.client_id for c in sampled], {}, 0, 0, 0.0, 0.0, 0.0)
         dropped = self.failing(rnd, sampled)
-        late = set()
-        if rules.deadline is not None:  # stragglers: their uploads would come after the deadline
-            late = {
-                c.client_id
-                for c in sampled
-                if c.client_id not in dropped and rules.duration(c) > rules.deadline
-            }
-            if late:
-                log.info("round %d: %s missed the deadline", rnd, ", ".join(sorted(late)))
+        late = self._late(rnd, sampled, dropped)
         secagg = inboxes = None
         if self.secure:  # keys and shares before the task: dropping out later is recoverable
             secagg, inboxes = self._secure_setup(rnd, sampled, record)
@@ -220,6 +211,40 @@ class Server:
         if failed:
             log.warning("round %d: no answer from %s", rnd, ", ".join(failed))
             dropped |= set(failed)
+        accepted = self._accepted(rnd, answers, global_params, record)
+        record.dropped, record.late = sorted(dropped), sorted(late)
+        if len(accepted) < self.rules.min_clients:
+            raise RoundFailed(
+                f"round {rnd}: {len(accepted)} valid update(s) of {len(sampled)} sampled "
+                f"({len(dropped)} dropped out, {len(late)} too late, {len(record.rejected)} "
+                f"rejected), fewer than min_clients={self.rules.min_clients}; the global model "
+                "is unchanged"
+            )
+        global_params = self._aggregate(rnd, global_params, accepted, secagg, record)
+        t0 = time.perf_counter()
+        record.metrics = self.evaluate(global_params) if evaluate else {}
+        record.eval_seconds = time.perf_counter() - t0
+        record.seconds = time.perf_counter() - start
+        return global_params, record
+
+    def _late(self, rnd: int, sampled: list[ClientData], dropped: set[str]) -> set[str]:
+        """Stragglers: the clients whose uploads would come after the round's deadline."""
+        rules = self.rules
+        if rules.deadline is None:
+            return set()
+        late = {
+            c.client_id
+            for c in sampled
+            if c.client_id not in dropped and rules.duration(c) > rules.deadline
+        }
+        if late:
+            log.info("round %d: %s missed the deadline", rnd, ", ".join(sorted(late)))
+        return late
+
+    def _accepted(
+        self, rnd: int, answers: list, global_params: Params, record: RoundRecord
+    ) -> list[ClientUpdate]:
+        """The updates that decode and pass validation; the others are recorded as rejected."""
         accepted = []
         for update, up in answers:
             record.client_metrics[update.client_id] = {**update.metrics, "steps": update.num_steps}
@@ -231,31 +256,26 @@ class Server:
                 log.warning("round %d: rejected update: %s", rnd, e)
                 record.rejected.append({"client_id": update.client_id, "reason": str(e)})
                 continue
-            if rules.equal_weights:
+            if self.rules.equal_weights:
                 update.num_samples = 1
             accepted.append(update)
-        record.dropped, record.late = sorted(dropped), sorted(late)
-        if len(accepted) < rules.min_clients:
-            raise RoundFailed(
-                f"round {rnd}: {len(accepted)} valid update(s) of {len(sampled)} sampled "
-                f"({len(dropped)} dropped out, {len(late)} too late, {len(record.rejected)} "
-                f"rejected), fewer than min_clients={rules.min_clients}; the global model is "
-                "unchanged"
-            )
+        return accepted
+
+    def _aggregate(
+        self, rnd: int, global_params: Params, accepted: list, secagg, record: RoundRecord
+    ) -> Params:
+        """The strategy's new global model; the old one where the round aborts (a protocol
+        failure under secure aggregation, or a non-finite result)."""
         try:
             if secagg is not None:
                 accepted = [self._unmasked_mean(secagg, accepted, global_params, rnd, record)]
             new_params = self.strategy.aggregate(global_params, accepted)
             self._check_finite(new_params)
-            global_params = new_params
+            return new_params
         except (ProtocolError, UpdateRejected) as e:
             record.aborted = str(e)
             log.error("round %d aborted, the global model stays as it was: %s", rnd, e)
-        t0 = time.perf_counter()
-        record.metrics = self.evaluate(global_params) if evaluate else {}
-        record.eval_seconds = time.perf_counter() - t0
-        record.seconds = time.perf_counter() - start
-        return global_params, record
+            return global_params
 
     def _secure_setup(self, rnd: int, sampled: list[ClientData], record: RoundRecord):
         """Rounds 0 and 1 of the protocol: keys advertised, shares routed. Returns the session
