@@ -20,6 +20,9 @@ import numpy as np  # noqa: E402
 
 from fedumm.data.partition import LabelCounts  # noqa: E402
 from fedumm.federation.client import site_names  # noqa: E402
+from fedumm.results import PartitionSummary  # noqa: E402
+
+Summary = PartitionSummary | dict  # results.json's `partition`, or partition.json as read
 
 SUMMARY_CLIENTS = 40  # more clients than this: arrays in partition.json, summarized plots
 SHOWN = 20  # in a summary, this many largest and this many most skewed clients
@@ -35,29 +38,17 @@ class ClientTable:
     modalities: tuple[list[str], np.ndarray] | None  # columns, clients x modalities counts
 
     @classmethod
-    def of(cls, summary: dict) -> ClientTable:
-        labels = summary["labels"]
-        if "client_arrays" in summary:
-            arrays = summary["client_arrays"]
-            samples = np.asarray(arrays["samples"], dtype=np.int64)
-            tasks = {
-                task: LabelCounts(
-                    labels[task],
-                    len(samples),
-                    *(np.asarray(cells[k], dtype=np.int64) for k in ("client", "label", "count")),
-                )
-                for task, cells in arrays["label_counts"].items()
-            }
-            kept = arrays.get("modalities")
-            modalities = (list(kept), np.array(list(kept.values())).T) if kept else None
-            return cls(site_names(len(samples)), samples, tasks, modalities)
-        clients = summary["clients"]
+    def of(cls, summary: Summary) -> ClientTable:
+        summary = PartitionSummary.of(summary)
+        if summary.client_arrays is not None:
+            return cls._of_arrays(summary)
+        clients = summary.clients or []
         tasks = {}
-        for task, names in labels.items():
+        for task, names in summary.labels.items():
             cells = [
                 (i, names.index(lab), n)
                 for i, c in enumerate(clients)
-                for lab, n in c["tasks"][task]["label_histogram"].items()
+                for lab, n in c.tasks[task].label_histogram.items()
             ]
             client, label, count = (
                 (np.array(v, dtype=np.int64) for v in zip(*cells))
@@ -66,11 +57,27 @@ class ClientTable:
             )
             tasks[task] = LabelCounts(names, len(clients), client, label, count)
         modalities = None
-        if "modality" in summary:
-            kept = [c["tasks"]["classification"]["modalities"] for c in clients]
+        if summary.modality is not None:
+            kept = [c.tasks["classification"].modalities for c in clients]
             modalities = (list(kept[0]), np.array([list(k.values()) for k in kept]))
-        samples = np.array([c["samples"] for c in clients], dtype=np.int64)
-        return cls([c["client_id"] for c in clients], samples, tasks, modalities)
+        samples = np.array([c.samples for c in clients], dtype=np.int64)
+        return cls([c.client_id for c in clients], samples, tasks, modalities)
+
+    @classmethod
+    def _of_arrays(cls, summary: PartitionSummary) -> ClientTable:
+        arrays = summary.client_arrays
+        samples = np.asarray(arrays.samples, dtype=np.int64)
+        tasks = {
+            task: LabelCounts(
+                summary.labels[task],
+                len(samples),
+                *(np.asarray(v, dtype=np.int64) for v in (cells.client, cells.label, cells.count)),
+            )
+            for task, cells in arrays.label_counts.items()
+        }
+        kept = arrays.modalities
+        modalities = (list(kept), np.array(list(kept.values())).T) if kept else None
+        return cls(site_names(len(samples)), samples, tasks, modalities)
 
     @property
     def summarized(self) -> bool:
@@ -99,17 +106,18 @@ def describe_sizes(table: ClientTable) -> str:
     return f"{len(s):,} clients, {s.min():,} to {s.max():,} samples (median {np.median(s):g})"
 
 
-def repair_lines(summary: dict) -> list[str]:
+def repair_lines(summary: Summary) -> list[str]:
     """What the Dirichlet split moved to give every client partition.min_samples."""
     return [
-        f"The split of {task} left {r['clients']:,} clients short of partition.min_samples; "
-        f"{r['samples_moved']:,} random samples of the largest clients were moved to them."
-        for task, r in summary.get("repaired", {}).items()
+        f"The split of {task} left {r.clients:,} clients short of partition.min_samples; "
+        f"{r.samples_moved:,} random samples of the largest clients were moved to them."
+        for task, r in PartitionSummary.of(summary).repaired.items()
     ]
 
 
-def client_lines(summary: dict) -> list[str]:
+def client_lines(summary: Summary) -> list[str]:
     """The report's Clients table: every client, or the summary's largest and most skewed."""
+    summary = PartitionSummary.of(summary)
     table = ClientTable.of(summary)
     lines = []
     if table.summarized:
@@ -130,15 +138,16 @@ def client_lines(summary: dict) -> list[str]:
                 kept = ", ".join(f"{m}: {v}" for m, v in zip(columns, matrix[i]) if v)
             name = table.ids[i] + (f" ({why})" if why else "")
             lines.append(
-                f"| {name} | {task} ({summary['keys'][task]}) | {counts.sum()} | {cells} | {kept} |"
+                f"| {name} | {task} ({summary.keys[task]}) | {counts.sum()} | {cells} | {kept} |"
             )
     return lines
 
 
-def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
+def plot_partitions(summary: Summary, out_dir: Path) -> list[str]:
     """The partition at a glance: per task a clients x labels heatmap (partition_TASK.png) and,
     with a modality scenario, a clients x modalities one (partition_modality.png); summarized
     beyond SUMMARY_CLIENTS clients. Returns the file names written."""
+    summary = PartitionSummary.of(summary)
     table = ClientTable.of(summary)
     names = []
     for task, held in table.tasks.items():
@@ -148,10 +157,10 @@ def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
             f"{table.ids[i]} ({n})" + (f" {w}" if w else "")
             for i, w, n in zip(rows, why, counts.sum(axis=1))
         ]
-        key = summary["keys"][task]
+        key = summary.keys[task]
         names.append(f"partition_{task}.png")
         if not table.summarized:
-            title = f"{task}: samples per client and {key} ({summary['description']})"
+            title = f"{task}: samples per client and {key} ({summary.description})"
             fig, ax = plt.subplots(figsize=_heatmap_size(len(labels), len(rows)))
             _heatmap(ax, counts.tolist(), row_names, labels, title, fig)
         else:
@@ -162,7 +171,7 @@ def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
                 row_names,
                 labels,
                 f"{task}: {key} of the {SHOWN} largest and the {SHOWN} most "
-                f"skewed clients ({summary['description']})",
+                f"skewed clients ({summary.description})",
             )
         _save(fig, out_dir / names[-1])
     if table.modalities is not None:
@@ -173,9 +182,7 @@ def plot_partitions(summary: dict, out_dir: Path) -> list[str]:
             else np.argsort(-table.samples, kind="stable")[: 2 * SHOWN].tolist()
         )
         shown = "" if not table.summarized else f", the {2 * SHOWN} largest of {len(table.ids):,}"
-        title = (
-            f"classification: modalities each client's samples keep ({summary['modality']}{shown})"
-        )
+        title = f"classification: modalities each client's samples keep ({summary.modality}{shown})"
         fig, ax = plt.subplots(figsize=_heatmap_size(len(columns), len(rows)))
         _heatmap(ax, matrix[rows].tolist(), [table.ids[i] for i in rows], columns, title, fig)
         names.append("partition_modality.png")
