@@ -6,6 +6,7 @@ import json
 import pytest
 
 from fedumm.config import RunConfig
+from fedumm.results import RunResult
 from tests.tiny import run_tiny
 
 QUICK = ["baselines.local=false", "threads=1"]
@@ -17,17 +18,17 @@ def test_tensorboard_event_files_hold_every_round_and_the_baselines(tiny_foundat
     out = tmp_path / "run"
     result = run_tiny(out, tiny_foundation, "tracking=tensorboard", *QUICK)
     assert result.exit_code == 0, result.output
-    results = json.loads((out / "results.json").read_text())
+    results = RunResult.load(out / "results.json")
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     scalars = events.Tags()["scalars"]
     accuracy = [(e.step, e.value) for e in events.Scalars("global/vqa_accuracy")]
-    expected = [(r["round"], r["metrics"]["vqa_accuracy"]) for r in results["rounds"]]
+    expected = [(r.round, r.metrics["vqa_accuracy"]) for r in results.rounds]
     assert accuracy == [(s, pytest.approx(v)) for s, v in expected]
-    for r in results["rounds"]:
-        for client, m in r["client_metrics"].items():
+    for r in results.rounds:
+        for client, m in r.client_metrics.items():
             logged = {e.step: e.value for e in events.Scalars(f"client/{client}/loss")}
-            assert logged[r["round"]] == pytest.approx(m["loss"])
+            assert logged[r.round] == pytest.approx(m.loss)
     assert {
         "traffic/bytes_up",
         "time/round_seconds",
@@ -55,7 +56,7 @@ def test_mlflow_holds_the_rounds_params_and_artifacts_and_a_resume_continues_the
         *QUICK,
     )
     assert result.exit_code == 0, result.output
-    results = json.loads((out / "results.json").read_text())
+    results = RunResult.load(out / "results.json")
     assert (tmp_path / "store" / "artifacts").is_dir()  # beside the store, not in the cwd
     client = mlflow.MlflowClient(uri)
     run_id = json.loads((out / "tracking.json").read_text())["mlflow_run_id"]
@@ -65,10 +66,10 @@ def test_mlflow_holds_the_rounds_params_and_artifacts_and_a_resume_continues_the
     assert run.data.params["lora.r"] == "2"
     history = client.get_metric_history(run_id, "global/vqa_accuracy")
     assert [(m.step, m.value) for m in history] == [
-        (r["round"], pytest.approx(r["metrics"]["vqa_accuracy"])) for r in results["rounds"]
+        (r.round, pytest.approx(r.metrics["vqa_accuracy"])) for r in results.rounds
     ]
     assert run.data.metrics["baseline/zero_shot/vqa_accuracy"] == pytest.approx(
-        results["baselines"]["zero_shot"]["metrics"]["vqa_accuracy"]
+        results.baselines.zero_shot.metrics["vqa_accuracy"]
     )
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"report.md", "results.json", "accuracy.png", "adapter"} <= artifacts

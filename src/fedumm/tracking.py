@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fedumm.config import TrackingConfig
 from fedumm.evaluation.metrics import HEADLINES
+from fedumm.results import Metrics, RoundResult, RunResult
 
 STATE_FILE = "tracking.json"  # the MLflow run a resumed run continues
 ARTIFACTS = ("report.md", "results.json")
@@ -33,7 +34,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str | float | int | bool 
     return out
 
 
-def metric_scalars(metrics: dict, prefix: str) -> dict[str, float]:
+def metric_scalars(metrics: Metrics, prefix: str) -> dict[str, float]:
     """The headline metrics and their breakdowns (per family, tag, class) as named scalars."""
     out = {}
     for key, value in metrics.items():
@@ -46,37 +47,40 @@ def metric_scalars(metrics: dict, prefix: str) -> dict[str, float]:
     return out
 
 
-def round_scalars(record: dict) -> dict[str, float]:
+def round_scalars(record: RoundResult) -> dict[str, float]:
     """One round's record (results.json's `rounds`) as named scalars."""
-    out = metric_scalars(record["metrics"], "global")
-    for client, m in record["client_metrics"].items():
-        out[f"client/{client}/loss"] = float(m["loss"])
-    out["traffic/bytes_up"] = float(record["bytes_up"])
-    out["traffic/bytes_down"] = float(record["bytes_down"])
-    out["time/round_seconds"] = float(record["seconds"])
-    out["time/train_seconds"] = float(record["train_seconds"])
+    record = RoundResult.of(record)
+    out = metric_scalars(record.metrics, "global")
+    for client, m in record.client_metrics.items():
+        if m.loss is not None:
+            out[f"client/{client}/loss"] = float(m.loss)
+    out["traffic/bytes_up"] = float(record.bytes_up)
+    out["traffic/bytes_down"] = float(record.bytes_down)
+    out["time/round_seconds"] = float(record.seconds)
+    out["time/train_seconds"] = float(record.train_seconds)
     return out
 
 
-def end_scalars(results: dict) -> dict[str, float]:
+def end_scalars(results: RunResult) -> dict[str, float]:
     """The baselines' and the federation's final metrics, and the traffic totals."""
-    out = metric_scalars(results["final"]["metrics"], "final")
-    for name, baseline in results["baselines"].items():
-        out.update(metric_scalars(baseline["metrics"], f"baseline/{name}"))
-    c = results["communication"]
-    out["traffic/total_bytes"] = float(c["total_bytes"])
-    out["time/wall_seconds"] = float(results["wall_seconds"])
+    results = RunResult.of(results)
+    out = metric_scalars(results.final.metrics, "final")
+    for name, baseline in results.baselines.present().items():
+        out.update(metric_scalars(baseline.metrics, f"baseline/{name}"))
+    out["traffic/total_bytes"] = float(results.communication.total_bytes)
+    out["time/wall_seconds"] = float(results.wall_seconds)
     return out
 
 
 class Tracker:
-    """No tracking: the interface, doing nothing."""
+    """No tracking: the interface, doing nothing. A round and the results are typed (a
+    RoundResult, a RunResult); their plain mappings are taken too."""
 
     def start(self, config: dict) -> None: ...
 
-    def log_round(self, record: dict) -> None: ...
+    def log_round(self, record: RoundResult) -> None: ...
 
-    def finish(self, results: dict, out_dir: Path) -> None: ...
+    def finish(self, results: RunResult, out_dir: Path) -> None: ...
 
     def close(self, failed: bool = False) -> None: ...
 
@@ -94,12 +98,12 @@ class TensorBoardTracker(Tracker):
     def start(self, config: dict) -> None:
         self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
 
-    def log_round(self, record: dict) -> None:
-        self.last_round = record["round"]
+    def log_round(self, record: RoundResult) -> None:
+        self.last_round = RoundResult.of(record).round
         for name, value in round_scalars(record).items():
-            self.writer.add_scalar(name, value, record["round"])
+            self.writer.add_scalar(name, value, self.last_round)
 
-    def finish(self, results: dict, out_dir: Path) -> None:
+    def finish(self, results: RunResult, out_dir: Path) -> None:
         import numpy as np
         from PIL import Image
 
@@ -169,11 +173,11 @@ class MLflowTracker(Tracker):
         for i in range(0, len(batch), 1000):  # MLflow's batch limit
             self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
 
-    def log_round(self, record: dict) -> None:
-        self._metrics(round_scalars(record), record["round"])
+    def log_round(self, record: RoundResult) -> None:
+        self._metrics(round_scalars(record), RoundResult.of(record).round)
 
-    def finish(self, results: dict, out_dir: Path) -> None:
-        self._metrics(end_scalars(results), len(results["rounds"]))
+    def finish(self, results: RunResult, out_dir: Path) -> None:
+        self._metrics(end_scalars(results), len(RunResult.of(results).rounds))
         out_dir = Path(out_dir)
         for path in [*(out_dir / name for name in ARTIFACTS), *sorted(out_dir.glob("*.png"))]:
             if path.is_file():
