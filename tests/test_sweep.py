@@ -8,6 +8,7 @@ from fedumm.cli import app
 from fedumm.models import BUILTIN_TARGETS
 from fedumm.models.foundation import checksum
 from fedumm.report import plt
+from fedumm.results import RoundResult, RunResult, Scores
 from fedumm.sweep import Cell, grid_figure, summarize
 from tests.tiny import TINY_RUN, runner
 
@@ -26,6 +27,19 @@ def _write_sweep(tmp_path, foundation, grid):
 
 def _rows(out):
     return list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
+
+
+def _result(final: dict, rounds: list[tuple[int, int, float]], wall: float) -> RunResult:
+    """What `summarize` reads of a run: its final metrics, each round's bytes up and down and
+    seconds, its wall time (the sections it does not read left out)."""
+    return RunResult.model_construct(
+        final=Scores(metrics=final),
+        rounds=[
+            RoundResult.model_construct(bytes_up=up, bytes_down=down, seconds=s)
+            for up, down, s in rounds
+        ],
+        wall_seconds=wall,
+    )
 
 
 def _sweep(path, out, *extra):
@@ -49,9 +63,9 @@ def test_grid_table_and_resume(tiny_foundation, tmp_path):
         ("ffa_lora", "1.0"),
     ]
     for r in rows:
-        res = json.loads((out / "cells" / r["cell"] / "results.json").read_text())
-        assert float(r["vqa_accuracy"]) == res["final"]["metrics"]["vqa_accuracy"]
-        assert res["config"]["partition"]["alpha"] == float(r["partition.alpha"])
+        res = RunResult.load(out / "cells" / r["cell"] / "results.json")
+        assert float(r["vqa_accuracy"]) == res.final.metrics["vqa_accuracy"]
+        assert res.run_config().partition.alpha == float(r["partition.alpha"])
     ffa = [
         float(r["bytes_up_per_round"]) for r in rows if r["federation.strategy.name"] == "ffa_lora"
     ]
@@ -101,10 +115,7 @@ def test_grid_table_and_resume(tiny_foundation, tmp_path):
     result = _sweep(path, out, "--set", "seed=5", "--overwrite")
     assert result.exit_code == 0, result.output
     assert "reused" not in result.output
-    assert (
-        json.loads((out / "cells" / rows[0]["cell"] / "results.json").read_text())["config"]["seed"]
-        == 5
-    )
+    assert RunResult.load(out / "cells" / rows[0]["cell"] / "results.json").run_config().seed == 5
 
 
 def test_cells_as_a_percentage_of_the_reference_centralized_run(tiny_foundation, tmp_path):
@@ -115,8 +126,8 @@ def test_cells_as_a_percentage_of_the_reference_centralized_run(tiny_foundation,
     out = tmp_path / "out"
     result = _sweep(path, out)
     assert result.exit_code == 0, result.output
-    reference = json.loads((out / "reference" / "results.json").read_text())
-    assert "centralized" in reference["baselines"]
+    reference = RunResult.load(out / "reference" / "results.json")
+    assert reference.baselines.centralized is not None
     assert all("vqa_accuracy_pct_of_centralized" in r for r in _rows(out))
     assert (
         "| alpha | VQA accuracy (%) | VQA accuracy (% of centralized) |"
@@ -130,11 +141,7 @@ def test_cells_as_a_percentage_of_the_reference_centralized_run(tiny_foundation,
 
 def test_a_row_gives_each_headline_as_a_percentage_of_centralized():
     cell = Cell("alpha=0.1", {"partition.alpha": 0.1}, None)
-    results = {
-        "final": {"metrics": {"vqa_accuracy": 30.0, "geneval_overall": 45.0}},
-        "rounds": [{"bytes_up": 10, "bytes_down": 20, "seconds": 1.5}],
-        "wall_seconds": 2.0,
-    }
+    results = _result({"vqa_accuracy": 30.0, "geneval_overall": 45.0}, [(10, 20, 1.5)], 2.0)
     row = summarize(cell, results, {"vqa_accuracy": 60.0, "geneval_overall": 0.0})
     assert row["vqa_accuracy_pct_of_centralized"] == 50.0
     assert row["geneval_overall_pct_of_centralized"] is None  # undefined, not infinite
@@ -204,14 +211,7 @@ def test_a_named_axis_sets_several_keys_and_shows_its_label(tmp_path):
     assert fedavg.name == "method=FedAvg-alpha=0.5"
     assert fedavg.config.baselines.local and not fedprox.config.baselines.local
     assert fedprox.config.federation.strategy.name == "fedprox"
-    row = summarize(
-        fedprox,
-        {
-            "rounds": [{"bytes_up": 1, "bytes_down": 1, "seconds": 1.0}],
-            "final": {"metrics": {}},
-            "wall_seconds": 1.0,
-        },
-    )
+    row = summarize(fedprox, _result({}, [(1, 1, 1.0)], 1.0))
     assert row["method"] == "FedProx"
     path.write_text(base + "grid:\n  method: [fedavg]\n")
     try:
@@ -229,9 +229,9 @@ def test_local_steps_under_local_epochs_do_not_make_another_run():
     cell = Cell("c", {}, load_config("configs/quickstart.yaml", ["federation.local_epochs=0.5"]))
     stored = cell.config.model_dump()
     stored["federation"]["local_steps"] = 99  # unused: the epochs set the steps
-    assert _same_config(stored, cell)
+    assert _same_config(RunResult.model_construct(config=stored), cell)
     stored["federation"]["local_epochs"] = None  # now the 99 steps are what ran
-    assert not _same_config(stored, cell)
+    assert not _same_config(RunResult.model_construct(config=stored), cell)
 
 
 def test_a_sweep_runs_every_cell_on_the_engine_its_config_names(tiny_foundation, tmp_path):
@@ -248,8 +248,8 @@ def test_a_sweep_runs_every_cell_on_the_engine_its_config_names(tiny_foundation,
         "federation.num_clients=2",
     )
     assert result.exit_code == 0, result.output
-    cell = json.loads((out / "cells" / "alpha=1.0" / "results.json").read_text())
-    assert cell["flare"]["env"] == "sim" and cell["config"]["engine"] == "flare"
+    cell = RunResult.load(out / "cells" / "alpha=1.0" / "results.json")
+    assert cell.flare.env == "sim" and cell.run_config().engine == "flare"
     assert (out / "cells" / "alpha=1.0" / "flare" / "fedumm" / "server" / "log.txt").is_file()
 
 

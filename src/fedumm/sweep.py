@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -29,9 +28,9 @@ from fedumm.config import (
     apply_overrides,
     read_yaml,
     validate,
-    without_retired,
 )
 from fedumm.evaluation.metrics import HEADLINES, headlines
+from fedumm.results import Metrics, ResultsError, RunResult
 from fedumm.validation import check
 
 OF_CENTRAL = "_pct_of_centralized"  # suffix of a headline given as % of the reference's
@@ -137,7 +136,7 @@ def _check_folder(sweep: Sweep, out_dir: Path, overwrite: bool) -> None:
     for cell in [*sweep.cells, *filter(None, [sweep.reference])]:
         folder = _folder(out_dir, cell, sweep)
         done = folder / "results.json"
-        if done.is_file() and not _same_run(json.loads(done.read_text()), cell):
+        if done.is_file() and not _same_run(done, cell):
             stale.append(folder)
     if stale and not overwrite:
         names = ", ".join(str(f.relative_to(out_dir)) for f in stale[:3])
@@ -150,22 +149,25 @@ def _check_folder(sweep: Sweep, out_dir: Path, overwrite: bool) -> None:
         shutil.rmtree(folder)
 
 
-def _same_run(stored: dict, cell: Cell) -> bool:
+def _same_run(done: Path, cell: Cell) -> bool:
     """Whether a finished run's results.json is this cell's: the same config and the same base
-    model (weights, config and tokenizer, by checksum; runs older than the checksum never are)."""
+    model (weights, config and tokenizer, by checksum; runs older than the checksum never are).
+    A results.json that cannot be read is no finished run of it."""
     from fedumm.models import identity  # imports torch: only when comparing runs
 
-    sha = stored.get("model", {}).get("sha256")
-    return _same_config(stored["config"], cell) and sha == identity(cell.config.model)["sha256"]
+    try:
+        stored = RunResult.load(done)
+    except ResultsError:
+        return False
+    sha = stored.model.sha256
+    return _same_config(stored, cell) and sha == identity(cell.config.model)["sha256"]
 
 
-def _same_config(stored: dict, cell: Cell) -> bool:
+def _same_config(stored: RunResult, cell: Cell) -> bool:
     """Whether a finished run had this cell's config. Keys added to the schema since it ran
     take their defaults, which by contract reproduce the behaviour from before they existed."""
     try:
-        return _resolved(RunConfig.model_validate(without_retired(stored))) == _resolved(
-            cell.config
-        )
+        return _resolved(stored.run_config()) == _resolved(cell.config)
     except ValueError:  # a key since removed or changed: not the same run
         return False
 
@@ -203,19 +205,19 @@ def run_sweep(
         _run_in_parallel(
             [(cfg, f) for cfg, f in folders if not (f / "results.json").is_file()], jobs
         )
-    central: dict = {}
+    central: Metrics = {}
     rows = []
     for i, cell in enumerate(todo, 1):
         folder = _folder(out_dir, cell, sweep)
         done = folder / "results.json"
         if done.is_file():
-            results = json.loads(done.read_text())
+            results = RunResult.load(done)
             print(f"[{i}/{len(todo)}] {cell.name}: finished earlier, reused", flush=True)
         else:
             print(f"[{i}/{len(todo)}] {cell.name}", flush=True)
-            results = run_federation(cell.config, folder, progress=progress)
+            results = RunResult.of(run_federation(cell.config, folder, progress=progress))
         if cell is sweep.reference:
-            central = results["baselines"]["centralized"]["metrics"]
+            central = results.baselines.centralized.metrics
             continue
         rows.append(summarize(cell, results, central))
         write_sweep_report(rows, list(cell.values), out_dir)
@@ -245,25 +247,25 @@ def _run_cell(args: tuple[RunConfig, Path, int]) -> Path:
     return folder
 
 
-def summarize(cell: Cell, results: dict, central: dict | None = None) -> dict:
+def summarize(cell: Cell, results: RunResult, central: Metrics | None = None) -> dict:
     """One table row: grid values, final headlines (and each as % of `central`'s), bytes, time."""
-    rounds = results["rounds"]
-    final = results["final"]["metrics"]
+    rounds = results.rounds
+    final = results.final.metrics
     row = {k: label(v) for k, v in cell.values.items()}
     row.update({key: final[key] for key in headlines(final)})
     for key in headlines(central or {}):
         row[f"centralized_{key}"] = central[key]
         row[f"{key}{OF_CENTRAL}"] = 100 * final[key] / central[key] if central[key] else None
-    for name, base in results.get("baselines", {}).items():
-        for key in headlines(base["metrics"]):
-            row[f"{name}_{key}"] = base["metrics"][key]
-    row["bytes_up_per_round"] = float(np.mean([r["bytes_up"] for r in rounds]))
-    row["bytes_down_per_round"] = float(np.mean([r["bytes_down"] for r in rounds]))
-    row["federation_seconds"] = float(sum(r["seconds"] for r in rounds))
-    if "privacy" in results:
-        row["epsilon"] = results["privacy"]["epsilon"]
-        row["delta"] = results["privacy"]["delta"]
-    row["wall_seconds"] = results["wall_seconds"]
+    for name, base in results.baselines.present().items():
+        for key in headlines(base.metrics):
+            row[f"{name}_{key}"] = base.metrics[key]
+    row["bytes_up_per_round"] = float(np.mean([r.bytes_up for r in rounds]))
+    row["bytes_down_per_round"] = float(np.mean([r.bytes_down for r in rounds]))
+    row["federation_seconds"] = float(sum(r.seconds for r in rounds))
+    if results.privacy is not None:
+        row["epsilon"] = results.privacy.epsilon
+        row["delta"] = results.privacy.delta
+    row["wall_seconds"] = results.wall_seconds
     row["cell"] = cell.name
     return row
 
