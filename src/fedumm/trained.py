@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedumm.config import ModelConfig, RunConfig, without_retired
+from fedumm.config import ModelConfig, RunConfig
 from fedumm.federation.update import Params
 from fedumm.models import adapted, base_name, load_processor
 from fedumm.models import load as load_model
 from fedumm.models.lora import initial_adapters, read_pretrained, save_pretrained, set_adapter
 from fedumm.models.processor import Processor, encode_vqa
+from fedumm.results import EvalResult, RunResult
 from fedumm.runtime import CPU, Runtime
 
 ADAPTER, FULL_MODEL, CLIENTS = "adapter", "model", "clients"
@@ -97,10 +98,10 @@ def open_run(folder: Path, client: str | None = None) -> TrainedRun:
     results = folder / "results.json"
     if not results.is_file():
         raise FileNotFoundError(f"{folder}: no results.json; not a finished fedumm run")
+    stored = RunResult.load(results)  # a ResultsError (a ValueError) names the key
     try:
-        stored = json.loads(results.read_text())["config"]
-        config = RunConfig.model_validate(without_retired(stored))
-    except (ValueError, KeyError) as e:
+        config = stored.run_config()
+    except ValueError as e:
         raise ValueError(f"{results}: its config cannot be read: {e}") from e
     run = TrainedRun(folder, config, client)
     where = run.adapter
@@ -275,16 +276,17 @@ def write_eval(result: dict, out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result, indent=2))
-    who = f"client {result['client']}'s model" if result["client"] else "the global model"
-    rows = [("zero-shot foundation", result["zero_shot"])] if "zero_shot" in result else []
-    rows.append((f"trained ({who})", result["metrics"]))
+    scored = EvalResult.of(result)
+    who = f"client {scored.client}'s model" if scored.client else "the global model"
+    rows = [("zero-shot foundation", scored.zero_shot)] if scored.zero_shot is not None else []
+    rows.append((f"trained ({who})", scored.metrics))
     lines = [
-        f"# Evaluation of {result['run']}",
+        f"# Evaluation of {scored.run}",
         "",
-        f"Wall time {result['wall_seconds']:.0f} s; data: "
-        + ", ".join(f"{k} ({v['source']})" for k, v in result["data"].items())
+        f"Wall time {scored.wall_seconds:.0f} s; data: "
+        + ", ".join(f"{k} ({v.source})" for k, v in scored.data.items())
         + ".",
     ]
-    for key in headlines(result["metrics"]):
+    for key in headlines(scored.metrics):
         lines += ["", *metric_table(rows, key)]
     (out / "eval.md").write_text("\n".join(lines) + "\n")
