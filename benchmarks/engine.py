@@ -26,6 +26,7 @@ from as_measured import QUICKSTART_AS_MEASURED
 def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
     from fedumm.config import load_config
     from fedumm.engines import run_federation
+    from fedumm.results import RunResult
 
     overrides = [
         f"federation.num_clients={num_clients}",
@@ -43,15 +44,15 @@ def child(num_clients: int, rounds: int, per_client: int, threads: int) -> dict:
     ]
     cfg = load_config("configs/quickstart.yaml", overrides)
     with tempfile.TemporaryDirectory() as out:
-        results = run_federation(cfg, out, progress=False)
-    rounds_ = results["rounds"][1:]  # round 1 pays one-off warm-up costs
-    clients = [m for r in rounds_ for m in r["client_metrics"].values()]
-    train = sum(m["train_seconds"] for m in clients)
-    samples = sum(m["steps"] for m in clients) * cfg.federation.batch_size
+        results = RunResult.of(run_federation(cfg, out, progress=False))
+    rounds_ = results.rounds[1:]  # round 1 pays one-off warm-up costs
+    clients = [m for r in rounds_ for m in r.client_metrics.values()]
+    train = sum(m.train_seconds for m in clients)
+    samples = sum(m.steps for m in clients) * cfg.federation.batch_size
     return {
         "clients": num_clients,
-        "round_seconds": sum(r["seconds"] for r in rounds_),
-        "pure_seconds": train + sum(r["eval_seconds"] for r in rounds_),
+        "round_seconds": sum(r.seconds for r in rounds_),
+        "pure_seconds": train + sum(r.eval_seconds for r in rounds_),
         "samples_per_second": samples / train,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

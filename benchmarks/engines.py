@@ -92,7 +92,9 @@ def measure(engine: str, clients: int, out: Path) -> dict:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{engine} with {clients} clients failed; rerun: {' '.join(command)}")
-    final = json.loads((out / "results.json").read_text())["final"]["metrics"]
+    from fedumm.results import RunResult
+
+    final = RunResult.load(out / "results.json").final.metrics
     return {
         "engine": engine,
         "clients": clients,

@@ -19,6 +19,7 @@ from pathlib import Path
 from fedumm.config import load_config
 from fedumm.engines import run_federation
 from fedumm.models.architectures import TINY, build_random
+from fedumm.results import RunResult
 
 
 def main() -> None:
@@ -53,19 +54,17 @@ def main() -> None:
             path = build_random(family, Path(tmp) / family)
             cfg = load_config("configs/quickstart.yaml", [*overrides, f"model.name_or_path={path}"])
             start = time.perf_counter()
-            results = run_federation(cfg, Path(tmp) / f"run-{family}", progress=False)
+            results = RunResult.of(run_federation(cfg, Path(tmp) / f"run-{family}", progress=False))
             seconds = time.perf_counter() - start
-            comm, base = results["communication"], results["baselines"]
+            comm, base = results.communication, results.baselines
             accuracy = [
-                base["zero_shot"]["metrics"]["vqa_accuracy"],
-                base["local"]["metrics"]["vqa_accuracy"],
-                results["final"]["metrics"]["vqa_accuracy"],
-                base["centralized"]["metrics"]["vqa_accuracy"],
+                scores.metrics["vqa_accuracy"]
+                for scores in (base.zero_shot, base.local, results.final, base.centralized)
             ]
             print(
-                f"| {family} | {comm['total_parameters']:,} | {comm['trainable_parameters']:,} "
-                f"| {comm['adapter_bytes_per_round'] / 1e6:.3f} "
-                f"| {comm['full_finetune_bytes_per_round'] / 1e6:.2f} | {comm['ratio']:.0f}x | "
+                f"| {family} | {comm.total_parameters:,} | {comm.trainable_parameters:,} "
+                f"| {comm.adapter_bytes_per_round / 1e6:.3f} "
+                f"| {comm.full_finetune_bytes_per_round / 1e6:.2f} | {comm.ratio:.0f}x | "
                 + " | ".join(f"{a:.1f}" for a in accuracy)
                 + f" | {seconds:.0f} |",
                 flush=True,

@@ -34,6 +34,8 @@ from pathlib import Path
 
 from as_measured import QUICKSTART_AS_MEASURED
 
+from fedumm.results import RunResult
+
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 
 
@@ -83,25 +85,26 @@ def measure(clients: int, strategy: str, args, out: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"{clients} clients, {strategy} failed:\n{proc.stderr[-3000:]}")
     peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss"]
-    res = json.loads((out / "results.json").read_text())
-    setup = sum(res["setup_seconds"].values())
-    rounds = [r["seconds"] - r["eval_seconds"] for r in res["rounds"]][1:]
-    overhead = [r["seconds"] - r["eval_seconds"] - r["train_seconds"] for r in res["rounds"]][1:]
+    res = RunResult.load(out / "results.json")
+    setup = res.setup_seconds.total
+    rounds = [r.seconds - r.eval_seconds for r in res.rounds][1:]
+    overhead = [r.seconds - r.eval_seconds - r.train_seconds for r in res.rounds][1:]
+    repaired = res.partition.repaired.get("vqa")
     return {
         "clients": clients,
         "strategy": strategy,
         "wall": wall,
         "setup": setup,
-        "partition": res["setup_seconds"]["partition"],
-        "data": res["setup_seconds"]["data"],
+        "partition": res.setup_seconds.partition,
+        "data": res.setup_seconds.data,
         "round": statistics.median(rounds),
         "overhead": statistics.median(overhead),
-        "after": res["wall_seconds"] - setup - sum(r["seconds"] for r in res["rounds"]),
+        "after": res.wall_seconds - setup - sum(r.seconds for r in res.rounds),
         "peak_rss": peak,
         "results_bytes": (out / "results.json").stat().st_size,
         "plot_bytes": sum(p.stat().st_size for p in out.glob("*.png")),
         "state_files": len(list(out.glob("client_states/*"))),
-        "repaired": res["partition"].get("repaired", {}).get("vqa", {}).get("clients", 0),
+        "repaired": repaired.clients if repaired else 0,
     }
 
 

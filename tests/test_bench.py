@@ -7,6 +7,7 @@ import sys
 
 from fedumm.bench import available, fedmllm, load_bench, privacy, robustness
 from fedumm.cli import app
+from fedumm.results import RunResult
 from tests.tiny import TINY_RUN, runner
 
 
@@ -72,9 +73,9 @@ def test_compute_communication_bench_draws_accuracy_against_bytes(tiny_foundatio
     assert {rows[n][2] for n in rows} == {"200"}  # the same local compute in every cell
     sent = {}
     for cell in (out / "cells").iterdir():
-        res = json.loads((cell / "results.json").read_text())
-        sent[res["config"]["federation"]["rounds"]] = sum(
-            r["bytes_up"] + r["bytes_down"] for r in res["rounds"]
+        res = RunResult.load(cell / "results.json")
+        sent[res.run_config().federation.rounds] = sum(
+            r.bytes_up + r.bytes_down for r in res.rounds
         )
     assert sent[20] == 5 * sent[4] == 2 * sent[10]  # bytes grow with rounds, not local steps
     assert {n: rows[n][3] for n in rows} == {n: f"{b / 1e6:.1f}" for n, b in sent.items()}
