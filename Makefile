@@ -33,10 +33,10 @@ docs: $(BIN)/fedumm  ## the documentation site in site/ (open site/index.html); 
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(BIN)/fedumm  ## engine overhead, memory scaling and throughput
-	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/engine_overhead.py
 
 bench-engines: $(BIN)/fedumm  ## embedded vs FLARE (simulator, POC) vs Flower (simulation, deployment)
-	$(BIN)/python benchmarks/engines.py
+	$(BIN)/python benchmarks/engine_comparison.py
 
 bench-generation: $(BIN)/fedumm  ## text-to-image images/s and scorer speed
 	$(BIN)/python benchmarks/generation.py

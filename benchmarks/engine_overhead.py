@@ -8,7 +8,7 @@ Prints, measured in this one run (compare ratios, not absolute seconds, on a sha
   (c) client training throughput in samples/s.
 Each configuration runs in a fresh process so peak RSS is its own.
 
-    python benchmarks/engine.py [--rounds 3] [--samples-per-client 200]
+    python benchmarks/engine_overhead.py [--rounds 3] [--samples-per-client 200]
 """
 
 from __future__ import annotations

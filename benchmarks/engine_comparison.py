@@ -8,8 +8,8 @@ Flower's processes (children of the command). The embedded engine shares one bas
 all clients; FLARE and Flower load the model once per client process (Flower's deployment:
 once per message, in a fresh ClientApp process).
 
-    python benchmarks/engines.py [--clients 2 4 8] [--engines embedded sim poc flower flower-deploy]
-        [-o runs/engines]
+    python benchmarks/engine_comparison.py [--clients 2 4 8]
+        [--engines embedded sim poc flower flower-deploy] [-o runs/engines]
 """
 
 from __future__ import annotations
