@@ -43,14 +43,8 @@ def generate(
     n = len(prompts)
     if guidance is not None:
         prompts = prompts + guidance[0]
-    length = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), length), dtype=torch.long)
-    for i, p in enumerate(prompts):  # left padding keeps every prompt's last token aligned
-        ids[i, length - len(p) :] = torch.tensor(p)
-        mask[i, length - len(p) :] = 1
     device = model_device(model)
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = _left_padded(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     band = torch.full((model.config.vocab_size,), float("-inf"), device=device)
     band[allowed[0] : allowed[1]] = 0.0
@@ -70,16 +64,7 @@ def generate(
         if guidance is not None:
             cond, uncond = logits[:n], logits[n:]
             logits = uncond + guidance[1] * (cond - uncond)
-        logits = logits + band
-        if temperature > 0:
-            logits = logits / temperature
-            if top_k is not None:
-                kth = logits.topk(top_k, dim=-1).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = logits.softmax(-1).cpu()  # the seeded generator lives on the CPU
-            token = torch.multinomial(probs, 1, generator=generator).to(device)
-        else:
-            token = logits.argmax(-1, keepdim=True)
+        token = _next_token(logits + band, temperature, top_k, generator)
         out = torch.cat([out, token], dim=1)
         if stop_id is not None:
             done |= token.squeeze(1) == stop_id
@@ -89,6 +74,33 @@ def generate(
         mask = torch.cat([mask, torch.ones((len(mask), 1), dtype=torch.long, device=device)], 1)
         positions = positions[:, -1:] + 1
     return out.tolist()
+
+
+def _left_padded(
+    prompts: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and attention mask, padded on the left: every prompt's last token aligned."""
+    length = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), length), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, length - len(p) :] = torch.tensor(p)
+        mask[i, length - len(p) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _next_token(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator
+) -> torch.Tensor:
+    """Greedy, or sampled at `temperature` from the `top_k` most likely ids."""
+    if temperature <= 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(-1).cpu()  # the seeded generator lives on the CPU
+    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
 
 
 def text_to_image(
