@@ -382,12 +382,8 @@ def write_certificates(folder: Path, hosts: list[str], sites: list[str], days: i
     and its key (superlink.crt, superlink.key); each site's authentication key pair (site-K.key,
     site-K.pub: EC P-384, OpenSSH format). Private keys 0600 in a 0700 folder; the CA's own key
     is not kept, so nothing else can be signed with it."""
-    import ipaddress
-
-    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     from fedumm.federation.identity import issue_certificate, write_private
 
@@ -396,6 +392,52 @@ def write_certificates(folder: Path, hosts: list[str], sites: list[str], days: i
     folder.chmod(0o700)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     link_key = ec.generate_private_key(ec.SECP384R1())
+    issuer = "fedumm Flower CA"
+    ca_usage = ((_key_usage(signs_certificates=True), True),)
+    ca = issue_certificate(issuer, ca_key.public_key(), issuer, ca_key, True, days, ca_usage)
+    link = issue_certificate(
+        hosts[0], link_key.public_key(), issuer, ca_key, False, days, _server_extensions(hosts)
+    )
+    pem = serialization.Encoding.PEM
+    (folder / CA).write_bytes(ca.public_bytes(pem))
+    (folder / LINK_CERT).write_bytes(link.public_bytes(pem))
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    unencrypted = serialization.NoEncryption()
+    write_private(folder / LINK_KEY, link_key.private_bytes(pem, pkcs8, unencrypted))
+    for site in sites:
+        key = ec.generate_private_key(ec.SECP384R1())
+        openssh = serialization.PrivateFormat.OpenSSH
+        write_private(folder / f"{site}.key", key.private_bytes(pem, openssh, unencrypted))
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        (folder / f"{site}.pub").write_bytes(public + b"\n")
+    return folder.resolve()
+
+
+def _key_usage(signs_certificates: bool):
+    """A CA's key signs certificates; the SuperLink's signs its TLS handshakes."""
+    from cryptography import x509
+
+    return x509.KeyUsage(
+        digital_signature=not signs_certificates,
+        key_encipherment=False,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _server_extensions(hosts: list[str]) -> tuple:
+    """The SuperLink certificate's extensions (critical or not): a TLS server for `hosts`."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     def san(host: str) -> x509.GeneralName:
         try:
@@ -403,81 +445,11 @@ def write_certificates(folder: Path, hosts: list[str], sites: list[str], days: i
         except ValueError:
             return x509.DNSName(host)
 
-    usage = dict.fromkeys(
-        (
-            "content_commitment",
-            "data_encipherment",
-            "key_agreement",
-            "encipher_only",
-            "decipher_only",
-        ),
-        False,
+    return (
+        (_key_usage(signs_certificates=False), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        (x509.SubjectAlternativeName([san(h) for h in dict.fromkeys(hosts)]), False),
     )
-    issuer = "fedumm Flower CA"
-    ca = issue_certificate(
-        issuer,
-        ca_key.public_key(),
-        issuer,
-        ca_key,
-        True,
-        days,
-        (
-            (
-                x509.KeyUsage(
-                    digital_signature=False,
-                    key_encipherment=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    **usage,
-                ),
-                True,
-            ),
-        ),
-    )
-    link = issue_certificate(
-        hosts[0],
-        link_key.public_key(),
-        issuer,
-        ca_key,
-        False,
-        days,
-        (
-            (
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_encipherment=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    **usage,
-                ),
-                True,
-            ),
-            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-            (x509.SubjectAlternativeName([san(h) for h in dict.fromkeys(hosts)]), False),
-        ),
-    )
-    pem = serialization.Encoding.PEM
-    (folder / CA).write_bytes(ca.public_bytes(pem))
-    (folder / LINK_CERT).write_bytes(link.public_bytes(pem))
-    write_private(
-        folder / LINK_KEY,
-        link_key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
-    for site in sites:
-        key = ec.generate_private_key(ec.SECP384R1())
-        write_private(
-            folder / f"{site}.key",
-            key.private_bytes(
-                pem, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-            ),
-        )
-        public = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        (folder / f"{site}.pub").write_bytes(public + b"\n")
-    return folder.resolve()
 
 
 def certificate_folder(folder: str, sites: list[str], node_keys: bool) -> Path:
