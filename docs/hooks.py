@@ -361,8 +361,9 @@ API_PAGES = {
     "config": ("Config", "The YAML schemas and their loading.", ["fedumm.config"]),
     "run": (
         "Run",
-        "The recipe `fedumm run` executes, in phases, and the parts and clients a run builds.",
-        ["fedumm.recipe", "fedumm.parts", "fedumm.clients"],
+        "The recipe `fedumm run` executes, in phases, the parts and clients a run builds, and"
+        " the typed results.json it writes.",
+        ["fedumm.recipe", "fedumm.parts", "fedumm.clients", "fedumm.results"],
     ),
     "federation": (
         "Federation",
