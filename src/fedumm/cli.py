@@ -133,35 +133,42 @@ def run(
     out = resume or out
     _setup_logging(quiet)
     from fedumm.engines import run_federation
-    from fedumm.evaluation.metrics import HEADLINES, headlines
     from fedumm.federation.server import RoundFailed
-    from fedumm.report import method_rows
+    from fedumm.results import RunResult
 
     # ConfigError is a ValueError: the inner manager gives it its own exit code.
     with (
         _exit_on(FileNotFoundError, ValueError, RoundFailed, RuntimeError),
         _exit_on(ConfigError, code=2),
     ):
-        results = run_federation(cfg, out, not quiet, resume is not None, force)
+        results = RunResult.of(run_federation(cfg, out, not quiet, resume is not None, force))
+    _print_run(results, cfg, out)
+
+
+def _print_run(results, cfg: RunConfig, out: Path) -> None:
+    """A finished run (its RunResult) in a few lines: each method's headlines, the traffic,
+    the time."""
+    from fedumm.evaluation.metrics import HEADLINES, headlines
+    from fedumm.report import method_rows
+
     typer.echo("")
     for label, m in method_rows(results):
         scores = ", ".join(
             f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%" for k in headlines(m)
         )
         typer.echo(f"  {label:<34} {scores}")
-    c = results["communication"]
+    c = results.communication
     if cfg.lora is None:
         typer.echo(
-            f"  full fine-tuning traffic {c['adapter_bytes_per_round'] / 1e6:.2f} MB/round "
-            "(measured)"
+            f"  full fine-tuning traffic {c.adapter_bytes_per_round / 1e6:.2f} MB/round (measured)"
         )
     else:
         typer.echo(
-            f"  adapter traffic {c['adapter_bytes_per_round'] / 1e6:.2f} MB/round vs full "
-            f"fine-tuning {c['full_finetune_bytes_per_round'] / 1e6:.2f} MB/round "
-            f"({c['ratio']:.1f}x less)"
+            f"  adapter traffic {c.adapter_bytes_per_round / 1e6:.2f} MB/round vs full "
+            f"fine-tuning {c.full_finetune_bytes_per_round / 1e6:.2f} MB/round "
+            f"({c.ratio:.1f}x less)"
         )
-    typer.echo(f"  {results['wall_seconds']:.0f} s; report: {out / 'report.md'}")
+    typer.echo(f"  {results.wall_seconds:.0f} s; report: {out / 'report.md'}")
 
 
 OverwriteOption = Annotated[
@@ -440,19 +447,22 @@ def evaluate(
     cfg = _load(config, set_, RunConfig) if config else _stored_config_of(run, set_)
     _setup_logging(quiet)
     from fedumm.evaluation.metrics import HEADLINES, headlines
+    from fedumm.results import EvalResult
     from fedumm.runtime import resolve
     from fedumm.trained import evaluate as evaluate_run
 
     out = out or run_dir / "eval"
     with _exit_on(FileNotFoundError, ValueError, RuntimeError):
-        result = evaluate_run(run, cfg, baseline is not None, resolve(cfg.runtime), out)
-    for label, m in [("zero-shot", result.get("zero_shot")), ("trained", result["metrics"])]:
+        result = EvalResult.of(
+            evaluate_run(run, cfg, baseline is not None, resolve(cfg.runtime), out)
+        )
+    for label, m in [("zero-shot", result.zero_shot), ("trained", result.metrics)]:
         if m is not None:
             scores = ", ".join(
                 f"{HEADLINES[k][0].removesuffix(' (%)')} {m[k]:5.1f}%" for k in headlines(m)
             )
             typer.echo(f"  {label:<10} {scores}")
-    typer.echo(f"  {result['wall_seconds']:.0f} s; {out / 'eval.json'}, {out / 'eval.md'}")
+    typer.echo(f"  {result.wall_seconds:.0f} s; {out / 'eval.json'}, {out / 'eval.md'}")
 
 
 def _stored_config_of(run, overrides: list[str] | None) -> RunConfig:
@@ -620,21 +630,32 @@ def config(
         bool, typer.Option("--pretrain", help="The pretraining schema.")
     ] = False,
 ) -> None:
-    """Print every config key with its default and description (a valid YAML config)."""
-    from fedumm.config import annotated_defaults
+    """Print every config key with its default and description (a valid YAML config), and
+    each algorithm's parameters (set beside federation.strategy.name)."""
+    from fedumm.config import StrategyConfig, annotated_defaults
 
-    typer.echo(annotated_defaults(PretrainConfig if pretraining else RunConfig))
+    if pretraining:
+        typer.echo(annotated_defaults(PretrainConfig))
+        return
+    from fedumm.federation.strategies import STRATEGIES
+
+    notes = ["the parameters an algorithm takes, set beside its name (the others take none):"]
+    for name, cls in STRATEGIES.items():
+        if cls.Params.model_fields:
+            notes += [f"{name}:", *annotated_defaults(cls.Params, 1).splitlines()]
+    typer.echo(annotated_defaults(RunConfig, notes={StrategyConfig: notes}))
 
 
 @app.command()
 def strategies() -> None:
-    """List the FL algorithms a config may name (federation.strategy.name), with their
-    hyperparameters and defaults (set them as federation.strategy.<key>)."""
+    """List the FL algorithms a config may name (federation.strategy.name), each with its
+    parameters, their defaults and what they are (set them as federation.strategy.<key>)."""
     from fedumm.federation.strategies import STRATEGIES
 
     for name, cls in STRATEGIES.items():
-        hp = ", ".join(f"{k}={v:g}" for k, v in cls.defaults.items()) or "-"
-        typer.echo(f"{name:<14} {cls.paper:<32} {hp}")
+        typer.echo(f"{name:<14} {cls.paper}")
+        for key, field in cls.Params.model_fields.items():
+            typer.echo(f"    {f'{key}: {field.default:g}':<24} {field.description}")
 
 
 if __name__ == "__main__":

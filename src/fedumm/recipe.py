@@ -23,7 +23,7 @@ from fedumm.clients import partition_summary
 from fedumm.config import RunConfig, without_retired
 from fedumm.evaluation.metrics import spread
 from fedumm.federation import checkpoint, wire
-from fedumm.federation.client import ClientData, local_update
+from fedumm.federation.client import ClientData, local_schedule, local_update
 from fedumm.federation.server import RoundRecord, RoundRules, Server, Transport
 from fedumm.federation.strategies.dp_fedavg import privacy_spent
 from fedumm.federation.update import Claims, Params
@@ -31,11 +31,13 @@ from fedumm.models import identity
 from fedumm.models.hf import RANDOM_MARK
 from fedumm.models.lora import full_state, set_adapter
 from fedumm.parts import RunParts, build_parts
-from fedumm.report import dump_json, write_report
+from fedumm.report import write_report
+from fedumm.results import RoundResult, RunResult
 from fedumm.runtime import worker_devices
 from fedumm.seeding import derive_seed, draw_share
 from fedumm.tracking import Tracker, open_tracker
 from fedumm.trained import save_run_model
+from fedumm.training import Learner
 
 log = logging.getLogger("fedumm")
 
@@ -222,11 +224,12 @@ class FederatedRun:
         results["wall_seconds"] = wall_seconds
         results["setup_seconds"] = parts.seconds  # where the time before round 1 went
         results.update(self.engine_info)
-        (out / "results.json").write_text(dump_json(results))
+        typed = RunResult.from_dict(results)
+        (out / "results.json").write_text(typed.dump())
         (out / "global_adapter.safetensors").write_bytes(wire.pack(self.params))
         save_run_model(parts.model, parts.processor, cfg, self.params, out, self._personal())
-        write_report(results, out)
-        self.tracker.finish(results, out)
+        write_report(typed, out)
+        self.tracker.finish(typed, out)
 
     def _personal(self):
         """Each trained client's own adapter, one at a time, where a personalized strategy
@@ -239,7 +242,7 @@ class FederatedRun:
 
     def _after_round(self, record: RoundRecord, params: Params) -> None:
         self.records.append(record.to_dict())
-        self.tracker.log_round(self.records[-1])
+        self.tracker.log_round(RoundResult.from_dict(self.records[-1]))
         every, last = self.cfg.checkpoint_every, self.cfg.federation.rounds
         if every and (record.round % every == 0 or record.round == last):
             states = self.parts.client_states.snapshot()
@@ -296,17 +299,13 @@ class FederatedRun:
         """Plain local training from the fresh adapter (the baselines do not federate)."""
         cfg, parts, fed = self.cfg, self.parts, self.cfg.federation
         update = local_update(
-            parts.model,
+            Learner(parts.model, parts.processor.collate, parts.processor.loss, parts.runtime),
             client,
             parts.initial,
-            fed,
-            seed,
-            parts.processor.collate,
-            steps=steps,
+            local_schedule(
+                fed, steps, seed, lambda step: fed.lr_at(step / steps, cfg.baselines.lr)
+            ),
             on_step=lambda step, loss: bar.update(),
-            lr=lambda step: fed.lr_at(step / steps, cfg.baselines.lr),
-            runtime=parts.runtime,
-            loss_fn=parts.processor.loss,
         )
         return self._evaluate(update.params, grid)
 
