@@ -11,8 +11,12 @@ from fedumm.engines.embedded import connect
 from fedumm.federation import checkpoint
 from fedumm.federation.client import ClientData
 from fedumm.recipe import FederatedRun, claims
+from fedumm.results import RoundResult
 from tests.tiny import TINY_RUN
 
+ZERO = dict(
+    clients=[], metrics={}, bytes_up=0, bytes_down=0, seconds=0, train_seconds=0, eval_seconds=0
+)
 NO_BASELINES = ["baselines.zero_shot=false", "baselines.local=false", "baselines.centralized=false"]
 
 
@@ -38,17 +42,17 @@ def test_setup_builds_the_parts_and_the_results_header(tiny_foundation, tmp_path
 def test_zero_shot_evaluates_the_fresh_adapter_only_when_asked(tiny_foundation, tmp_path):
     run = set_up(tiny_foundation, tmp_path / "on")
     run.zero_shot()
-    assert set(run.results["baselines"]["zero_shot"]["metrics"]) >= {"vqa_accuracy"}
+    assert set(run.baselines.zero_shot.metrics) >= {"vqa_accuracy"}
     off = set_up(tiny_foundation, tmp_path / "off", "baselines.zero_shot=false")
     off.zero_shot()
-    assert off.results["baselines"] == {}
+    assert off.baselines.present() == {}
 
 
 def test_rounds_record_every_round_and_checkpoint(tiny_foundation, tmp_path):
     run = set_up(tiny_foundation, tmp_path, "checkpoint_every=1")
     run.rounds()
-    assert [r["round"] for r in run.records] == [1, 2]
-    assert run.results["final"]["metrics"] == run.records[-1]["metrics"]
+    assert [r.round for r in run.records] == [1, 2]
+    assert run.results["final"].metrics == run.records[-1].metrics
     assert checkpoint.load(tmp_path).round == 2
     assert run.params is not run.parts.initial
 
@@ -79,7 +83,7 @@ def test_local_baseline_trains_each_client_for_its_share_of_the_rounds(
     run.local_baseline()
     # 2 of 3 clients a round for 2 rounds of 2 steps: ceil(2 * 2/3 * 2) = 3 steps each
     assert trained == [("site-1", 3), ("site-2", 3), ("site-3", 3)]
-    assert [c["client_id"] for c in run.results["baselines"]["local"]["clients"]] == [
+    assert [c.client_id for c in run.baselines.local.clients] == [
         "site-1",
         "site-2",
         "site-3",
@@ -91,8 +95,10 @@ def test_centralized_baseline_takes_as_many_steps_as_the_federation(
 ):
     run = set_up(tiny_foundation, tmp_path)
     run.records = [
-        {"client_metrics": {"site-1": {"steps": 2}, "site-2": {"steps": 5}}},
-        {"client_metrics": {"site-3": {"steps": 4}}},
+        RoundResult(
+            round=1, **ZERO, client_metrics={"site-1": {"steps": 2}, "site-2": {"steps": 5}}
+        ),
+        RoundResult(round=2, **ZERO, client_metrics={"site-3": {"steps": 4}}),
     ]
     trained = []
     monkeypatch.setattr(
@@ -101,7 +107,7 @@ def test_centralized_baseline_takes_as_many_steps_as_the_federation(
     run.centralized_baseline()
     pooled, steps = trained[0]
     assert steps == 11 and len(pooled.data) == len(run.parts.partition.pooled)
-    assert run.results["baselines"]["centralized"] == {"metrics": {"a": 1}}
+    assert run.baselines.centralized.metrics == {"a": 1}
 
 
 def test_finish_writes_results_adapter_and_report(tiny_foundation, tmp_path):

@@ -8,11 +8,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fedumm.config import ConfigError, PretrainConfig, RunConfig, load_config
+
+if TYPE_CHECKING:  # imported where used: the CLI starts fast
+    from fedumm.results import RunResult
 
 app = typer.Typer(
     help=(
@@ -134,19 +137,18 @@ def run(
     _setup_logging(quiet)
     from fedumm.engines import run_federation
     from fedumm.federation.server import RoundFailed
-    from fedumm.results import RunResult
 
     # ConfigError is a ValueError: the inner manager gives it its own exit code.
     with (
         _exit_on(FileNotFoundError, ValueError, RoundFailed, RuntimeError),
         _exit_on(ConfigError, code=2),
     ):
-        results = RunResult.of(run_federation(cfg, out, not quiet, resume is not None, force))
+        results = run_federation(cfg, out, not quiet, resume is not None, force)
     _print_run(results, cfg, out)
 
 
-def _print_run(results, cfg: RunConfig, out: Path) -> None:
-    """A finished run (its RunResult) in a few lines: each method's headlines, the traffic,
+def _print_run(results: RunResult, cfg: RunConfig, out: Path) -> None:
+    """A finished run in a few lines: each method's headlines, the traffic,
     the time."""
     from fedumm.evaluation.metrics import HEADLINES, headlines
     from fedumm.report import method_rows

@@ -32,7 +32,7 @@ from fedumm.models.hf import RANDOM_MARK
 from fedumm.models.lora import full_state, set_adapter
 from fedumm.parts import RunParts, build_parts
 from fedumm.report import write_report
-from fedumm.results import RoundResult, RunResult
+from fedumm.results import Baselines, LocalBaseline, RoundResult, RunResult, Scores
 from fedumm.runtime import worker_devices
 from fedumm.seeding import derive_seed, draw_share
 from fedumm.tracking import Tracker, open_tracker
@@ -46,7 +46,8 @@ Connect = Callable[[RunParts], Transport]
 
 class FederatedRun:
     """One run's state between its phases: the parts, the transport to the clients, the
-    results so far, the rounds' records and the global adapter."""
+    results so far (written into `results`, read from the typed `baselines` and `records`),
+    and the global adapter."""
 
     def __init__(
         self,
@@ -60,11 +61,12 @@ class FederatedRun:
         engine: `fedumm.engines`); `engine_info`: what the engine adds to results.json."""
         self.cfg, self.out_dir, self.connect = cfg, Path(out_dir), connect
         self.progress, self.engine_info = progress, engine_info or {}
-        self.results: dict = {}
-        self.records: list[dict] = []  # one per round, as results.json keeps them
+        self.results: dict = {}  # results.json's sections, in its order: RunResult at the end
+        self.baselines = Baselines()
+        self.records: list[RoundResult] = []  # one per round
         self.first_round = 1
 
-    def run(self, resume: bool = False, force: bool = False) -> dict:
+    def run(self, resume: bool = False, force: bool = False) -> RunResult:
         """Every phase in turn; with `resume`, continue from the checkpoint in the output
         folder (its config must equal this one unless `force`): the results are those an
         uninterrupted run would have written."""
@@ -79,12 +81,12 @@ class FederatedRun:
             self.rounds()
             self.local_baseline()
             self.centralized_baseline()
-            self.finish(time.perf_counter() - start)
+            result = self.finish(time.perf_counter() - start)
             failed = False
         finally:
             self.tracker.close(failed)
             self.transport.close()
-        return self.results
+        return result
 
     def setup(self, resume: bool = False) -> None:
         """The parts, the transport, the tracker; the results' header (config, model, where it
@@ -99,18 +101,21 @@ class FederatedRun:
         fed = cfg.federation
         self.slow = set(draw_share(ids, fed.stragglers, derive_seed(cfg.seed, 0x510)))
         parts.client_states.keep_on_disk(self.out_dir / "client_states")  # the sampled only
-        self.results = {
-            "config": cfg.model_dump(),
-            "model": {"family": parts.processor.family_name, **identity(cfg.model)},
-            "runtime": parts.runtime.describe(),
-            "baselines": {},
-        }
-        self.tracker.start(self.results["config"])
+        self.config_dump = cfg.model_dump()
+        model = {"family": parts.processor.family_name, **identity(cfg.model)}
         random = getattr(parts.model.config, RANDOM_MARK, None)
         if random:  # `fedumm random-model`: the report says so
-            self.results["model"]["random_weights"] = random
+            model["random_weights"] = random
+        runtime = parts.runtime.describe()
         if cfg.runtime.devices is not None:  # the round's clients trained in parallel on these
-            self.results["runtime"]["devices"] = [str(d) for d in worker_devices(cfg.runtime)]
+            runtime["devices"] = [str(d) for d in worker_devices(cfg.runtime)]
+        self.results = {
+            "config": self.config_dump,
+            "model": model,
+            "runtime": runtime,
+            "baselines": self.baselines,
+        }
+        self.tracker.start(self.config_dump)
         if parts.malicious:
             attack = cfg.attack
             self.results["attack"] = {
@@ -128,10 +133,11 @@ class FederatedRun:
                 f"{self.out_dir} was run with another config; "
                 "resume with the same config (or force it)"
             )
-        self.params, self.first_round, self.records = ck.global_params, ck.round + 1, ck.records
+        self.params, self.first_round = ck.global_params, ck.round + 1
+        self.records = [RoundResult.from_dict(r, "the checkpoint's rounds") for r in ck.records]
         self.parts.strategy.load_state_dict(ck.strategy_state)
         self.parts.client_states.restore(ck.client_states)
-        self.results["baselines"] = ck.extra["baselines"]
+        self.baselines = self.results["baselines"] = Baselines.from_dict(ck.extra["baselines"])
         torch.set_rng_state(ck.rng_state)
         log.info("resuming %s after round %d", self.out_dir, ck.round)
 
@@ -139,7 +145,7 @@ class FederatedRun:
         """The foundation with its fresh adapter, before any training."""
         if self.cfg.baselines.zero_shot:
             metrics = self._evaluate(self.parts.initial, "zero_shot")
-            self.results["baselines"]["zero_shot"] = {"metrics": metrics}
+            self.baselines.zero_shot = Scores(metrics=metrics)
 
     def rounds(self) -> None:
         """The federation: the server runs the rounds left through the transport; a checkpoint
@@ -170,7 +176,7 @@ class FederatedRun:
                 grid = self.out_dir / "generated_federated.png"
                 parts.tasks["generation"].evaluate(parts.model, parts.processor, cfg.eval, grid)
         self.results["rounds"] = self.records
-        self.results["final"] = {"metrics": self.records[-1]["metrics"]}
+        self.results["final"] = Scores(metrics=self.records[-1].metrics)
         if fed.dp_sgd.enabled:
             self.results["dp_sgd"] = sample_level_privacy(fed, parts.clients, self.records)
         self.results.update(parts.strategy.summary(fed.sampled_per_round))
@@ -197,7 +203,8 @@ class FederatedRun:
                 grid = "local_" + c.client_id if c is clients[0] else None
                 metrics = self._train_alone(c, steps, seed, bar, grid)
                 per_client.append({"client_id": c.client_id, "metrics": metrics})
-        self.results["baselines"]["local"] = {"metrics": spread(per_client), "clients": per_client}
+        local = {"metrics": spread(per_client), "clients": per_client}
+        self.baselines.local = LocalBaseline.from_dict(local)
 
     def centralized_baseline(self) -> None:
         """Every client's data pooled, for as many steps of the same batch size as all the
@@ -205,13 +212,13 @@ class FederatedRun:
         if not self.cfg.baselines.centralized:
             return
         pooled = ClientData("centralized", self.parts.partition.pooled)
-        steps = sum(m["steps"] for r in self.records for m in r["client_metrics"].values())
+        steps = sum(m.steps for r in self.records for m in r.client_metrics.values())
         with self._bar(steps, "centralized baseline") as bar:
             seed = derive_seed(self.cfg.seed, 0xCE)
             metrics = self._train_alone(pooled, steps, seed, bar, "centralized")
-        self.results["baselines"]["centralized"] = {"metrics": metrics}
+        self.baselines.centralized = Scores(metrics=metrics)
 
-    def finish(self, wall_seconds: float) -> None:
+    def finish(self, wall_seconds: float) -> RunResult:
         """What the run leaves behind: results.json (with traffic, partition, data and
         timings), the global adapter, the trained model's folder, report.md and its plots."""
         cfg, parts, out = self.cfg, self.parts, self.out_dir
@@ -230,6 +237,7 @@ class FederatedRun:
         save_run_model(parts.model, parts.processor, cfg, self.params, out, self._personal())
         write_report(typed, out)
         self.tracker.finish(typed, out)
+        return typed
 
     def _personal(self):
         """Each trained client's own adapter, one at a time, where a personalized strategy
@@ -241,19 +249,19 @@ class FederatedRun:
         return ((cid, strategy.personal_adapter(self.params, states[cid])) for cid in list(states))
 
     def _after_round(self, record: RoundRecord, params: Params) -> None:
-        self.records.append(record.to_dict())
-        self.tracker.log_round(RoundResult.from_dict(self.records[-1]))
+        self.records.append(RoundResult.from_dict(record.to_dict()))
+        self.tracker.log_round(self.records[-1])
         every, last = self.cfg.checkpoint_every, self.cfg.federation.rounds
         if every and (record.round % every == 0 or record.round == last):
             states = self.parts.client_states.snapshot()
             ck = checkpoint.Checkpoint(
                 record.round,
-                self.results["config"],
+                self.config_dump,
                 params,
                 self.parts.strategy.state_dict(),
                 states,
-                self.records,
-                {"baselines": self.results["baselines"]},
+                [r.to_dict() for r in self.records],
+                {"baselines": self.baselines.to_dict()},
             )
             checkpoint.save(self.out_dir, ck)
             self.parts.client_states.pinned(states)
@@ -322,7 +330,7 @@ def run_experiment(
     force: bool = False,
     engine_info: dict | None = None,
 ) -> dict:
-    """Run zero-shot, federated, local-only and centralized, write results; return them."""
+    """Run zero-shot, federated, local-only and centralized; write the results, return them."""
     return FederatedRun(cfg, out_dir, connect, progress, engine_info).run(resume, force)
 
 
@@ -350,13 +358,13 @@ def _same_run(stored: dict, cfg: RunConfig) -> bool:
     return before.model_dump(exclude=where) == cfg.model_dump(exclude=where)
 
 
-def sample_level_privacy(fed, clients: list[ClientData], records: list[dict]) -> dict:
+def sample_level_privacy(fed, clients: list[ClientData], records: list[RoundResult]) -> dict:
     """Each client's (epsilon, delta) after the DP-SGD steps it took, sampling rate B / n."""
     dp = fed.dp_sgd
     steps = {c.client_id: 0 for c in clients}
     for r in records:
-        for cid, m in r["client_metrics"].items():
-            steps[cid] += m["steps"]
+        for cid, m in r.client_metrics.items():
+            steps[cid] += m.steps
     sizes = {c.client_id: len(c.data) for c in clients}
     epsilon = {
         cid: privacy_spent(
@@ -381,19 +389,19 @@ def sample_level_privacy(fed, clients: list[ClientData], records: list[dict]) ->
     }
 
 
-def communication(adapter: dict, full: dict, records: list) -> dict:
+def communication(adapter: dict, full: dict, records: list[RoundResult]) -> dict:
     """Measured adapter traffic against what full fine-tuning would serialize for the same
     messages: one full model down and one up for every client of every round."""
     full_bytes = wire.num_bytes(full)
-    per_round = float(np.mean([r["bytes_up"] + r["bytes_down"] for r in records]))
-    full_per_round = float(np.mean([2 * full_bytes * len(r["clients"]) for r in records]))
+    per_round = float(np.mean([r.bytes_up + r.bytes_down for r in records]))
+    full_per_round = float(np.mean([2 * full_bytes * len(r.clients) for r in records]))
     return {
         "adapter_message_bytes": wire.num_bytes(adapter),
         "full_model_message_bytes": full_bytes,
         "adapter_bytes_per_round": per_round,
         "full_finetune_bytes_per_round": full_per_round,
         "ratio": full_per_round / per_round,
-        "total_bytes": int(sum(r["bytes_up"] + r["bytes_down"] for r in records)),
+        "total_bytes": int(sum(r.bytes_up + r.bytes_down for r in records)),
         "trainable_parameters": sum(v.numel() for v in adapter.values()),
         "total_parameters": sum(v.numel() for v in full.values()),
     }

@@ -28,7 +28,7 @@ def test_robust_rules_stay_within_3_points_under_sign_flipping_where_fedavg_coll
     for cell in cells:
         results = run_federation(cell.config, tmp_path / cell.name, progress=False)
         key = (cell.values["attack.kind"], label(cell.values["federation.strategy"]))
-        acc[key] = results["final"]["metrics"]["vqa_accuracy"]
+        acc[key] = results.final.metrics["vqa_accuracy"]
     assert len(acc) == 2 * len(RULES), acc
     assert acc["sign_flip", RULES[0]] < acc["none", RULES[0]] - 20, acc
     for rule in RULES[1:]:

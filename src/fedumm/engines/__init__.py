@@ -16,13 +16,14 @@ import torch
 from fedumm.config import RunConfig
 from fedumm.extras import check_installed
 from fedumm.federation.checkpoint import CheckpointError, read_manifest
+from fedumm.results import RunResult
 from fedumm.runtime import OutOfMemory, resolve, worker_devices
 from fedumm.validation import check
 
 
 def run_federation(
     cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False, force: bool = False
-) -> dict:
+) -> RunResult:
     """Run `cfg` (federation and baselines) on the engine it names; return the results.
     Devices the config names that this machine lacks, and optional parts it needs that are
     not installed, are refused before any work."""

@@ -23,6 +23,7 @@ from fedumm.federation.server import Transport
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.parts import RunParts, build_parts
 from fedumm.recipe import run_experiment
+from fedumm.results import RunResult
 from fedumm.runtime import worker_devices
 
 log = logging.getLogger("fedumm")
@@ -206,6 +207,6 @@ def connect(parts: RunParts) -> Transport:
 
 def run(
     cfg: RunConfig, out_dir: Path, progress: bool = True, resume: bool = False, force: bool = False
-) -> dict:
+) -> RunResult:
     """`fedumm run` on the embedded engine."""
     return run_experiment(cfg, out_dir, connect, progress, resume, force)

@@ -19,7 +19,6 @@ site restores that state or refuses, naming the missing file, and the job stops.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -46,6 +45,7 @@ from fedumm.federation import checkpoint, wire
 from fedumm.federation.client import ClientData, site_names
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.recipe import run_experiment
+from fedumm.results import RunResult
 from fedumm.runtime import resolve_device
 
 CLIENT_SCRIPT = Path(__file__).with_name("flare_client.py")
@@ -264,7 +264,7 @@ def _write_config(cfg: RunConfig, folder: Path) -> Path:
     return path
 
 
-def run_flare(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
+def run_flare(cfg: RunConfig, out_dir: Path, resume: bool = False) -> RunResult:
     """Run the federation under FLARE (cfg.flare.env); return the results the server wrote.
     The FLARE workspace (logs of every site) is OUT/flare; the sites keep their state in
     OUT/flare/state (unless flare.state_dir says otherwise). With `resume`, a killed run
@@ -305,7 +305,7 @@ def run_flare(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     results = out_dir / "results.json"
     if not results.is_file():
         raise RuntimeError(_failure_report(out_dir, workspace))
-    return json.loads(results.read_text())
+    return RunResult.load(results)
 
 
 POC_KITS = Path("poc") / "example_project" / "prod_00"  # where FLARE's POC provisions its kits

@@ -34,6 +34,7 @@ from fedumm.federation import wire
 from fedumm.federation.client import ClientData, site_names
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.recipe import run_experiment
+from fedumm.results import RunResult
 
 log = logging.getLogger("fedumm")
 
@@ -315,7 +316,7 @@ client_app = make_client_app()
 # ------------------------------------------------------------------------------ launchers
 
 
-def run_flower(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
+def run_flower(cfg: RunConfig, out_dir: Path, resume: bool = False) -> RunResult:
     """The federation on Flower (flower.env): in its simulation runtime (Ray), one SuperNode
     per site, each simulated client reserving flower.client_cpus; or deployed on this machine
     as separate processes. results.json in `out_dir`."""
@@ -340,7 +341,7 @@ def run_flower(cfg: RunConfig, out_dir: Path, resume: bool = False) -> dict:
     results = out_dir / "results.json"
     if not results.is_file():
         raise RuntimeError(f"the Flower run wrote no results to {out_dir}")
-    return json.loads(results.read_text())
+    return RunResult.load(results)
 
 
 def _run_simulation(cfg: RunConfig, out_dir: Path) -> None:
