@@ -8,17 +8,19 @@ target accuracy, accuracy against bytes, change under attack, ...) and the grid'
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
+from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 
 from fedumm.config import ConfigError
 from fedumm.evaluation.metrics import HEADLINES, headlines
+from fedumm.results import RoundResult, RunResult
 from fedumm.sweep import Sweep, grouped, load_sweep, plot_grid
 
-SWEEPS = Path(__file__).resolve().parents[2] / "configs" / "sweeps"
+# Package data (src/fedumm/configs links to the repository's configs/), found from a wheel too.
+SWEEPS = Path(str(files("fedumm") / "configs" / "sweeps"))
 
 
 def available() -> list[str]:
@@ -35,8 +37,8 @@ def load_bench(name: str, overrides: list[str] | None = None) -> Sweep:
     return load_sweep(path, overrides)
 
 
-def _results(out: Path, cell_name: str) -> dict:
-    return json.loads((out / "cells" / cell_name / "results.json").read_text())
+def _results(out: Path, cell_name: str) -> RunResult:
+    return RunResult.load(out / "cells" / cell_name / "results.json")
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -47,35 +49,33 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     ]
 
 
-def _traffic(rounds: list[dict]) -> np.ndarray:
+def _traffic(rounds: list[RoundResult]) -> np.ndarray:
     """Bytes sent up and down, cumulated over the rounds."""
-    return np.cumsum([r["bytes_up"] + r["bytes_down"] for r in rounds])
+    return np.cumsum([r.bytes_up + r.bytes_down for r in rounds])
 
 
 def communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
     """Per adapter: bytes per round, the ratio to full fine-tuning, final accuracy, and the
     round and bytes at which the global model first reaches the accuracy every cell reaches."""
-    from fedumm.models.architectures import published_sizes
-
     metric = headlines(rows[0])[0]
     target = min(r[metric] for r in rows)
     runs = [_results(out, cell.name) for cell in sweep.cells]
     per_round = [r["bytes_up_per_round"] + r["bytes_down_per_round"] for r in rows]  # measured
-    full = [b for b, res in zip(per_round, runs) if res["config"]["lora"] is None]
+    loras = [res.run_config().lora for res in runs]
+    full = [b for b, lora in zip(per_round, loras) if lora is None]
     table = []
-    for res, traffic in zip(runs, per_round):
-        lora = res["config"]["lora"]
-        sent = _traffic(res["rounds"])
-        scores = [r["metrics"].get(metric, -1.0) for r in res["rounds"]]
+    for res, lora, traffic in zip(runs, loras, per_round):
+        sent = _traffic(res.rounds)
+        scores = [r.metrics.get(metric, -1.0) for r in res.rounds]
         first = next((i for i, s in enumerate(scores) if s >= target), None)
         table.append(
             [
-                f"LoRA r={lora['r']}" if lora else "full fine-tuning",
-                f"{res['communication']['trainable_parameters']:,}",
+                f"LoRA r={lora.r}" if lora else "full fine-tuning",
+                f"{res.communication.trainable_parameters:,}",
                 f"{traffic / 1e6:.2f}",
                 f"{full[0] / traffic:.1f}x" if full else "-",
-                f"{res['final']['metrics'][metric]:.1f}",
-                res["rounds"][first]["round"] if first is not None else "not reached",
+                f"{res.final.metrics[metric]:.1f}",
+                res.rounds[first].round if first is not None else "not reached",
                 f"{sent[first] / 1e6:.1f}" if first is not None else "-",
             ]
         )
@@ -95,15 +95,22 @@ def communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
             ],
             table,
         ),
-        "",
+    ]
+    return lines + ["", *_published_backbones()]
+
+
+def _published_backbones() -> list[str]:
+    """LoRA against full fine-tuning on published backbones, counted from their shapes."""
+    from fedumm.models.architectures import published_sizes
+
+    lines = [
         "## Published backbones: LoRA (r) on the language model's q/k/v/o vs the whole model",
         "",
         "Counted from each architecture's parameter shapes (built from its config on the meta "
         "device); bytes per direction at bf16 (2 bytes a parameter) for both.",
         "",
     ]
-    sizes = published_sizes()
-    lines += _table(
+    return lines + _table(
         ["model", "parameters", "r", "LoRA parameters", "LoRA MB", "full MB", "ratio"],
         [
             [
@@ -115,10 +122,9 @@ def communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
                 f"{2 * s['parameters'] / 1e6:,.0f}",
                 f"{s['parameters'] / s['lora_parameters']:,.0f}x",
             ]
-            for s in sizes
+            for s in published_sizes()
         ],
     )
-    return lines
 
 
 def compute_communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str]:
@@ -130,18 +136,18 @@ def compute_communication(sweep: Sweep, rows: list[dict], out: Path) -> list[str
     fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
     table = []
     for res in runs:
-        fed = res["config"]["federation"]
-        name = f"{fed['local_steps']} steps x {fed['rounds']} rounds"
-        evaluated = [r for r in res["rounds"] if r["metrics"]]
-        sent = _traffic(res["rounds"])[[r["round"] - 1 for r in res["rounds"] if r["metrics"]]]
+        fed = res.run_config().federation
+        name = f"{fed.local_steps} steps x {fed.rounds} rounds"
+        evaluated = res.evaluated
+        sent = _traffic(res.rounds)[[r.round - 1 for r in evaluated]]
         for ax, metric in zip(axes[0], metrics):
-            ax.plot(sent / 1e6, [r["metrics"][metric] for r in evaluated], marker="o", label=name)
-        final = res["final"]["metrics"]
+            ax.plot(sent / 1e6, [r.metrics[metric] for r in evaluated], marker="o", label=name)
+        final = res.final.metrics
         table.append(
             [
-                fed["local_steps"],
-                fed["rounds"],
-                fed["local_steps"] * fed["rounds"],
+                fed.local_steps,
+                fed.rounds,
+                fed.local_steps * fed.rounds,
                 f"{sent[-1] / 1e6:.1f}",
                 *(f"{final[m]:.1f}" for m in metrics),
             ]
@@ -325,4 +331,4 @@ def write_bench(sweep: Sweep, rows: list[dict], out: Path) -> str:
 
 
 def _reference_wall(out: Path) -> float:
-    return json.loads((out / "reference" / "results.json").read_text())["wall_seconds"]
+    return RunResult.load(out / "reference" / "results.json").wall_seconds
