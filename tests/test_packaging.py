@@ -78,7 +78,7 @@ def test_bench_finds_every_shipped_sweep(installed, tmp_path):
     # Every sweep, with the run config it starts from, loads and validates from the wheel.
     shipped = sorted(p.stem for p in (REPO / "configs" / "sweeps").glob("*.yaml"))
     code = (
-        "from fedumm.bench import available, load_bench\n"
+        "from fedumm.paper_sweeps import available, load_bench\n"
         "names = available()\n"
         "for name in names: load_bench(name)\n"
         "print(' '.join(names))"

@@ -221,7 +221,7 @@ def bench(
 ) -> None:
     """Run a shipped benchmark sweep (configs/sweeps/NAME.yaml), resuming where it stopped;
     write its tables (bench.md, sweep.md, sweep.csv) and plots to OUT."""
-    from fedumm.bench import load_bench, write_bench
+    from fedumm.paper_sweeps import load_bench, write_bench
 
     with _exit_on(ConfigError, code=2):
         plan = load_bench(name, set_)

@@ -3,8 +3,8 @@ cells of the shipped robustness sweep, clean and with 20% sign-flipping clients.
 
 import pytest
 
-from fedumm.bench import SWEEPS
 from fedumm.engines import run_federation
+from fedumm.paper_sweeps import SWEEPS
 from fedumm.sweep import label, load_sweep
 
 RULES = (

@@ -5,8 +5,8 @@ import re
 import subprocess
 import sys
 
-from fedumm.bench import available, fedmllm, load_bench, privacy, robustness
 from fedumm.cli import app
+from fedumm.paper_sweeps import available, fedmllm, load_bench, privacy, robustness
 from fedumm.results import RunResult
 from tests.tiny import TINY_RUN, runner
 

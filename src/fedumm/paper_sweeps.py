@@ -1,4 +1,5 @@
-"""`fedumm bench NAME`: the shipped benchmark sweeps, and the tables each adds to its grid.
+"""`fedumm bench NAME`: the shipped sweeps that reproduce the papers' tables, and the analysis
+each adds to its grid (the performance scripts are in benchmarks/, not here).
 
 A benchmark is a sweep file in configs/sweeps/NAME.yaml, run by the ordinary sweep machinery
 (finished cells reused, another config's cells refused). `write_bench` then writes OUT/bench.md:
