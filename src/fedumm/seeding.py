@@ -6,7 +6,9 @@ import numpy as np
 
 
 def derive_seed(*parts: int) -> int:
-    """A well-mixed 31-bit seed from (run seed, round, client, ...): independent streams."""
+    """A well-mixed 31-bit seed from (run seed, round, client, ...): independent streams.
+    NumPy's SeedSequence drops trailing zeros (derive_seed(s, 0) == derive_seed(s)), so every
+    caller ends its parts with a non-zero client number or stream tag."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] >> 1)
 
 
