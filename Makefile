@@ -15,11 +15,16 @@ $(BIN)/fedumm: pyproject.toml
 demo: $(BIN)/fedumm  ## run the default federation; results in runs/quickstart/
 	$(BIN)/fedumm run configs/quickstart.yaml -o runs/quickstart
 
+# Two pytest-xdist workers, for 2 cores (each test trains on one thread: tests/conftest.py);
+# --dist loadgroup (pyproject.toml) keeps each engine's process runs on one worker.
+TEST_WORKERS ?= 2
+TEST_OPTIONS := -q -n $(TEST_WORKERS)
+
 test: $(BIN)/fedumm  ## the fast test suite (every feature end to end at tiny scale)
-	$(BIN)/python -m pytest -q --durations=15  # the slowest, for whoever trims the suite
+	$(BIN)/python -m pytest $(TEST_OPTIONS) --durations=15  # the slowest, for whoever trims it
 
 test-all: $(BIN)/fedumm  ## including the slow end-to-end runs
-	$(BIN)/python -m pytest -q -m ""
+	$(BIN)/python -m pytest $(TEST_OPTIONS) -m ""
 
 lint: $(BIN)/fedumm
 	$(BIN)/ruff check src tests benchmarks

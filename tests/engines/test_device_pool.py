@@ -32,7 +32,12 @@ def _without_timings(node):
     return node
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "scaffold", "fedsa_lora"])
+# By default SCAFFOLD (state that travels with the client to its worker) and FedSA-LoRA
+# (personalized: each client's own B); FedAvg takes the same way through the pool with less to
+# carry, so it is slow (it starts two worker processes, as each case does).
+@pytest.mark.parametrize(
+    "strategy", [pytest.param("fedavg", marks=pytest.mark.slow), "scaffold", "fedsa_lora"]
+)
 def test_two_device_workers_give_the_one_device_federation(tiny_foundation, tmp_path, strategy):
     runs = {}
     for name, devices in (("one", []), ("two", ["runtime.devices=[cpu, cpu]"])):

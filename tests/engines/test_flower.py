@@ -137,7 +137,7 @@ def test_node_state_is_kept_as_json_not_pickle():
     assert isinstance(stored, str)  # text, not a pickle's bytes
     assert json.loads(json.loads(stored)["site-1"])["me"] == "site-1"
     sites_own = SimpleNamespace(secagg_policy=lambda name: ClientPolicy(2))  # from its config
-    back = SimpleNamespace(state={"stale": torch.zeros(1)}, sessions={}, fl=sites_own)
+    back = SimpleNamespace(state={"stale": torch.zeros(1)}, sessions={}, parts=sites_own)
     _restore(back, context)
     assert back.sessions == {"site-1": session}  # its policy the site's, never the stored one
     assert "policy" not in json.loads(json.loads(stored)["site-1"])
