@@ -7,8 +7,8 @@ import inspect
 import os
 
 # One CPU thread per test, also in the processes tests start (FLARE and Flower sites, `fedumm`
-# commands): `make test` runs two pytest workers on two cores, and torch's threads spinning
-# beside the other worker's cost several times their work.
+# commands): `make test` runs three pytest workers on two cores, and torch's threads spinning
+# beside the other workers' cost several times their work.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
@@ -74,7 +74,7 @@ def _engine(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the marks
 def pytest_collection_modifyitems(config, items):
-    """Work units for `pytest -n 2 --dist loadgroup`: a test on its own, except an engine's
+    """Work units for `pytest -n N --dist loadgroup`: a test on its own, except an engine's
     process runs (one unit per engine, see ENGINE_RUNS) and the tests of a module that share a
     module-scoped fixture (one unit, so that fixture is built once, not on each worker)."""
     if not getattr(config.option, "loadgroup", False):  # set by pytest-xdist's workers
