@@ -384,6 +384,113 @@ class SecureAggregationConfig(Section):
         return self.threshold if self.threshold is not None else max(2, sampled // 2 + 1)
 
 
+# What secure aggregation cannot carry of an upload compression, and why (int8 / int4 go into
+# the masked field as integers: federation/compression/masked.py)
+MASKED_REFUSALS = {
+    "fp16": "a float's exponent cannot be summed under masks; int8 or int4 go into the masked "
+    "field as integers",
+    "bf16": "a float's exponent cannot be summed under masks; int8 or int4 go into the masked "
+    "field as integers",
+    "topk": "masked sparse uploads add up only where every client chose the same indices: the "
+    "server would need the union of indices, which reveals what each client kept; use int8 or "
+    "int4",
+}
+
+
+class CodecConfig(Section):
+    """How one direction's messages are compressed (federation/compression/): a cast to 16-bit
+    floats, blockwise integer quantization with a scale per block, or top-k sparsification
+    whose kept values travel in any of the others. Uploads are compressed as the change from
+    what the client received; the broadcast as the model itself."""
+
+    scheme: Literal["none", "fp16", "bf16", "int8", "int4", "topk"] = Field(
+        "none",
+        description="none (fp32), fp16 / bf16, int8 / int4 (blockwise, a scale per block), or "
+        "topk (the largest values of each tensor, with their indices).",
+    )
+    fraction: float = Field(
+        0.1, gt=0, le=1, description="topk: share of each tensor's values sent, in (0, 1]."
+    )
+    values: Literal["fp32", "fp16", "bf16", "int8", "int4"] = Field(
+        "fp32", description="topk: how the kept values travel (int8/int4: blockwise)."
+    )
+    block_size: int = Field(
+        64, description="int8/int4: values per scale, a power of two from 8 to 65536."
+    )
+    rounding: Literal["stochastic", "nearest"] = Field(
+        "stochastic",
+        description="int8/int4: round up or down at random in proportion (unbiased; seeded by "
+        "the run seed, round and client), or to the nearest level.",
+    )
+    error_feedback: bool = Field(
+        False,
+        description="Uploads: each client keeps what compression dropped and adds it to its "
+        "next upload (EF-SGD); the residual lives in its state (client_states/).",
+    )
+    secure_range: float = Field(
+        0.1,
+        gt=0,
+        description="int8/int4 under secure aggregation: the +-range of an upload's change, one "
+        "scale for every client so masked integers add up; larger changes are clipped.",
+    )
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, size: int) -> int:
+        if not 8 <= size <= 65536 or size & (size - 1):
+            raise ValueError(
+                f"block_size {size} is not a power of two from 8 to 65536 (a tensor is cut "
+                "into blocks of this many values, the last one shorter)"
+            )
+        return size
+
+    @model_validator(mode="after")
+    def _keys_of_the_scheme(self) -> CodecConfig:
+        """A key the scheme does not read is a mistake, not a no-op."""
+        quantized = self.scheme in ("int8", "int4") or (
+            self.scheme == "topk" and self.values in ("int8", "int4")
+        )
+        readers = {
+            "fraction": self.scheme == "topk",
+            "values": self.scheme == "topk",
+            "block_size": quantized,
+            "rounding": quantized,
+            "error_feedback": self.scheme != "none",
+            "secure_range": self.scheme in ("int8", "int4"),
+        }
+        for key, reads in readers.items():  # a default is no mistake (a dump lists them all)
+            if not reads and getattr(self, key) != type(self).model_fields[key].default:
+                raise ValueError(f"{key}: scheme {self.scheme} does not read it")
+        return self
+
+
+class CompressionConfig(Section):
+    """Compressed messages, each direction on its own (federation/compression/)."""
+
+    upload: CodecConfig = Field(
+        default_factory=CodecConfig, description="What clients send: their update's change."
+    )
+    broadcast: CodecConfig = Field(
+        default_factory=CodecConfig, description="What the server sends: the global adapter."
+    )
+
+    @model_validator(mode="after")
+    def _broadcast_is_the_model(self) -> CompressionConfig:
+        down = self.broadcast
+        if down.scheme == "topk":
+            raise ValueError(
+                "broadcast.scheme: topk sends a change from what the receiver holds, but the "
+                "broadcast is the model itself (a client may have missed any number of rounds); "
+                "use fp16, bf16, int8 or int4"
+            )
+        if down.error_feedback:
+            raise ValueError(
+                "broadcast.error_feedback: the server compresses the model itself each round, "
+                "so nothing is left over to feed back; only uploads take it"
+            )
+        return self
+
+
 class FederationConfig(Section):
     num_clients: int = Field(8, ge=1, description="Number of clients the data is split over.")
     clients_per_round: int = Field(8, ge=1, description="Clients sampled each round.")
@@ -459,6 +566,10 @@ class FederationConfig(Section):
         "the config can subtract it); false = from the operating system.",
     )
     strategy: StrategyConfig = Field(default_factory=StrategyConfig, description="Aggregation.")
+    compression: CompressionConfig = Field(
+        default_factory=CompressionConfig,
+        description="Compressed uploads and broadcasts (fp16, int8/int4 blockwise, top-k).",
+    )
 
     @property
     def sampled_per_round(self) -> int:
@@ -503,6 +614,11 @@ class FederationConfig(Section):
             )
         if self.max_update_norm is not None:
             raise ValueError("max_update_norm cannot be checked on masked updates; unset it")
+        refusal = MASKED_REFUSALS.get(self.compression.upload.scheme)
+        if refusal:
+            raise ValueError(
+                f"compression.upload.scheme {self.compression.upload.scheme}: {refusal}"
+            )
         t = secure.survivors_needed(sampled)
         if 2 * t <= sampled:
             if not secure.allow_minority:

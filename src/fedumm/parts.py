@@ -20,6 +20,7 @@ from fedumm.federation.adaptive_regularization import middle_layer_keys
 from fedumm.federation.attacks import poison
 from fedumm.federation.client import ClientData, Federated, local_schedule, local_update
 from fedumm.federation.client_states import ClientStates
+from fedumm.federation.compression import Compression
 from fedumm.federation.identity import Identities
 from fedumm.federation.secure_aggregation import ClientPolicy
 from fedumm.federation.strategies import FederationContext, build_strategy
@@ -51,6 +52,7 @@ class RunParts:
     partition: Partition
     strategy: Strategy
     client_states: ClientStates  # stays on each client (e.g. SCAFFOLD's control variate)
+    compression: Compression  # what messages go through on the wire, both ways
     malicious: list[str]
     ranks: dict[str, int]  # client -> its own LoRA rank, where ranks differ
     runtime: Runtime  # where the model runs, in what precision
@@ -164,6 +166,7 @@ def build_parts(cfg: RunConfig) -> RunParts:
         partition=split,
         strategy=strategy,
         client_states=ClientStates(),
+        compression=Compression(cfg.federation.compression, cfg.seed),
         malicious=malicious,
         ranks=ranks,
         runtime=runtime,

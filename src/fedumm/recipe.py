@@ -168,6 +168,7 @@ class FederatedRun:
             self.progress,
             fed.client_sampling,
             private,
+            parts.compression,
         )
         self.params, _ = server.run(self.params, fed.rounds, self.first_round, self._after_round)
         if "generation" in parts.tasks:  # the federated model's pictures, next to the baselines'

@@ -363,7 +363,7 @@ def test_the_divisor_is_the_sum_of_the_weights_clients_masked():
     clients = [ClientData(f"site-{i}", [None] * 10) for i in range(1, 5)]
     engine = server(_train(), 4, clients=clients, secure_threshold=3)
 
-    def inflating(update, inboxes):
+    def inflating(rnd, down, update, inboxes):
         cid = update.client_id
         weight = 1000 if cid == "site-4" else update.num_samples
         session = engine.transport.sessions[cid]
@@ -642,7 +642,6 @@ def test_a_site_that_refuses_its_inbox_withdraws_instead_of_failing(tiny_foundat
     smaller than t) sends an empty upload, which the server rejects as withdrawn; it raises
     nothing."""
     from fedumm.engines.site import Site
-    from fedumm.federation.server import Server
     from fedumm.federation.update import UpdateRejected
     from tests.tiny import TINY_RUN
 
@@ -672,4 +671,4 @@ def test_a_site_that_refuses_its_inbox_withdraws_instead_of_failing(tiny_foundat
         meta, up = site.train(1, message, short)
     assert up == b"" and "site-1 withdraws its update" in caplog.text
     with pytest.raises(UpdateRejected, match="withdrew its update"):
-        Server._receive(ClientUpdate("site-1", {}, meta["num_samples"], 1), up)
+        server(_train(), 2)._receive(ClientUpdate("site-1", {}, meta["num_samples"], 1), up, {})

@@ -11,6 +11,7 @@ from fedumm.config import RunConfig
 from fedumm.engines.embedded import InProcess
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData
+from fedumm.federation.compression import Compression
 from fedumm.federation.secure_aggregation import ClientPolicy
 from fedumm.federation.server import RoundFailed, RoundRules, Server
 from fedumm.federation.strategies import build_strategy
@@ -40,6 +41,7 @@ class ModelFreeParts:
     equal_weights: bool = False
     secure_threshold: int = 2
     cfg: RunConfig = field(init=False)
+    compression: Compression = field(default_factory=Compression)
 
     def __post_init__(self):
         weights = "equal" if self.equal_weights else "partition"

@@ -52,15 +52,17 @@ class InProcess:
         answers = []
         for client in clients:
             update = self.site(client.client_id).trained(rnd, down)
-            answers.append((update, self.upload(update, inboxes)))
+            answers.append((update, self.upload(rnd, down, update, inboxes)))
             update.params = {}
         return answers
 
-    def upload(self, update: ClientUpdate, inboxes: dict[str, bytes] | None) -> bytes:
-        """What the site of `update` uploads of it: masked under secure aggregation, where
-        `inboxes` holds each client's secrets for the round."""
+    def upload(
+        self, rnd: int, down: bytes, update: ClientUpdate, inboxes: dict[str, bytes] | None
+    ) -> bytes:
+        """What the site of `update` uploads of it: compressed, masked under secure
+        aggregation, where `inboxes` holds each client's secrets for the round."""
         cid = update.client_id
-        return self.site(cid).upload(update, None if inboxes is None else inboxes[cid])
+        return self.site(cid).upload(rnd, down, update, None if inboxes is None else inboxes[cid])
 
     def secagg(self, rnd: int, phase: str, payloads: dict[str, bytes]) -> dict[str, bytes]:
         answers = {cid: self.site(cid).secagg(rnd, phase, p) for cid, p in payloads.items()}
@@ -147,7 +149,7 @@ class DevicePool:
             for (cid, samples, steps, metrics), params, state in results:
                 states[cid] = wire.unpack(state)
                 update = ClientUpdate(cid, wire.unpack(params), samples, steps, metrics)
-                answers[cid] = (update, self.local.upload(update, inboxes))
+                answers[cid] = (update, self.local.upload(rnd, down, update, inboxes))
                 update.params = {}
         return [answers[c.client_id] for c in clients]
 

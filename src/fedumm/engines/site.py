@@ -90,14 +90,31 @@ class Site:
     def state(self) -> Params:
         return self.parts.client_states[self.name]
 
+    def received(self, message: bytes) -> Params:
+        """The server's `message` (compressed or not) as tensors."""
+        return self.parts.compression.unpack_broadcast(message)
+
     def trained(self, rnd: int, message: bytes) -> ClientUpdate:
         """Round `rnd`'s local training from the server's `message`."""
-        return self.parts.train_client(self.client, wire.unpack(message), rnd)
+        return self.parts.train_client(self.client, self.received(message), rnd)
 
-    def upload(self, update: ClientUpdate, inbox: bytes | None = None) -> bytes:
-        """What leaves the site of its trained `update`: masked under secure aggregation, where
-        `inbox` holds the round's secrets for this site."""
+    def upload(
+        self, rnd: int, message: bytes, update: ClientUpdate, inbox: bytes | None = None
+    ) -> bytes:
+        """What leaves the site of its `update` trained from `message`: compressed as the
+        change from what it received (federation.compression), masked under secure
+        aggregation, where `inbox` holds the round's secrets for this site."""
         session = self.sessions.get(self.name) if inbox is not None else None
+        if session is None and not self.parts.compression.compresses_uploads:
+            return wire.pack(update.params)
+        if session is None:
+            strategy = self.parts.strategy
+            exact = frozenset(k for k in update.params if k.startswith(strategy.exact_prefixes))
+            reference = strategy.upload_reference(self.received(message))
+            number = self.parts.number(self.client)
+            return self.parts.compression.pack_upload(
+                update.params, reference, exact, self.state, rnd, number
+            )
         equal = self.cfg.federation.client_weights == "equal"
         return upload(update, equal, session, inbox)
 
@@ -105,7 +122,7 @@ class Site:
         """Training and upload as an engine carries them between processes: (what the server
         is told of the update, the upload)."""
         update = self.trained(rnd, message)
-        up = self.upload(update, inbox)
+        up = self.upload(rnd, message, update, inbox)
         meta = {
             "num_samples": update.num_samples,
             "num_steps": update.num_steps,

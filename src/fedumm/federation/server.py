@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from fedumm.evaluation.metrics import headlines
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData
+from fedumm.federation.compression import CodecError, Compression
 from fedumm.federation.secure_aggregation import WEIGHT, ProtocolError, ServerSession
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import (
@@ -127,12 +128,13 @@ class Server:
         progress: bool = True,
         sampling: str = "random",
         private_sampling: bool = False,
+        compression: Compression | None = None,
     ):
         """`transport`: how the clients are reached; `rules`: faults, admission and secure
         aggregation (secure_aggregation.py: the server then learns only the sum); `sampling`:
         how a round's clients are drawn (`sample`), from operating-system randomness with
         `private_sampling` (client-level DP's amplification by sampling needs draws nobody
-        can predict)."""
+        can predict); `compression`: what the messages go through on the wire (none: plain)."""
         if sampling not in ("random", "cyclic"):
             raise ValueError(f"client sampling {sampling!r} is neither 'random' nor 'cyclic'")
         if private_sampling and sampling != "random":
@@ -155,6 +157,7 @@ class Server:
         self.rules = rules
         self.eval_every = eval_every
         self.progress = progress
+        self.compression = compression or Compression()
 
     @property
     def secure(self) -> bool:
@@ -200,7 +203,8 @@ class Server:
         if self.secure:  # keys and shares before the task: dropping out later is recoverable
             secagg, inboxes = self._secure_setup(rnd, sampled, record)
             dropped |= {c.client_id for c in sampled} - set(inboxes)
-        down = wire.pack(self.strategy.broadcast(global_params))
+        sent = self.strategy.broadcast(global_params)
+        down = self.compression.pack_broadcast(sent, rnd)
         working = [c for c in sampled if c.client_id not in dropped | late]
         t0 = time.perf_counter()
         answers = self.transport.exchange(rnd, down, working, inboxes)
@@ -211,7 +215,8 @@ class Server:
         if failed:
             log.warning("round %d: no answer from %s", rnd, ", ".join(failed))
             dropped |= set(failed)
-        accepted = self._accepted(rnd, answers, global_params, record)
+        reference = self.strategy.upload_reference(sent)  # what a compressed upload adds to
+        accepted = self._accepted(rnd, answers, global_params, reference, record)
         record.dropped, record.late = sorted(dropped), sorted(late)
         if len(accepted) < self.rules.min_clients:
             raise RoundFailed(
@@ -242,15 +247,16 @@ class Server:
         return late
 
     def _accepted(
-        self, rnd: int, answers: list, global_params: Params, record: RoundRecord
+        self, rnd: int, answers: list, global_params: Params, reference: Params, record: RoundRecord
     ) -> list[ClientUpdate]:
-        """The updates that decode and pass validation; the others are recorded as rejected."""
+        """The updates that decode (a compressed one as its change added to `reference`) and
+        pass validation; the others are recorded as rejected."""
         accepted = []
         for update, up in answers:
             record.client_metrics[update.client_id] = {**update.metrics, "steps": update.num_steps}
             record.bytes_up += len(up)
             try:
-                update.params = self._receive(update, up)  # the server works on what it got
+                update.params = self._receive(update, up, reference)  # what it got
                 self._validate(update, global_params)
             except UpdateRejected as e:
                 log.warning("round %d: rejected update: %s", rnd, e)
@@ -292,14 +298,19 @@ class Server:
         record.secagg_bytes += up + down
         return secagg, inboxes
 
-    @staticmethod
-    def _receive(update: ClientUpdate, up: bytes) -> Params:
+    def _receive(self, update: ClientUpdate, up: bytes, reference: Params) -> Params:
         if not up:
             raise UpdateRejected(
                 f"client {update.client_id} withdrew its update (it could not mask it: see its log)"
             )
         try:
-            return wire.unpack(up)
+            if self.secure:
+                return wire.unpack(up)
+            return self.compression.unpack_upload(up, reference)
+        except CodecError as e:
+            raise UpdateRejected(
+                f"client {update.client_id}: malformed compressed upload: {e}"
+            ) from None
         except Exception as e:  # whatever the bytes were, they were not a message
             raise UpdateRejected(
                 f"client {update.client_id}: upload is not a readable message ({e})"

@@ -5,8 +5,10 @@ An algorithm has a server side and a client side. The server side keeps the serv
 the updates that came back into the next global adapter (`aggregate`). The client side runs where
 the data is, with a per-client `state` dict that stays on that client between rounds: it says
 where local training starts (`client_start`), how it is changed (`client_hooks`, `frozen`) and
-what goes back up (`client_finish`). Engines (embedded, NVIDIA FLARE) only move the tensors these
-methods return; every method is a function of tensors, testable without any engine.
+what goes back up (`client_finish`); the state may hold other components' keys too
+(`compression/residual/...`): a strategy reads only its own. Engines (embedded, NVIDIA FLARE)
+only move the tensors these methods return; every method is a function of tensors, testable
+without any engine.
 
 The defaults are plain FedAvg behaviour: the whole adapter down, plain training, the trained
 adapter up.
@@ -68,6 +70,8 @@ class Strategy(ABC):
     mixed_ranks: ClassVar[bool] = False  # True: aggregates adapters of different ranks
     needs_lora: ClassVar[bool] = False  # True: works on LoRA factors (no full fine-tuning)
     state_attrs: ClassVar[tuple[str, ...]] = ()  # server state: attributes holding tensor dicts
+    # upload keys starting with one of these travel exactly (fp32), whatever compression is set
+    exact_prefixes: ClassVar[tuple[str, ...]] = ()
     # True: aggregate() depends on the updates only through their sample-weighted mean, so it
     # can run on the one mean that secure aggregation reveals.
     aggregates_weighted_mean: ClassVar[bool] = False
@@ -121,7 +125,13 @@ class Strategy(ABC):
                     f"they differ from lora.r but {cls.name} averages factors of one shape",
                 )
             )
-        return problems
+        return problems + cls.compression_problems(cfg)
+
+    @classmethod
+    def compression_problems(cls, cfg: RunConfig) -> list[tuple[str, str]]:
+        """(config key, why) for each federation.compression setting this algorithm cannot
+        use (none by default: it compresses its upload's change and its broadcast)."""
+        return []
 
     @classmethod
     def secure_aggregation_refusal(cls) -> str:
@@ -145,6 +155,12 @@ class Strategy(ABC):
     def broadcast(self, global_params: Params) -> Params:
         """The message every sampled client receives this round."""
         return global_params
+
+    def upload_reference(self, message: Params) -> Params:
+        """What a client's upload is a change from, key by key: the values it was sent of the
+        tensors it sends back. A compressed upload travels as that change (keys missing here
+        travel as they are), and the server adds the change to its own exact copy."""
+        return {k: v for k, v in message.items() if not is_fold(k)}
 
     def upload_template(self, global_params: Params, client_id: str) -> Params:
         """Keys, shapes and dtypes a client's upload must have; the server refuses others."""

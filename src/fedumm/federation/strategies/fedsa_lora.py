@@ -35,11 +35,11 @@ class FedSALoRA(Strategy):
         return {**global_params, **a}
 
     def client_start(self, message, state, initial):
-        return {**initial, **state, **message}
+        return {**initial, **_only(state, "lora_B"), **message}
 
     def client_finish(self, message, trained, state, hooks):
         state.update(_only(trained, "lora_B"))
         return _only(trained, "lora_A")
 
     def personal_adapter(self, global_params, state):
-        return {**global_params, **state}
+        return {**global_params, **_only(state, "lora_B")}

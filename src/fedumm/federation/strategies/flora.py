@@ -7,7 +7,10 @@ them, which makes the aggregate the exact weighted sum of the clients' products:
     B_stack A_stack = sum_k p_k s_k B_k A_k
 and folds it into the frozen weight, W <- W + B_stack A_stack; LoRA restarts at the next round.
 The message down is the folded delta (dense: clients that skipped rounds stay exact), the
-message up the client's factors.
+message up the client's factors. Compressed, the factors travel as they are (there is no
+reference: they start fresh each round); top-k and error feedback are refused, since zeroing
+most of a fresh factor pair breaks the product the stacking sums, and a residual of this
+round's factors means nothing to the next round's.
 """
 
 from __future__ import annotations
@@ -34,6 +37,28 @@ class FLoRA(Strategy):
     needs_lora = True
     paper = "Wang et al., NeurIPS 2024"
     mixed_ranks = True
+
+    @classmethod
+    def compression_problems(cls, cfg):
+        upload, problems = cfg.federation.compression.upload, []
+        if upload.scheme == "topk":
+            problems.append(
+                (
+                    "federation.compression.upload.scheme",
+                    "flora stacks each client's fresh LoRA factors, which top-k would mostly "
+                    "zero (there is no previous round's factor to send a change from); use "
+                    "fp16, bf16, int8 or int4",
+                )
+            )
+        if upload.error_feedback:
+            problems.append(
+                (
+                    "federation.compression.upload.error_feedback",
+                    "flora's factors restart every round, so a residual of this round's means "
+                    "nothing to the next",
+                )
+            )
+        return problems
 
     def broadcast(self, global_params):
         return {k: v for k, v in global_params.items() if is_fold(k)}

@@ -12,6 +12,10 @@ Under SGD, option II's c_i+ is exactly the mean of the (clipped) minibatch gradi
 saw, g_bar_i: y = x - eta_l * sum_k (g_k - c_i + c) gives (x - y) / (K eta_l) = g_bar_i - c_i + c.
 We compute it as g_bar_i, which stays in gradient units under AdamW too (where (x - y) / (K eta_l)
 would be an Adam step, not a gradient); a test checks the identity under SGD.
+
+Compression (federation.compression) applies to Delta y_i only: Delta c_i travels exactly, since
+c must stay the mean of the c_i the clients hold (a lossy Delta c_i would drift c away from it
+round after round); the broadcast's c is compressed like the adapter.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class Scaffold(Strategy):
     name = "scaffold"
     paper = "Karimireddy et al., ICML 2020"
     state_attrs = ("c",)
+    exact_prefixes = (CONTROL,)  # Delta c_i: never compressed
 
     class Params(StrategyParams):
         server_lr: float = Field(1.0, gt=0, description="Server step size eta_g.")

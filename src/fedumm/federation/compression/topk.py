@@ -1,0 +1,53 @@
+"""Top-k sparsification (Aji & Heafield, EMNLP 2017; with error feedback, Stich et al.,
+NeurIPS 2018 and Karimireddy et al., ICML 2019, "EF-SGD"): of each tensor, only the
+ceil(fraction * size) values of largest magnitude travel, with their positions; the others
+count as 0. Alone it is biased (small coordinates never move); error feedback (message.py)
+keeps what was dropped and adds it to the next round's change, so every coordinate moves
+eventually.
+
+Positions are int32 indices into the message's concatenated values, strictly increasing; the
+kept values travel through another codec (fp32, fp16, bf16, int8, int4): top-k then int8 sends
+5 bytes per kept value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fedumm.federation.compression.base import Codec, CodecError, Parts, part
+
+
+class TopK(Codec):
+    def __init__(self, fraction: float, values: Codec):
+        self.name, self.fraction, self.values = f"topk-{fraction:g}-{values.name}", fraction, values
+
+    def kept(self, size: int) -> int:
+        return min(size, math.ceil(self.fraction * size))
+
+    def encode(self, x: torch.Tensor, sizes: list[int], generator: torch.Generator) -> Parts:
+        chosen, start = [], 0
+        for size in sizes:
+            top = x[start : start + size].abs().topk(self.kept(size), sorted=False).indices
+            chosen.append(top.sort().values + start)
+            start += size
+        index = torch.cat(chosen) if chosen else torch.zeros(0, dtype=torch.long)
+        kept = x[index]
+        parts = {
+            f"values.{k}": v for k, v in self.values.encode(kept, [len(kept)], generator).items()
+        }
+        return {"index": index.to(torch.int32), **parts}
+
+    def decode(self, parts: Parts, sizes: list[int]) -> torch.Tensor:
+        n = sum(sizes)
+        count = sum(self.kept(size) for size in sizes)
+        index = part(parts, "index", torch.int32, count).long()
+        if count and (int(index.min()) < 0 or int(index.max()) >= n):
+            raise CodecError(f"an index outside [0, {n})")
+        if count > 1 and not bool((index[1:] > index[:-1]).all()):
+            raise CodecError("indices are not strictly increasing (repeated or unsorted)")
+        inner = {k[len("values.") :]: v for k, v in parts.items() if k.startswith("values.")}
+        out = torch.zeros(n)
+        out[index] = self.values.decode(inner, [count])
+        return out
