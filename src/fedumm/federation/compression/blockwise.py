@@ -69,7 +69,7 @@ class Blockwise(Codec):
             q = unpack_nibbles(part(parts, "codes", torch.uint8, -(-n // 2)), n)
         else:
             q = part(parts, "codes", torch.int8, n)
-        if bool((q.abs() > self.levels).any()):  # -128: a code no encoder makes
+        if bool(((q < -self.levels) | (q > self.levels)).any()):  # -128: no encoder makes it
             raise CodecError(f"an {self.name} code outside [-{self.levels}, {self.levels}]")
         padded = torch.nn.functional.pad(q.float(), (0, blocks * self.block - n))
         return (padded.view(-1, self.block) * scales.unsqueeze(1)).view(-1)[:n]
