@@ -367,13 +367,15 @@ API_PAGES = {
     ),
     "federation": (
         "Federation",
-        "The round loop, the client side, update validation and secure aggregation.",
+        "The round loop, the client side, update validation, secure aggregation and"
+        " compressed messages.",
         [
             "fedumm.federation",
             "fedumm.federation.server",
             "fedumm.federation.client",
             "fedumm.federation.update",
             "fedumm.federation.secure_aggregation",
+            "fedumm.federation.compression*",
         ],
     ),
     "strategies": (
