@@ -264,3 +264,43 @@ def test_deployments_refuse_noise_anyone_can_regenerate(deployment):
     simulated = load_config(None, [deployment[0], seeded])
     assert simulated.deployment is None and simulated.federation.seeded_privacy_noise
     assert load_config(None, deployment).deployment == where
+
+
+def test_compression_says_what_it_compresses():
+    from fedumm.config import CompressionConfig
+
+    assert CompressionConfig().summary() == ""
+    cfg = CompressionConfig.model_validate(
+        {
+            "upload": {
+                "scheme": "topk",
+                "fraction": 0.01,
+                "values": "int8",
+                "error_feedback": True,
+            },
+            "broadcast": {"scheme": "fp16"},
+        }
+    )
+    assert cfg.summary() == "uploads top-0.01 (int8) with error feedback, broadcast fp16"
+
+
+@pytest.mark.parametrize(
+    "compression, message",
+    [
+        ({"upload": {"scheme": "int3"}}, "upload.scheme"),
+        ({"upload": {"scheme": "topk", "fraction": 0}}, "upload.fraction"),
+        ({"upload": {"scheme": "topk", "fraction": 1.5}}, "upload.fraction"),
+        ({"upload": {"scheme": "int8", "block_size": 48}}, "block_size 48 is not a power of two"),
+        ({"upload": {"scheme": "int8", "block_size": 4}}, "block_size 4 is not a power of two"),
+        ({"upload": {"scheme": "int8", "fraction": 0.5}}, "fraction: scheme int8 does not read it"),
+        ({"upload": {"scheme": "none", "error_feedback": True}}, "error_feedback: scheme none"),
+        ({"upload": {"scheme": "fp16", "block_size": 128}}, "block_size: scheme fp16 does not"),
+        ({"broadcast": {"scheme": "topk"}}, "broadcast.scheme: topk sends a change"),
+        ({"broadcast": {"scheme": "int8", "error_feedback": True}}, "broadcast.error_feedback"),
+    ],
+)
+def test_compression_refuses_what_it_cannot_do_naming_the_key(compression, message):
+    from fedumm.config import RunConfig
+
+    with pytest.raises(ValueError, match=message):
+        RunConfig.model_validate({"federation": {"compression": compression}})

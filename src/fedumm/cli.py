@@ -165,9 +165,11 @@ def _print_run(results: RunResult, cfg: RunConfig, out: Path) -> None:
             f"  full fine-tuning traffic {c.adapter_bytes_per_round / 1e6:.2f} MB/round (measured)"
         )
     else:
+        compressed = cfg.federation.compression.summary()
         typer.echo(
-            f"  adapter traffic {c.adapter_bytes_per_round / 1e6:.2f} MB/round vs full "
-            f"fine-tuning {c.full_finetune_bytes_per_round / 1e6:.2f} MB/round "
+            f"  adapter traffic {c.adapter_bytes_per_round / 1e6:.2f} MB/round"
+            + (f" ({compressed})" if compressed else "")
+            + f" vs full fine-tuning {c.full_finetune_bytes_per_round / 1e6:.2f} MB/round "
             f"({c.ratio:.1f}x less)"
         )
     typer.echo(f"  {results.wall_seconds:.0f} s; report: {out / 'report.md'}")

@@ -474,6 +474,18 @@ class CompressionConfig(Section):
         default_factory=CodecConfig, description="What the server sends: the global adapter."
     )
 
+    def summary(self) -> str:
+        """'uploads int8, broadcast fp16' (only the directions that are compressed); '' if none."""
+        said = []
+        for name, codec in (("uploads", self.upload), ("broadcast", self.broadcast)):
+            if codec.scheme == "topk":
+                said.append(f"{name} top-{codec.fraction:g} ({codec.values})")
+            elif codec.scheme != "none":
+                said.append(f"{name} {codec.scheme}")
+            if codec.error_feedback:
+                said[-1] += " with error feedback"
+        return ", ".join(said)
+
     @model_validator(mode="after")
     def _broadcast_is_the_model(self) -> CompressionConfig:
         down = self.broadcast

@@ -162,6 +162,16 @@ def _picture_lines(out_dir: Path) -> list[str]:
     return lines
 
 
+def _compressed(cfg: RunConfig) -> str:
+    said = cfg.federation.compression.summary()
+    if not said:
+        return ""
+    return (
+        f" Messages were compressed ({said}): the per-round figures are the compressed bytes "
+        "sent, the per-message ones the uncompressed fp32 messages."
+    )
+
+
 def _communication_lines(c: Communication, cfg: RunConfig) -> list[str]:
     return [
         "",
@@ -178,7 +188,7 @@ def _communication_lines(c: Communication, cfg: RunConfig) -> list[str]:
         f"| {_fmt_bytes(c.full_finetune_bytes_per_round)} |",
         "",
         f"Adapter-only federation sends **{c.ratio:.1f}x** less than full fine-tuning; "
-        f"{_fmt_bytes(c.total_bytes)} in total over the run.",
+        f"{_fmt_bytes(c.total_bytes)} in total over the run." + _compressed(cfg),
         "",
         "![bytes](communication.png)",
     ]
