@@ -165,7 +165,14 @@ def strategy_rows() -> list[dict[str, Any]]:
         if not (isinstance(params, type) and issubclass(params, BaseModel)):
             raise TypeError(f"strategy {name!r}: Params is not a pydantic model: {params!r}")
         rows = field_rows(params, "federation.strategy.")
-        out.append({"name": name, "paper": getattr(cls, "paper", ""), "params": rows})
+        out.append(
+            {
+                "name": name,
+                "paper": getattr(cls, "paper", ""),
+                "params": rows,
+                "compresses": cls.compresses,
+            }
+        )
     return out
 
 
@@ -188,6 +195,7 @@ def strategies_reference(level: int = 3) -> list[str]:
         lines += [f"{'#' * level} `{name}` {{#strategy-{_anchor(name)}}}", ""]
         if s["paper"]:
             lines += [f"{_cell(s['paper'])}. Set with `federation.strategy.name: {name}`.", ""]
+        lines += [f"Compressed (`federation.compression`): {_cell(s['compresses'])}.", ""]
         if s["params"]:
             lines += [*_table(s["params"]), ""]
         else:

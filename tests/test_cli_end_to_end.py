@@ -142,6 +142,11 @@ def test_help_and_strategy_list():
     assert result.exit_code == 0 and "run" in result.output and "pretrain" in result.output
     result = runner.invoke(app, ["strategies"])
     assert "fedavg" in result.output and "McMahan" in result.output
+    # what federation.compression compresses of each algorithm's messages
+    assert "Delta c_i exactly, fp32" in result.output  # SCAFFOLD's control variates
+    from fedumm.federation.strategies import STRATEGIES
+
+    assert result.output.count("compressed:") == len(STRATEGIES)
 
 
 def test_local_epochs_give_unequal_steps_and_fraction_samples(tiny_foundation, tmp_path):

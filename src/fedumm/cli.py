@@ -652,12 +652,14 @@ def config(
 
 @app.command()
 def strategies() -> None:
-    """List the FL algorithms a config may name (federation.strategy.name), each with its
-    parameters, their defaults and what they are (set them as federation.strategy.<key>)."""
+    """List the FL algorithms a config may name (federation.strategy.name), each with what
+    federation.compression compresses of its messages, its parameters, their defaults and what
+    they are (set them as federation.strategy.<key>)."""
     from fedumm.federation.strategies import STRATEGIES
 
     for name, cls in STRATEGIES.items():
         typer.echo(f"{name:<14} {cls.paper}")
+        typer.echo(f"    {'compressed:':<24} {cls.compresses}")
         for key, field in cls.Params.model_fields.items():
             typer.echo(f"    {f'{key}: {field.default:g}':<24} {field.description}")
 

@@ -72,6 +72,8 @@ class Strategy(ABC):
     state_attrs: ClassVar[tuple[str, ...]] = ()  # server state: attributes holding tensor dicts
     # upload keys starting with one of these travel exactly (fp32), whatever compression is set
     exact_prefixes: ClassVar[tuple[str, ...]] = ()
+    # what federation.compression compresses of its messages (`fedumm strategies` says it)
+    compresses: ClassVar[str] = "the adapter's change up, the adapter down"
     # True: aggregate() depends on the updates only through their sample-weighted mean, so it
     # can run on the one mean that secure aggregation reveals.
     aggregates_weighted_mean: ClassVar[bool] = False

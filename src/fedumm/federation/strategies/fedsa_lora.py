@@ -21,6 +21,7 @@ class FedSALoRA(Strategy):
     name = "fedsa_lora"
     needs_lora = True
     paper = "Guo et al., ICLR 2025"
+    compresses = "A's change up (B never leaves the client), A down"
     aggregates_weighted_mean = True
     personalized = True
 

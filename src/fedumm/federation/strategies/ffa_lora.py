@@ -20,6 +20,7 @@ class FFALoRA(Strategy):
     name = "ffa_lora"
     needs_lora = True
     paper = "Sun et al., ICLR 2024"
+    compresses = "B's change up, B down (A never travels)"
     aggregates_weighted_mean = True
     frozen = ("lora_A",)
 

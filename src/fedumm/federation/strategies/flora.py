@@ -36,6 +36,9 @@ class FLoRA(Strategy):
     name = "flora"
     needs_lora = True
     paper = "Wang et al., NeurIPS 2024"
+    compresses = (
+        "the fresh factors up as they are (not top-k, no error feedback), the folded delta down"
+    )
     mixed_ranks = True
 
     @classmethod

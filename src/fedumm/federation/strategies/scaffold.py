@@ -61,6 +61,7 @@ class ControlVariateCorrection(TrainingHooks):
 class Scaffold(Strategy):
     name = "scaffold"
     paper = "Karimireddy et al., ICML 2020"
+    compresses = "the adapter's change up (Delta c_i exactly, fp32), the adapter and c down"
     state_attrs = ("c",)
     exact_prefixes = (CONTROL,)  # Delta c_i: never compressed
 
