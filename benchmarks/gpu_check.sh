@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks in one call: the CUDA tests (tests/test_cuda.py), benchmarks/gpu.py and
-# benchmarks/janus.py (Janus-Pro-1B generation step and image sampling at real size).
+# The GPU checks in one call: the CUDA tests (tests/test_cuda.py), benchmarks/gpu.py,
+# benchmarks/janus.py (Janus-Pro-1B generation step and image sampling at real size) and
+# benchmarks/compression_speed.py (compressing a 7B adapter's upload, from the GPU).
 #
 # A lent GPU machine has torch, transformers and peft but no network and no pydantic. Here,
 # with a network, fetch the wheels it lacks (pinned to what the CPU suite is tested with):
@@ -40,5 +41,8 @@ python3 benchmarks/gpu.py $QUICK --out "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu_benc
 bench=${PIPESTATUS[0]}
 python3 benchmarks/janus.py --out "$OUT/janus.json" 2>&1 | tee "$OUT/janus_bench.log"
 janus=${PIPESTATUS[0]}
-echo "cuda tests exit $tests, benchmark exit $bench, janus exit $janus"
-exit $(( tests || bench || janus ))
+python3 benchmarks/compression_speed.py --device cuda --out "$OUT/compression_speed.json" 2>&1 \
+    | tee "$OUT/compression_speed.log"
+compress=${PIPESTATUS[0]}
+echo "cuda tests exit $tests, benchmark exit $bench, janus exit $janus, compression exit $compress"
+exit $(( tests || bench || janus || compress ))

@@ -5,9 +5,21 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from fedumm.cli import app
-from fedumm.paper_sweeps import available, fedmllm, load_bench, privacy, robustness
+from fedumm.paper_sweeps import (
+    PROJECTED,
+    available,
+    fedmllm,
+    load_bench,
+    privacy,
+    projection,
+    robustness,
+    write_bench,
+)
 from fedumm.results import RunResult
+from fedumm.sweep import label, run_sweep
 from tests.tiny import TINY_RUN, runner
 
 
@@ -18,6 +30,11 @@ def _bench(name, out, foundation, *dropped):
         if not item.startswith(dropped):
             args += ["--set", item]
     return runner.invoke(app, args)
+
+
+def _section(text, title):
+    """The part of a bench.md from the heading starting with `title` to the next heading."""
+    return text.split(title, 1)[1].split("\n## ", 1)[0]
 
 
 def _table_rows(text, first_cell):
@@ -80,6 +97,103 @@ def test_compute_communication_bench_draws_accuracy_against_bytes(tiny_foundatio
     assert sent[20] == 5 * sent[4] == 2 * sent[10]  # bytes grow with rounds, not local steps
     assert {n: rows[n][3] for n in rows} == {n: f"{b / 1e6:.1f}" for n, b in sent.items()}
     assert (out / "curve.png").stat().st_size > 0 and "![accuracy against bytes" in text
+
+
+COMPRESSION_SETTINGS = [
+    "none",
+    "fp16",
+    "int8",
+    "int4",
+    "top-k 10%",
+    "top-k 10% + EF",
+    "top-k 1%",
+    "top-k 1% + EF",
+    "top-k 1% int8 + EF",
+]
+
+
+@pytest.mark.parametrize("name", ["compression", "compression-unified"])
+def test_the_compression_sweeps_hold_every_setting_and_three_seeds(name):
+    sweep = load_bench(name)
+    assert len(sweep.cells) == 9 * 3
+    settings = list(dict.fromkeys(label(c.values["setting"]) for c in sweep.cells))
+    assert settings == COMPRESSION_SETTINGS
+    assert {c.values["seed"] for c in sweep.cells} == {0, 1, 2}
+    assert {c.config.seed for c in sweep.cells} == {0, 1, 2}
+    uploads = {
+        label(c.values["setting"]): c.config.federation.compression.upload for c in sweep.cells
+    }
+    assert (
+        uploads["top-k 1% int8 + EF"].values == "int8" and uploads["top-k 1% + EF"].error_feedback
+    )
+    assert not uploads["top-k 1%"].error_feedback and uploads["top-k 10%"].fraction == 0.1
+    for cell in sweep.cells:  # the cells run no baseline; the reference both the plot draws
+        assert cell.config.federation.compression.broadcast.scheme == "none"
+        assert not any(
+            dict(cell.config.baselines).get(b) for b in ("zero_shot", "local", "centralized")
+        )
+    ref = sweep.reference.config
+    assert ref.baselines.zero_shot and ref.baselines.centralized and ref.seed == 0
+    assert ref.federation.compression.upload.scheme == "none"
+    if name == "compression":  # the quick start schedule as it ships
+        fed = sweep.cells[0].config.federation
+        assert (fed.rounds, fed.local_steps, fed.client_sampling) == (48, 10, "cyclic")
+    else:
+        assert sweep.cells[0].config.data.tasks == ["vqa", "generation"]
+
+
+@pytest.mark.parametrize("name", ["compression", "compression-unified"])
+def test_compression_bench_tables_targets_and_plot(tiny_foundation, tmp_path, name):
+    """The shipped sweep at tiny scale, on three of its settings and two seeds."""
+    tiny = [*TINY_RUN, f"model.foundation={tiny_foundation}", "federation.rounds=4", "eval.every=2"]
+    sweep = load_bench(name, tiny)
+    kept = ("none", "int8", "top-k 1% int8 + EF")
+    sweep.cells = [
+        c for c in sweep.cells if label(c.values["setting"]) in kept and c.values["seed"] < 2
+    ]
+    out = tmp_path / name
+    rows = run_sweep(sweep, out, progress=False)
+    write_bench(sweep, rows, out)
+    text = (out / "bench.md").read_text()
+    measured = _section(text, "## Compressed uploads")
+    table = {row[0]: row for row in _table_rows(measured, "") if row[0] in kept}
+    assert list(table) == list(kept)
+    none, int8, sparse = (table[k] for k in kept)
+    assert none[2] == "1.0x" and float(int8[2].rstrip("x")) > 2.5
+    assert float(sparse[2].rstrip("x")) > float(int8[2].rstrip("x"))
+    assert none[5] == "+0.0 +- 0.0"  # the change against itself, seed by seed
+    metrics = ["VQA accuracy"] + (["GenEval overall"] if name == "compression-unified" else [])
+    for metric in metrics:
+        assert f"{metric} (%) | {metric}: change (points)" in text
+        assert f"- {metric}, int8 within 0.5 points" in text
+        assert f"- {metric}, a setting with >= 16x fewer upload bytes within 2 points" in text
+    projected = {row[0]: row for row in _table_rows(_section(text, "## Projected to 7B"), "")}
+    assert list(projected)[1:] == list(kept) and len(projected["int8"]) == 1 + 2 * len(PROJECTED)
+    assert projected["none"][2] == "1.0x" and projected["int8"][2] == "3.9x"
+    assert (out / "compression.png").stat().st_size > 0 and "(compression.png)" in text
+    # The reference's baselines drawn in the plot ran once, on seed 0 without compression.
+    ref = RunResult.load(out / "reference" / "results.json")
+    assert set(ref.baselines.present()) == {"zero_shot", "centralized"}
+
+
+def test_projected_int8_upload_is_a_quarter_of_fp32():
+    """Encoded from tensors of the 7B adapters' shapes: int8 is 1 byte a value plus a bf16 scale
+    per 64, a quarter of fp32 and 3% more; top-k 1% int8 keeps 5 bytes (int32 index, int8
+    value) of every hundred values."""
+    from fedumm.config import CodecConfig
+
+    settings = {
+        "none": CodecConfig(),
+        "int8": CodecConfig(scheme="int8"),
+        "top-k 1% int8": CodecConfig(scheme="topk", fraction=0.01, values="int8"),
+    }
+    rows = {row[0]: row[1:] for row in projection(settings)}
+    for (plain, _), (int8, ratio), (sparse, _) in zip(
+        rows["none"], rows["int8"], rows["top-k 1% int8"]
+    ):
+        assert plain > 4 * 7_800_000  # LLaVA-1.5-7B: 8,388,608 values; Janus-Pro-7B: 7,864,320
+        assert abs(int8 - plain / 4) <= 0.05 * plain / 4 and ratio == plain / int8
+        assert abs(sparse - 0.05 * plain / 4) <= 0.05 * 0.05 * plain / 4
 
 
 def test_robustness_tables_per_client_setting_and_the_3_point_check(tmp_path):
