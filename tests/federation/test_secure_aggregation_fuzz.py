@@ -4,20 +4,24 @@ negative numbers), whole blobs replaced by garbage, replayed from another round 
 to another client. Through the entry points every engine calls (`client_answer`, `upload`,
 the ServerSession), each case must end in the exact aggregate of whoever survived, or in a
 clean abort (ProtocolError from the server's unmask); never another exception, from the
-server or from an honest client.
+server or from an honest client. Uploads are masked in fixed point (mod 2^64) or, as int8
+compression sends them, as shared-scale integers mod 2^m (compression/masked.py).
 
 The default selection tries 60 cases; the slow one 1,500."""
 
 import base64
 import json
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fedumm.config import CodecConfig
 from fedumm.federation import wire
 from fedumm.federation.client import upload
+from fedumm.federation.compression.masked import WORDS, MaskedUpload, SharedScale
 from fedumm.federation.secure_aggregation import (
     ClientPolicy,
     ClientSession,
@@ -59,6 +63,16 @@ def _updates() -> dict:
 
 UPDATES = _updates()
 WEIGHTS = {u: 10 * (i + 1) for i, u in enumerate(IDS)}
+SHARED = SharedScale.of(CodecConfig(scheme="int8"), len(IDS), False, None, WEIGHTS.values())
+ZERO = {k: torch.zeros_like(v) for k, v in UPDATES["site-1"].items()}
+
+
+def _quantized(u: str) -> MaskedUpload:
+    return MaskedUpload(SHARED, ZERO, {}, False, seed=IDS.index(u))
+
+
+# what each client masks of its update as int8 (as a signed integer sum, exact)
+WORDS_OF = {u: _quantized(u).encode(UPDATES[u], WEIGHTS[u])[0][WORDS].view(np.int64) for u in IDS}
 
 
 def _paths(value, prefix=()):
@@ -104,6 +118,7 @@ def _round(data) -> str:
     """One round with one message mutated; 'sum' or 'abort'."""
     phase = data.draw(st.sampled_from(PHASES), label="phase")
     target = data.draw(st.sampled_from(IDS), label="client")
+    encoding = data.draw(st.sampled_from(["fixed point", "int8"]), label="encoding")
     policy = ClientPolicy(THRESHOLD)
     sessions: dict[str, ClientSession] = {}
     stale: dict[str, ClientSession] = {}
@@ -128,7 +143,9 @@ def _round(data) -> str:
     masked = {}
     for u, inbox in inboxes.items():
         update = ClientUpdate(u, UPDATES[u], WEIGHTS[u], 1)
-        up = upload(update, False, sessions[u], maybe("inbox", u, inbox, list(inboxes.values())))
+        quantized = _quantized(u) if encoding == "int8" else None
+        mutated = maybe("inbox", u, inbox, list(inboxes.values()))
+        up = upload(update, False, sessions[u], mutated, quantized)
         if up:
             masked[u] = wire.unpack(up)
     if len(masked) < THRESHOLD:
@@ -137,9 +154,16 @@ def _round(data) -> str:
     answers = {u: ask(u, "unmask", maybe("request", u, request, [])) for u in masked}
     answers = {u: maybe("answer", u, b, list(answers.values())) for u, b in answers.items() if b}
     try:
-        total, weight = server.unmask(masked, answers)
+        if encoding == "int8":
+            words, _ = server.unmask_words(masked, answers, SHARED.ring)
+        else:
+            total, weight = server.unmask(masked, answers)
     except ProtocolError:
         return "abort"
+    if encoding == "int8":
+        expected = sum(WORDS_OF[u] for u in masked)
+        assert np.array_equal(SHARED.ring.signed(words[WORDS]), expected), (phase, target)
+        return "sum"
     assert weight == sum(WEIGHTS[u] for u in masked)
     for k in ("a", "b"):
         expected = sum(WEIGHTS[u] * UPDATES[u][k].double() for u in masked)
@@ -163,6 +187,9 @@ def test_every_mutated_message_many_cases(data):
 def test_an_unmutated_round_sums_exactly():
     class Untouched:  # no phase matches: nothing is mutated
         def draw(self, strategy, label=None):
-            return {"phase": "none", "client": "nobody"}.get(label) or strategy.example()
+            return self.given.get(label) or strategy.example()
 
-    assert _round(Untouched()) == "sum"
+    for encoding in ("fixed point", "int8"):
+        untouched = Untouched()
+        untouched.given = {"phase": "none", "client": "nobody", "encoding": encoding}
+        assert _round(untouched) == "sum"

@@ -15,9 +15,12 @@ from pathlib import Path
 from fedumm.config import RunConfig
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, site_names, upload
+from fedumm.federation.compression import UPLOAD_STREAM
+from fedumm.federation.compression.masked import MaskedUpload, SharedScale
 from fedumm.federation.secure_aggregation import ClientSession, ProtocolError, client_answer
 from fedumm.federation.update import ClientUpdate, Params
 from fedumm.parts import RunParts, build_parts
+from fedumm.seeding import derive_seed
 
 log = logging.getLogger("fedumm")
 
@@ -103,7 +106,8 @@ class Site:
     ) -> bytes:
         """What leaves the site of its `update` trained from `message`: compressed as the
         change from what it received (federation.compression), masked under secure
-        aggregation, where `inbox` holds the round's secrets for this site."""
+        aggregation, where `inbox` holds the round's secrets for this site (int8 / int4: the
+        change quantized to one scale all sites share goes into the masks as integers)."""
         session = self.sessions.get(self.name) if inbox is not None else None
         if session is None and not self.parts.compression.compresses_uploads:
             return wire.pack(update.params)
@@ -115,8 +119,15 @@ class Site:
             return self.parts.compression.pack_upload(
                 update.params, reference, exact, self.state, rnd, number
             )
-        equal = self.cfg.federation.client_weights == "equal"
-        return upload(update, equal, session, inbox)
+        fed = self.cfg.federation
+        shared = SharedScale.of_run(fed, (len(c.data) for c in self.parts.clients))
+        quantized = None
+        if shared is not None:  # int8 / int4: the change, quantized, goes into the masks
+            reference = self.parts.strategy.upload_reference(self.received(message))
+            seed = derive_seed(self.cfg.seed, rnd, self.parts.number(self.client), UPLOAD_STREAM)
+            ef = fed.compression.upload.error_feedback
+            quantized = MaskedUpload(shared, reference, self.state, ef, seed)
+        return upload(update, fed.client_weights == "equal", session, inbox, quantized)
 
     def train(self, rnd: int, message: bytes, inbox: bytes | None = None) -> tuple[dict, bytes]:
         """Training and upload as an engine carries them between processes: (what the server

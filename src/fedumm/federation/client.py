@@ -20,6 +20,7 @@ from fedumm.config import AdaptiveRegularizationConfig, FederationConfig
 from fedumm.dp_sgd import DPSGDSetting
 from fedumm.federation import wire
 from fedumm.federation.adaptive_regularization import Both, middle_layer_proximal
+from fedumm.federation.compression.masked import MaskedUpload
 from fedumm.federation.secure_aggregation import ClientSession, ProtocolError
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.strategies.fedavg import FedAvg
@@ -152,16 +153,26 @@ def upload(
     equal_weights: bool = False,
     session: ClientSession | None = None,
     inbox: bytes | None = None,
+    quantized: MaskedUpload | None = None,
 ) -> bytes:
     """What leaves a client: its update serialized; under secure aggregation (`session`, with
-    the `inbox` the task brought) masked first, as weight * update in fixed point, the weight
-    the server gives it: its samples, or 1 under `equal_weights` (client_weights equal).
-    Empty when the client withdraws (an update it cannot mask, an inbox it refuses)."""
+    the `inbox` the task brought) masked first, with the weight the server gives it (its
+    samples, or 1 under `equal_weights`: client_weights equal): as weight * update in fixed
+    point, or with `quantized` (int8 / int4 upload compression) as weight * its change
+    quantized to one scale every client shares (compression/masked.py), whose residual then
+    goes into the client's state. Empty when the client withdraws (an update it cannot mask,
+    a weight the masked sum was not sized for, an inbox it refuses)."""
     params = update.params
     if session is not None:
+        weight = 1 if equal_weights else update.num_samples
         try:
             session.receive(inbox)
-            params = session.mask(params, 1 if equal_weights else update.num_samples)
+            if quantized is None:
+                params = session.mask(params, weight)
+            else:
+                words, residual = quantized.encode(params, weight)
+                params = session.mask_words(words, ring=quantized.shared.ring)
+                quantized.state.update(residual)
         except ProtocolError as e:  # withdraw: the others' shares recover my masks
             log.warning(
                 "secure aggregation round %d: %s withdraws its update: %s",

@@ -12,20 +12,31 @@ Per round, among the n sampled clients, with threshold t (n/2 < t <= n):
      AES-GCM under a key agreed from c_u and C_v (the server only routes ciphertexts). U2: who
      sent.
   2. mask: with the task, v receives the ciphertexts addressed to it and U2 (at least t, all
-     of the roster). It uploads, in fixed point (2^24 fractional bits, mod 2^64),
-         y_v = q([w_v * theta_v, w_v]) + PRG(b_v) + sum_{u in U2, u > v} PRG(s_uv)
-                                                  - sum_{u < v} PRG(s_uv)
-     where w_v is the weight it gives its update, which travels masked beside it (so the
-     server divides by the weights actually used), s_uv is agreed from s_v and S_u (X25519 +
-     HKDF) and PRG is AES-256-CTR keyed by it, one counter range per tensor (never by anything
-     the server knows). A client whose update has a non-finite value, or one too large for
-     the sum of n to stay in range, withdraws: it sends nothing and is recovered as dropped.
+     of the roster). It uploads, in the ring of integers mod 2^m (`Ring`),
+         y_v = x_v + PRG(b_v) + sum_{u in U2, u > v} PRG(s_uv) - sum_{u < v} PRG(s_uv)
+     where s_uv is agreed from s_v and S_u (X25519 + HKDF) and PRG is AES-256-CTR keyed by it,
+     one counter range per tensor (never by anything the server knows), each 64-bit word
+     reduced mod 2^m (uniform there: 2^m divides 2^64). x_v is [w_v * theta_v, w_v], where
+     w_v is the weight it gives its update, which travels masked beside it (so the server
+     divides by the weights actually used), in one of two encodings:
+       - fixed point (`encode`): 2^24 fractional bits, m = 64, int64 words on the wire;
+       - shared-scale integers (federation/compression/masked.py, upload compression int8 or
+         int4): w_v * q_v with q_v in [-L, L] the change from what v received quantized with
+         one scale for every client, and m the fewest bits that hold L * W (W: the most the
+         round's weights can sum to), so no sum can wrap; the words travel in the smallest
+         integer container that holds m bits (2 clients of equal weight: int8 in 9 bits, int16
+         words, a quarter of fixed point's bytes; int4 in 5 bits, int8 words, an eighth).
+     A client whose update has a non-finite value, or one too large for the sum of n to stay
+     in range (fixed point), or a weight or value outside what the modulus was sized for
+     (integers), withdraws: it sends nothing and is recovered as dropped.
      U3: whose masked upload arrived (in time, valid).
   3. unmask: if |U3| >= t, each u in U3 is asked for its shares of b_v for v in U3 and of s_v for
      the v in U2 that dropped after sharing (U2 \\ U3): never both for one v, only for members
      of U2, once. With t of them the server reconstructs those secrets and removes the
      self-masks of the survivors and the pairwise masks the survivors made with the dropped,
-     leaving q(sum w_v theta_v) and q(sum w_v) exactly.
+     leaving sum x_v mod 2^m exactly: q(sum w_v theta_v) and q(sum w_v) in fixed point, or
+     sum w_v q_v and sum w_v, which the server reads as signed m-bit integers, checks against
+     L * sum w_v (a sum outside it was not made by clients within range) and scales back.
 Fewer than t survivors, or fewer than t unmasking answers, aborts the round: nothing is learnt
 and the global model stays. A message that is malformed (any field of the wrong type, size or
 range), names another round or client, or fails authentication is refused with a log line
@@ -38,8 +49,10 @@ keys, a server that substitutes a client's keys is caught. It does not protect a
 server that tells different clients different stories about who dropped (the malicious
 protocol's consistency round), nor against clients that send poison or inflate their weight
 (the server sees neither a client's update nor its weight: `client_weights: equal` makes every
-honest client use 1). Every client masks with every other (complete graph, O(n^2) key
-agreements); SecAgg+'s sparse graph (Bell et al., CCS 2020) is not implemented.
+honest client use 1; under int8 / int4 the sum of the weights must be at most W and every
+summed value within L times it, or the round aborts, which bounds but does not stop a lying
+client). Every client masks with every other (complete graph, O(n^2) key agreements);
+SecAgg+'s sparse graph (Bell et al., CCS 2020) is not implemented.
 """
 
 from __future__ import annotations
@@ -69,6 +82,71 @@ SHARE_HEX = 131  # hex digits of a field element (fixed width: every share has o
 
 class ProtocolError(ValueError):
     """A secure-aggregation message that cannot be used; its sender counts as dropped."""
+
+
+# the integer containers a masked word travels in, by width in bits
+CONTAINERS = {8: torch.int8, 16: torch.int16, 32: torch.int32, 64: torch.int64}
+
+
+@dataclass(frozen=True)
+class Ring:
+    """The integers mod 2^bits, where masked words live and add up. Words are computed as
+    uint64 (numpy's wrapping arithmetic is mod 2^64, a multiple of 2^bits) and reduced on the
+    way out; on the wire each is the unsigned residue in [0, 2^bits), in the smallest signed
+    integer container of at least `bits` bits (its bit pattern: int16 for 9 to 16 bits)."""
+
+    bits: int
+
+    def __post_init__(self):
+        if not 1 <= self.bits <= 64:
+            raise ValueError(f"a ring of 2^{self.bits}: masked words have 1 to 64 bits")
+
+    @classmethod
+    def holding(cls, bound: int) -> Ring:
+        """The smallest ring whose signed residues [-2^(bits-1), 2^(bits-1)) hold every
+        integer of magnitude at most `bound`: a sum inside it never wraps."""
+        bits = int(bound).bit_length() + 1
+        if bits > 64:
+            raise ValueError(f"sums up to {bound} need {bits} bits, more than 64")
+        return cls(bits)
+
+    @property
+    def width(self) -> int:
+        """Bits of the container a word travels in."""
+        return next(w for w in CONTAINERS if w >= self.bits)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return CONTAINERS[self.width]
+
+    def reduce(self, words: np.ndarray) -> np.ndarray:
+        """uint64 `words` mod 2^bits."""
+        return words if self.bits == 64 else words & np.uint64((1 << self.bits) - 1)
+
+    def to_wire(self, words: np.ndarray, shape: tuple) -> torch.Tensor:
+        """uint64 `words`, reduced, in the container (`shape`)."""
+        size = self.width // 8
+        contained = self.reduce(words).astype(f"u{size}").view(f"i{size}")
+        return torch.from_numpy(contained).reshape(shape)
+
+    def from_wire(self, tensor: torch.Tensor) -> np.ndarray:
+        """A masked tensor's words as uint64 (its container's bit pattern, unsigned)."""
+        unsigned = f"u{self.width // 8}"
+        return tensor.contiguous().numpy().view(unsigned).reshape(-1).astype(np.uint64)
+
+    def holds(self, tensor: torch.Tensor) -> bool:
+        """Whether every word of `tensor` is a residue of this ring (below 2^bits)."""
+        return self.bits == self.width or not bool((self.from_wire(tensor) >> self.bits).any())
+
+    def signed(self, words: np.ndarray) -> np.ndarray:
+        """uint64 `words` as the signed residues in [-2^(bits-1), 2^(bits-1)) (int64)."""
+        if self.bits == 64:
+            return words.view(np.int64)
+        v = self.reduce(words).astype(np.int64)
+        return np.where(v >= 1 << (self.bits - 1), v - (1 << self.bits), v)
+
+
+FIXED_POINT = Ring(64)  # `encode`'s words: 2^24 fractional bits, mod 2^64
 
 
 @dataclass(frozen=True)
@@ -473,11 +551,27 @@ class ClientSession:
                 )
 
     def mask(self, params: Params, weight: float) -> Params:
-        """y = q([weight * params, weight]) + PRG(b) + the pairwise masks with U2 (int64 on the
-        wire); ProtocolError (withdraw: I count as dropped) for values that cannot be masked."""
+        """y = q([weight * params, weight]) + PRG(b) + the pairwise masks with U2, in fixed
+        point (int64 on the wire); ProtocolError (withdraw: I count as dropped) for values
+        that cannot be masked."""
         if not self.peers:
             raise ProtocolError(f"{self.me} was given no peers to mask with")
-        y = encode(params, weight, RANGE / len(self.roster))
+        dims = {k: tuple(v.shape) for k, v in params.items()}
+        return self.mask_words(encode(params, weight, RANGE / len(self.roster)), dims)
+
+    def mask_words(
+        self,
+        words: dict[str, np.ndarray],
+        dims: dict[str, tuple] | None = None,
+        ring: Ring = FIXED_POINT,
+    ) -> Params:
+        """y = words + PRG(b) + the pairwise masks with U2, mod 2^ring.bits, in the ring's
+        container; `words`: flat uint64 (each the residue of a signed value mod 2^64), `dims`:
+        tensors' shapes on the wire (flat where not named). That the words' sum stays in the
+        ring is the caller's to see to (`encode`; compression/masked.py)."""
+        if not self.peers:
+            raise ProtocolError(f"{self.me} was given no peers to mask with")
+        y = {k: v.astype(np.uint64) for k, v in words.items()}  # a copy: the masks add in place
         shapes = {k: v.shape for k, v in y.items()}
         for k, m in _masks(self.b_seed, shapes).items():
             y[k] += m
@@ -492,10 +586,7 @@ class ClientSession:
                     y[k] += m
                 else:
                     y[k] -= m
-        dims = {k: tuple(v.shape) for k, v in params.items()}
-        return {
-            k: torch.from_numpy(v.view(np.int64)).reshape(dims.get(k, (1,))) for k, v in y.items()
-        }
+        return {k: ring.to_wire(v, (dims or {}).get(k, v.shape)) for k, v in y.items()}
 
     def unmask(self, request_blob: bytes) -> bytes:
         """My shares of b_v for the survivors and of s_v for the dropped, never both for one v,
@@ -628,8 +719,21 @@ class ServerSession:
 
     def unmask(self, masked: dict[str, Params], answers: dict[str, bytes]) -> tuple[Params, float]:
         """(sum over the survivors of weight * update (float64), sum of their weights), from
-        their masked uploads and at least `threshold` unmasking answers; ProtocolError if the
-        round must abort."""
+        their masked fixed-point uploads and at least `threshold` unmasking answers;
+        ProtocolError if the round must abort."""
+        total, shapes = self.unmask_words(masked, answers)
+        if WEIGHT not in total:
+            raise ProtocolError("the masked uploads carry no weight")
+        summed = decode(total, shapes)
+        return summed, float(summed.pop(WEIGHT).sum())
+
+    def unmask_words(
+        self, masked: dict[str, Params], answers: dict[str, bytes], ring: Ring = FIXED_POINT
+    ) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
+        """(The sum over the survivors of their words mod 2^ring.bits, flat uint64 per tensor,
+        and each tensor's shape), every mask removed; ProtocolError if the round must abort
+        (uploads that are not all of one layout in the ring's container, too few answers,
+        shares that do not reconstruct what their owner committed to)."""
         survivors = sorted(masked)
         if not set(survivors) <= set(self.sharers):
             raise ProtocolError(
@@ -638,15 +742,12 @@ class ServerSession:
             )
         dropped = sorted(set(self.sharers) - set(survivors))
         b_shares, s_shares = self._collect_shares(survivors, dropped, answers)
-        total, shapes = _sum_masked(masked, survivors)
+        total, shapes = _sum_masked(masked, survivors, ring)
         for v in survivors:
             self._remove_self_mask(total, shapes, v, b_shares[v])
         for v in dropped:
             self._remove_pair_masks(total, shapes, v, s_shares[v], survivors)
-        if WEIGHT not in total:
-            raise ProtocolError("the masked uploads carry no weight")
-        summed = decode(total, shapes)
-        return summed, float(summed.pop(WEIGHT).sum())
+        return {k: ring.reduce(v) for k, v in total.items()}, shapes
 
     def _collect_shares(
         self, survivors: list[str], dropped: list[str], answers: dict[str, bytes]
@@ -725,17 +826,19 @@ class ServerSession:
         return value.to_bytes(KEY_BYTES, "big")
 
 
-def _sum_masked(masked: dict[str, Params], survivors: list[str]) -> tuple[dict, dict]:
-    """The survivors' masked uploads summed mod 2^64, and the shapes every one must have."""
+def _sum_masked(masked: dict[str, Params], survivors: list[str], ring: Ring) -> tuple[dict, dict]:
+    """The survivors' masked uploads summed mod 2^64 (reduced mod 2^ring.bits by the caller),
+    and the shapes every one must have, in the ring's container."""
     first = masked[survivors[0]]
     shapes = {k: tuple(v.shape) for k, v in first.items()}
     total = {k: np.zeros(int(np.prod(s)), dtype=np.uint64) for k, s in shapes.items()}
-    expected = {k: (s, torch.int64) for k, s in shapes.items()}
+    expected = {k: (s, ring.dtype) for k, s in shapes.items()}
     for u in survivors:
         if {k: (tuple(v.shape), v.dtype) for k, v in masked[u].items()} != expected:
             raise ProtocolError(
-                f"{u}'s masked upload differs in keys or shapes from {survivors[0]}'s"
+                f"{u}'s masked upload differs in keys, shapes or integer type from "
+                f"{survivors[0]}'s, or is not in {ring.dtype} words"
             )
         for k in shapes:
-            total[k] += masked[u][k].contiguous().numpy().view(np.uint64).reshape(-1)
+            total[k] += ring.from_wire(masked[u][k])
     return total, shapes

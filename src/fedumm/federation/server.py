@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +25,7 @@ from fedumm.evaluation.metrics import headlines
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData
 from fedumm.federation.compression import CodecError, Compression
+from fedumm.federation.compression.masked import WORDS, SharedScale
 from fedumm.federation.secure_aggregation import WEIGHT, ProtocolError, ServerSession
 from fedumm.federation.strategies.base import Strategy
 from fedumm.federation.update import (
@@ -163,6 +165,18 @@ class Server:
     def secure(self) -> bool:
         return self.rules.secure_threshold is not None
 
+    @cached_property
+    def shared_scale(self) -> SharedScale | None:
+        """Under secure aggregation with int8 / int4 uploads, the scale and modulus every
+        client quantizes its change into (compression/masked.py), from what the server and
+        the clients alike know: the clients per round and the largest weight one may have."""
+        if not self.secure:
+            return None
+        sizes = (len(c.data) for c in self.clients)
+        equal, cap = self.rules.equal_weights, self.rules.claims.max_samples
+        upload = self.compression.upload_cfg
+        return SharedScale.of(upload, self.clients_per_round, equal, cap, sizes)
+
     def sample(self, rnd: int) -> list[ClientData]:
         """Round `rnd`'s clients (rounds count from 1), a function of the seed and the round
         only, so a resumed run draws what the uninterrupted one did. `random`: drawn
@@ -225,7 +239,7 @@ class Server:
                 f"rejected), fewer than min_clients={self.rules.min_clients}; the global model "
                 "is unchanged"
             )
-        global_params = self._aggregate(rnd, global_params, accepted, secagg, record)
+        global_params = self._aggregate(rnd, global_params, accepted, secagg, record, reference)
         t0 = time.perf_counter()
         record.metrics = self.evaluate(global_params) if evaluate else {}
         record.eval_seconds = time.perf_counter() - t0
@@ -268,13 +282,22 @@ class Server:
         return accepted
 
     def _aggregate(
-        self, rnd: int, global_params: Params, accepted: list, secagg, record: RoundRecord
+        self,
+        rnd: int,
+        global_params: Params,
+        accepted: list,
+        secagg,
+        record: RoundRecord,
+        reference: Params | None = None,
     ) -> Params:
         """The strategy's new global model; the old one where the round aborts (a protocol
-        failure under secure aggregation, or a non-finite result)."""
+        failure under secure aggregation, or a non-finite result). `reference`: what a
+        quantized masked upload is a change from."""
         try:
             if secagg is not None:
-                accepted = [self._unmasked_mean(secagg, accepted, global_params, rnd, record)]
+                accepted = [
+                    self._unmasked_mean(secagg, accepted, global_params, rnd, record, reference)
+                ]
             new_params = self.strategy.aggregate(global_params, accepted)
             self._check_finite(new_params)
             return new_params
@@ -318,12 +341,19 @@ class Server:
 
     def _validate(self, update: ClientUpdate, global_params: Params) -> None:
         template = self.strategy.upload_template(global_params, update.client_id)
-        if self.secure:  # masked uploads are fixed-point integers, with the weight beside
+        shared = self.shared_scale
+        if shared is not None:  # one flat vector of integers mod 2^m, the weight last
+            template = shared.template(template)
+        elif self.secure:  # masked uploads are fixed-point integers, with the weight beside
             template = {
                 **{k: v.long() for k, v in template.items()},
                 WEIGHT: torch.zeros(1, dtype=torch.long),
             }
         validate_update(update, template, self.rules.max_update_norm, self.rules.claims)
+        if shared is not None and not shared.ring.holds(update.params[WORDS]):
+            raise UpdateRejected(
+                f"client {update.client_id}: a masked word is not below 2^{shared.ring.bits}"
+            )
 
     @staticmethod
     def _check_finite(params: Params) -> None:
@@ -340,10 +370,12 @@ class Server:
         global_params: Params,
         rnd: int,
         record: RoundRecord,
+        reference: Params | None = None,
     ) -> ClientUpdate:
         """Round 3 of the protocol: the survivors' shares remove every mask; the server's one
         view of the round is the weighted mean of the survivors' updates, divided by the sum of
-        the weights they masked (not by what they claim: the server never sees a weight)."""
+        the weights they masked (not by what they claim: the server never sees a weight).
+        Quantized uploads (int8 / int4) are changes: their mean is added to `reference`."""
         survivors = [u.client_id for u in masked]
         if len(survivors) < secagg.threshold:
             raise ProtocolError(
@@ -355,10 +387,19 @@ class Server:
         up, down = sum(map(len, answers.values())), len(request) * len(survivors)
         record.bytes_up, record.bytes_down = record.bytes_up + up, record.bytes_down + down
         record.secagg_bytes += up + down
-        summed, total = secagg.unmask({u.client_id: u.params for u in masked}, answers)
-        if not total > 0:
-            raise ProtocolError(f"the survivors' weights sum to {total:g}, not a positive number")
-        mean = {k: (summed[k] / total).to(global_params[k].dtype) for k in summed}
+        uploads, shared = {u.client_id: u.params for u in masked}, self.shared_scale
+        if shared is not None:
+            words, _ = secagg.unmask_words(uploads, answers, shared.ring)
+            template = self.strategy.upload_template(global_params, survivors[0])
+            mean, total = shared.mean(words[WORDS], template, reference or {})
+        else:
+            summed, total = secagg.unmask(uploads, answers)
+            if not total > 0:
+                raise ProtocolError(
+                    f"the survivors' weights sum to {total:g}, not a positive number"
+                )
+            mean = {k: summed[k] / total for k in summed}
+        mean = {k: v.to(global_params[k].dtype) for k, v in mean.items()}
         steps = round(sum(u.num_steps for u in masked) / len(masked))
         return ClientUpdate("secure-aggregate", mean, max(1, round(total)), steps)
 
