@@ -89,19 +89,24 @@ def test_an_unknown_engine_is_refused(tiny_foundation, tmp_path):
 def test_poc_mode_runs_real_processes_and_stops_them(tiny_foundation, tmp_path):
     """FedAvg under secure aggregation through POC (a server and a client per site, as
     separate processes; the key protocol as FLARE tasks between them, each site signing its
-    keys with its provisioned startup kit): the unsigned embedded run's adapter, model bytes,
-    client losses and scores; nothing left running."""
+    keys with its provisioned startup kit), the model sent down compressed (int8, seeded
+    stochastic rounding: federation.compression): the unsigned embedded run's adapter, model
+    bytes, client losses and scores; nothing left running."""
     runs = {}
     signed = ["federation.secure_aggregation.signed_keys=true"]
+    down = ["federation.compression.broadcast.scheme=int8"]
     for engine, env, extra in (("embedded", [], []), ("flare", ["--flare-env", "poc"], signed)):
         out = tmp_path / engine
-        result = run_tiny(out, tiny_foundation, *SECURE, *extra, cli=["--engine", engine, *env])
+        result = run_tiny(
+            out, tiny_foundation, *SECURE, *down, *extra, cli=["--engine", engine, *env]
+        )
         assert result.exit_code == 0, result.output
         runs[engine] = json.loads((out / "results.json").read_text())
     a = load_file(tmp_path / "embedded" / "global_adapter.safetensors")
     b = load_file(tmp_path / "flare" / "global_adapter.safetensors")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
     embedded, flare = runs["embedded"], runs["flare"]
+    assert flare["config"]["federation"]["compression"]["broadcast"]["scheme"] == "int8"
     assert flare["final"]["metrics"] == embedded["final"]["metrics"]
     assert flare["baselines"]["zero_shot"] == embedded["baselines"]["zero_shot"]
     for mine, theirs in zip(embedded["rounds"], flare["rounds"]):

@@ -93,3 +93,71 @@ def test_strategy_state_round_trips():
     nxt = [update("a", {"w": [0.5, 0.5]}, 1)]
     start = {"w": torch.tensor([0.1, 0.2])}
     assert torch.equal(s.aggregate(start, nxt)["w"], t.aggregate(start, nxt)["w"])
+
+
+TOPK_EF = [
+    "federation.compression.upload.scheme=topk",
+    "federation.compression.upload.fraction=0.1",
+    "federation.compression.upload.values=int8",
+    "federation.compression.upload.error_feedback=true",
+    "federation.compression.broadcast.scheme=int8",
+    "federation.rounds=4",
+    "baselines.local=false",
+    "baselines.centralized=false",
+]
+
+
+def _final_states(out) -> dict:
+    """client -> its state in the files the run's last checkpoint names (client_states/)."""
+    from safetensors.torch import load_file
+
+    named = checkpoint.load(out).client_states
+    return {cid: load_file(out / "client_states" / name) for cid, name in named.items()}
+
+
+def test_a_resumed_run_continues_each_clients_residual(tiny_foundation, tmp_path, monkeypatch):
+    """Error feedback (top-k 10% in int8): a run that fails in round 3 of 4, after a client's
+    upload changed its residual in memory, resumed from round 2's checkpoint (each client's
+    residual in client_states/, the files the checkpoint names) ends as the run never
+    interrupted: its results, adapter bytes and every client's final residual."""
+    from fedumm.federation.compression import RESIDUAL, Compression
+
+    clean, stopped = tmp_path / "clean", tmp_path / "stopped"
+    result = run_tiny(clean, tiny_foundation, *TOPK_EF)
+    assert result.exit_code == 0, result.output
+    pack = Compression.pack_upload
+
+    def failing(self, upload, reference, exact, state, rnd, number):
+        blob = pack(self, upload, reference, exact, state, rnd, number)
+        if rnd == 3:  # after the residual changed: it must not count
+            raise RuntimeError("the machine went away")
+        return blob
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Compression, "pack_upload", failing)
+        result = run_tiny(stopped, tiny_foundation, *TOPK_EF)
+    assert result.exit_code == 1 and "the machine went away" in result.output
+    assert not (stopped / "results.json").exists()
+    assert checkpoint.load(stopped).round == 2
+    kept = _final_states(stopped)
+    assert len(kept) == 3  # three clients, two a round: every one trained by round 2
+    for state in kept.values():
+        assert state and all(k.startswith(RESIDUAL) for k in state)
+        assert all(float(v.abs().max()) > 0 for v in state.values())
+
+    result = runner.invoke(app, ["run", "--resume", str(stopped), "--quiet"])
+    assert result.exit_code == 0, result.output
+    a = json.loads((clean / "results.json").read_text())
+    b = json.loads((stopped / "results.json").read_text())
+    assert _without_timings(a) == _without_timings(b)
+    assert (clean / "global_adapter.safetensors").read_bytes() == (
+        stopped / "global_adapter.safetensors"
+    ).read_bytes()
+    mine, theirs = _final_states(clean), _final_states(stopped)
+    assert mine.keys() == theirs.keys() == kept.keys()
+    for cid, state in mine.items():
+        assert state.keys() == theirs[cid].keys()
+        assert all(torch.equal(v, theirs[cid][k]) for k, v in state.items())
+    assert any(  # the rounds after the checkpoint changed them
+        not torch.equal(v, kept[cid][k]) for cid, s in theirs.items() for k, v in s.items()
+    )

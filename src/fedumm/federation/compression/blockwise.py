@@ -72,7 +72,8 @@ class Blockwise(Codec):
         if bool(((q < -self.levels) | (q > self.levels)).any()):  # -128: no encoder makes it
             raise CodecError(f"an {self.name} code outside [-{self.levels}, {self.levels}]")
         padded = torch.nn.functional.pad(q.float(), (0, blocks * self.block - n))
-        return (padded.view(-1, self.block) * scales.unsqueeze(1)).view(-1)[:n]
+        out = (padded.view(-1, self.block) * scales.unsqueeze(1)).view(-1)[:n]
+        return finite(out, f"{self.name} values (code times scale)")  # past float32's range
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:

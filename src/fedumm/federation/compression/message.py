@@ -27,6 +27,7 @@ from fedumm.federation.update import Params
 HEADER = "fedumm.compression"
 EXACT = Cast("fp32")
 MAX_HEADER = 1 << 24  # bytes of JSON a header may inflate to (a message of 100,000 tensors)
+MAX_VALUES = 1 << 48  # values a message's tensors may hold in all (a 2^48-value tensor: 1 PB)
 
 
 def encode(
@@ -64,14 +65,14 @@ def decode(blob: bytes, codec: Codec, reference: Params | None = None) -> Params
     its key; a plain `wire` message as it is. CodecError for anything that is not a
     well-formed message of `codec`, naming what."""
     header = _header(blob)
-    if header is None:
-        return wire.unpack(blob)
-    if header.get("codec") != codec.name:
+    if header is not None and header.get("codec") != codec.name:
         raise CodecError(f"encoded with {header.get('codec')!r}, not this run's {codec.name!r}")
     try:
         tensors = wire.unpack(blob)
     except Exception as e:  # whatever the bytes were, they were not a message
         raise CodecError(f"not a safetensors message ({e})") from None
+    if header is None:
+        return tensors
     listed, out = _entries(header), {}
     for group, group_codec in (("main", codec), ("exact", EXACT)):
         entries = [e for e in listed if e[2] == group]
@@ -89,7 +90,7 @@ def decode(blob: bytes, codec: Codec, reference: Params | None = None) -> Params
                     raise CodecError(
                         f"{key!r} is a change from a tensor the receiver does not hold"
                     )
-                value = base.float() + value
+                value = (base.float() + value).to(base.dtype)  # the dtype it has (bf16 weights)
             out[key] = value
     if len(out) != len(listed):
         raise CodecError("a key appears twice")
@@ -97,20 +98,24 @@ def decode(blob: bytes, codec: Codec, reference: Params | None = None) -> Params
 
 
 def _header(blob: bytes) -> dict | None:
-    try:
+    try:  # RecursionError: JSON nested deeper than the parser goes
         size = int.from_bytes(blob[:8], "little")
         meta = json.loads(blob[8 : 8 + size]).get("__metadata__") or {}
-    except (ValueError, AttributeError, UnicodeDecodeError) as e:
+    except (ValueError, AttributeError, RecursionError) as e:
         raise CodecError(f"not a safetensors message ({e})") from None
+    if not isinstance(meta, dict):  # safetensors' metadata maps text to text
+        raise CodecError("not a safetensors message (its __metadata__ is not an object)")
     if HEADER not in meta:
         return None
     try:
+        if not isinstance(meta[HEADER], str):
+            raise ValueError(f"{type(meta[HEADER]).__name__}, not base64 text")
         inflate = zlib.decompressobj()
         text = inflate.decompress(base64.b64decode(meta[HEADER], validate=True), MAX_HEADER)
         if inflate.unconsumed_tail:
             raise ValueError(f"inflates past {MAX_HEADER} bytes")
         header = json.loads(text)
-    except (ValueError, zlib.error) as e:
+    except (ValueError, zlib.error, RecursionError) as e:
         raise CodecError(f"unreadable compression header ({e})") from None
     if not isinstance(header, dict):
         raise CodecError("the compression header is not an object")
@@ -131,6 +136,8 @@ def _entries(header: dict) -> list:
     )
     if not ok:
         raise CodecError("the header's tensors are not [key, shape, group, relative] entries")
+    if sum(_numel(e[1]) for e in entries) > MAX_VALUES:  # past 1e308, float math overflows
+        raise CodecError(f"the header's tensors hold more than {MAX_VALUES} values in all")
     return entries
 
 
