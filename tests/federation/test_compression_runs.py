@@ -20,6 +20,7 @@ from fedumm.engines.embedded import InProcess
 from fedumm.federation.compression import RESIDUAL, Compression, message
 from fedumm.federation.server import RoundFailed, RoundRules, Server
 from fedumm.federation.strategies import build_strategy
+from fedumm.federation.update import ClientUpdate
 from tests.engines.test_flower import TWO_CLIENTS
 from tests.federation.test_server import CLIENTS, ModelFreeParts, _train
 from tests.tiny import run_tiny, runner
@@ -367,6 +368,51 @@ def test_a_bf16_model_comes_back_in_bf16():
         params, record = _server(upload).run_round(1, start)
         assert record.rejected == [], record.rejected
         assert all(v.dtype == torch.bfloat16 for v in params.values())
+
+
+def test_scaffolds_exact_control_variates_come_back_in_the_models_dtype():
+    """SCAFFOLD's Delta c_i travels exactly, decoded as fp32: on a bf16 model the server
+    casts it to the template's dtype (before, every upload was rejected: 'has dtype
+    torch.float32, expected torch.bfloat16')."""
+    from fedumm.federation.strategies import FederationContext
+
+    compression = _compression(**INT8)
+    strategy = build_strategy("scaffold", FederationContext(num_clients=4))
+    parts = CompressingParts(_train(), CLIENTS, compression=compression, strategy=strategy)
+    engine = Server(
+        CLIENTS,
+        strategy,
+        InProcess(parts),
+        lambda params: {},
+        4,
+        0,
+        RoundRules(),
+        progress=False,
+        compression=compression,
+    )
+    params, record = engine.run_round(1, {k: v.to(torch.bfloat16) for k, v in START.items()})
+    assert record.rejected == [], record.rejected
+    assert all(v.dtype == torch.bfloat16 for v in [*params.values(), *strategy.c.values()])
+    assert float(strategy.c["w"][0, 0]) == (1 + 2 + 3 + 4) / 4  # each client's exact Delta c_i
+
+
+def test_a_client_that_cannot_encode_its_update_withdraws_and_the_round_goes_on(caplog):
+    """A change of 1e5 overflows fp16: that client withdraws (logged) instead of crashing
+    the run, and the server aggregates the others."""
+
+    def train_client(client, params, rnd):
+        step = 1e5 if client.client_id == "site-4" else 1.0
+        out = {k: v + step for k, v in params.items()}
+        return ClientUpdate(client.client_id, out, len(client.data), 1)
+
+    engine = _server(FP16)
+    engine.transport.parts.train_client = train_client
+    with caplog.at_level("WARNING", logger="fedumm"):
+        params, record = engine.run_round(1, {k: v.clone() for k, v in START.items()})
+    assert "site-4 withdraws its update" in caplog.text and "overflows fp16" in caplog.text
+    assert [r["client_id"] for r in record.rejected] == ["site-4"]
+    assert "withdrew its update" in record.rejected[0]["reason"]
+    assert torch.allclose(params["w"], torch.ones(20, 10))
 
 
 def test_when_every_upload_is_malformed_the_round_fails_and_the_model_is_kept():

@@ -15,7 +15,7 @@ from pathlib import Path
 from fedumm.config import RunConfig
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData, site_names, upload
-from fedumm.federation.compression import UPLOAD_STREAM
+from fedumm.federation.compression import UPLOAD_STREAM, CodecError
 from fedumm.federation.compression.masked import MaskedUpload, SharedScale
 from fedumm.federation.secure_aggregation import ClientSession, ProtocolError, client_answer
 from fedumm.federation.update import ClientUpdate, Params
@@ -116,9 +116,13 @@ class Site:
             exact = frozenset(k for k in update.params if k.startswith(strategy.exact_prefixes))
             reference = strategy.upload_reference(self.received(message))
             number = self.parts.number(self.client)
-            return self.parts.compression.pack_upload(
-                update.params, reference, exact, self.state, rnd, number
-            )
+            try:
+                return self.parts.compression.pack_upload(
+                    update.params, reference, exact, self.state, rnd, number
+                )
+            except CodecError as e:  # withdraw (e.g. a value fp16 cannot hold): counted dropped
+                log.warning("round %d: %s withdraws its update: %s", rnd, self.name, e)
+                return b""
         fed = self.cfg.federation
         shared = SharedScale.of_run(fed, (len(c.data) for c in self.parts.clients))
         quantized = None
