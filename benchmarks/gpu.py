@@ -35,6 +35,7 @@ from transformers import AutoModelForImageTextToText
 from fedumm.config import ConfigError, EvalConfig, FederationConfig, RunConfig
 from fedumm.engines.embedded import InProcess
 from fedumm.federation.client import ClientData, Federated, local_schedule, local_update
+from fedumm.federation.compression import Compression
 from fedumm.federation.server import Server
 from fedumm.federation.strategies import build_strategy
 from fedumm.models import place
@@ -161,7 +162,9 @@ def federation(
         )
 
     # what the embedded engine's sites read of a run's parts: here clients that train by `train`
-    parts = SimpleNamespace(train_client=train, clients=members, cfg=RunConfig())
+    parts = SimpleNamespace(
+        train_client=train, clients=members, cfg=RunConfig(), compression=Compression()
+    )
     server = Server(members, strategy, InProcess(parts), evaluate, clients, seed=0, progress=False)
     start = get_adapter(model)
     if runtime.device.type == "cuda":
