@@ -263,14 +263,18 @@ def _inf_product(t):  # the largest bf16 scale times code 127: no longer a float
 
 
 INT8, INT4, FP16 = {"scheme": "int8"}, {"scheme": "int4"}, {"scheme": "fp16"}
-TOPK = {"scheme": "topk", "fraction": 0.1, "values": "int8"}
+TOPK = {"scheme": "topk", "fraction": 0.1, "values": "int8"}  # 21 of 205 kept: a bitmap
+SPARSE = {"scheme": "topk", "fraction": 0.02, "values": "int8"}  # 5 kept: int32 indices
 MALFORMED = {
     "codes-one-too-many": (INT8, _edit(_resize("main.codes", 1)), "part 'codes' is torch.int8"),
     "scales-one-too-few": (INT8, _edit(_resize("main.scales", -1)), "part 'scales'"),
-    "index-past-the-end": (TOPK, _edit(_set("main.index", 205, -1)), "an index outside [0, 205)"),
-    "index-negative": (TOPK, _edit(_set("main.index", -1)), "an index outside [0, 205)"),
+    "index-past-the-end": (SPARSE, _edit(_set("main.index", 205, -1)), "an index outside [0, 205)"),
+    "index-negative": (SPARSE, _edit(_set("main.index", -1)), "an index outside [0, 205)"),
+    "bitmap-a-bit-more": (TOPK, _edit(_set("main.bitmap", 0xFF)), "the bitmap marks"),
+    "bitmap-past-the-end": (TOPK, _edit(_set("main.bitmap", 0xE0, -1)), "past the message's"),
+    "bitmap-one-byte-short": (TOPK, _edit(_resize("main.bitmap", -1)), "part 'bitmap'"),
     "index-repeated": (
-        TOPK,
+        SPARSE,
         _edit(lambda t: t["main.index"].__setitem__(1, t["main.index"][0])),
         "not strictly increasing",
     ),
@@ -342,7 +346,7 @@ def test_a_malformed_compressed_upload_is_rejected_and_the_others_count(case):
     expected, _ = _server(upload, clients=CLIENTS[:3]).run_round(1, dict(START))
     assert params.keys() == START.keys()
     assert all(torch.equal(params[k], expected[k]) for k in START)
-    if upload is not TOPK:  # FedAvg of +1, +2, +3 by 10, 20, 30 samples (int8: nearly)
+    if upload not in (TOPK, SPARSE):  # FedAvg of +1, +2, +3 by 10, 20, 30 samples (int8: nearly)
         assert float(params["w"].mean()) == pytest.approx(14 / 6, rel=0.02)
     assert all(float(params[k].abs().max()) > 1 for k in START)  # they did count
 
@@ -417,7 +421,7 @@ def test_a_client_that_cannot_encode_its_update_withdraws_and_the_round_goes_on(
 
 def test_when_every_upload_is_malformed_the_round_fails_and_the_model_is_kept():
     everyone = [c.client_id for c in CLIENTS]
-    engine = _server(TOPK, MALFORMED["index-repeated"][1], bad=everyone)
+    engine = _server(SPARSE, MALFORMED["index-repeated"][1], bad=everyone)
     start = {k: v.clone() for k, v in START.items()}
     with pytest.raises(RoundFailed, match=r"0 valid update\(s\) of 4 sampled .*4 rejected"):
         engine.run_round(1, start)
