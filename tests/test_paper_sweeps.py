@@ -105,6 +105,7 @@ COMPRESSION_SETTINGS = [
     "int8",
     "int4",
     "top-k 10%",
+    "top-k 10% int8",
     "top-k 10% + EF",
     "top-k 1%",
     "top-k 1% + EF",
@@ -115,7 +116,7 @@ COMPRESSION_SETTINGS = [
 @pytest.mark.parametrize("name", ["compression", "compression-unified"])
 def test_the_compression_sweeps_hold_every_setting_and_three_seeds(name):
     sweep = load_bench(name)
-    assert len(sweep.cells) == 9 * 3
+    assert len(sweep.cells) == len(COMPRESSION_SETTINGS) * 3
     settings = list(dict.fromkeys(label(c.values["setting"]) for c in sweep.cells))
     assert settings == COMPRESSION_SETTINGS
     assert {c.values["seed"] for c in sweep.cells} == {0, 1, 2}
@@ -179,13 +180,14 @@ def test_compression_bench_tables_targets_and_plot(tiny_foundation, tmp_path, na
 def test_projected_int8_upload_is_a_quarter_of_fp32():
     """Encoded from tensors of the 7B adapters' shapes: int8 is 1 byte a value plus a bf16 scale
     per 64, a quarter of fp32 and 3% more; top-k 1% int8 keeps 5 bytes (int32 index, int8
-    value) of every hundred values."""
+    value) of every hundred values; top-k 10% int8 sends a bitmap of the positions."""
     from fedumm.config import CodecConfig
 
     settings = {
         "none": CodecConfig(),
         "int8": CodecConfig(scheme="int8"),
         "top-k 1% int8": CodecConfig(scheme="topk", fraction=0.01, values="int8"),
+        "top-k 10% int8": CodecConfig(scheme="topk", fraction=0.1, values="int8"),
     }
     rows = {row[0]: row[1:] for row in projection(settings)}
     for (plain, _), (int8, ratio), (sparse, _) in zip(
@@ -194,6 +196,8 @@ def test_projected_int8_upload_is_a_quarter_of_fp32():
         assert plain > 4 * 7_800_000  # LLaVA-1.5-7B: 8,388,608 values; Janus-Pro-7B: 7,864,320
         assert abs(int8 - plain / 4) <= 0.05 * plain / 4 and ratio == plain / int8
         assert abs(sparse - 0.05 * plain / 4) <= 0.05 * 0.05 * plain / 4
+    # Top-k 10%: its positions as a bitmap (1/8 byte a value), its values in int8: >= 16x.
+    assert all(ratio >= 16 for _, ratio in rows["top-k 10% int8"])
 
 
 def test_robustness_tables_per_client_setting_and_the_3_point_check(tmp_path):
