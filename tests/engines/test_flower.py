@@ -67,7 +67,9 @@ def test_flower_simulation_matches_the_embedded_engine(tiny_foundation, tmp_path
 def test_secure_aggregation_through_flower_messages(tiny_foundation, tmp_path):
     """The key protocol as Flower query messages, keys signed with the sites' identities; each
     node's session (keys, shares) kept in its context.state between the protocol's messages
-    and restored under the site's own policy."""
+    and restored under the site's own policy. Uploads int8 into the masked field with error
+    feedback (its residual in the node's state), the broadcast fp16: the same bytes and
+    results as the embedded engine."""
     identities = tmp_path / "identities"  # the same certificates, so the same bytes
     assert runner.invoke(app, ["identities", str(identities), "--sites", "2"]).exit_code == 0
     runs = _runs(
@@ -77,6 +79,9 @@ def test_secure_aggregation_through_flower_messages(tiny_foundation, tmp_path):
         "federation.secure_aggregation.threshold=2",
         "federation.secure_aggregation.signed_keys=true",
         f"federation.secure_aggregation.identities={identities}",
+        "federation.compression.upload.scheme=int8",
+        "federation.compression.upload.error_feedback=true",
+        "federation.compression.broadcast.scheme=fp16",
     )
     _assert_same(runs)
     for mine, theirs in zip(runs["embedded"][0]["rounds"], runs["flower"][0]["rounds"]):
