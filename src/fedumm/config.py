@@ -391,6 +391,8 @@ MASKED_REFUSALS = {
     "field as integers",
     "bf16": "a float's exponent cannot be summed under masks; int8 or int4 go into the masked "
     "field as integers",
+    "sign": "signs of different scales do not add up under masks; int8 or int4 go into the "
+    "masked field as integers of one scale",
     "topk": "masked sparse uploads add up only where every client chose the same indices: the "
     "server would need the union of indices, which reveals what each client kept; use int8 or "
     "int4",
@@ -403,9 +405,10 @@ class CodecConfig(Section):
     whose kept values travel in any of the others. Uploads are compressed as the change from
     what the client received; the broadcast as the model itself."""
 
-    scheme: Literal["none", "fp16", "bf16", "int8", "int4", "topk"] = Field(
+    scheme: Literal["none", "fp16", "bf16", "int8", "int4", "sign", "topk"] = Field(
         "none",
-        description="none (fp32), fp16 / bf16, int8 / int4 (blockwise, a scale per block), or "
+        description="none (fp32), fp16 / bf16, int8 / int4 (blockwise, a scale per block), sign "
+        "(1 bit a value and a scale per block: use with error_feedback), or "
         "topk (the largest values of each tensor, with their indices).",
     )
     fraction: float = Field(
@@ -415,7 +418,7 @@ class CodecConfig(Section):
         "fp32", description="topk: how the kept values travel (int8/int4: blockwise)."
     )
     block_size: int = Field(
-        64, description="int8/int4: values per scale, a power of two from 8 to 65536."
+        64, description="int8/int4/sign: values per scale, a power of two from 8 to 65536."
     )
     rounding: Literal["stochastic", "nearest"] = Field(
         "stochastic",
@@ -453,7 +456,7 @@ class CodecConfig(Section):
         readers = {
             "fraction": self.scheme == "topk",
             "values": self.scheme == "topk",
-            "block_size": quantized,
+            "block_size": quantized or self.scheme == "sign",
             "rounding": quantized,
             "error_feedback": self.scheme != "none",
             "secure_range": self.scheme in ("int8", "int4"),

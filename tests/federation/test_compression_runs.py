@@ -43,6 +43,7 @@ def _compression(seed: int = 0, **upload) -> Compression:
         {"scheme": "int4", "block_size": 8},
         {"scheme": "int8", "rounding": "nearest"},
         {"scheme": "bf16"},
+        {"scheme": "sign", "block_size": 8},
     ],
     ids=lambda u: "-".join(str(v) for v in u.values()),
 )

@@ -273,6 +273,7 @@ def test_a_client_that_withdraws_or_sends_words_outside_the_ring_is_recovered(ca
         ("fp16", "a float's exponent cannot be summed under masks"),
         ("bf16", "a float's exponent cannot be summed under masks"),
         ("topk", "the server would need the union of indices"),
+        ("sign", "signs of different scales do not add up under masks"),
     ],
 )
 def test_uploads_that_cannot_be_summed_under_masks_are_refused_naming_the_key(scheme, why):

@@ -19,6 +19,7 @@ from fedumm.federation.compression import message
 from fedumm.federation.compression.base import Codec, CodecError
 from fedumm.federation.compression.blockwise import Blockwise
 from fedumm.federation.compression.cast import Cast
+from fedumm.federation.compression.sign import Sign
 from fedumm.federation.compression.topk import TopK
 from fedumm.federation.update import Params
 from fedumm.seeding import derive_seed
@@ -38,6 +39,8 @@ def build_codec(cfg: CodecConfig) -> Codec | None:
         return Cast(cfg.scheme)
     if cfg.scheme in ("int8", "int4"):
         return Blockwise(int(cfg.scheme[3:]), cfg.block_size, stochastic)
+    if cfg.scheme == "sign":
+        return Sign(cfg.block_size)
     values = cfg.values
     inner = (
         Blockwise(int(values[3:]), cfg.block_size, stochastic)
