@@ -296,6 +296,7 @@ def test_compression_says_what_it_compresses():
         ({"upload": {"scheme": "none", "error_feedback": True}}, "error_feedback: scheme none"),
         ({"upload": {"scheme": "fp16", "block_size": 128}}, "block_size: scheme fp16 does not"),
         ({"broadcast": {"scheme": "topk"}}, "broadcast.scheme: topk sends a change"),
+        ({"broadcast": {"scheme": "sign"}}, "broadcast.scheme: sign brings every small value"),
         ({"broadcast": {"scheme": "int8", "error_feedback": True}}, "broadcast.error_feedback"),
     ],
 )

@@ -498,6 +498,12 @@ class CompressionConfig(Section):
                 "broadcast is the model itself (a client may have missed any number of rounds); "
                 "use fp16, bf16, int8 or int4"
             )
+        if down.scheme == "sign":
+            raise ValueError(
+                "broadcast.scheme: sign brings every small value back at its block's mean size, "
+                "which only error feedback (uploads only) makes up for; use fp16, bf16, int8 or "
+                "int4"
+            )
         if down.error_feedback:
             raise ValueError(
                 "broadcast.error_feedback: the server compresses the model itself each round, "
