@@ -107,6 +107,7 @@ COMPRESSION_SETTINGS = [
     "top-k 10%",
     "top-k 10% int8",
     "top-k 10% + EF",
+    "sign + EF",
     "top-k 1%",
     "top-k 1% + EF",
     "top-k 1% int8 + EF",
