@@ -21,7 +21,7 @@ PARAMS = {
 
 
 def test_a_message_is_one_array_per_part_and_a_header_naming_each_tensor():
-    blob, decoded = encode(PARAMS, Blockwise(8, 64), G)
+    blob, decoded = encode(PARAMS, Blockwise(8, 64), G, decoded=True)
     tensors = wire.unpack(blob)
     assert sorted(tensors) == ["main.codes", "main.scales"]
     assert tensors["main.codes"].numel() == 3 * 256

@@ -107,6 +107,7 @@ class Compression:
             self._generator(rnd, client_number, UPLOAD_STREAM),
             {k: upload[k] for k in exact if k in upload},
             frozenset(changes) & frozenset(reference),
+            decoded=self.error_feedback,
         )
         if self.error_feedback:
             state.update({RESIDUAL + k: changes[k] - decoded[k] for k in changes})

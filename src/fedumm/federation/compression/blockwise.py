@@ -17,11 +17,13 @@ from fedumm.federation.compression.base import Codec, CodecError, Parts, finite,
 
 
 def stochastic_round(y: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """floor(y) + Bernoulli(y - floor(y)): unbiased; nearest rounding without a generator."""
+    """floor(y) + Bernoulli(y - floor(y)): unbiased; nearest rounding without a generator.
+    Overwrites `y` (a 7B adapter's 8.4M values: each pass and allocation saved counts)."""
     if generator is None:
         return torch.round(y)
     low = torch.floor(y)
-    return low + (torch.rand(y.shape, generator=generator) < (y - low)).to(y.dtype)
+    frac = y.sub_(low)
+    return low.add_(torch.rand(y.shape, generator=generator).lt_(frac))
 
 
 def scales_up(absmax: torch.Tensor, levels: int) -> torch.Tensor:
@@ -45,11 +47,11 @@ class Blockwise(Codec):
     def quantize(self, x: torch.Tensor, generator: torch.Generator | None) -> tuple:
         """(integer codes in [-L, L] as int8, bf16 scales) of flat `x`."""
         n = x.numel()
-        padded = torch.nn.functional.pad(x, (0, self._blocks(n) * self.block - n))
-        blocks = padded.view(-1, self.block)
+        pad = self._blocks(n) * self.block - n
+        blocks = (torch.nn.functional.pad(x, (0, pad)) if pad else x).view(-1, self.block)
         scales = scales_up(blocks.abs().amax(dim=1), self.levels)
-        s = scales.float().unsqueeze(1)
-        y = torch.where(s > 0, blocks / torch.where(s > 0, s, 1.0), 0.0)
+        s = scales.float()
+        y = blocks / torch.where(s > 0, s, 1.0).unsqueeze(1)  # a block of scale 0 is all 0
         q = stochastic_round(y, generator if self.stochastic else None)
         q = q.clamp_(-self.levels, self.levels).to(torch.int8).view(-1)[:n]
         return q, scales
@@ -69,11 +71,15 @@ class Blockwise(Codec):
             q = unpack_nibbles(part(parts, "codes", torch.uint8, -(-n // 2)), n)
         else:
             q = part(parts, "codes", torch.int8, n)
-        if bool(((q < -self.levels) | (q > self.levels)).any()):  # -128: no encoder makes it
+        # codes are at most L by their type (int8: 127; a nibble less 8: 7), so one pass for
+        # the least: -128 (int8) and -8 (int4) are codes no encoder makes
+        if n and int(q.min()) < -self.levels:
             raise CodecError(f"an {self.name} code outside [-{self.levels}, {self.levels}]")
-        padded = torch.nn.functional.pad(q.float(), (0, blocks * self.block - n))
-        out = (padded.view(-1, self.block) * scales.unsqueeze(1)).view(-1)[:n]
-        return finite(out, f"{self.name} values (code times scale)")  # past float32's range
+        if blocks and float(scales.max()) * self.levels > torch.finfo(torch.float32).max:
+            raise CodecError(f"a scale whose codes decode to NaN or infinite {self.name} values")
+        pad = blocks * self.block - n
+        codes = torch.nn.functional.pad(q.float(), (0, pad)) if pad else q.float()
+        return (codes.view(-1, self.block) * scales.unsqueeze(1)).view(-1)[:n]
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:

@@ -36,11 +36,13 @@ def encode(
     generator: torch.Generator,
     exact: Params | None = None,
     relative: frozenset[str] = frozenset(),
+    decoded: bool = False,
 ) -> tuple[bytes, Params]:
-    """(The message of `values` through `codec` and `exact` as fp32, what the receiver will
-    decode of `values`). `relative`: the keys that are changes from the receiver's reference."""
+    """(The message of `values` through `codec` and `exact` as fp32, with `decoded` what the
+    receiver will decode of `values`: error feedback's residual is what it lacks; else {}).
+    `relative`: the keys that are changes from the receiver's reference."""
     exact = exact or {}
-    tensors, entries, decoded = {}, [], {}
+    tensors, entries, received = {}, [], {}
     for group, params, group_codec in (("main", values, codec), ("exact", exact, EXACT)):
         if not params:
             continue
@@ -50,14 +52,14 @@ def encode(
         parts = group_codec.encode(flat, sizes, generator)
         tensors.update({f"{group}.{name}": t.contiguous() for name, t in parts.items()})
         entries += [[k, list(params[k].shape), group, k in relative] for k in keys]
-        if group == "main":
+        if group == "main" and decoded:
             out = group_codec.decode(parts, sizes)
-            decoded = dict(
+            received = dict(
                 zip(keys, (v.view(params[k].shape) for k, v in zip(keys, out.split(sizes))))
             )
     header = {"codec": codec.name, "tensors": entries}
     text = base64.b64encode(zlib.compress(json.dumps(header, separators=(",", ":")).encode()))
-    return save(tensors, metadata={HEADER: text.decode()}), decoded
+    return save(tensors, metadata={HEADER: text.decode()}), received
 
 
 def decode(blob: bytes, codec: Codec, reference: Params | None = None) -> Params:
