@@ -315,15 +315,20 @@ MALFORMED = {
     ),
     "shape-too-large": (TOPK, _huge_header, "more than 281474976710656 values"),
     "another-codec": (INT8, _edit(header=lambda h: h.update(codec="fp16")), "encoded with 'fp16'"),
-    "no-reference-for-the-key": (
+    "a-key-not-expected": (
         INT8,
         _edit(header=_rename("w", "x")),
-        "'x' is a change from a tensor the receiver does not hold",
+        "declares 'x' of shape (20, 10), which is not expected",
     ),
-    "reference-of-another-shape": (
+    "a-shape-not-expected": (
         INT8,
         _edit(header=_rename("w", "w", shape=[10, 20])),
-        "'w' is a change from a tensor the receiver does not hold",
+        "declares 'w' of shape (10, 20), which is not expected",
+    ),
+    "a-huge-tensor-declared": (  # refused before the receiver allocates 1e10 values for it
+        SPARSE,
+        _edit(header=_rename("w", "w", shape=[100000, 100000])),
+        "declares 'w' of shape (100000, 100000), which is not expected",
     ),
     "a-key-twice": (INT8, _edit(header=_rename("b", "w", relative=False)), "a key appears twice"),
     "not-safetensors": (INT8, lambda blob: b"\x07garbage", "not a safetensors message"),

@@ -671,4 +671,4 @@ def test_a_site_that_refuses_its_inbox_withdraws_instead_of_failing(tiny_foundat
         meta, up = site.train(1, message, short)
     assert up == b"" and "site-1 withdraws its update" in caplog.text
     with pytest.raises(UpdateRejected, match="withdrew its update"):
-        server(_train(), 2)._receive(ClientUpdate("site-1", {}, meta["num_samples"], 1), up, {})
+        server(_train(), 2)._receive(ClientUpdate("site-1", {}, meta["num_samples"], 1), up, {}, {})

@@ -270,9 +270,8 @@ class Server:
             record.client_metrics[update.client_id] = {**update.metrics, "steps": update.num_steps}
             record.bytes_up += len(up)
             try:
-                update.params = self._receive(update, up, reference)  # what it got
-                if self.compression.compresses_uploads and not self.secure:
-                    update.params = self._in_template_dtypes(update, global_params)
+                template = self.strategy.upload_template(global_params, update.client_id)
+                update.params = self._receive(update, up, reference, template)  # what it got
                 self._validate(update, global_params)
             except UpdateRejected as e:
                 log.warning("round %d: rejected update: %s", rnd, e)
@@ -323,16 +322,11 @@ class Server:
         record.secagg_bytes += up + down
         return secagg, inboxes
 
-    def _in_template_dtypes(self, update: ClientUpdate, global_params: Params) -> Params:
-        """A compressed upload's floats in the dtypes the strategy expects (a codec decodes to
-        fp32, or to its reference's dtype: SCAFFOLD's exact Delta c_i of a bf16 model)."""
-        template = self.strategy.upload_template(global_params, update.client_id)
-        return {
-            k: v.to(template[k].dtype) if k in template and v.is_floating_point() else v
-            for k, v in update.params.items()
-        }
-
-    def _receive(self, update: ClientUpdate, up: bytes, reference: Params) -> Params:
+    def _receive(
+        self, update: ClientUpdate, up: bytes, reference: Params, template: Params
+    ) -> Params:
+        """The tensors of `update`'s upload `up`: masked under secure aggregation; compressed
+        ones decoded as changes from `reference`, checked against `template`."""
         if not up:
             raise UpdateRejected(
                 f"client {update.client_id} withdrew its update (it could not mask or encode "
@@ -341,7 +335,7 @@ class Server:
         try:
             if self.secure:
                 return wire.unpack(up)
-            return self.compression.unpack_upload(up, reference)
+            return self.compression.unpack_upload(up, reference, template)
         except CodecError as e:
             raise UpdateRejected(
                 f"client {update.client_id}: malformed compressed upload: {e}"

@@ -113,8 +113,11 @@ class Compression:
             state.update({RESIDUAL + k: changes[k] - decoded[k] for k in changes})
         return blob
 
-    def unpack_upload(self, blob: bytes, reference: Params) -> Params:
-        """The values a client sent (CodecError if `blob` is not a well-formed message)."""
+    def unpack_upload(
+        self, blob: bytes, reference: Params, template: Params | None = None
+    ) -> Params:
+        """The values a client sent, in `template`'s dtypes where it names them (CodecError if
+        `blob` is not a well-formed message, or declares tensors `template` does not have)."""
         if self.up is None:
             return wire.unpack(blob)
-        return message.decode(blob, self.up, reference)
+        return message.decode(blob, self.up, reference, template)

@@ -62,10 +62,14 @@ def encode(
     return save(tensors, metadata={HEADER: text.decode()}), received
 
 
-def decode(blob: bytes, codec: Codec, reference: Params | None = None) -> Params:
+def decode(
+    blob: bytes, codec: Codec, reference: Params | None = None, template: Params | None = None
+) -> Params:
     """The values of message `blob` (float32), each relative one plus `reference`'s value of
-    its key; a plain `wire` message as it is. CodecError for anything that is not a
-    well-formed message of `codec`, naming what."""
+    its key; a plain `wire` message as it is. With `template` (what the receiver expects), a
+    header naming another key or shape is refused before anything is decoded (a small message
+    may not make the receiver allocate a large one) and the values come in its dtypes.
+    CodecError for anything that is not a well-formed message of `codec`, naming what."""
     header = _header(blob)
     if header is not None and header.get("codec") != codec.name:
         raise CodecError(f"encoded with {header.get('codec')!r}, not this run's {codec.name!r}")
@@ -76,6 +80,11 @@ def decode(blob: bytes, codec: Codec, reference: Params | None = None) -> Params
     if header is None:
         return tensors
     listed, out = _entries(header), {}
+    if len({e[0] for e in listed}) != len(listed):
+        raise CodecError("a key appears twice")
+    for key, shape, _, _ in listed if template is not None else ():
+        if key not in template or tuple(template[key].shape) != tuple(shape):
+            raise CodecError(f"declares {key!r} of shape {tuple(shape)}, which is not expected")
     for group, group_codec in (("main", codec), ("exact", EXACT)):
         entries = [e for e in listed if e[2] == group]
         if not entries:
@@ -93,9 +102,7 @@ def decode(blob: bytes, codec: Codec, reference: Params | None = None) -> Params
                         f"{key!r} is a change from a tensor the receiver does not hold"
                     )
                 value = (base.float() + value).to(base.dtype)  # the dtype it has (bf16 weights)
-            out[key] = value
-    if len(out) != len(listed):
-        raise CodecError("a key appears twice")
+            out[key] = value if template is None else value.to(template[key].dtype)
     return out
 
 
