@@ -85,15 +85,16 @@ def _embedded_states(out) -> dict:
     return {f.name.split(".")[0]: load_file(f) for f in files}
 
 
-# Each engine's process runs take 30-45 s. By default: FLARE's simulator with top-k and error
-# feedback (the residual checked in its sites' state files), the pool with SCAFFOLD (exact
-# Delta c_i) and FedSA-LoRA (int4); Flower's simulation is slow: its node keeps whatever
-# state the site holds (test_a_flower_nodes_state_carries_the_residual below), and the rest
-# of its path is the code FLARE's sites run (engines/site.py).
+# Each engine's process runs take 30-45 s, so by default only the pool runs here (SCAFFOLD's
+# exact Delta c_i, FedSA-LoRA's int4): FLARE's simulator carries int4 uploads with error
+# feedback in test_flare.py's parity test, its POC int8 masked uploads, Flower's secure
+# aggregation test int8 with error feedback, and a Flower node keeps whatever state the site
+# holds (test_a_flower_nodes_state_carries_the_residual below). The FLARE cases here (top-k,
+# the residual in the sites' state files) and Flower's simulation are slow.
 @pytest.mark.parametrize(
     "case",
     [
-        "fedavg-topk-int8-ef",
+        pytest.param("fedavg-topk-int8-ef", marks=pytest.mark.slow),
         pytest.param("scaffold-int8-ef", marks=pytest.mark.slow),
         pytest.param("fedsa_lora-int4-ef", marks=pytest.mark.slow),
     ],

@@ -49,13 +49,20 @@ SECURE = [
     ],
 )
 def test_flare_simulator_matches_the_embedded_engine(tiny_foundation, tmp_path, strategy):
+    """Under compressed messages (int4 uploads with error feedback, a bf16 broadcast: the
+    top-k case and the sites' residual files are in test_compression_engines.py, slow)."""
     runs = {}
+    compressed = [
+        "federation.compression.upload.scheme=int4",
+        "federation.compression.upload.error_feedback=true",
+        "federation.compression.broadcast.scheme=bf16",
+    ]
     for engine in ("embedded", "flare"):
         out = tmp_path / engine
         name = f"federation.strategy.name={strategy}"
         where = ["flare.site_devices={site-1: cpu, site-2: cpu}"] if engine == "flare" else []
         result = run_tiny(
-            out, tiny_foundation, *TWO_CLIENTS, name, *where, cli=["--engine", engine]
+            out, tiny_foundation, *TWO_CLIENTS, name, *compressed, *where, cli=["--engine", engine]
         )
         assert result.exit_code == 0, result.output
         runs[engine] = (
@@ -90,11 +97,15 @@ def test_poc_mode_runs_real_processes_and_stops_them(tiny_foundation, tmp_path):
     """FedAvg under secure aggregation through POC (a server and a client per site, as
     separate processes; the key protocol as FLARE tasks between them, each site signing its
     keys with its provisioned startup kit), the model sent down compressed (int8, seeded
-    stochastic rounding: federation.compression): the unsigned embedded run's adapter, model
-    bytes, client losses and scores; nothing left running."""
+    stochastic rounding: federation.compression) and the uploads int8 into the masked field:
+    the unsigned embedded run's adapter, model bytes, client losses and scores; nothing left
+    running."""
     runs = {}
     signed = ["federation.secure_aggregation.signed_keys=true"]
-    down = ["federation.compression.broadcast.scheme=int8"]
+    down = [
+        "federation.compression.broadcast.scheme=int8",
+        "federation.compression.upload.scheme=int8",
+    ]
     for engine, env, extra in (("embedded", [], []), ("flare", ["--flare-env", "poc"], signed)):
         out = tmp_path / engine
         result = run_tiny(
@@ -107,6 +118,7 @@ def test_poc_mode_runs_real_processes_and_stops_them(tiny_foundation, tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-5
     embedded, flare = runs["embedded"], runs["flare"]
     assert flare["config"]["federation"]["compression"]["broadcast"]["scheme"] == "int8"
+    assert flare["config"]["federation"]["compression"]["upload"]["scheme"] == "int8"
     assert flare["final"]["metrics"] == embedded["final"]["metrics"]
     assert flare["baselines"]["zero_shot"] == embedded["baselines"]["zero_shot"]
     for mine, theirs in zip(embedded["rounds"], flare["rounds"]):
