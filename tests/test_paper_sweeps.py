@@ -145,7 +145,9 @@ def test_the_compression_sweeps_hold_every_setting_and_three_seeds(name):
         assert sweep.cells[0].config.data.tasks == ["vqa", "generation"]
 
 
-@pytest.mark.parametrize("name", ["compression", "compression-unified"])
+@pytest.mark.parametrize(  # the unified one writes both metrics' tables and panels
+    "name", [pytest.param("compression", marks=pytest.mark.slow), "compression-unified"]
+)
 def test_compression_bench_tables_targets_and_plot(tiny_foundation, tmp_path, name):
     """The shipped sweep at tiny scale, on three of its settings and two seeds."""
     tiny = [*TINY_RUN, f"model.foundation={tiny_foundation}", "federation.rounds=4", "eval.every=2"]

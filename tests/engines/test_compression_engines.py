@@ -85,12 +85,12 @@ def _embedded_states(out) -> dict:
     return {f.name.split(".")[0]: load_file(f) for f in files}
 
 
-# Each engine's process runs take 30-45 s, so by default only the pool runs here (SCAFFOLD's
-# exact Delta c_i, FedSA-LoRA's int4): FLARE's simulator carries int4 uploads with error
-# feedback in test_flare.py's parity test, its POC int8 masked uploads, Flower's secure
-# aggregation test int8 with error feedback, and a Flower node keeps whatever state the site
-# holds (test_a_flower_nodes_state_carries_the_residual below). The FLARE cases here (top-k,
-# the residual in the sites' state files) and Flower's simulation are slow.
+# Each engine's process runs take 20-45 s, so these are slow: by default the engines' own parity
+# tests carry compressed messages (test_flare.py's simulator int4 uploads with error feedback,
+# its POC int8 masked uploads; test_flower.py's secure aggregation int8 with error feedback;
+# test_device_pool.py SCAFFOLD int8 and FedSA-LoRA int4 with error feedback), and a Flower node
+# keeps whatever state the site holds (test_a_flower_nodes_state_carries_the_residual below).
+# Here, in addition: top-k, and the residual compared in the sites' state files.
 @pytest.mark.parametrize(
     "case",
     [
@@ -137,8 +137,8 @@ def test_compressed_flower_simulation_matches_the_embedded_engine(tiny_foundatio
     "case",
     [
         pytest.param("fedavg-topk-int8-ef", marks=pytest.mark.slow),
-        "scaffold-int8-ef",
-        "fedsa_lora-int4-ef",
+        pytest.param("scaffold-int8-ef", marks=pytest.mark.slow),
+        pytest.param("fedsa_lora-int4-ef", marks=pytest.mark.slow),
     ],
 )
 def test_compressed_device_pool_gives_the_one_device_federation(tiny_foundation, tmp_path, case):

@@ -39,11 +39,24 @@ def _without_timings(node):
     "strategy", [pytest.param("fedavg", marks=pytest.mark.slow), "scaffold", "fedsa_lora"]
 )
 def test_two_device_workers_give_the_one_device_federation(tiny_foundation, tmp_path, strategy):
+    """With compressed uploads and error feedback, whose residual the main process keeps
+    (SCAFFOLD: int8, its Delta c_i exact; FedSA-LoRA: int4; residual states compared in
+    test_compression_engines.py, slow)."""
+    upload = "int4" if strategy == "fedsa_lora" else "int8"
+    compressed = [
+        f"federation.compression.upload.scheme={upload}",
+        "federation.compression.upload.error_feedback=true",
+    ]
     runs = {}
     for name, devices in (("one", []), ("two", ["runtime.devices=[cpu, cpu]"])):
         out = tmp_path / name
         result = run_tiny(
-            out, tiny_foundation, *THREE, f"federation.strategy.name={strategy}", *devices
+            out,
+            tiny_foundation,
+            *THREE,
+            f"federation.strategy.name={strategy}",
+            *compressed,
+            *devices,
         )
         assert result.exit_code == 0, result.output
         runs[name] = json.loads((out / "results.json").read_text())
