@@ -272,7 +272,7 @@ class Server:
             try:
                 template = self.strategy.upload_template(global_params, update.client_id)
                 update.params = self._receive(update, up, reference, template)  # what it got
-                self._validate(update, global_params)
+                self._validate(update, template)
             except UpdateRejected as e:
                 log.warning("round %d: rejected update: %s", rnd, e)
                 record.rejected.append({"client_id": update.client_id, "reason": str(e)})
@@ -345,8 +345,9 @@ class Server:
                 f"client {update.client_id}: upload is not a readable message ({e})"
             ) from None
 
-    def _validate(self, update: ClientUpdate, global_params: Params) -> None:
-        template = self.strategy.upload_template(global_params, update.client_id)
+    def _validate(self, update: ClientUpdate, template: Params) -> None:
+        """`update` against the strategy's `template` (as the masked form it takes under
+        secure aggregation)."""
         shared = self.shared_scale
         if shared is not None:  # one flat vector of integers mod 2^m, the weight last
             template = shared.template(template)
