@@ -91,14 +91,8 @@ def _embedded_states(out) -> dict:
 # test_device_pool.py SCAFFOLD int8 and FedSA-LoRA int4 with error feedback), and a Flower node
 # keeps whatever state the site holds (test_a_flower_nodes_state_carries_the_residual below).
 # Here, in addition: top-k, and the residual compared in the sites' state files.
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param("fedavg-topk-int8-ef", marks=pytest.mark.slow),
-        pytest.param("scaffold-int8-ef", marks=pytest.mark.slow),
-        pytest.param("fedsa_lora-int4-ef", marks=pytest.mark.slow),
-    ],
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(COMPRESSED))
 def test_compressed_flare_simulator_matches_the_embedded_engine(tiny_foundation, tmp_path, case):
     """FLARE's simulator: the embedded engine's results; each site's state file after its
     last round holds the embedded client's residual (a key per tensor it sends, the same
@@ -133,14 +127,8 @@ def test_compressed_flower_simulation_matches_the_embedded_engine(tiny_foundatio
     _assert_same(embedded, flower, case)
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param("fedavg-topk-int8-ef", marks=pytest.mark.slow),
-        pytest.param("scaffold-int8-ef", marks=pytest.mark.slow),
-        pytest.param("fedsa_lora-int4-ef", marks=pytest.mark.slow),
-    ],
-)
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(COMPRESSED))
 def test_compressed_device_pool_gives_the_one_device_federation(tiny_foundation, tmp_path, case):
     """Two CPU workers (three clients: this process trains two, the worker one): the results
     and adapter of one device exactly, and the same residuals in client_states/."""

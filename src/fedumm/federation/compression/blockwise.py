@@ -34,21 +34,39 @@ def scales_up(absmax: torch.Tensor, levels: int) -> torch.Tensor:
     return torch.where(low, torch.nextafter(s, torch.full_like(s, float("inf"))), s)
 
 
-class Blockwise(Codec):
+class BlockScaled(Codec):
+    """A codec that sends one bf16 scale per block of `block` values (the last block may be
+    short): how it cuts a vector into blocks and reads the scales back."""
+
+    block: int
+
+    def _blocks(self, n: int) -> int:
+        return -(-n // self.block)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Flat `x` as rows of a block each, the last padded with zeros."""
+        pad = self._blocks(x.numel()) * self.block - x.numel()
+        return (torch.nn.functional.pad(x, (0, pad)) if pad else x).view(-1, self.block)
+
+    def _scales(self, parts: Parts, n: int) -> torch.Tensor:
+        """The scales of a message of `n` values, checked finite and non-negative."""
+        scales = finite(part(parts, "scales", torch.bfloat16, self._blocks(n)).float(), "scales")
+        if bool((scales < 0).any()):
+            raise CodecError("a block's scale is negative")
+        return scales
+
+
+class Blockwise(BlockScaled):
     def __init__(self, bits: int, block_size: int, stochastic: bool = True):
         if bits not in (4, 8):
             raise ValueError(f"blockwise quantization has 4 or 8 bits, not {bits}")
         self.name, self.bits, self.block = f"int{bits}", bits, block_size
         self.levels, self.stochastic = 2 ** (bits - 1) - 1, stochastic
 
-    def _blocks(self, n: int) -> int:
-        return -(-n // self.block)
-
     def quantize(self, x: torch.Tensor, generator: torch.Generator | None) -> tuple:
         """(integer codes in [-L, L] as int8, bf16 scales) of flat `x`."""
         n = x.numel()
-        pad = self._blocks(n) * self.block - n
-        blocks = (torch.nn.functional.pad(x, (0, pad)) if pad else x).view(-1, self.block)
+        blocks = self._rows(x)
         scales = scales_up(blocks.abs().amax(dim=1), self.levels)
         s = scales.float()
         y = blocks / torch.where(s > 0, s, 1.0).unsqueeze(1)  # a block of scale 0 is all 0
@@ -63,10 +81,7 @@ class Blockwise(Codec):
 
     def decode(self, parts: Parts, sizes: list[int]) -> torch.Tensor:
         n = sum(sizes)
-        blocks = self._blocks(n)
-        scales = finite(part(parts, "scales", torch.bfloat16, blocks).float(), "scales")
-        if bool((scales < 0).any()):
-            raise CodecError("a block's scale is negative")
+        scales = self._scales(parts, n)
         if self.bits == 4:
             q = unpack_nibbles(part(parts, "codes", torch.uint8, -(-n // 2)), n)
         else:
@@ -75,11 +90,9 @@ class Blockwise(Codec):
         # the least: -128 (int8) and -8 (int4) are codes no encoder makes
         if n and int(q.min()) < -self.levels:
             raise CodecError(f"an {self.name} code outside [-{self.levels}, {self.levels}]")
-        if blocks and float(scales.max()) * self.levels > torch.finfo(torch.float32).max:
+        if len(scales) and float(scales.max()) * self.levels > torch.finfo(torch.float32).max:
             raise CodecError(f"a scale whose codes decode to NaN or infinite {self.name} values")
-        pad = blocks * self.block - n
-        codes = torch.nn.functional.pad(q.float(), (0, pad)) if pad else q.float()
-        return (codes.view(-1, self.block) * scales.unsqueeze(1)).view(-1)[:n]
+        return (self._rows(q.float()) * scales.unsqueeze(1)).view(-1)[:n]
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:

@@ -14,22 +14,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedumm.federation.compression.base import Codec, CodecError, Parts, finite, part
+from fedumm.federation.compression.base import Parts, finite, part
+from fedumm.federation.compression.blockwise import BlockScaled
 
 
-class Sign(Codec):
+class Sign(BlockScaled):
     name = "sign"
 
     def __init__(self, block_size: int):
         self.block = block_size
 
-    def _blocks(self, n: int) -> int:
-        return -(-n // self.block)
-
     def encode(self, x: torch.Tensor, sizes: list[int], generator: torch.Generator) -> Parts:
         n = x.numel()
-        padded = torch.nn.functional.pad(x, (0, self._blocks(n) * self.block - n))
-        blocks = padded.view(-1, self.block)
+        blocks = self._rows(x)
         counts = torch.full((blocks.shape[0],), float(self.block))
         counts[-1] = n - (blocks.shape[0] - 1) * self.block  # the last block may be short
         scales = (blocks.abs().sum(dim=1) / counts).to(torch.bfloat16)
@@ -38,10 +35,7 @@ class Sign(Codec):
 
     def decode(self, parts: Parts, sizes: list[int]) -> torch.Tensor:
         n = sum(sizes)
-        blocks = self._blocks(n)
-        scales = finite(part(parts, "scales", torch.bfloat16, blocks).float(), "scales")
-        if bool((scales < 0).any()):
-            raise CodecError("a block's scale is negative")
+        scales = self._scales(parts, n)
         packed = part(parts, "signs", torch.uint8, -(-n // 8)).numpy()
         signs = np.unpackbits(packed, count=n, bitorder="little").astype(np.float32) * 2 - 1
         per_value = scales.repeat_interleave(self.block)[:n]
