@@ -268,6 +268,11 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="dtype of its frozen base weights (bf16/fp16 halve memory)."
     )
+    quantization: Literal["none", "int8", "nf4"] = Field(
+        "none",
+        description="The frozen base's linear weights quantized (QLoRA): int8 or nf4 (4-bit); "
+        "LoRA adapters stay fp32 and load onto the unquantized base.",
+    )
 
 
 class LoraSection(Section):
@@ -757,6 +762,24 @@ class RuntimeConfig(Section):
         description="Split each batch into micro-batches of this many samples and accumulate "
         "their gradients; null = the whole batch at once.",
     )
+    client_devices: int | list[str] | None = Field(
+        None,
+        description="Processes that train one client together (torch.distributed), each on an "
+        "equal share of every batch: a count (on `device`; on CUDA one GPU each) or their "
+        "devices ([cuda:0, cuda:1]; name a GPU twice to split it); rank 0 talks to the server. "
+        "null = one process.",
+    )
+    client_sharding: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="With client_devices: ddp, every process holds the whole frozen base; fsdp, "
+        "the base is sharded over them (torch's fully_shard), for a base one device cannot hold.",
+    )
+    client_timeout: int = Field(
+        600,
+        ge=1,
+        description="Seconds a client's process waits on the others (a step's gradients) "
+        "before it gives the client up as failed.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -772,6 +795,24 @@ class RuntimeConfig(Section):
             for name in devices:
                 _check_device(name, allow_auto=False)
         return devices
+
+    @field_validator("client_devices")
+    @classmethod
+    def _known_client_devices(cls, devices: int | list[str] | None) -> int | list[str] | None:
+        if isinstance(devices, int) and devices < 1:
+            raise ValueError(f"a client runs on at least 1 process, not {devices}")
+        if isinstance(devices, list):
+            if not devices:
+                raise ValueError("name at least one device, or null")
+            for name in devices:
+                _check_device(name, allow_auto=False)
+        return devices
+
+    @property
+    def client_processes(self) -> int:
+        """How many processes train one client."""
+        devices = self.client_devices
+        return len(devices) if isinstance(devices, list) else (devices or 1)
 
 
 class TrackingConfig(Section):
