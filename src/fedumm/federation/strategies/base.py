@@ -69,6 +69,9 @@ class Strategy(ABC):
     personalized: ClassVar[bool] = False  # True: each client's model differs from the global one
     mixed_ranks: ClassVar[bool] = False  # True: aggregates adapters of different ranks
     needs_lora: ClassVar[bool] = False  # True: works on LoRA factors (no full fine-tuning)
+    # True: writes its aggregate into the frozen base weights (folded deltas), so every
+    # client needs the whole base, unquantized, in one process
+    folds_into_base: ClassVar[bool] = False
     state_attrs: ClassVar[tuple[str, ...]] = ()  # server state: attributes holding tensor dicts
     # upload keys starting with one of these travel exactly (fp32), whatever compression is set
     exact_prefixes: ClassVar[tuple[str, ...]] = ()

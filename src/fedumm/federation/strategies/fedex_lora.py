@@ -19,6 +19,7 @@ class FedExLoRA(Strategy):
     name = "fedex_lora"
     needs_lora = True
     paper = "Singhal et al., ACL 2025"
+    folds_into_base = True
 
     def aggregate(self, global_params, updates):
         p = sample_weights(updates)

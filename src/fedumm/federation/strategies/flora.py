@@ -40,6 +40,7 @@ class FLoRA(Strategy):
         "the fresh factors up as they are (not top-k, no error feedback), the folded delta down"
     )
     mixed_ranks = True
+    folds_into_base = True
 
     @classmethod
     def compression_problems(cls, cfg):
