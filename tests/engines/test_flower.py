@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from fedumm.cli import app
 from tests.tiny import run_tiny, runner
 
+SITES = ["site-1", "site-2"]
 TWO_CLIENTS = [
     "federation.num_clients=2",
     "federation.clients_per_round=2",
@@ -89,21 +90,18 @@ def test_secure_aggregation_through_flower_messages(tiny_foundation, tmp_path):
 
 
 def test_a_partition_id_out_of_range_is_refused_naming_it():
-    from flwr.app import Context, RecordDict
-
     from fedumm.config import RunConfig
     from fedumm.engines.flower import _site
 
     config = RunConfig.model_validate(
         {"federation": {"num_clients": 2, "clients_per_round": 2}}
     ).model_dump_json()
-    context = Context(1, 1, {"partition-id": 2, "num-partitions": 3}, RecordDict(), {})
     with pytest.raises(
         ValueError,
         match=r"partition-id 2 is out of range: this federation has "
         r"2 sites, partition-id 0\.\.1",
     ):
-        _site(config, context)
+        _site(config, 2)
 
 
 def test_flower_without_flwr_is_refused_naming_the_extra(monkeypatch, tiny_foundation, tmp_path):
@@ -122,9 +120,8 @@ def test_node_state_is_kept_as_json_not_pickle():
     from types import SimpleNamespace
 
     import torch
-    from flwr.app import Context, RecordDict
 
-    from fedumm.engines.flower import STATE, _keep, _restore
+    from fedumm.engines.flower import _keep, _restore
     from fedumm.federation.secure_aggregation import ClientPolicy, ClientSession
 
     session = ClientSession(
@@ -136,17 +133,73 @@ def test_node_state_is_kept_as_json_not_pickle():
         roster={"site-2": {"c_pk": bytes(range(32))}},
     )
     site = SimpleNamespace(state={"c_i": torch.arange(4.0)}, sessions={"site-1": session})
-    context = Context(1, 1, {"partition-id": 0}, RecordDict(), {})
-    _keep(site, context)
-    stored = context.state[STATE]["sessions"]
+    state, stored = _keep(site)
     assert isinstance(stored, str)  # text, not a pickle's bytes
     assert json.loads(json.loads(stored)["site-1"])["me"] == "site-1"
     sites_own = SimpleNamespace(secagg_policy=lambda name: ClientPolicy(2))  # from its config
     back = SimpleNamespace(state={"stale": torch.zeros(1)}, sessions={}, parts=sites_own)
-    _restore(back, context)
+    _restore(back, state, stored)
     assert back.sessions == {"site-1": session}  # its policy the site's, never the stored one
     assert "policy" not in json.loads(json.loads(stored)["site-1"])
     assert back.state.keys() == {"c_i"} and torch.equal(back.state["c_i"], torch.arange(4.0))
+    _restore(back, None, "")  # a node's first message: nothing kept yet
+    assert back.state == {} and back.sessions == {}
+
+
+def test_a_killed_site_worker_fails_its_message_and_the_next_starts_another():
+    """The deployed ClientApp's forward to its SuperNode's site worker (started on demand, on a
+    socket in a 0700 folder): the worker killed mid-message fails that message at once (the
+    server counts the site dropped), not a hang; the next message starts a new worker, which
+    answers (here: refusing a partition out of range); it exits when its SuperNode does."""
+    import signal
+    import stat
+    import subprocess
+
+    from fedumm.config import RunConfig
+    from fedumm.engines.flower_node import SITE, forward, socket_folder
+
+    supernode = subprocess.Popen(["sleep", "600"])  # stands in for the SuperNode's process
+    config = RunConfig.model_validate(
+        {"federation": {"num_clients": 2, "clients_per_round": 2}}
+    ).model_dump_json()
+    ask = {"kind": SITE, "partition": 0, "config": config, "round": 0}
+
+    def worker() -> psutil.Process:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            for p in psutil.Process().children():
+                if "fedumm.engines.flower" in p.cmdline():
+                    return p
+            time.sleep(0.05)
+        raise AssertionError("no site worker started")
+
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(forward, ask, {}, supernode.pid)
+            first = worker()
+            first.send_signal(signal.SIGKILL)
+            with pytest.raises(RuntimeError, match="site worker of SuperNode .* failed"):
+                pending.result(timeout=10)
+        first.wait(5)
+        folder = socket_folder()
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        with pytest.raises(RuntimeError, match="partition-id 5 is out of range"):
+            forward({**ask, "partition": 5}, {}, supernode.pid)
+        second = worker()
+        assert second.pid != first.pid
+        sock = folder / f"site-worker-{supernode.pid}.sock"
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        supernode.kill()
+        supernode.wait()
+        second.wait(10)  # gone with its SuperNode
+        assert not sock.exists()
+    finally:
+        supernode.kill()
+        for p in psutil.Process().children():
+            if "fedumm.engines.flower" in p.cmdline():
+                p.kill()
 
 
 def _recorded(monkeypatch, cfg, home):
@@ -339,6 +392,18 @@ def test_export_writes_an_app_that_flwr_run_deploys(tmp_path):
         "fedumm_app.py",
         "pyproject.toml",
     ]
+    loaded = subprocess.run(  # what the process Flower starts per message imports
+        [
+            sys.executable,
+            "-c",
+            "import sys; import fedumm_app; fedumm_app.client_app; "
+            "print(sorted(m for m in ('torch', 'fedumm.engines') if m in sys.modules))",
+        ],
+        cwd=tmp_path / "app",
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
     project = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]
     assert project["app"]["components"] == {
         "serverapp": "fedumm_app:server_app",
@@ -353,8 +418,10 @@ def test_export_writes_an_app_that_flwr_run_deploys(tmp_path):
 
 def test_a_deployment_on_a_superlink_and_two_supernodes(tiny_foundation, tmp_path):
     """flower.env deployment: the exported app started with `flwr run` on a SuperLink and two
-    SuperNodes, separate processes (a fresh ClientApp process per message), all stopped after;
-    the same adapter as the embedded engine, SCAFFOLD's c_i kept by the SuperNodes."""
+    SuperNodes, separate processes (a fresh ClientApp process per message, forwarding to the
+    SuperNode's site worker, which built the model once: every round's training ran in the
+    same process), all stopped after, site workers included; the same adapter as the embedded
+    engine, SCAFFOLD's c_i kept by the SuperNodes."""
     runs, start = {}, time.time()
     for engine, extra in (("embedded", []), ("flower", ["flower.env=deployment"])):
         out = tmp_path / engine
@@ -373,9 +440,10 @@ def test_a_deployment_on_a_superlink_and_two_supernodes(tiny_foundation, tmp_pat
             load_file(out / "global_adapter.safetensors"),
         )
     _assert_same(runs)
-    results = runs["flower"][0]
-    pids = [m["pid"] for r in results["rounds"] for m in r["client_metrics"].values()]
-    assert len(set(pids)) == len(pids)  # every message its own ClientApp process
+    rounds = runs["flower"][0]["rounds"]
+    trained_in = {site: {r["client_metrics"][site]["pid"] for r in rounds} for site in SITES}
+    assert all(len(pids) == 1 for pids in trained_in.values()), trained_in  # built once
+    assert len({pid for pids in trained_in.values() for pid in pids}) == 2  # a worker per site
     home = tmp_path / "flower" / "flower"
     assert (home / "logs" / "site-2.log").is_file()
     assert "root-certificates" in (home / "config.toml").read_text()  # TLS, fedumm's own CA
@@ -387,7 +455,7 @@ def test_a_deployment_on_a_superlink_and_two_supernodes(tiny_foundation, tmp_pat
         and p.info["status"] != psutil.STATUS_ZOMBIE
         and any(
             n in " ".join(p.info["cmdline"] or [])
-            for n in ("flower-super", "flwr-serverapp", "flwr-clientapp")
+            for n in ("flower-super", "flwr-serverapp", "flwr-clientapp", "fedumm.engines.flower")
         )
     ]
     assert not flower, [p.info["cmdline"] for p in flower]

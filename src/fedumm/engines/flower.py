@@ -25,7 +25,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from fedumm.config import RunConfig
@@ -48,22 +47,22 @@ for _name, _value in (
 ):
     os.environ.setdefault(_name, _value)
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
 
-CONFIG_KEY, OUT_KEY = "fedumm-config", "out-dir"  # the app's run config
-SITE, SECAGG = "query.site", "query.secagg"  # message types besides train and evaluate
-STATE = "fedumm"  # the node's context.state record
-
-
-def _blob(data: bytes) -> ArrayRecord:
-    """Bytes as one raw array: Flower sends arrays in chunks, so a large adapter travels."""
-    return ArrayRecord({"bytes": Array(dtype="uint8", shape=(len(data),), stype="raw", data=data)})
-
-
-def _bytes(record: ArrayRecord) -> bytes:
-    return bytes(record["bytes"].data)
+from fedumm.engines import flower_node  # noqa: E402
+from fedumm.engines.flower_node import (  # noqa: E402
+    CONFIG_KEY,
+    OUT_KEY,
+    SECAGG,
+    SITE,
+    UPLOAD,
+    Blobs,
+    Fields,
+    blob,
+    blob_bytes,
+)
 
 
 class FlowerTransport:
@@ -150,13 +149,13 @@ class FlowerTransport:
         for c in clients:
             extra = {} if inboxes is None else {"inbox": inboxes[c.client_id]}
             contents[c.client_id] = RecordDict(
-                {"message": _blob(down), "fedumm": ConfigRecord({"round": rnd, **extra})}
+                {"message": blob(down), "fedumm": ConfigRecord({"round": rnd, **extra})}
             )
         answers = {}
         for site, content in self._ask("train", contents, rnd).items():
             try:
                 meta = json.loads(str(content["fedumm"]["meta"]))
-                answers[site] = (update_of(site, meta), _bytes(content["upload"]))
+                answers[site] = (update_of(site, meta), blob_bytes(content[UPLOAD]))
             except (KeyError, TypeError, ValueError) as e:  # a malformed answer: as if it failed
                 log.warning("round %d: unusable answer from %s: %r", rnd, site, e)
         return [answers[c.client_id] for c in clients if c.client_id in answers]
@@ -176,7 +175,7 @@ class FlowerTransport:
         return answers
 
     def evaluate_personal(self, params: Params, clients: list[ClientData]) -> list[dict]:
-        message = _blob(wire.pack(params))
+        message = blob(wire.pack(params))
         contents = {c.client_id: RecordDict({"message": message}) for c in clients}
         answers = self._ask("evaluate", contents, 0)
         missing = [c.client_id for c in clients if c.client_id not in answers]
@@ -221,13 +220,13 @@ def make_server_app(config: str | None = None, out_dir: str | None = None) -> Se
 _SITES: dict[tuple[str, str], object] = {}  # (config, site) -> Site, per process
 
 
-def _site(config: str, context: Context):
-    """The Site of this SuperNode's partition, built once per process."""
+def _site(config: str, partition: int):
+    """The Site of partition `partition` (a SuperNode's partition-id), built once per
+    process."""
     from fedumm.engines.site import Site
 
     cfg = RunConfig.model_validate_json(config)
     sites = site_names(cfg.federation.num_clients)
-    partition = int(context.node_config.get("partition-id", -1))
     if not 0 <= partition < len(sites):
         raise ValueError(
             f"partition-id {partition} is out of range: this federation has "
@@ -240,77 +239,71 @@ def _site(config: str, context: Context):
     return _SITES[key]
 
 
-def _restore(site, context: Context) -> None:
-    """The site's state and secure-aggregation sessions as this node last left them."""
+def _restore(site, state: bytes | None, sessions: str) -> None:
+    """The site's state and secure-aggregation sessions as its node last left them (`state`
+    None: the node's first message)."""
     from fedumm.federation.secure_aggregation import ClientSession
 
-    record = context.state.get(STATE)
     site.state.clear()
     site.sessions.clear()
-    if record is not None:
-        site.state.update(wire.unpack(bytes(record["state"])))
-        sessions = json.loads(str(record["sessions"]))  # this node's own: {site: session JSON}
-        site.sessions.update(
+    if state is not None:
+        site.state.update(wire.unpack(state))
+        site.sessions.update(  # this node's own: {site: session JSON}
             {
                 name: ClientSession.from_json(text, site.parts.secagg_policy(name))
-                for name, text in sessions.items()
+                for name, text in json.loads(sessions).items()
             }
         )
 
 
-def _keep(site, context: Context) -> None:
+def _keep(site) -> tuple[bytes, str]:
     """The site's state (tensors, `wire`) and sessions (JSON text: data, no code to run when
-    read, unlike a pickle) in the node's context.state."""
+    read, unlike a pickle), for the node's context.state."""
     sessions = json.dumps({name: s.to_json() for name, s in site.sessions.items()})
-    context.state[STATE] = ConfigRecord({"state": wire.pack(site.state), "sessions": sessions})
+    return wire.pack(site.state), sessions
 
 
-def make_client_app(config: str | None = None) -> ClientApp:
-    """A ClientApp for `config` (RunConfig JSON); without it, read from the run config."""
-    app = ClientApp()
+def answer(fields: Fields, blobs: Blobs) -> tuple[Fields, Blobs]:
+    """One message's work on this node's Site (as flower_node.request_of reads it from the
+    message): the site's state restored from the node's before, and returned after."""
+    site = _site(str(fields["config"]), int(fields["partition"]))
+    _restore(site, blobs.get("state"), str(fields.get("sessions", "{}")))
+    given, returned = _work(site, str(fields["kind"]), fields, blobs)
+    state, sessions = _keep(site)
+    return {**given, "sessions": sessions}, {**returned, "state": state}
 
-    def handler(work: Callable[[object, Message], RecordDict]):
-        def handle(msg: Message, context: Context) -> Message:
-            site = _site(config or str(context.run_config[CONFIG_KEY]), context)
-            _restore(site, context)
-            content = work(site, msg)
-            _keep(site, context)
-            return Message(content, reply_to=msg)
 
-        return handle
+def _work(site, kind: str, fields: Fields, blobs: Blobs) -> tuple[Fields, Blobs]:
+    if kind == "train":
+        meta, up = site.train(int(fields["round"]), blobs["message"], blobs.get("inbox"))
+        return {"meta": json.dumps(meta)}, {UPLOAD: up}
+    if kind == "evaluate":
+        return {"metrics": json.dumps(site.evaluate(blobs["message"]))}, {}
+    if kind == SECAGG:
+        phase = str(fields["phase"])
+        return {}, {"answer": site.secagg(int(fields["round"]), phase, blobs["payload"])}
+    if kind == SITE:
+        return {"site": site.name}, {}
+    raise ValueError(f"unknown message type {kind!r}")
 
-    @handler
-    def train(site, msg: Message) -> RecordDict:
-        given = msg.content["fedumm"]
-        inbox = bytes(given["inbox"]) if "inbox" in given else None
-        meta, up = site.train(int(given["round"]), _bytes(msg.content["message"]), inbox)
-        return RecordDict({"upload": _blob(up), "fedumm": ConfigRecord({"meta": json.dumps(meta)})})
 
-    @handler
-    def evaluate(site, msg: Message) -> RecordDict:
-        metrics = site.evaluate(_bytes(msg.content["message"]))
-        return RecordDict({"fedumm": ConfigRecord({"metrics": json.dumps(metrics)})})
+def make_client_app(config: str) -> ClientApp:
+    """The ClientApp of Flower's simulation: the Site in its own process (Ray's workers live
+    for the run). A deployment's is flower_node.client_app, forwarding to a site worker."""
+    return flower_node.make_client_app(lambda context: answer, config)
 
-    @handler
-    def secagg(site, msg: Message) -> RecordDict:
-        given = msg.content["fedumm"]
-        answer = site.secagg(int(given["round"]), str(given["phase"]), bytes(given["payload"]))
-        return RecordDict({"fedumm": ConfigRecord({"answer": answer})})
 
-    @handler
-    def which_site(site, msg: Message) -> RecordDict:
-        return RecordDict({"fedumm": ConfigRecord({"site": site.name})})
-
-    app.train()(train)
-    app.evaluate()(evaluate)
-    app.query(SECAGG.split(".")[1])(secagg)
-    app.query(SITE.split(".")[1])(which_site)
-    return app
+def serve_site_worker(fd: int, supernode: int) -> None:
+    """A SuperNode's site worker (flower_node): answers on the listening socket `fd` until
+    the SuperNode `supernode` is gone, or a signal ends it."""
+    logging.basicConfig(level=logging.WARNING, format="fedumm site worker: %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    flower_node.serve(socket.socket(fileno=fd), supernode, answer)
 
 
 # The components a deployed app names (fedumm flower export): config from the run config.
 server_app = make_server_app()
-client_app = make_client_app()
+client_app = flower_node.client_app  # apps exported before the site worker import it here
 
 
 # ------------------------------------------------------------------------------ launchers
@@ -665,19 +658,34 @@ def _run_deployment(cfg: RunConfig, out_dir: Path) -> None:
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
-    """SIGTERM to each process group, SuperNodes first; what is left after 30 s is killed."""
+    """SIGTERM to each process group, SuperNodes first; what is left after 30 s is killed.
+    A group holds what its process started, the SuperNode's site worker too, whose parent (a
+    ClientApp) is gone."""
     import psutil
 
     family = []
     for p in reversed(processes):
         with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
-            family += [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)]
+            leader = psutil.Process(p.pid)
+            family += {leader, *leader.children(recursive=True), *_group(p.pid)}
             os.killpg(p.pid, signal.SIGTERM)
     _, alive = psutil.wait_procs(family, timeout=30)
     for p in alive:
         p.kill()
     for p in processes:
         p.wait()
+
+
+def _group(leader: int) -> list:
+    """The processes of the process group `leader` leads, besides the leader."""
+    import psutil
+
+    members = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if p.pid != leader and os.getpgid(p.pid) == leader:
+                members.append(p)
+    return members
 
 
 PYPROJECT = """\
@@ -709,6 +717,36 @@ clientapp = "fedumm_app:client_app"
 """
 
 
+APP_MODULE = """\
+\"\"\"The components of this Flower app, fedumm's. The ClientApp, which forwards each message to
+its SuperNode's site worker, is loaded from its file: the process Flower starts per message then
+imports Flower and that file only, not fedumm.engines (torch, the models).\"\"\"
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import fedumm
+
+_NODE = "fedumm.engines.flower_node"
+if _NODE not in sys.modules:
+    _path = Path(fedumm.__file__).parent / "engines" / "flower_node.py"
+    _spec = importlib.util.spec_from_file_location(_NODE, _path)
+    sys.modules[_NODE] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules[_NODE])
+client_app = sys.modules[_NODE].client_app
+__all__ = ["client_app", "server_app"]
+
+
+def __getattr__(name):
+    if name == "server_app":  # the ServerApp's process imports the engine
+        from fedumm.engines.flower import server_app
+
+        return server_app
+    raise AttributeError(name)
+"""
+
+
 def export_app(cfg: RunConfig, app_dir: Path, out_dir: str) -> Path:
     """Write a Flower app folder that `flwr run` deploys: pyproject.toml (its run config holds
     the resolved config and where the server writes its results) and the two components."""
@@ -725,11 +763,7 @@ def export_app(cfg: RunConfig, app_dir: Path, out_dir: str) -> Path:
             config=json.dumps(cfg.model_dump_json()),
         )
     )
-    (app_dir / "fedumm_app.py").write_text(
-        '"""The components of this Flower app: fedumm\'s, reading the config from the run '
-        'config."""\n\nfrom fedumm.engines.flower import client_app, server_app\n\n'
-        '__all__ = ["client_app", "server_app"]\n'
-    )
+    (app_dir / "fedumm_app.py").write_text(APP_MODULE)
     return app_dir
 
 
@@ -840,3 +874,7 @@ def export_deployment(cfg: RunConfig, out: Path, results: str, host: str, port: 
         )
     )
     return out / "README.md"
+
+
+if __name__ == "__main__":  # how flower_node starts a SuperNode's site worker
+    serve_site_worker(int(sys.argv[1]), int(sys.argv[2]))
