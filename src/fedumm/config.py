@@ -270,8 +270,10 @@ class ModelConfig(Section):
     )
     quantization: Literal["none", "int8", "nf4"] = Field(
         "none",
-        description="The frozen base's linear weights quantized (QLoRA): int8 or nf4 (4-bit); "
-        "LoRA adapters stay fp32 and load onto the unquantized base.",
+        description="The frozen base's language-model linears (lm_head excepted) stored in int8 "
+        "or nf4 through bitsandbytes, on CPU or CUDA (QLoRA; pip install "
+        "'fedumm[quantization]'); LoRA adapters stay fp32 and load onto the unquantized base. "
+        "Not with flora, fedex_lora or lora: null.",
     )
 
 
