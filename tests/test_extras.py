@@ -1,5 +1,5 @@
-"""A lean install: the core runs without FLARE, datasets and Opacus (and scipy); a config that
-needs one of them is refused before any work, naming the extra that installs it."""
+"""A lean install: the core runs without FLARE, datasets, Opacus and bitsandbytes (and scipy); a
+config that needs one of them is refused before any work, naming the extra that installs it."""
 
 import json
 import re
@@ -14,7 +14,7 @@ from fedumm.evaluation.classification import rankdata
 from fedumm.extras import check_installed
 from tests.tiny import TINY_RUN
 
-OPTIONAL = ["nvflare", "datasets", "opacus", "scipy"]
+OPTIONAL = ["nvflare", "datasets", "opacus", "bitsandbytes", "scipy"]
 BLOCK = f"import sys; sys.modules.update(dict.fromkeys({OPTIONAL!r}))"  # import -> ImportError
 
 
@@ -56,6 +56,11 @@ def test_import_and_a_run_need_none_of_the_extras(tiny_foundation, tmp_path):
             "data.kind=hf_dataset",
             "data.kind: hf_dataset needs Hugging Face datasets, which is not "
             "installed: pip install 'fedumm[datasets]'",
+        ),
+        (
+            "model.quantization=nf4",
+            "model.quantization: nf4 needs bitsandbytes (the quantized frozen base), which is "
+            "not installed: pip install 'fedumm[quantization]'",
         ),
     ],
 )

@@ -16,6 +16,7 @@ EXTRAS = {
     "privacy": ("opacus", "Opacus (the privacy accountant and per-sample gradients)"),
     "tensorboard": ("tensorboard", "TensorBoard"),
     "mlflow": ("mlflow", "MLflow"),
+    "quantization": ("bitsandbytes", "bitsandbytes (the quantized frozen base)"),
 }
 
 
@@ -40,6 +41,8 @@ def needed(cfg: RunConfig) -> dict[str, str]:
         out["privacy"] = "federation.dp_sgd.enabled: true"
     if cfg.tracking.backend != "none":
         out[cfg.tracking.backend] = f"tracking: {cfg.tracking.backend}"
+    if cfg.model.quantization != "none":
+        out["quantization"] = f"model.quantization: {cfg.model.quantization}"
     return out
 
 

@@ -162,11 +162,14 @@ class Loaded:
 
 
 def load(run: TrainedRun, spec: ModelConfig | None = None, runtime: Runtime = CPU) -> Loaded:
-    """The run's trained model on `spec`'s base (the run's own by default)."""
+    """The run's trained model on `spec`'s base (the run's own by default), unquantized: an
+    adapter trained on a quantized base is served on the full-precision one, which it fits as
+    well (tests/models/test_quantization.py) and which `export --merge` can merge into."""
     if run.adapter is None:
         loaded = load_model(run.full_model, runtime)
         return Loaded(loaded.model, loaded.processor, None)
-    loaded = load_model(spec or run.config.model, runtime)
+    base = (spec or run.config.model).model_copy(update={"quantization": "none"})
+    loaded = load_model(base, runtime)
     model = adapted(loaded, run.config.lora, run.config.seed)
     fresh = initial_adapters(model)[run.config.lora.r]
     set_adapter(model, read_pretrained(run.adapter)[1])

@@ -1,5 +1,6 @@
 """Models: the built-in unified model (umm, processor, foundation), Hugging Face models (hf),
-LoRA (lora), and `load`, which picks one from a run's config."""
+LoRA (lora), the quantized frozen base (quantization), and `load`, which picks one from a
+run's config."""
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def default_targets(spec: ModelConfig) -> list[str]:
 
 def load(spec: ModelConfig, runtime: Runtime = CPU) -> LoadedModel:
     """The model a run's `model` section names, a Hugging Face model or a fedumm foundation,
-    frozen, its weights in `spec.dtype` on `runtime.device`."""
+    frozen, its weights in `spec.dtype` on `runtime.device`, its language model's linear
+    weights quantized if `spec.quantization` asks."""
     if spec.name_or_path is not None:
         from fedumm.models import hf
 
@@ -85,6 +87,10 @@ def load(spec: ModelConfig, runtime: Runtime = CPU) -> LoadedModel:
         loaded = LoadedModel(
             model, processor, "", default_targets(spec), model.config.num_hidden_layers
         )
+    if spec.quantization != "none":
+        from fedumm.models.quantization import quantize
+
+        quantize(loaded.model, spec.quantization, loaded.lora_scope, runtime.device)
     place(loaded.model, runtime)
     return loaded
 
@@ -122,13 +128,17 @@ def base_name(spec: ModelConfig) -> str:
 
 def identity(spec: ModelConfig) -> dict:
     """What a run's base model was: its name and the sha256 of its weights, config and
-    tokenizer (None for a hub id not on disk). Sweeps reuse a finished run only when it
-    matches, so a renamed or retrained foundation is never mistaken for another."""
+    tokenizer (None for a hub id not on disk), and its quantization if it trained on a
+    quantized copy. Sweeps reuse a finished run only when it matches, so a renamed or
+    retrained foundation is never mistaken for another."""
     from fedumm.models import foundation
 
     name = spec.name_or_path or spec.foundation
     folder = Path(spec.name_or_path) if spec.name_or_path else foundation.location(name)
-    return {"name": name, "sha256": foundation.checksum(folder) if folder.is_dir() else None}
+    out = {"name": name, "sha256": foundation.checksum(folder) if folder.is_dir() else None}
+    if spec.quantization != "none":
+        out["quantization"] = spec.quantization
+    return out
 
 
 def place(model: torch.nn.Module, runtime: Runtime) -> torch.nn.Module:

@@ -58,7 +58,7 @@ def config_problems(cfg) -> list[tuple[str, str]]:
                 f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}",
             )
         ]
-    problems = STRATEGIES[name].config_problems(cfg)
+    problems = STRATEGIES[name].config_problems(cfg) + _quantization_problems(cfg)
     able = {
         "federation.secure_aggregation": ("strategies that can", "aggregates_weighted_mean"),
         "lora.client_ranks": ("use a strategy that mixes ranks", "mixed_ranks"),
@@ -71,6 +71,24 @@ def config_problems(cfg) -> list[tuple[str, str]]:
             why += f"; {label}: {', '.join(names)}"
         out.append((key, why + _taken_by(name, key)))
     return out
+
+
+def _quantization_problems(cfg) -> list[tuple[str, str]]:
+    """What a quantized base cannot take: a strategy that writes its aggregate into the frozen
+    weights, or training the whole base (no lora section)."""
+    quantization = cfg.model.quantization
+    if quantization == "none":
+        return []
+    name = cfg.federation.strategy.name
+    if STRATEGIES[name].folds_into_base:
+        able = sorted(n for n, c in STRATEGIES.items() if not c.folds_into_base)
+        why = f"{name} writes its aggregate into the frozen weights, which {quantization} stores"
+        return [("model.quantization", f"{why}; strategies that can: {', '.join(able)}")]
+    if cfg.lora is None:
+        return [
+            ("model.quantization", f"{quantization} weights cannot be fine-tuned in full: set lora")
+        ]
+    return []
 
 
 def _taken_by(name: str, key: str) -> str:
