@@ -994,6 +994,7 @@ class RunConfig(Section):
             self._unknown_site_devices,
             self._micro_batches_under_dp_sgd,
             self._ranks_not_per_client,
+            self._client_processes_refusal,
         ]
         for rule in rules:
             problem = rule()
@@ -1096,6 +1097,43 @@ class RunConfig(Section):
             return (
                 f"runtime.micro_batch_size ({micro}) with federation.dp_sgd: DP-SGD clips each "
                 "sample's gradient over the whole batch at once; unset micro_batch_size"
+            )
+        return None
+
+    def _client_processes_refusal(self) -> str | None:
+        rt, many = self.runtime, self.runtime.client_processes > 1
+        if many and self.federation.dp_sgd.enabled:
+            return (
+                "runtime.client_devices with federation.dp_sgd: DP-SGD clips and noises each "
+                "sample's gradient in one process; train each client on one"
+            )
+        if many and rt.devices is not None:
+            return (
+                "runtime.client_devices with runtime.devices: one trains each client on several "
+                "processes, the other several clients at once, one per device; choose one"
+            )
+        if rt.client_sharding != "fsdp":
+            return None
+        if not many:
+            return (
+                "runtime.client_sharding: fsdp shards the base over runtime.client_devices' "
+                "processes; there is one"
+            )
+        if self.engine == "embedded":
+            return (
+                "runtime.client_sharding: fsdp under the embedded engine, whose server "
+                "evaluates the global model in the same process on the whole base, so "
+                "sharding saves nothing there; use ddp, or run the sites under flare or flower"
+            )
+        if self.lora is None:
+            return (
+                "runtime.client_sharding: fsdp shards the frozen base, and a fully fine-tuned "
+                "model (lora: null) has none; use ddp"
+            )
+        if self.model.quantization != "none":
+            return (
+                "runtime.client_sharding: fsdp cannot shard a quantized base "
+                f"(model.quantization: {self.model.quantization}); use ddp"
             )
         return None
 

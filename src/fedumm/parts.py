@@ -5,10 +5,13 @@ each client's (which then trains on its own data only)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -16,6 +19,8 @@ from torch import nn
 
 from fedumm.clients import Partition, split_clients
 from fedumm.config import RunConfig
+from fedumm.distributed import ClientFailed, Peers, RankGroup, join, leave, rank_devices, shard_base
+from fedumm.federation import wire
 from fedumm.federation.adaptive_regularization import middle_layer_keys
 from fedumm.federation.attacks import poison
 from fedumm.federation.client import ClientData, Federated, local_schedule, local_update
@@ -58,6 +63,11 @@ class RunParts:
     runtime: Runtime  # where the model runs, in what precision
     seconds: dict[str, float]  # how long building it took: model, data, partition
     identities: Identities | None = None  # secure aggregation's signed keys: the sites'
+    # runtime.client_devices: this process's place among a client's processes, and on rank 0
+    # the others (started at its first training); `lost` says why they cannot go on
+    group: RankGroup | None = None
+    peers: Peers | None = None
+    lost: str | None = None
 
     @property
     def clients(self) -> list[ClientData]:
@@ -94,9 +104,67 @@ class RunParts:
 
     def evaluate_personal(self, params: Params, client: ClientData) -> dict:
         """Metrics of `client`'s own model (personalized strategies: part of it is the
-        client's state) built from the global `params`."""
+        client's state) built from the global `params`. A sharded base evaluates on all of
+        the client's processes at once."""
         state = self.client_states[client.client_id]
-        return self.evaluate(self.strategy.personal_adapter(params, state))
+        sharded = self.cfg.runtime.client_sharding == "fsdp"
+
+        def task():
+            return ("evaluate", client.client_id, wire.pack(params), wire.pack(state))
+
+        together = self._together(f"{client.client_id}'s evaluation", task)
+        with together if sharded else contextlib.nullcontext():
+            return self.evaluate(self.strategy.personal_adapter(params, state))
+
+    def learner(self) -> Learner:
+        """What trains a client here: the model, its processor, this process's runtime and,
+        for a client trained by several processes, their group."""
+        p = self.processor
+        return Learner(self.model, p.collate, p.loss, self.runtime, self.group)
+
+    @contextlib.contextmanager
+    def _together(self, what: str, task: Callable[[], tuple]) -> Iterator[None]:
+        """On rank 0 of a client trained by several processes: the others started (at the
+        first use), told `task()`, and the work inside done with them; one that dies or stops
+        answering makes it ClientFailed. With a replicated base the next task starts new
+        ones; a sharded base went with them, and the site must be restarted (--resume)."""
+        if self.cfg.runtime.client_processes == 1 or (self.group and self.group.rank > 0):
+            yield
+            return
+        if self.lost is not None:
+            raise ClientFailed(self.lost)
+        runtime = self.cfg.runtime
+        if self.peers is None:
+            self.peers = Peers(
+                self.cfg.model_dump_json(),
+                rank_devices(runtime),
+                runtime.client_timeout,
+                serve_rank,
+            )
+            self.group = RankGroup(0, runtime.client_processes, runtime.client_sharding == "fsdp")
+            if self.group.sharded:
+                shard_base(self.model, self.runtime.device)
+        threads = torch.get_num_threads()
+        try:
+            self.peers.command(*task())
+            torch.set_num_threads(self.peers.threads)
+            with self.peers.together(what):
+                yield
+        except ClientFailed as e:
+            log.error("%s", e)
+            self.peers.close()
+            self.peers, self.group = None, None
+            if runtime.client_sharding == "fsdp":
+                self.lost = f"{e}; its share of the sharded base is lost: restart the site"
+            raise
+        finally:
+            torch.set_num_threads(threads)
+
+    def close(self) -> None:
+        """Stop the client's other processes, if it has any."""
+        if self.peers is not None:
+            self.peers.close()
+            self.peers, self.group = None, None
 
     def number(self, client: ClientData) -> int:
         """site-k's k: with the round, what seeds a client's training."""
@@ -112,13 +180,19 @@ class RunParts:
         seed = derive_seed(cfg.seed, rnd, self.number(client))
         steps, lr = fed.steps_for(len(client.data)), fed.lr_at((rnd - 1) / fed.rounds)
         initial = self.fresh[self.ranks.get(cid, self.rank)]
-        update = local_update(
-            Learner(self.model, self.processor.collate, self.processor.loss, self.runtime),
-            client,
-            message,
-            local_schedule(fed, steps, seed, lr),
-            Federated.of(fed, self.strategy, self.client_states[cid], initial),
-        )
+        state = self.client_states[cid]
+
+        def task():
+            return ("train", rnd, cid, wire.pack(message), wire.pack(state))
+
+        with self._together(f"{cid}'s training", task):
+            update = local_update(
+                self.learner(),
+                client,
+                message,
+                local_schedule(fed, steps, seed, lr),
+                Federated.of(fed, self.strategy, state, initial),
+            )
         if cid in self.malicious:
             attack = cfg.attack
             update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)
@@ -173,6 +247,52 @@ def build_parts(cfg: RunConfig) -> RunParts:
         seconds=seconds,
         identities=identities,
     )
+
+
+def serve_rank(
+    config_json: str,
+    rank: int,
+    devices: list[str],
+    port: int,
+    timeout: int,
+    threads: int,
+    conn: Connection,
+) -> None:
+    """Rank `rank` of a client trained by several processes (fedumm.distributed.Peers starts
+    it): builds the parts rank 0 built, on its own device, joins the group, and trains (or,
+    with a sharded base, evaluates) each client rank 0 names, on its share of each batch; its
+    results stay here, as rank 0 holds the same. Ends when told to stop, when rank 0 is gone,
+    or when the group fails (rank 0 then reports the client failed)."""
+    try:
+        torch.set_num_threads(threads)
+        cfg = RunConfig.model_validate_json(config_json)
+        runtime = cfg.runtime.model_copy(update={"device": devices[rank]})
+        parts = build_parts(cfg.model_copy(update={"runtime": runtime}))
+        conn.send(("ready",))
+        join(
+            rank, len(devices), port, [torch.device(d) for d in devices], cfg.runtime.client_timeout
+        )
+        parts.group = RankGroup(rank, len(devices), cfg.runtime.client_sharding == "fsdp")
+        if parts.group.sharded:
+            shard_base(parts.model, parts.runtime.device)
+        while (task := conn.recv())[0] != "stop":
+            kind, *given = task
+            if kind == "train":
+                rnd, cid, message, state = given
+                parts.client_states[cid] = wire.unpack(state)
+                parts.train_client(parts.client(cid), wire.unpack(message), rnd)
+            else:  # "evaluate"
+                cid, params, state = given
+                parts.client_states[cid] = wire.unpack(state)
+                parts.evaluate_personal(wire.unpack(params), parts.client(cid))
+            del parts.client_states[cid]  # rank 0 keeps it
+    except (EOFError, KeyboardInterrupt):  # rank 0 is gone
+        return
+    except RuntimeError as e:  # the group failed: rank 0 says so, with this rank's exit code
+        log.error("rank %d: %s", rank, str(e).strip().splitlines()[0] if str(e) else e)
+        raise SystemExit(1) from None
+    finally:
+        leave()
 
 
 def _strategy(cfg: RunConfig, num_clients: int, ranks: dict[str, int]) -> Strategy:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from fedumm.distributed import RankGroup
 from fedumm.dp_sgd import DPSGD, DPSGDSetting
 from fedumm.models.janus import CODES
 from fedumm.models.processor import IGNORE, Encoded
@@ -63,12 +64,14 @@ def model_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.
 @dataclass(frozen=True)
 class Learner:
     """What trains: the model, how examples become a batch and a batch a loss (the
-    processor's), and where it runs (`Runtime`: placement, mixed precision, micro-batches)."""
+    processor's), where it runs (`Runtime`: placement, mixed precision, micro-batches), and
+    with which other processes it shares each batch (`ranks`: fedumm.distributed)."""
 
     model: torch.nn.Module
     collate: Collate
     loss_fn: LossFn = model_loss
     runtime: Runtime = CPU
+    ranks: RankGroup | None = None
 
 
 @dataclass(frozen=True)
@@ -158,10 +161,19 @@ def train_steps(
 def _pieces(
     learner: Learner, data: list[Encoded], device: torch.device, idx: list[int]
 ) -> tuple[int, list[tuple[dict, int]]]:
-    """A step's micro-batches on `device`, each with its count of target tokens."""
-    parts = learner.runtime.micro_batches(idx)
-    pieces = [learner.collate([data[i] for i in part]) for part in parts]
-    return len(idx), [(to_device(b, device), target_tokens(b)) for b in pieces]
+    """A step's micro-batches on `device`, each with its count of target tokens: of this
+    rank's share of the batch when several processes train it. A sharded base runs every
+    forward pass on all ranks at once, so a rank short of micro-batches adds weightless ones."""
+    ranks, split = learner.ranks, learner.runtime.micro_batches
+    parts = split(idx if ranks is None else ranks.share(idx))
+    pieces = [(learner.collate([data[i] for i in part]), None) for part in parts]
+    if ranks is not None and ranks.sharded:
+        missing = ranks.most_pieces(idx, lambda share: len(split(share))) - len(pieces)
+        pieces += [(learner.collate([data[idx[0]]]), 0)] * missing
+    return len(idx), [
+        (to_device(b, device), target_tokens(b) if tokens is None else tokens)
+        for b, tokens in pieces
+    ]
 
 
 class _Stepper:
@@ -197,16 +209,22 @@ class _Stepper:
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
+        ranks = self.learner.ranks
         total = sum(tokens for _, tokens in pieces)
-        task_loss = None
+        if ranks is not None:  # the whole batch's tokens weigh each rank's share
+            total = ranks.total(total)
+        task_loss = torch.zeros((), device=model_device(model))
         for i, (batch, tokens) in enumerate(pieces):
             with self.learner.runtime.autocast():
                 part = self.learner.loss_fn(self.forward, batch)
-            if len(pieces) > 1:
+            if len(pieces) > 1 or ranks is not None:
                 part = part * (tokens / max(total, 1))
-            loss = self.hooks.loss(model, part) if i == 0 else part
+            first = i == 0 and (ranks is None or ranks.rank == 0)  # the terms count once
+            loss = self.hooks.loss(model, part) if first else part
             (scaler.scale(loss) if scaler else loss).backward()
-            task_loss = part.detach() if task_loss is None else task_loss + part.detach()
+            task_loss = part.detach() if i == 0 else task_loss + part.detach()
+        if ranks is not None:
+            task_loss = ranks.sum_gradients(self.params, task_loss)
         if scaler is not None:
             scaler.unscale_(optimizer)
         self._bound()

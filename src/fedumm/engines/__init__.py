@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fedumm.config import RunConfig
+from fedumm.distributed import rank_devices
 from fedumm.extras import check_installed
 from fedumm.federation.checkpoint import CheckpointError, read_manifest
 from fedumm.results import RunResult
@@ -31,6 +32,7 @@ def run_federation(
     check_installed(cfg)
     resolve(cfg.runtime)
     worker_devices(cfg.runtime)
+    rank_devices(cfg.runtime)
     out_dir = Path(out_dir)
     try:
         if cfg.engine == "flare":

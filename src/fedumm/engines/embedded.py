@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from fedumm.config import RunConfig
+from fedumm.distributed import ClientFailed
 from fedumm.engines.site import Site
 from fedumm.federation import wire
 from fedumm.federation.client import ClientData
@@ -51,7 +52,11 @@ class InProcess:
     ) -> list[tuple[ClientUpdate, bytes]]:
         answers = []
         for client in clients:
-            update = self.site(client.client_id).trained(rnd, down)
+            try:
+                update = self.site(client.client_id).trained(rnd, down)
+            except ClientFailed as e:  # one of its processes died: it is missing this round
+                log.warning("round %d: %s failed: %s", rnd, client.client_id, e)
+                continue
             answers.append((update, self.upload(rnd, down, update, inboxes)))
             update.params = {}
         return answers
@@ -74,6 +79,7 @@ class InProcess:
 
     def close(self) -> None:
         self.sessions.clear()
+        self.parts.close()
 
 
 class DevicePool:

@@ -35,6 +35,7 @@ from fedumm.config import RunConfig
 from fedumm.engines.flare_client import (
     CONFIG_NAME,
     ERROR,
+    FAILED,
     KEEP_FROM,
     RESUMED,
     SECAGG,
@@ -169,6 +170,9 @@ class FlareTransport:
         answers = {}
         for site, result in self._ask(TASK, tasks).items():
             meta = result.meta
+            if meta and meta.get(FAILED):
+                self.controller.warning(f"round {rnd}: {site} failed: {meta[FAILED]}")
+                continue
             try:
                 answers[site] = (update_of(site, meta), bytes(result.params["upload"]))
             except (KeyError, TypeError, ValueError) as e:  # a malformed answer: as if it failed

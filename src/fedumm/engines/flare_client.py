@@ -19,6 +19,7 @@ from nvflare.app_common.abstract.fl_model import FLModel
 from safetensors.torch import load_file, save_file
 
 from fedumm.config import RunConfig
+from fedumm.distributed import ClientFailed
 from fedumm.engines.site import Site
 
 log = logging.getLogger("fedumm")
@@ -34,6 +35,7 @@ RESUMED = "fedumm_resumed"  # the round of the checkpoint the job resumed from; 
 TRAINED = "fedumm_trained"  # resumed: site -> its last round up to then the server has an
 # answer of (0: none), so the site must have a state at least that new
 ERROR = "fedumm_error"  # in an answer: the site refuses the task, and why
+FAILED = "fedumm_failed"  # in an answer: the site's training failed (it is dropped), and why
 
 
 class StateMissing(RuntimeError):
@@ -136,9 +138,14 @@ def main() -> None:
             flare.send(FLModel(params={}, meta={"metrics": metrics}))
         else:
             inbox = task.params.get("inbox")
-            answer, up = site.train(
-                rnd, bytes(task.params["message"]), None if inbox is None else bytes(inbox)
-            )
+            try:
+                answer, up = site.train(
+                    rnd, bytes(task.params["message"]), None if inbox is None else bytes(inbox)
+                )
+            except ClientFailed as e:  # one of its processes died: dropped this round
+                log.error("%s", e)
+                flare.send(FLModel(params={}, meta={FAILED: str(e)}))
+                continue
             kept.after(rnd, int(meta.get(KEEP_FROM, 0)))  # none said: keep every file
             flare.send(FLModel(params={"upload": up}, meta=answer))
 
