@@ -4,8 +4,11 @@ deployed with `flwr run` on a SuperLink and its SuperNodes.
 Server: a `ServerApp` whose main is our `run_experiment` with a `FlowerTransport` (the round
 loop's `Transport`): each round's broadcast goes to the round's clients as Flower `train`
 messages through the `Grid`, and their uploads come back as the replies; so fedumm's strategy
-aggregates, not Flower's. Clients: a `ClientApp` that runs a `Site` (engines/site.py) for the
-SuperNode's partition id: site-1 is partition 0. What a strategy keeps on a client (SCAFFOLD's
+aggregates, not Flower's. Clients: a `ClientApp` whose messages a `Site` (engines/site.py)
+answers for the SuperNode's partition id (site-1 is partition 0): in the simulation's own
+process; in a deployment, where Flower starts a process per message, in a site worker per
+SuperNode that builds the model once (`answer`, `serve_site_worker`; why and how:
+engines/flower_node.py). What a strategy keeps on a client (SCAFFOLD's
 c_i, FedSA-LoRA's B) and its secure-aggregation session live in the node's `context.state`
 (tensors and JSON, no pickle), which Flower keeps between messages. Messages carry our
 serialized tensors (`wire.pack`) as raw arrays of an `ArrayRecord`, so the bytes counted are
