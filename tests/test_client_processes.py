@@ -119,6 +119,9 @@ def test_a_federation_with_two_processes_per_client_runs_end_to_end(tiny_foundat
     results = json.loads((tmp_path / "results.json").read_text())
     assert_trained(results)
     assert results["config"]["runtime"]["client_devices"] == 2
+    assert all(
+        m["processes"] == 2 for r in results["rounds"] for m in r["client_metrics"].values()
+    )
 
 
 @pytest.mark.parametrize(

@@ -193,6 +193,8 @@ class RunParts:
                 local_schedule(fed, steps, seed, lr),
                 Federated.of(fed, self.strategy, state, initial),
             )
+        if self.group is not None:
+            update.metrics["processes"] = self.group.world
         if cid in self.malicious:
             attack = cfg.attack
             update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)

@@ -106,6 +106,7 @@ class ClientRound(Record):
     steps: int
     pid: int | None = None  # engines whose clients run in processes of their own
     device: str | None = None
+    processes: int | None = None  # that trained the client together (runtime.client_devices)
 
 
 class Rejection(Record):
