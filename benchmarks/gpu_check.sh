@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks in one call: the CUDA tests (tests/test_cuda.py), benchmarks/gpu.py,
-# benchmarks/janus.py (Janus-Pro-1B generation step and image sampling at real size) and
-# benchmarks/compression_speed.py (compressing a 7B adapter's upload, from the GPU).
+# benchmarks/janus.py (Janus-Pro-1B generation step and image sampling at real size),
+# benchmarks/compression_speed.py (compressing a 7B adapter's upload, from the GPU) and
+# benchmarks/client_processes.py (one client on 1 or 2 processes, ddp and fsdp: the GPU split
+# in two, and one GPU each where there are two).
 #
 # A lent GPU machine has torch, transformers and peft but no network and no pydantic. Here,
 # with a network, fetch the wheels it lacks (pinned to what the CPU suite is tested with):
@@ -44,5 +46,10 @@ janus=${PIPESTATUS[0]}
 python3 benchmarks/compression_speed.py --device cuda --out "$OUT/compression_speed.json" 2>&1 \
     | tee "$OUT/compression_speed.log"
 compress=${PIPESTATUS[0]}
-echo "cuda tests exit $tests, benchmark exit $bench, janus exit $janus, compression exit $compress"
-exit $(( tests || bench || janus || compress ))
+SPLIT=--split; [[ $(nvidia-smi -L | wc -l) -ge 2 ]] && SPLIT=
+python3 benchmarks/client_processes.py --device cuda $SPLIT -o "$OUT/client_processes" 2>&1 \
+    | tee "$OUT/client_processes.log"
+ranks=${PIPESTATUS[0]}
+echo "cuda tests exit $tests, benchmark exit $bench, janus exit $janus, compression exit" \
+    "$compress, client processes exit $ranks"
+exit $(( tests || bench || janus || compress || ranks ))

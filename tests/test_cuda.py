@@ -130,3 +130,46 @@ def test_running_out_of_gpu_memory_names_the_savers(tiny_foundation, tmp_path):
     text = result.output.replace("\n", "")
     assert "out of memory" in text and "runtime.micro_batch_size" in text
     assert "runtime.gradient_checkpointing=true" in text
+
+
+@pytest.mark.parametrize(
+    "ranks",
+    [
+        pytest.param("[cuda:0, cuda:0]", id="one-gpu-split-gloo"),
+        pytest.param(
+            "2",
+            id="two-gpus-nccl",
+            marks=pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs"),
+        ),
+    ],
+)
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_processes_train_a_gpu_client_as_one_does(tiny_foundation, ranks, sharding):
+    """runtime.client_devices on GPUs: the client's adapter after a round as one process
+    trains it (SGD: float summation order only); fsdp's base sharded over the processes."""
+    from fedumm.config import load_config
+    from fedumm.parts import build_parts
+    from tests.tiny import TINY_RUN
+
+    common = [
+        *TINY_RUN,
+        f"model.foundation={tiny_foundation}",
+        "runtime.device=cuda:0",
+        "federation.optimizer=sgd",
+        "federation.batch_size=5",
+        "engine=flare",
+    ]
+    one = build_parts(load_config("configs/quickstart.yaml", common))
+    two = build_parts(
+        load_config(
+            "configs/quickstart.yaml",
+            [*common, f"runtime.client_devices={ranks}", f"runtime.client_sharding={sharding}"],
+        )
+    )
+    try:
+        a = one.train_client(one.client("site-1"), one.initial, 1)
+        b = two.train_client(two.client("site-1"), two.initial, 1)
+        assert _largest_gap(a.params, b.params) < 1e-5
+        assert b.metrics["processes"] == 2
+    finally:
+        two.close()

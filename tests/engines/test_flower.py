@@ -421,7 +421,8 @@ def test_a_deployment_on_a_superlink_and_two_supernodes(tiny_foundation, tmp_pat
     SuperNodes, separate processes (a fresh ClientApp process per message, forwarding to the
     SuperNode's site worker, which built the model once: every round's training ran in the
     same process), all stopped after, site workers included; the same adapter as the embedded
-    engine, SCAFFOLD's c_i kept by the SuperNodes."""
+    engine, SCAFFOLD's c_i kept by the SuperNodes; each site trained by two processes
+    (runtime.client_devices), the worker being rank 0, the one that answers Flower."""
     runs, start = {}, time.time()
     for engine, extra in (("embedded", []), ("flower", ["flower.env=deployment"])):
         out = tmp_path / engine
@@ -431,6 +432,7 @@ def test_a_deployment_on_a_superlink_and_two_supernodes(tiny_foundation, tmp_pat
             *TWO_CLIENTS,
             "federation.strategy.name=scaffold",
             "baselines.zero_shot=false",
+            "runtime.client_devices=2",
             *extra,
             cli=["--engine", engine],
         )
@@ -444,18 +446,21 @@ def test_a_deployment_on_a_superlink_and_two_supernodes(tiny_foundation, tmp_pat
     trained_in = {site: {r["client_metrics"][site]["pid"] for r in rounds} for site in SITES}
     assert all(len(pids) == 1 for pids in trained_in.values()), trained_in  # built once
     assert len({pid for pids in trained_in.values() for pid in pids}) == 2  # a worker per site
+    assert all(m["processes"] == 2 for r in rounds for m in r["client_metrics"].values())
     home = tmp_path / "flower" / "flower"
     assert (home / "logs" / "site-2.log").is_file()
     assert "root-certificates" in (home / "config.toml").read_text()  # TLS, fedumm's own CA
     assert (home / "certificates" / "site-2.key").is_file()  # the nodes' authentication keys
-    flower = [
+    names = ("flower-super", "flwr-serverapp", "flwr-clientapp", "fedumm.engines.flower")
+    flower = [  # and a site worker's fork server for its peers, orphaned if it outlived it
         p
-        for p in psutil.process_iter(["cmdline", "create_time", "status"])
+        for p in psutil.process_iter(["cmdline", "create_time", "status", "ppid"])
         if p.info["create_time"] >= start
         and p.info["status"] != psutil.STATUS_ZOMBIE
-        and any(
-            n in " ".join(p.info["cmdline"] or [])
-            for n in ("flower-super", "flwr-serverapp", "flwr-clientapp", "fedumm.engines.flower")
+        and (
+            any(n in " ".join(p.info["cmdline"] or []) for n in names)
+            or "forkserver" in " ".join(p.info["cmdline"] or [])
+            and p.info["ppid"] == 1
         )
     ]
     assert not flower, [p.info["cmdline"] for p in flower]
