@@ -56,6 +56,17 @@ def test_a_quantized_base_trains_fp32_adapters(quantization, stored):
     assert losses[-1] < losses[0], losses
 
 
+def test_a_hugging_face_models_language_model_alone_is_quantized(tmp_path):
+    from fedumm.models.architectures import build_random
+
+    folder = build_random("llava", tmp_path / "llava")
+    loaded = load(ModelConfig(name_or_path=str(folder), quantization="nf4"))
+    layers = quantized_layers(loaded.model)
+    assert len(layers) == 7 * 2 and all(n.startswith("model.language_model.") for n in layers)
+    plain = [n for n, m in loaded.model.named_modules() if type(m) is torch.nn.Linear]
+    assert plain and all(not n.startswith("model.language_model.") for n in plain)
+
+
 def test_an_adapter_trained_on_the_quantized_base_fits_the_unquantized_one():
     """Tolerance: int8 rows (absmax scaled) move each weight by under 0.4% of its row's
     largest; through the foundation's 4 layers the logits stay within 5% of their spread."""
@@ -71,7 +82,9 @@ def test_an_adapter_trained_on_the_quantized_base_fits_the_unquantized_one():
     assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
 
 
-def test_a_federation_on_an_int8_base_runs_and_its_adapter_merges(tiny_foundation, tmp_path):
+def test_a_federation_on_an_int8_base_runs_and_its_adapter_evaluates_and_merges(
+    tiny_foundation, tmp_path
+):
     out = tmp_path / "run"
     result = run_tiny(
         out,
@@ -84,6 +97,10 @@ def test_a_federation_on_an_int8_base_runs_and_its_adapter_merges(tiny_foundatio
     results = json.loads((out / "results.json").read_text())
     assert results["model"]["quantization"] == "int8"
     assert_trained(results)
+    result = runner.invoke(app, ["eval", str(out), "--quiet"])  # on the unquantized base
+    assert result.exit_code == 0, result.output
+    scored = json.loads((out / "eval" / "eval.json").read_text())
+    assert scored["metrics"].keys() == results["final"]["metrics"].keys()
     merged = tmp_path / "merged"
     result = runner.invoke(app, ["export", str(out), "-o", str(merged), "--merge"])
     assert result.exit_code == 0, result.output
@@ -116,3 +133,22 @@ def test_what_a_quantized_base_cannot_train_is_refused_naming_the_key(overrides,
 def test_a_device_without_kernels_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"model\.quantization: nf4 has no bitsandbytes"):
         check_device("nf4", torch.device("mps"))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_a_federation_on_a_quantized_base_trains_on_a_gpu(quantization, tiny_foundation, tmp_path):
+    out = tmp_path / "run"
+    result = run_tiny(
+        out,
+        tiny_foundation,
+        f"model.quantization={quantization}",
+        "runtime.device=cuda",
+        "baselines.local=false",
+    )
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"]["quantization"] == quantization
+    assert results["runtime"]["device"] == "cuda:0"
+    assert_trained(results)
