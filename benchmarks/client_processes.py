@@ -10,11 +10,12 @@ gets the second GPU, or, with `--split`, shares the first.
 Each setting: a warm-up round (which also starts the peers), then `--rounds` timed rounds of
 `--steps` local steps on batches of `--batch`; adapters are compared with the one-process
 run's (SGD, so the difference is float summation order only). The model: the quick start's
-built-in foundation, or with `--preset` a published architecture's shapes with random
-weights (e.g. smolvlm-256m), built once into runs/bench-models/.
+built-in foundation, or with `--width W --layers L` a bigger built-in model (random weights,
+a pretraining of one step), or with `--preset` a published architecture's shapes with random
+weights; both built once into runs/bench-models/.
 
-    python benchmarks/client_processes.py [--device cpu|cuda] [--split] [--preset NAME]
-        [--rounds 3] [--steps 10] [--batch 32]
+    python benchmarks/client_processes.py [--device cpu|cuda] [--split]
+        [--width 512 --layers 8 | --preset NAME] [--rounds 3] [--steps 10] [--batch 32]
 """
 
 from __future__ import annotations
@@ -28,19 +29,30 @@ from pathlib import Path
 import psutil
 import torch
 
-from fedumm.config import load_config
+from fedumm.config import PretrainConfig, load_config
 from fedumm.models.architectures import PUBLISHED, build_random
 from fedumm.parts import build_parts
+from fedumm.pretraining import pretrain
+
+MODELS = Path("runs/bench-models")
 
 
-def model_overrides(preset: str | None) -> list[str]:
-    """The config keys that pick the model: a random model of `preset`'s shapes, built once."""
-    if preset is None:
+def model_overrides(preset: str | None, width: int | None, layers: int) -> list[str]:
+    """The config keys that pick the model: a random model of `preset`'s shapes, or a built-in
+    model `width` wide and `layers` deep, built once."""
+    if preset is not None:
+        folder = MODELS / preset
+        if not (folder / "config.json").is_file():
+            build_random(PUBLISHED[preset].family, folder, preset)
+        return [f"model.name_or_path={folder.resolve()}"]
+    if width is None:
         return []
-    folder = Path("runs/bench-models") / preset
+    folder = MODELS / f"umm-{width}x{layers}"
     if not (folder / "config.json").is_file():
-        build_random(PUBLISHED[preset].family, folder, preset)
-    return [f"model.name_or_path={folder.resolve()}"]
+        shape = dict(hidden_size=width, intermediate_size=4 * width, num_layers=layers)
+        small = dict(steps=1, train_samples=64, test_samples=8, codebook_images=60)
+        pretrain(PretrainConfig(**shape, **small, num_heads=8, batch_size=16), folder)
+    return [f"model.foundation={folder.resolve()}"]
 
 
 def base_bytes(model: torch.nn.Module) -> int:
@@ -92,12 +104,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--preset", choices=list(PUBLISHED), default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("-o", "--out", default="docs/results/client_processes")
     args = parser.parse_args()
     two = "[cuda:0, cuda:0]" if args.split else "2"
     cpus = os.cpu_count() or 1
     common = [
-        *model_overrides(args.preset),
+        *model_overrides(args.preset, args.width, args.layers),
         f"threads={cpus}",
         f"runtime.device={args.device}",
         f"federation.local_steps={args.steps}",
@@ -139,8 +153,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
     record = {"device": args.device, "gpu": machine, "cpus": os.cpu_count(), "rows": rows}
-    (out / f"{args.device.split(':')[0]}.json").write_text(json.dumps(record, indent=2))
-    (out / f"{args.device.split(':')[0]}.md").write_text(table + "\n")
+    name = args.device.split(":")[0] + (f"-umm-{args.width}x{args.layers}" if args.width else "")
+    name += f"-{args.preset}" if args.preset else ""
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2))
+    (out / f"{name}.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

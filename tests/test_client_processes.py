@@ -119,9 +119,7 @@ def test_a_federation_with_two_processes_per_client_runs_end_to_end(tiny_foundat
     results = json.loads((tmp_path / "results.json").read_text())
     assert_trained(results)
     assert results["config"]["runtime"]["client_devices"] == 2
-    assert all(
-        m["processes"] == 2 for r in results["rounds"] for m in r["client_metrics"].values()
-    )
+    assert all(m["processes"] == 2 for r in results["rounds"] for m in r["client_metrics"].values())
 
 
 @pytest.mark.parametrize(
@@ -178,3 +176,41 @@ def test_a_count_of_gpus_beyond_the_machines_is_refused(monkeypatch):
     cfg = load_config(None, ["runtime.client_devices=[cuda:0, cuda:1]", "runtime.device=cuda:1"])
     with pytest.raises(ConfigError, match=r"runtime.device \(cuda:1\), so the list starts"):
         rank_devices(cfg.runtime)
+
+
+def test_a_killed_client_leaves_no_process_and_its_run_resumes_to_the_same_result(
+    tiny_foundation, tmp_path
+):
+    """SIGKILL to rank 0 (the run itself): its peer and their fork server exit on their own;
+    `--resume` continues from the checkpoint to the uninterrupted run's results."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.federation.test_resume import _without_timings
+    from tests.tiny import wait_for_checkpoint
+
+    longer = ["runtime.client_devices=2", "federation.rounds=4", "baselines.local=false"]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    assert run_tiny(clean, tiny_foundation, *longer).exit_code == 0
+    args = [sys.executable, "-m", "fedumm.cli", "run", "configs/quickstart.yaml"]
+    args += ["-o", str(killed), "--quiet"]
+    for item in [*TINY_RUN, f"model.foundation={tiny_foundation}", *longer]:
+        args += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    wait_for_checkpoint(proc, killed, 2)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert proc.poll() is None and family, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, alive = psutil.wait_procs(family, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    result = runner.invoke(app, ["run", "--resume", str(killed), "--quiet"])
+    assert result.exit_code == 0, result.output
+    a = json.loads((clean / "results.json").read_text())
+    b = json.loads((killed / "results.json").read_text())
+    assert _without_timings(a) == _without_timings(b)

@@ -91,6 +91,7 @@ class RankGroup:
     rank: int
     world: int
     sharded: bool  # fsdp: forward passes are collective, every rank runs as many
+    device: torch.device = torch.device("cpu")  # this rank's (NCCL reduces on the GPU)
 
     def share(self, indices: list[int]) -> list[int]:
         """This rank's contiguous share of a batch (sizes differ by at most one, the larger
@@ -106,7 +107,7 @@ class RankGroup:
 
     def total(self, count: int) -> int:
         """`count` summed over the ranks (a step's target tokens)."""
-        t = torch.tensor([count], dtype=torch.float64)
+        t = torch.tensor([count], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return int(t.item())
 

@@ -141,7 +141,8 @@ class RunParts:
                 runtime.client_timeout,
                 serve_rank,
             )
-            self.group = RankGroup(0, runtime.client_processes, runtime.client_sharding == "fsdp")
+            sharded = runtime.client_sharding == "fsdp"
+            self.group = RankGroup(0, runtime.client_processes, sharded, self.runtime.device)
             if self.group.sharded:
                 shard_base(self.model, self.runtime.device)
         threads = torch.get_num_threads()
@@ -271,10 +272,9 @@ def serve_rank(
         runtime = cfg.runtime.model_copy(update={"device": devices[rank]})
         parts = build_parts(cfg.model_copy(update={"runtime": runtime}))
         conn.send(("ready",))
-        join(
-            rank, len(devices), port, [torch.device(d) for d in devices], cfg.runtime.client_timeout
-        )
-        parts.group = RankGroup(rank, len(devices), cfg.runtime.client_sharding == "fsdp")
+        join(rank, len(devices), port, [torch.device(d) for d in devices], timeout)
+        sharded = cfg.runtime.client_sharding == "fsdp"
+        parts.group = RankGroup(rank, len(devices), sharded, parts.runtime.device)
         if parts.group.sharded:
             shard_base(parts.model, parts.runtime.device)
         while (task := conn.recv())[0] != "stop":
