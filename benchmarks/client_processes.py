@@ -77,14 +77,15 @@ def measure(overrides: list[str], rounds: int, reference: dict | None) -> dict:
             start = time.perf_counter()
             update = parts.train_client(client, parts.initial, rnd)
             seconds.append((time.perf_counter() - start) / update.num_steps)
-        peers = [psutil.Process(p.pid) for p in parts.peers.processes] if parts.peers else []
+        running = parts.processes.peers if parts.processes else None
+        peers = [psutil.Process(p.pid) for p in running.processes] if running else []
         rss = [me.memory_info().rss] + [p.memory_info().rss for p in peers]
         row = {
             "processes": 1 + len(peers),
             "seconds_per_step": min(seconds),
             "rss_mb_per_process": [round(r / 2**20) for r in rss],
             "base_mb_rank0": round(base_bytes(parts.model) / 2**20, 2),
-            "threads_per_process": parts.peers.threads if peers else torch.get_num_threads(),
+            "threads_per_process": running.threads if running else torch.get_num_threads(),
             "params": update.params,
         }
         if reference is not None:

@@ -74,7 +74,7 @@ def test_two_processes_train_a_client_as_one_does(tiny_foundation, strategy, sha
             state_one, state_two = one.client_states["site-2"], two.client_states["site-2"]
             if state_one:
                 assert largest_difference(state_one, state_two) < EXACT
-        assert two.peers is not None and len(two.peers.processes) == 1
+        assert two.processes.peers is not None and len(two.processes.peers.processes) == 1
         shared = a.params.keys() & one.initial.keys()  # SCAFFOLD's upload adds Delta c_i
         trained = {k: a.params[k] for k in shared}
         start = {k: one.initial[k] for k in shared}
@@ -90,7 +90,7 @@ def test_a_rank_that_dies_mid_round_fails_the_client_and_the_next_round_starts_a
     client = parts.client("site-1")
     try:
         parts.train_client(client, parts.initial, 1)  # starts the peer
-        peer = parts.peers.processes[0]
+        peer = parts.processes.peers.processes[0]
         summed, steps = RankGroup.sum_gradients, []
 
         def kill_at_the_second_step(group, params, loss):  # rank 0 then waits on a dead rank 1
@@ -105,9 +105,9 @@ def test_a_rank_that_dies_mid_round_fails_the_client_and_the_next_round_starts_a
         with pytest.raises(ClientFailed, match="rank 1 exited with code -9"):
             parts.train_client(client, parts.initial, 2)
         assert time.monotonic() - start < 30  # no hang
-        assert parts.peers is None and len(steps) == 2
+        assert parts.processes.peers is None and len(steps) == 2
         again = parts.train_client(client, parts.initial, 2)  # with a new peer
-        assert parts.peers.processes[0].pid != peer.pid
+        assert parts.processes.peers.processes[0].pid != peer.pid
         assert again.num_steps == parts.cfg.federation.local_steps
     finally:
         parts.close()

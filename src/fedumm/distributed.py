@@ -262,3 +262,50 @@ class Peers:
                 process.join(timeout=10)
         leave()
         self.pipes, self.processes = [], []
+
+
+class ClientProcesses:
+    """Rank 0's side of a client trained by several processes: the others started at its
+    first task (and again after a failure, if the base is whole on each), every task run
+    with them. `model` is rank 0's, sharded when they first start under fsdp."""
+
+    def __init__(
+        self, config_json: str, runtime: RuntimeConfig, model: torch.nn.Module, main: PeerMain
+    ):
+        self.config_json, self.runtime, self.model, self.main = config_json, runtime, model, main
+        self.peers: Peers | None = None
+        self.group: RankGroup | None = None
+        self.lost: str | None = None  # why a sharded base cannot go on
+
+    @contextlib.contextmanager
+    def together(self, what: str, task: Callable[[], tuple]) -> Iterator[RankGroup]:
+        """The peers told `task()`, then the work inside done with them, on their share of
+        the machine's threads; one that dies or stops answering makes it ClientFailed."""
+        if self.lost is not None:
+            raise ClientFailed(self.lost)
+        if self.peers is None:
+            devices = rank_devices(self.runtime)
+            self.peers = Peers(self.config_json, devices, self.runtime.client_timeout, self.main)
+            sharded = self.runtime.client_sharding == "fsdp"
+            self.group = RankGroup(0, len(devices), sharded, devices[0])
+            if sharded:
+                shard_base(self.model, devices[0])
+        threads = torch.get_num_threads()
+        try:
+            self.peers.command(*task())
+            torch.set_num_threads(self.peers.threads)
+            with self.peers.together(what):
+                yield self.group
+        except ClientFailed as e:
+            log.error("%s", e)
+            self.close()
+            if self.runtime.client_sharding == "fsdp":
+                self.lost = f"{e}; its share of the sharded base is lost: restart the site"
+            raise
+        finally:
+            torch.set_num_threads(threads)
+
+    def close(self) -> None:
+        if self.peers is not None:
+            self.peers.close()
+            self.peers, self.group = None, None

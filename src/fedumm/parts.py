@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from multiprocessing.connection import Connection
@@ -19,7 +19,7 @@ from torch import nn
 
 from fedumm.clients import Partition, split_clients
 from fedumm.config import RunConfig
-from fedumm.distributed import ClientFailed, Peers, RankGroup, join, leave, rank_devices, shard_base
+from fedumm.distributed import ClientProcesses, RankGroup, join, leave, shard_base
 from fedumm.federation import wire
 from fedumm.federation.adaptive_regularization import middle_layer_keys
 from fedumm.federation.attacks import poison
@@ -63,11 +63,9 @@ class RunParts:
     runtime: Runtime  # where the model runs, in what precision
     seconds: dict[str, float]  # how long building it took: model, data, partition
     identities: Identities | None = None  # secure aggregation's signed keys: the sites'
-    # runtime.client_devices: this process's place among a client's processes, and on rank 0
-    # the others (started at its first training); `lost` says why they cannot go on
+    # runtime.client_devices: on rank 0, the client's other processes; on those, their place
+    processes: ClientProcesses | None = None
     group: RankGroup | None = None
-    peers: Peers | None = None
-    lost: str | None = None
 
     @property
     def clients(self) -> list[ClientData]:
@@ -116,56 +114,17 @@ class RunParts:
         with together if sharded else contextlib.nullcontext():
             return self.evaluate(self.strategy.personal_adapter(params, state))
 
-    def learner(self) -> Learner:
-        """What trains a client here: the model, its processor, this process's runtime and,
-        for a client trained by several processes, their group."""
-        p = self.processor
-        return Learner(self.model, p.collate, p.loss, self.runtime, self.group)
-
-    @contextlib.contextmanager
-    def _together(self, what: str, task: Callable[[], tuple]) -> Iterator[None]:
-        """On rank 0 of a client trained by several processes: the others started (at the
-        first use), told `task()`, and the work inside done with them; one that dies or stops
-        answering makes it ClientFailed. With a replicated base the next task starts new
-        ones; a sharded base went with them, and the site must be restarted (--resume)."""
-        if self.cfg.runtime.client_processes == 1 or (self.group and self.group.rank > 0):
-            yield
-            return
-        if self.lost is not None:
-            raise ClientFailed(self.lost)
-        runtime = self.cfg.runtime
-        if self.peers is None:
-            self.peers = Peers(
-                self.cfg.model_dump_json(),
-                rank_devices(runtime),
-                runtime.client_timeout,
-                serve_rank,
-            )
-            sharded = runtime.client_sharding == "fsdp"
-            self.group = RankGroup(0, runtime.client_processes, sharded, self.runtime.device)
-            if self.group.sharded:
-                shard_base(self.model, self.runtime.device)
-        threads = torch.get_num_threads()
-        try:
-            self.peers.command(*task())
-            torch.set_num_threads(self.peers.threads)
-            with self.peers.together(what):
-                yield
-        except ClientFailed as e:
-            log.error("%s", e)
-            self.peers.close()
-            self.peers, self.group = None, None
-            if runtime.client_sharding == "fsdp":
-                self.lost = f"{e}; its share of the sharded base is lost: restart the site"
-            raise
-        finally:
-            torch.set_num_threads(threads)
+    def _together(self, what: str, task: Callable[[], tuple]):
+        """A context for work every process of a client does at once (see ClientProcesses):
+        on rank 0 with the others, on the others as they are; its value is the group."""
+        if self.processes is None:
+            return contextlib.nullcontext(self.group)
+        return self.processes.together(what, task)
 
     def close(self) -> None:
         """Stop the client's other processes, if it has any."""
-        if self.peers is not None:
-            self.peers.close()
-            self.peers, self.group = None, None
+        if self.processes is not None:
+            self.processes.close()
 
     def number(self, client: ClientData) -> int:
         """site-k's k: with the round, what seeds a client's training."""
@@ -186,16 +145,17 @@ class RunParts:
         def task():
             return ("train", rnd, cid, wire.pack(message), wire.pack(state))
 
-        with self._together(f"{cid}'s training", task):
+        with self._together(f"{cid}'s training", task) as group:
+            p = self.processor
             update = local_update(
-                self.learner(),
+                Learner(self.model, p.collate, p.loss, self.runtime, group),
                 client,
                 message,
                 local_schedule(fed, steps, seed, lr),
                 Federated.of(fed, self.strategy, state, initial),
             )
-        if self.group is not None:
-            update.metrics["processes"] = self.group.world
+        if group is not None:
+            update.metrics["processes"] = group.world
         if cid in self.malicious:
             attack = cfg.attack
             update.params = poison(update.params, message, attack.kind, attack.magnitude, seed)
@@ -249,6 +209,9 @@ def build_parts(cfg: RunConfig) -> RunParts:
         runtime=runtime,
         seconds=seconds,
         identities=identities,
+        processes=ClientProcesses(cfg.model_dump_json(), cfg.runtime, model, serve_rank)
+        if cfg.runtime.client_processes > 1
+        else None,
     )
 
 
@@ -274,6 +237,7 @@ def serve_rank(
         conn.send(("ready",))
         join(rank, len(devices), port, [torch.device(d) for d in devices], timeout)
         sharded = cfg.runtime.client_sharding == "fsdp"
+        parts.processes = None  # rank 0 has them
         parts.group = RankGroup(rank, len(devices), sharded, parts.runtime.device)
         if parts.group.sharded:
             shard_base(parts.model, parts.runtime.device)
