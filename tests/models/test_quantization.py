@@ -10,8 +10,9 @@ import torch
 
 from fedumm.cli import app
 from fedumm.config import ConfigError, LoraSection, ModelConfig
+from fedumm.federation import wire
 from fedumm.models import adapted, load
-from fedumm.models.lora import get_adapter, set_adapter
+from fedumm.models.lora import full_state, get_adapter, set_adapter
 from fedumm.validation import load_run_config
 from tests.tiny import assert_trained, run_tiny, runner
 
@@ -80,6 +81,8 @@ def test_an_adapter_trained_on_the_quantized_base_fits_the_unquantized_one():
         ours, theirs = quantized(input_ids=ids).logits, full(input_ids=ids).logits
     assert (ours - theirs).abs().max() < 0.05 * theirs.std()
     assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+    # what full fine-tuning would send, as the traffic comparison counts it: the full weights
+    assert wire.num_bytes(full_state(quantized)) == wire.num_bytes(full_state(full))
 
 
 def test_a_federation_on_an_int8_base_runs_and_its_adapter_evaluates_and_merges(

@@ -19,6 +19,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from fedumm.models.quantization import as_full_precision, is_quantized
+
 # transformers 5 warns each time peft asks a model about gradient checkpointing: not ours to fix.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
 
@@ -250,16 +252,16 @@ def _set_folds(model: PeftModel, folds: dict[str, torch.Tensor]) -> None:
 
 def full_state(model: torch.nn.Module) -> Params:
     """Every weight of the underlying model, tied weights once: what full fine-tuning would
-    have to send."""
+    have to send (a quantized base's weights at full precision, as meta tensors)."""
     if not isinstance(model, PeftModel):
         return get_adapter(model)
-    out, seen = {}, set()
-    for k, v in model.get_base_model().state_dict().items():
+    out, seen, base = {}, set(), model.get_base_model()
+    for k, v in base.state_dict().items():
         copy = "lora_" in k or "modules_to_save." in k  # the adapter's, not the base's
         if not copy and k != "codebook" and v.data_ptr() not in seen:
             seen.add(v.data_ptr())
             out[k] = v
-    return out
+    return as_full_precision(base, out) if is_quantized(base) else out
 
 
 def save_pretrained(model: PeftModel, params: Params, folder: Path, base: str) -> Path:

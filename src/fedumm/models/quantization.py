@@ -84,9 +84,27 @@ def quantize(
     return model
 
 
+def is_quantized(model: torch.nn.Module) -> bool:
+    return getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+
+
 def quantized_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """module path -> each bitsandbytes layer of `model` (peft's wrappers looked through)."""
     import bitsandbytes as bnb
 
     kinds = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
+
+
+def as_full_precision(model: torch.nn.Module, state: dict) -> dict:
+    """`state` (of quantized `model`) with each quantized weight as the full-precision tensor
+    it stands for, on the meta device (a shape and dtype, no data), and its codes' scales left
+    out: what full fine-tuning of the base would send, as traffic comparisons count it."""
+    dtype = model.get_input_embeddings().weight.dtype
+    out = dict(state)
+    for name, layer in quantized_layers(model).items():
+        for key in [k for k in out if k.startswith(f"{name}.") and k != f"{name}.bias"]:
+            del out[key]
+        shape = (layer.out_features, layer.in_features)
+        out[f"{name}.weight"] = torch.empty(shape, dtype=dtype, device="meta")
+    return out
