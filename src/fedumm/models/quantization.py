@@ -2,13 +2,13 @@
 model's linear weights in 8 or 4 bits through bitsandbytes, and LoRA trains fp32 adapters on
 top through peft's own bitsandbytes layers.
 
-bitsandbytes >= 0.49 trains through both kinds on the CPU as on CUDA (docs/results/
+bitsandbytes >= 0.50 trains through both kinds on the CPU as on CUDA (docs/results/
 quantization.md measures it against torchao's int8 weight-only, the other CPU candidate), so
 one backend serves every device fedumm runs on. What is quantized: the linear layers inside
 the language model (`LoadedModel.lora_scope`), never lm_head (LoRA adapts it in the built-in
-model, and it is the layer quantization error hurts most), nor a vision tower, projector or
-image tokenizer: they are a small share of the weights and map pixels to codes that
-quantization noise would move. An adapter trained on the quantized base is an ordinary
+model; QLoRA leaves it unquantized too), nor a vision tower, projector or image tokenizer:
+they are a small share of the weights and map pixels to codes that quantization noise would
+move. An adapter trained on the quantized base is an ordinary
 adapter: it loads onto the unquantized base (`fedumm eval`, `fedumm export --merge`).
 """
 
@@ -19,7 +19,7 @@ import torch
 from fedumm.config import ConfigError
 
 KEY = "model.quantization"
-DEVICES = ("cpu", "cuda")  # where bitsandbytes >= 0.49 has kernels for both kinds
+DEVICES = ("cpu", "cuda")  # where bitsandbytes >= 0.50 trains both kinds
 
 
 def linears_to_quantize(model: torch.nn.Module, scope: str) -> dict[str, torch.nn.Linear]:
