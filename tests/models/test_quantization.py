@@ -10,15 +10,18 @@ import torch
 
 from fedumm.cli import app
 from fedumm.config import ConfigError, LoraSection, ModelConfig
+from fedumm.extras import installed
 from fedumm.federation import wire
 from fedumm.models import adapted, load
 from fedumm.models.lora import full_state, get_adapter, set_adapter
+from fedumm.models.quantization import check_device, quantized_layers
 from fedumm.validation import load_run_config
 from tests.tiny import assert_trained, run_tiny, runner
 
-bnb = pytest.importorskip("bitsandbytes", reason="pip install 'fedumm[quantization]'")
-
-from fedumm.models.quantization import check_device, quantized_layers  # noqa: E402
+# the refusals run without bitsandbytes; what quantizes needs it
+needs_bitsandbytes = pytest.mark.skipif(
+    not installed("bitsandbytes"), reason="pip install 'fedumm[quantization]'"
+)
 
 LANGUAGE_LINEARS = 7 * 4  # the shipped foundation: 4 layers of q/k/v/o + gate/up/down
 
@@ -42,6 +45,7 @@ def _quantized_lora(quantization: str) -> torch.nn.Module:
     return adapted(load(ModelConfig(quantization=quantization)), LoraSection(r=4), seed=0)
 
 
+@needs_bitsandbytes
 @pytest.mark.parametrize(
     "quantization, stored",
     [("int8", torch.int8), pytest.param("nf4", torch.uint8, marks=pytest.mark.slow)],
@@ -57,6 +61,7 @@ def test_a_quantized_base_trains_fp32_adapters(quantization, stored):
     assert losses[-1] < losses[0], losses
 
 
+@needs_bitsandbytes
 def test_a_hugging_face_models_language_model_alone_is_quantized(tmp_path):
     from fedumm.models.architectures import build_random
 
@@ -68,6 +73,7 @@ def test_a_hugging_face_models_language_model_alone_is_quantized(tmp_path):
     assert plain and all(not n.startswith("model.language_model.") for n in plain)
 
 
+@needs_bitsandbytes
 def test_an_adapter_trained_on_the_quantized_base_fits_the_unquantized_one():
     """Tolerance: int8 rows (absmax scaled) move each weight by under 0.4% of its row's
     largest; through the foundation's 4 layers the logits stay within 5% of their spread."""
@@ -85,6 +91,7 @@ def test_an_adapter_trained_on_the_quantized_base_fits_the_unquantized_one():
     assert wire.num_bytes(full_state(quantized)) == wire.num_bytes(full_state(full))
 
 
+@needs_bitsandbytes
 def test_a_federation_on_an_int8_base_runs_and_its_adapter_evaluates_and_merges(
     tiny_foundation, tmp_path
 ):
@@ -139,6 +146,7 @@ def test_a_device_without_kernels_is_refused_naming_the_key():
 
 
 @pytest.mark.cuda
+@needs_bitsandbytes
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("quantization", ["nf4", "int8"])
 def test_a_federation_on_a_quantized_base_trains_on_a_gpu(quantization, tiny_foundation, tmp_path):
