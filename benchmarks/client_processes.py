@@ -156,8 +156,8 @@ def main() -> None:
     record = {"device": args.device, "gpu": machine, "cpus": os.cpu_count(), "rows": rows}
     name = args.device.split(":")[0] + (f"-umm-{args.width}x{args.layers}" if args.width else "")
     name += f"-{args.preset}" if args.preset else ""
+    record["table"] = table
     (out / f"{name}.json").write_text(json.dumps(record, indent=2))
-    (out / f"{name}.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":
