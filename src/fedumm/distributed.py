@@ -215,10 +215,15 @@ class Peers:
             self.processes.append(process)
         for rank, pipe in enumerate(self.pipes, start=1):
             try:
-                pipe.recv()  # "ready": it built its parts (as long as that takes)
+                if not pipe.poll(timeout):  # "ready": it built its parts
+                    raise EOFError
+                pipe.recv()
             except EOFError:
                 self.close()
-                raise ClientFailed(self.why(f"rank {rank} failed to start")) from None
+                why = (
+                    f"rank {rank} did not start (waited up to runtime.client_timeout, {timeout} s)"
+                )
+                raise ClientFailed(self.why(why)) from None
         join(0, len(devices), port, devices, timeout)
 
     def command(self, *task) -> None:
