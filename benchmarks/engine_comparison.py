@@ -65,8 +65,20 @@ def run_processes(root: psutil.Process, marker: str) -> list[psutil.Process]:
     return list(found.values())
 
 
+def worker_of(p: psutil.Process) -> int | None:
+    """The SuperNode whose site worker `p` is (it listens on site-worker-PID.sock), if any."""
+    for c in p.net_connections(kind="unix"):
+        name = Path(c.laddr or "").name
+        if name.startswith("site-worker-") and name.endswith(".sock"):
+            with contextlib.suppress(ValueError):
+                return int(name[len("site-worker-") : -len(".sock")])
+    return None
+
+
 def supernode_memory(processes: list[psutil.Process]) -> dict[int, int]:
-    """SuperNode pid -> summed resident memory of its process group."""
+    """SuperNode pid -> summed resident memory of its process group (the SuperNode, its
+    SuperExec, the message's ClientApp) and its site worker (forked by the machine's fork
+    server, which is shared by the SuperNodes and counted in none)."""
     rss: dict[int, int] = {}
     nodes = set()
     for p in processes:
@@ -75,9 +87,11 @@ def supernode_memory(processes: list[psutil.Process]) -> dict[int, int]:
                 nodes.add(p.pid)
     for p in processes:
         with contextlib.suppress(psutil.Error, OSError):
-            group = os.getpgid(p.pid)
-            if group in nodes:
-                rss[group] = rss.get(group, 0) + p.memory_info().rss
+            node = worker_of(p)
+            if node is None and "fedumm.engines.flower" not in " ".join(p.cmdline()):
+                node = os.getpgid(p.pid)
+            if node in nodes:
+                rss[node] = rss.get(node, 0) + p.memory_info().rss
     return rss
 
 

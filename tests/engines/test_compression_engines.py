@@ -153,14 +153,11 @@ def test_a_flower_nodes_state_carries_the_residual():
     beside the strategy's state, every key and value."""
     from types import SimpleNamespace
 
-    from flwr.app import Context, RecordDict
-
     from fedumm.engines.flower import _keep, _restore
 
     state = {"control/w": torch.ones(2), RESIDUAL + "w": torch.tensor([0.5, -0.25, 1e-9])}
-    context = Context(1, 1, {"partition-id": 0}, RecordDict(), {})
-    _keep(SimpleNamespace(state=state, sessions={}), context)
+    kept, sessions = _keep(SimpleNamespace(state=state, sessions={}))
     back = SimpleNamespace(state={RESIDUAL + "stale": torch.zeros(1)}, sessions={}, parts=None)
-    _restore(back, context)
+    _restore(back, kept, sessions)
     assert back.state.keys() == state.keys()
     assert all(torch.equal(back.state[k], v) for k, v in state.items())

@@ -3,6 +3,7 @@ losses and scores for FedAvg, SCAFFOLD (control variates in the nodes' state) an
 (personalized: nodes score their own models); an exported app deployed with `flwr run` on a
 local SuperLink and two SuperNodes, separate processes, all stopped afterwards."""
 
+import contextlib
 import json
 import os
 import time
@@ -150,7 +151,9 @@ def test_a_killed_site_worker_fails_its_message_and_the_next_starts_another():
     """The deployed ClientApp's forward to its SuperNode's site worker (started on demand, on a
     socket in a 0700 folder): the worker killed mid-message fails that message at once (the
     server counts the site dropped), not a hang; the next message starts a new worker, which
-    answers (here: refusing a partition out of range); it exits when its SuperNode does."""
+    answers (here: refusing a partition out of range); it exits when its SuperNode does. Workers
+    are forked by one fork server per machine (torch and fedumm imported once), which exits
+    after its last worker."""
     import signal
     import stat
     import subprocess
@@ -164,12 +167,15 @@ def test_a_killed_site_worker_fails_its_message_and_the_next_starts_another():
     ).model_dump_json()
     ask = {"kind": SITE, "partition": 0, "config": config, "round": 0}
 
-    def worker() -> psutil.Process:
-        deadline = time.time() + 30
+    def worker(of: int) -> psutil.Process:  # a worker: forked by the fork server, our child
+        deadline, path = time.time() + 30, str(socket_folder() / f"site-worker-{of}.sock")
         while time.time() < deadline:
-            for p in psutil.Process().children():
-                if "fedumm.engines.flower" in p.cmdline():
-                    return p
+            for p in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if p.ppid() != os.getpid() and any(
+                        c.laddr == path for c in p.net_connections(kind="unix")
+                    ):
+                        return p
             time.sleep(0.05)
         raise AssertionError("no site worker started")
 
@@ -178,7 +184,7 @@ def test_a_killed_site_worker_fails_its_message_and_the_next_starts_another():
 
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(forward, ask, {}, supernode.pid)
-            first = worker()
+            first = worker(supernode.pid)
             first.send_signal(signal.SIGKILL)
             with pytest.raises(RuntimeError, match="site worker of SuperNode .* failed"):
                 pending.result(timeout=10)
@@ -187,19 +193,28 @@ def test_a_killed_site_worker_fails_its_message_and_the_next_starts_another():
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         with pytest.raises(RuntimeError, match="partition-id 5 is out of range"):
             forward({**ask, "partition": 5}, {}, supernode.pid)
-        second = worker()
+        second = worker(supernode.pid)
         assert second.pid != first.pid
+        other = subprocess.Popen(["sleep", "600"])  # a second SuperNode on this machine
+        with pytest.raises(RuntimeError, match="partition-id 5 is out of range"):
+            forward({**ask, "partition": 5}, {}, other.pid)
+        server = psutil.Process(second.ppid())
+        assert worker(other.pid).ppid() == server.pid  # forked by the same server
+        other.kill()
+        other.wait()
         sock = folder / f"site-worker-{supernode.pid}.sock"
         assert stat.S_IMODE(sock.stat().st_mode) == 0o600
         supernode.kill()
         supernode.wait()
         second.wait(10)  # gone with its SuperNode
         assert not sock.exists()
+        server.wait(10)  # the fork server, after its last worker
     finally:
         supernode.kill()
-        for p in psutil.Process().children():
-            if "fedumm.engines.flower" in p.cmdline():
-                p.kill()
+        for p in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if "fedumm.engines.flower" in p.cmdline():
+                    p.kill()
 
 
 def _recorded(monkeypatch, cfg, home):

@@ -879,5 +879,5 @@ def export_deployment(cfg: RunConfig, out: Path, results: str, host: str, port: 
     return out / "README.md"
 
 
-if __name__ == "__main__":  # how flower_node starts a SuperNode's site worker
-    serve_site_worker(int(sys.argv[1]), int(sys.argv[2]))
+if __name__ == "__main__":  # flower_node starts this machine's fork server of site workers so
+    flower_node.serve_forks(socket.socket(fileno=int(sys.argv[1])), serve_site_worker)

@@ -14,9 +14,13 @@ then costs Flower's own process start plus the forward.
 
 The worker: started by the first message of its SuperNode, listening on a Unix-domain socket
 in a folder only this user can enter (0700; the socket 0600), which the ClientApp binds and
-passes to it, so a connection made before the worker is up waits in the socket's backlog. It
-stays in the SuperNode's process group (a signal to the group reaches it), and exits when the
-SuperNode is gone (it polls the pid it was started under). It answers one message at a time.
+passes on, so a connection made before the worker is up waits in the socket's backlog. It is
+forked by one fork server per machine, which imported torch and fedumm once: on a machine
+hosting several SuperNodes (a local deployment: all of them) each worker then costs its
+model and data, not another 8 s of imports. The fork server is started by the first message
+that needs it, in that SuperNode's process group, and exits after its last worker. A worker
+exits when its SuperNode is gone (it polls the pid it was started for) and answers one message
+at a time.
 A worker that dies fails the message it was serving (the server counts the site as dropped);
 the next message starts a new one. The socket carries frames of JSON and raw bytes, never a
 pickle. The site's state and secure-aggregation sessions stay where Flower keeps a node's
@@ -43,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -54,6 +58,7 @@ CONFIG_KEY, OUT_KEY = "fedumm-config", "out-dir"  # the app's run config
 SITE, SECAGG = "query.site", "query.secagg"  # message types besides train and evaluate
 STATE = "fedumm"  # the node's context.state record
 UPLOAD = "upload"  # the one reply part that travels as an array (Flower chunks arrays)
+FORK_SERVER = "site-worker-server.sock"  # where this machine's fork server of workers listens
 
 Fields = dict[str, int | str]  # JSON values of a request or reply
 Blobs = dict[str, bytes]  # its raw parts
@@ -195,18 +200,43 @@ def _connect(path: Path, supernode: int) -> socket.socket:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with contextlib.suppress(OSError):
             return _dial(path)
-        path.unlink(missing_ok=True)  # a dead worker's
-        with socket.socket(socket.AF_UNIX) as listener:
-            listener.bind(str(path))
-            path.chmod(0o600)
-            listener.listen()
-            fd = listener.fileno()
-            subprocess.Popen(
-                [sys.executable, "-m", "fedumm.engines.flower", str(fd), str(supernode)],
-                stdin=subprocess.DEVNULL,
-                pass_fds=(fd,),
-            )
+        with _listening(path) as listener:
+            _fork_worker(listener.fileno(), supernode)
         return _dial(path)  # waits in the backlog until the worker accepts
+
+
+@contextlib.contextmanager
+def _listening(path: Path) -> Iterator[socket.socket]:
+    """A Unix socket listening at `path` (a dead process's file there replaced), mode 0600."""
+    path.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        path.chmod(0o600)
+        listener.listen()
+        yield listener
+
+
+def _fork_worker(fd: int, supernode: int) -> None:
+    """A site worker for `supernode`, serving the listening socket `fd`: forked by this
+    machine's fork server, which imported torch and fedumm once for every SuperNode here (it
+    is started first if none listens, and exits after its last worker)."""
+    path = socket_folder() / FORK_SERVER
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            server = _dial(path)
+        except OSError:
+            with _listening(path) as listener:
+                subprocess.Popen(
+                    [sys.executable, "-m", "fedumm.engines.flower", str(listener.fileno())],
+                    stdin=subprocess.DEVNULL,
+                    pass_fds=(listener.fileno(),),
+                )
+            server = _dial(path)
+    with server:
+        socket.send_fds(server, [str(supernode).encode()], [fd])
+        if server.recv(1) != b"1":
+            raise RuntimeError(f"the fork server at {path} did not start a site worker")
 
 
 def _dial(path: Path) -> socket.socket:
@@ -253,6 +283,56 @@ def serve(listener: socket.socket, supernode: int, answer: Answer) -> None:
                     send(connection, *reply)
     finally:
         path.unlink(missing_ok=True)
+
+
+def serve_forks(
+    listener: socket.socket, start: Callable[[int, int], None], idle: float = 60
+) -> None:
+    """This machine's fork server: for each request (a SuperNode's pid and the listening socket
+    its worker is to serve), fork a process that runs `start(fd, supernode)`. Exits once its
+    last worker has exited (or after `idle` seconds if none was ever asked for), its socket
+    removed under the lock the ClientApps take, so that none is left waiting on it."""
+    path, began = Path(listener.getsockname()), time.monotonic()
+    workers: set[int] = set()
+    forked = False
+    listener.settimeout(0.5)
+    while True:
+        workers -= {p for p in workers if os.waitpid(p, os.WNOHANG)[0]}
+        if not workers and (forked or time.monotonic() - began > idle):
+            with open(path.with_suffix(".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                listener.setblocking(False)
+                try:  # one asked while the last worker exited: serve it
+                    connection, _ = listener.accept()
+                except BlockingIOError:
+                    path.unlink(missing_ok=True)
+                    return
+                listener.settimeout(0.5)
+        else:
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+        workers.add(_fork(listener, connection, start))
+        forked = True
+
+
+def _fork(listener: socket.socket, connection: socket.socket, start) -> int:
+    """A worker forked for the request on `connection`; its pid."""
+    with connection:
+        connection.settimeout(10)
+        message, fds, _, _ = socket.recv_fds(connection, 32, 1)
+        pid = os.fork()
+        if pid == 0:  # the worker
+            listener.close()
+            connection.close()
+            try:
+                start(fds[0], int(message))
+            finally:
+                os._exit(0)
+        os.close(fds[0])
+        connection.sendall(b"1")
+        return pid
 
 
 def _exit_with(supernode: int, path: Path, every: float = 0.5) -> None:
