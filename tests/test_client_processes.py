@@ -178,6 +178,7 @@ def test_a_count_of_gpus_beyond_the_machines_is_refused(monkeypatch):
         rank_devices(cfg.runtime)
 
 
+@pytest.mark.slow  # 31 s in make test; rank deaths and resume by default: the tests above
 def test_a_killed_client_leaves_no_process_and_its_run_resumes_to_the_same_result(
     tiny_foundation, tmp_path
 ):
