@@ -179,12 +179,17 @@ def test_a_killed_site_worker_fails_its_message_and_the_next_starts_another():
             time.sleep(0.05)
         raise AssertionError("no site worker started")
 
+    other = subprocess.Popen(["sleep", "600"])  # a second SuperNode on this machine
     try:
         from concurrent.futures import ThreadPoolExecutor
 
+        with pytest.raises(RuntimeError, match="partition-id 5 is out of range"):
+            forward({**ask, "partition": 5}, {}, other.pid)  # starts the fork server
+        server = psutil.Process(worker(other.pid).ppid())
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(forward, ask, {}, supernode.pid)
             first = worker(supernode.pid)
+            assert first.ppid() == server.pid  # forked by the one server
             first.send_signal(signal.SIGKILL)
             with pytest.raises(RuntimeError, match="site worker of SuperNode .* failed"):
                 pending.result(timeout=10)
@@ -195,11 +200,7 @@ def test_a_killed_site_worker_fails_its_message_and_the_next_starts_another():
             forward({**ask, "partition": 5}, {}, supernode.pid)
         second = worker(supernode.pid)
         assert second.pid != first.pid
-        other = subprocess.Popen(["sleep", "600"])  # a second SuperNode on this machine
-        with pytest.raises(RuntimeError, match="partition-id 5 is out of range"):
-            forward({**ask, "partition": 5}, {}, other.pid)
-        server = psutil.Process(second.ppid())
-        assert worker(other.pid).ppid() == server.pid  # forked by the same server
+        assert second.ppid() == server.pid  # the server outlived the killed worker
         other.kill()
         other.wait()
         sock = folder / f"site-worker-{supernode.pid}.sock"
@@ -211,6 +212,7 @@ def test_a_killed_site_worker_fails_its_message_and_the_next_starts_another():
         server.wait(10)  # the fork server, after its last worker
     finally:
         supernode.kill()
+        other.kill()
         for p in psutil.Process().children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 if "fedumm.engines.flower" in p.cmdline():
