@@ -788,20 +788,10 @@ class RuntimeConfig(Section):
     def _known_device(cls, device: str) -> str:
         return _check_device(device)
 
-    @field_validator("devices")
+    @field_validator("devices", "client_devices")
     @classmethod
-    def _known_devices(cls, devices: list[str] | str | None) -> list[str] | str | None:
-        if isinstance(devices, list):
-            if not devices:
-                raise ValueError("name at least one device, or null")
-            for name in devices:
-                _check_device(name, allow_auto=False)
-        return devices
-
-    @field_validator("client_devices")
-    @classmethod
-    def _known_client_devices(cls, devices: int | list[str] | None) -> int | list[str] | None:
-        if isinstance(devices, int) and devices < 1:
+    def _known_devices(cls, devices: int | list[str] | str | None) -> int | list[str] | str | None:
+        if isinstance(devices, int) and devices < 1:  # client_devices' count
             raise ValueError(f"a client runs on at least 1 process, not {devices}")
         if isinstance(devices, list):
             if not devices:
