@@ -58,7 +58,7 @@ def config_problems(cfg) -> list[tuple[str, str]]:
                 f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}",
             )
         ]
-    problems = STRATEGIES[name].config_problems(cfg) + _quantization_problems(cfg)
+    problems = STRATEGIES[name].config_problems(cfg) + _frozen_base_problems(cfg)
     able = {
         "federation.secure_aggregation": ("strategies that can", "aggregates_weighted_mean"),
         "lora.client_ranks": ("use a strategy that mixes ranks", "mixed_ranks"),
@@ -73,22 +73,34 @@ def config_problems(cfg) -> list[tuple[str, str]]:
     return out
 
 
-def _quantization_problems(cfg) -> list[tuple[str, str]]:
-    """What a quantized base cannot take: a strategy that writes its aggregate into the frozen
-    weights, or training the whole base (no lora section)."""
-    quantization = cfg.model.quantization
-    if quantization == "none":
-        return []
-    name = cfg.federation.strategy.name
+def _frozen_base_problems(cfg) -> list[tuple[str, str]]:
+    """What a base that is not whole and plain in each process cannot take: a strategy that
+    writes its aggregate into the frozen weights, on a quantized base or one fsdp shards; and
+    training the whole base (no lora section) when it is quantized."""
+    name, quantization = cfg.federation.strategy.name, cfg.model.quantization
+    problems = []
     if STRATEGIES[name].folds_into_base:
-        able = sorted(n for n, c in STRATEGIES.items() if not c.folds_into_base)
-        why = f"{name} writes its aggregate into the frozen weights, which {quantization} stores"
-        return [("model.quantization", f"{why}; strategies that can: {', '.join(able)}")]
-    if cfg.lora is None:
-        return [
+        if quantization != "none":
+            able = sorted(n for n, c in STRATEGIES.items() if not c.folds_into_base)
+            why = (
+                f"{name} writes its aggregate into the frozen weights, which {quantization} stores"
+            )
+            problems.append(
+                ("model.quantization", f"{why}; strategies that can: {', '.join(able)}")
+            )
+        if cfg.runtime.client_sharding == "fsdp":
+            problems.append(
+                (
+                    "runtime.client_sharding",
+                    f"{name} writes its aggregate into the frozen base weights, which fsdp "
+                    "shards over the client's processes; use ddp",
+                )
+            )
+    elif quantization != "none" and cfg.lora is None:
+        problems.append(
             ("model.quantization", f"{quantization} weights cannot be fine-tuned in full: set lora")
-        ]
-    return []
+        )
+    return problems
 
 
 def _taken_by(name: str, key: str) -> str:

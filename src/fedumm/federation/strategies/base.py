@@ -122,15 +122,6 @@ class Strategy(ABC):
                     "fine-tuning) choose a strategy that does not",
                 )
             )
-        runtime = cfg.runtime
-        if cls.folds_into_base and runtime.client_sharding == "fsdp":
-            problems.append(
-                (
-                    "runtime.client_sharding",
-                    f"{cls.name} writes its aggregate into the frozen base weights, which fsdp "
-                    "shards over the client's processes; use ddp",
-                )
-            )
         ranks = cfg.lora.client_ranks if cfg.lora else None
         if ranks is not None and set(ranks) != {cfg.lora.r} and not cls.mixed_ranks:
             problems.append(
